@@ -1,0 +1,71 @@
+"""The netlink seam: one narrow interface every kernel backend implements.
+
+Implementations:
+
+* ``reconciler.netlink.reference.PyrouteBackend`` -- pyroute2, the reference.
+* ``tests/model_kernel.ModelKernel`` -- an in-memory kernel with netlink
+  semantics (EEXIST, ENOENT/ESRCH, replace) and named faults, for the tests.
+* (next) a Cython batch backend over ``_fastpath``, held to the same contract.
+
+The contract, which ``tests/`` checks for every backend:
+
+``dump(devices)``
+    Return a ``KernelState`` with: every link named in ``devices`` that
+    exists (with vxlan attributes for vxlan links); the addresses on those
+    links; every unicast route of the main table (IPv4 and IPv6) whose
+    ``dev`` is one of ``devices`` *or* whose protocol is
+    ``RTPROT_RECONCILER`` (routes carry their ``protocol``); the
+    ``NUD_PERMANENT`` neighbours and the ``NTF_SELF`` permanent FDB
+    entries on those links.  IPv6 link-local addresses and routes
+    (fe80::/64) are left out.  Ownership (which of these we may change) is
+    decided afterwards by ``reconciler.ownership``, not here.  A dump the
+    kernel flags as interrupted is retried and never returned half-done;
+    after a few tries ``DumpInterrupted`` is raised.
+
+``apply(changes)``
+    Carry out the changes in the order given and return one ``OpResult``
+    per change, in the same order.  A failing change does not stop the
+    others.  ``create`` and ``update`` use replace semantics
+    (``NLM_F_CREATE|NLM_F_REPLACE``); a ``delete`` of something already
+    gone (ENOENT, ESRCH, ENODEV) succeeds.  A link ``update`` changes MTU,
+    MAC and admin state in place; a link ``create`` makes a new device.
+    Routes are written with protocol ``RTPROT_RECONCILER``.
+
+``underlay(spec)``
+    Describe the underlay interface: ``spec`` is a name, an IPv4 address,
+    or ``None`` for the interface of the default route.  Raises
+    ``NetlinkError`` when there is no such interface.
+
+``close()``
+    Release sockets.  Backends are context managers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Collection, Protocol, Sequence, runtime_checkable
+
+from ..model import KernelState
+from ..plan import Change, OpResult
+
+__all__ = ["NetlinkBackend", "Underlay"]
+
+
+@dataclass(frozen=True, slots=True)
+class Underlay:
+    """The node's external interface: what VXLAN packets leave through."""
+
+    name: str
+    address: str            # first usable IPv4 (global, permanent preferred)
+    mtu: int
+    prefixes: tuple[str, ...] = ()   # the connected IPv4 prefixes, for the DirectRouting on-link test
+
+
+@runtime_checkable
+class NetlinkBackend(Protocol):
+    def dump(self, devices: Collection[str]) -> KernelState: ...
+
+    def apply(self, changes: Sequence[Change]) -> list[OpResult]: ...
+
+    def underlay(self, spec: str | None) -> Underlay: ...
+
+    def close(self) -> None: ...
