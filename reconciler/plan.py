@@ -44,3 +44,108 @@ class OpResult:
     errno: int | None = None
     message: str = ""
     skipped: bool = False   # not attempted because something it needs failed
+
+
+#: Creation order: a device before its address, neighbour and FDB entries
+#: before the route that needs them (so the kernel never has to resolve the
+#: onlink gateway).  Deletions run first, in the reverse order.
+_CREATE_ORDER = ("link", "address", "neigh", "fdb", "route")
+_DELETE_ORDER = tuple(reversed(_CREATE_ORDER))
+
+
+def _dev_of(obj: KernelObject) -> str | None:
+    return getattr(obj, "dev", None)
+
+
+def _sort_key(obj: KernelObject):
+    # Keys mix str and None (a DirectRouting route's dev); make them sortable
+    # so the plan's order never depends on the order leases arrived in.
+    key = obj.key
+    if isinstance(key, tuple):
+        return tuple("" if k is None else k for k in key)
+    return key
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """An ordered tuple of changes.  Empty means in sync."""
+
+    changes: tuple[Change, ...] = ()
+
+    @property
+    def in_sync(self) -> bool:
+        return not self.changes
+
+    def summary(self) -> dict[str, int]:
+        out = {"create": 0, "update": 0, "delete": 0}
+        for c in self.changes:
+            out[c.op] += 1
+        return out
+
+    def __len__(self) -> int:
+        return len(self.changes)
+
+    def __iter__(self):
+        return iter(self.changes)
+
+
+def make_plan(desired, live) -> Plan:
+    """The minimal ordered changes turning ``live`` into ``desired``.
+
+    ``live`` must already be filtered by the ownership policy: every live
+    object not desired is deleted.  An object that already matches produces
+    nothing, so a converged kernel yields an empty plan and correct routes
+    are never rewritten.
+
+    A link whose immutable attributes differ (VNI, local, port, underlay,
+    type, ...) is deleted and created again.  The kernel drops every
+    address, route and entry of a deleted device, so those are not deleted
+    one by one but are (re)created after the new device.
+    """
+    deletes: dict[str, list[Change]] = {k: [] for k in _CREATE_ORDER}
+    writes: dict[str, list[Change]] = {k: [] for k in _CREATE_ORDER}
+
+    # Devices first: which ones vanish (and take their entries with them)?
+    gone_devices: set[str] = set()
+    live_links = live.of("link")
+    desired_links = desired.of("link")
+    for name, want in desired_links.items():
+        have = live_links.get(name)
+        if have is None:
+            writes["link"].append(Change("create", want))
+            continue
+        diff = attr_diff(want, have)
+        if not diff:
+            continue
+        if any(attr in want.IMMUTABLE for attr in diff):
+            deletes["link"].append(Change("delete", have))
+            writes["link"].append(Change("create", want))
+            gone_devices.add(name)
+        else:
+            writes["link"].append(Change("update", want, have))
+    for name, have in live_links.items():
+        if name not in desired_links:
+            deletes["link"].append(Change("delete", have))
+            gone_devices.add(name)
+
+    for kind in ("address", "neigh", "fdb", "route"):
+        live_objs = live.of(kind)
+        desired_objs = desired.of(kind)
+        for key, want in desired_objs.items():
+            have = live_objs.get(key)
+            if have is not None and _dev_of(have) in gone_devices:
+                have = None  # the kernel drops it with its device
+            if have is None:
+                writes[kind].append(Change("create", want))
+            elif attr_diff(want, have):
+                writes[kind].append(Change("update", want, have))
+        for key, have in live_objs.items():
+            if key not in desired_objs and _dev_of(have) not in gone_devices:
+                deletes[kind].append(Change("delete", have))
+
+    ordered: list[Change] = []
+    for kind in _DELETE_ORDER:
+        ordered.extend(sorted(deletes[kind], key=lambda c: _sort_key(c.obj)))
+    for kind in _CREATE_ORDER:
+        ordered.extend(sorted(writes[kind], key=lambda c: _sort_key(c.obj)))
+    return Plan(tuple(ordered))

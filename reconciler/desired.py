@@ -1,0 +1,140 @@
+"""Desired kernel state: a pure function of (config, valid leases, this node).
+
+Total and deterministic: the same inputs in any order give the same state,
+and nothing here reads a clock, a socket or a file.  Linear in the number of
+leases: one route, one neighbour and one FDB entry per remote node.
+
+What a node needs (../shared/flannel-interop.md section 4):
+
+* ``flannel.<VNI>``: vxlan, ``local`` = PublicIP, ``dstport`` = Port,
+  learning off, MTU = underlay MTU - 50, MAC = our lease's VtepMAC, up; one
+  address ``<subnet network address>/32`` (the next hop our peers route to);
+* ``cni0``: bridge, ``<first host of subnet>/<SubnetLen>``, same MTU, up.
+  The CNI bridge plugin adopts a ``cni0`` that already carries the gateway
+  address, so creating it ourselves means the first pod ADD cannot race us;
+* per remote vxlan lease, the three entries below.  The route goes via the
+  peer's subnet address *onlink*: the neighbour entry resolves that address
+  to the peer's VTEP MAC with no ARP, and the FDB entry sends frames for that
+  MAC to the peer's PublicIP::
+
+      route  <subnet> via <subnet addr> dev flannel.1 onlink
+      neigh  <subnet addr> lladdr <VtepMAC> dev flannel.1 nud permanent
+      fdb    <VtepMAC> dev flannel.1 dst <PublicIP> self permanent
+
+* DirectRouting: for a peer the caller declares on-link (same L2 segment),
+  only ``route <subnet> via <PublicIP>``, no neighbour, no FDB entry.
+* Dual stack: the same on ``flannel-v6.<VNI>`` for the v6 parts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from .config import NetworkConfig
+from .errors import ReconcilerError
+from .leases import Lease
+from .model import Address, Fdb, KernelState, Link, Neigh, Route
+from .ownership import BRIDGE_NAME
+
+__all__ = ["NodeParams", "NoOwnLease", "VXLAN_OVERHEAD", "desired_state", "find_own_lease", "flannel_mtu"]
+
+#: Outer Ethernet (14) + IPv4 (20) + UDP (8) + VXLAN (8) headers.
+VXLAN_OVERHEAD = 50
+#: Kernel metric of an IPv6 route written with priority 0.
+IPV6_DEFAULT_METRIC = 1024
+
+
+class NoOwnLease(ReconcilerError):
+    """No valid lease carries this node's PublicIP."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeParams:
+    """What the desired state needs to know about this node besides the leases.
+
+    ``underlay`` is the name of the external interface (``IFLA_VXLAN_LINK``);
+    ``None`` means unknown (an offline plan) and is then not compared.
+    ``local`` is the VXLAN source address; flanneld >= 0.27.4 uses the
+    PublicIP, which is the default here.
+    """
+
+    public_ip: str
+    underlay_mtu: int = 1500
+    underlay: str | None = None
+    local: str | None = None
+    public_ipv6: str | None = None
+    bridge: str = BRIDGE_NAME
+
+
+def flannel_mtu(underlay_mtu: int) -> int:
+    return underlay_mtu - VXLAN_OVERHEAD
+
+
+def find_own_lease(leases: Iterable[Lease], public_ip: str) -> Lease:
+    """Our lease: the valid lease whose PublicIP is ours (flanneld's identity rule)."""
+    for lease in leases:
+        if lease.public_ip == public_ip:
+            return lease
+    raise NoOwnLease(f"no valid lease has PublicIP {public_ip}: this node holds no subnet yet")
+
+
+def _never(_ip: str) -> bool:
+    return False
+
+
+def desired_state(
+    config: NetworkConfig,
+    leases: Iterable[Lease],
+    node: NodeParams,
+    on_link: Callable[[str], bool] = _never,
+) -> KernelState:
+    """The kernel objects this node must have.
+
+    ``leases`` are the *valid* leases (``validate_leases`` output), ours
+    included.  ``on_link(public_ip)`` says whether a peer shares our L2
+    segment; it matters only with ``DirectRouting``.  Raises ``NoOwnLease``.
+    """
+    leases = list(leases)
+    own = find_own_lease(leases, node.public_ip)
+    mtu = flannel_mtu(node.underlay_mtu)
+    dev = config.device_name
+    state = KernelState()
+
+    state.add(Link(
+        name=dev, type="vxlan", mtu=mtu, mac=own.vtep_mac, up=True, vni=config.vni,
+        local=node.local or node.public_ip, port=config.port, learning=config.learning,
+        gbp=config.gbp, underlay=node.underlay,
+    ))
+    state.add(Address(dev, f"{own.subnet.network_address}/32"))
+    state.add(Link(name=node.bridge, type="bridge", mtu=mtu, up=True))
+    state.add(Address(node.bridge, f"{own.subnet.network_address + 1}/{own.subnet.prefixlen}"))
+
+    v6 = config.enable_ipv6 and own.ipv6_subnet is not None and own.v6_vtep_mac is not None
+    dev6 = config.v6_device_name
+    if v6:
+        state.add(Link(
+            name=dev6, type="vxlan", mtu=mtu, mac=own.v6_vtep_mac, up=True, vni=config.vni,
+            local=node.public_ipv6 or own.public_ipv6, port=config.port, learning=config.learning,
+            gbp=config.gbp, underlay=node.underlay,
+        ))
+        state.add(Address(dev6, f"{own.ipv6_subnet.network_address}/128"))
+        state.add(Address(node.bridge, f"{own.ipv6_subnet.network_address + 1}/{own.ipv6_subnet.prefixlen}"))
+
+    for lease in leases:
+        if lease.key == own.key or lease.backend_type != "vxlan":
+            continue
+        gw = str(lease.subnet.network_address)
+        if config.direct_routing and on_link(lease.public_ip):
+            # Same L2 segment: skip the overlay entirely (flannel section 4.7).
+            state.add(Route(dst=str(lease.subnet), gateway=lease.public_ip, dev=node.underlay, onlink=False))
+        elif lease.vtep_mac is not None:
+            state.add(Neigh(dev, gw, lease.vtep_mac))
+            state.add(Fdb(dev, lease.vtep_mac, lease.public_ip))
+            state.add(Route(dst=str(lease.subnet), gateway=gw, dev=dev, onlink=True))
+        if v6 and lease.ipv6_subnet is not None and lease.v6_vtep_mac and lease.public_ipv6:
+            gw6 = str(lease.ipv6_subnet.network_address)
+            state.add(Neigh(dev6, gw6, lease.v6_vtep_mac))
+            state.add(Fdb(dev6, lease.v6_vtep_mac, lease.public_ipv6))
+            state.add(Route(dst=str(lease.ipv6_subnet), gateway=gw6, dev=dev6, onlink=True,
+                            metric=IPV6_DEFAULT_METRIC))
+    return state

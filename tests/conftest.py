@@ -1,0 +1,19 @@
+"""Shared fixtures.  Root/etcd fixtures live in the plugin modules below; they
+skip only when not root (or etcd is missing) *and* ``CI`` is unset: in CI,
+which runs as root with everything installed, they must run."""
+import os
+
+import pytest
+
+pytest_plugins = ["tests.conftest_netns", "tests.conftest_etcd"]
+
+
+@pytest.fixture
+def kernel():
+    from tests.model_kernel import ModelKernel
+
+    return ModelKernel()
+
+
+def pytest_report_header(config):
+    return f"root: {os.geteuid() == 0}, CI: {os.environ.get('CI', '')!r}"

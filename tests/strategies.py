@@ -1,0 +1,178 @@
+"""Hypothesis strategies: random clusters and random live kernels around them.
+
+A cluster is a network config plus raw etcd key-values (some of them bad),
+this node's identity, and an on-link predicate for DirectRouting.  A live
+kernel starts from the desired state and is then damaged: objects missing,
+drifted (mutable and immutable attributes), stale owned entries, and
+foreign objects that must survive every apply.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+
+from hypothesis import strategies as st
+
+from reconciler.leases import RawKV
+from reconciler.model import RTPROT_RECONCILER, Address, Fdb, KernelState, Link, Neigh, Route
+from tests.model_kernel import RTPROT_BOOT, ModelKernel
+
+PREFIX = "/coreos.com/network"
+UNDERLAY = "eth0"
+UNDERLAY_PREFIX = "198.18.0.0/24"
+
+
+@dataclass(frozen=True)
+class Cluster:
+    config_json: str
+    kvs: tuple[RawKV, ...]
+    public_ip: str
+    direct_routing: bool
+    on_link_hosts: frozenset[str]
+
+    def on_link(self, ip: str) -> bool:
+        return ip in self.on_link_hosts
+
+
+def lease_value(public_ip: str, mac: str, vni: int, backend: str = "vxlan") -> str:
+    return json.dumps(
+        {"PublicIP": public_ip, "PublicIPv6": None, "BackendType": backend,
+         "BackendData": {"VNI": vni, "VtepMAC": mac}},
+        separators=(",", ":"),
+    )
+
+
+macs = st.binary(min_size=6, max_size=6).map(
+    lambda b: ":".join(f"{x:02x}" for x in bytes([(b[0] & 0xFE) | 0x02]) + b[1:])
+)
+
+
+@st.composite
+def clusters(draw) -> Cluster:
+    vni = draw(st.sampled_from([1, 2, 42]))
+    port = draw(st.sampled_from([0, 4789]))
+    direct = draw(st.booleans())
+    n = draw(st.integers(1, 9))
+    subnet_ids = draw(st.lists(st.integers(1, 254), min_size=n, max_size=n, unique=True))
+    hosts = draw(st.lists(st.integers(1, 250), min_size=n, max_size=n, unique=True))
+    # A small MAC pool now and then, so VtepMAC conflicts happen.
+    pool = draw(st.lists(macs, min_size=1, max_size=n + 2, unique=True))
+    node_macs = [draw(st.sampled_from(pool)) for _ in range(n)]
+    own = draw(st.integers(0, n - 1))
+    kvs = []
+    for i, (sid, host, mac) in enumerate(zip(subnet_ids, hosts, node_macs)):
+        if i == own:
+            # Our own lease must survive validation: give it a MAC nobody has
+            # and the lowest revision, so it wins any conflict.
+            mac = "02:00:00:00:00:01"
+        key = f"{PREFIX}/subnets/100.64.{sid}.0-24"
+        kvs.append(RawKV(key, lease_value(f"198.18.0.{host}", mac, vni),
+                         lease=draw(st.sampled_from([0, 7001, 7002])),
+                         mod_revision=1 if i == own else draw(st.integers(2, 50))))
+    # Bad leases: each must be skipped without disturbing the others.
+    bad = draw(st.lists(st.sampled_from([
+        ("100.64.250.0-24", "{not json"),
+        ("100.99.7.0-24", lease_value("198.18.1.7", "02:aa:00:00:00:07", vni)),      # outside Network
+        ("100.64.251.0-24", lease_value("198.18.1.8", "02:aa:00:00:00:08", vni + 1)),  # wrong VNI
+        ("100.64.252.0-24", lease_value("198.18.1.9", "02:aa:00:00:00:09", vni, "udp")),  # other backend
+        ("100.64.253.0-24", lease_value("127.0.0.1", "02:aa:00:00:00:0a", vni)),     # loopback PublicIP
+        ("100.64.249.0-24", lease_value("198.18.1.11", "zz:zz", vni)),               # bad MAC
+    ]), max_size=3, unique=True))
+    for k, v in bad:
+        kvs.append(RawKV(f"{PREFIX}/subnets/{k}", v, lease=7003, mod_revision=60))
+    config = {"Network": "100.64.0.0/16", "SubnetLen": 24,
+              "Backend": {"Type": "vxlan", "VNI": vni, "Port": port, "DirectRouting": direct}}
+    config_json = json.dumps(config)
+    kvs.append(RawKV(f"{PREFIX}/config", config_json))
+    on_link = frozenset(f"198.18.0.{h}" for h in hosts if h < 128)
+    order = draw(st.permutations(kvs))
+    return Cluster(config_json, tuple(order), f"198.18.0.{hosts[own]}", direct, on_link)
+
+
+def _drift(draw, obj):
+    """A damaged copy of a desired object (same key), or None for 'leave it right'."""
+    if isinstance(obj, Link):
+        choices = [replace(obj, mtu=(obj.mtu or 1450) + 50), replace(obj, up=False)]
+        if obj.mac is not None:
+            choices.append(replace(obj, mac="02:de:ad:be:ef:00"))
+        if obj.type == "vxlan":
+            choices += [replace(obj, vni=(obj.vni or 1) + 100), replace(obj, port=1234),
+                        replace(obj, local="198.18.0.254"), replace(obj, learning=True)]
+        return draw(st.sampled_from(choices))
+    if isinstance(obj, Neigh):
+        return replace(obj, mac="02:de:ad:00:00:01")
+    if isinstance(obj, Fdb):
+        return replace(obj, dst="198.18.0.253")
+    if isinstance(obj, Route):
+        return draw(st.sampled_from([replace(obj, gateway="100.64.0.9"), replace(obj, onlink=not obj.onlink),
+                                     replace(obj, protocol=RTPROT_BOOT)]))
+    return obj
+
+
+@st.composite
+def live_kernels(draw, desired: KernelState, vxlan_dev: str) -> ModelKernel:
+    """A kernel that is some damaged version of ``desired``, plus foreign state."""
+    k = ModelKernel()
+    k.add_link(Link(UNDERLAY, "veth", mtu=1500, mac="02:00:00:00:ee:01", up=True))
+    k.add_address(UNDERLAY, "198.18.0.200/24")
+
+    for link in desired.of("link").values():
+        fate = draw(st.sampled_from(["right", "missing", "drift"]))
+        if fate == "missing":
+            continue
+        obj = _drift(draw, link) if fate == "drift" else link
+        k.add_link(replace(obj, mac=obj.mac or "02:00:00:00:b0:01", underlay=obj.underlay if obj.type == "vxlan" else None))
+    for kind in ("address", "neigh", "fdb", "route"):
+        for obj in desired.of(kind).values():
+            dev = obj.dev
+            if dev is not None and dev not in k.links:
+                continue  # the kernel cannot hold entries on a missing device
+            fate = draw(st.sampled_from(["right", "right", "missing", "drift"]))
+            if fate == "missing":
+                continue
+            obj = _drift(draw, obj) if fate == "drift" else obj
+            _raw_add(k, obj)
+
+    # Stale owned entries: a peer that left, an old MAC, the old bridge address.
+    if vxlan_dev in k.links:
+        if draw(st.booleans()):
+            k.add_route(Route("100.64.200.0/24", "100.64.200.0", vxlan_dev, True, 0, RTPROT_BOOT))
+            k.add_neigh(Neigh(vxlan_dev, "100.64.200.0", "02:00:00:00:c8:00"))
+            k.add_fdb(Fdb(vxlan_dev, "02:00:00:00:c8:00", "198.18.0.251"))
+        if draw(st.booleans()):
+            k.add_fdb(Fdb(vxlan_dev, "02:00:00:00:c9:00", "198.18.0.252"))
+        if draw(st.booleans()):
+            k.add_route(Route("100.64.0.0/16", None, vxlan_dev, False, 0, RTPROT_BOOT))  # pre-0.9 era
+        # Foreign on our device: a route outside the network, another table,
+        # a learned (non-permanent) neighbour, a non-self FDB entry.
+        k.add_route(Route("198.19.5.0/24", "100.64.201.0", vxlan_dev, True, 0, RTPROT_BOOT))
+        k.add_route(Route("100.64.202.0/24", "100.64.202.0", vxlan_dev, True, 0, RTPROT_BOOT), table=100)
+        k.add_neigh(Neigh(vxlan_dev, "100.64.203.0", "02:00:00:00:cb:00"), permanent=False)
+        k.add_fdb(Fdb(vxlan_dev, "02:00:00:00:cc:00", "198.18.0.250"), self_permanent=False)
+    if "cni0" in k.links:
+        if draw(st.booleans()):
+            k.add_address("cni0", "100.64.222.1/24")       # stale: our old subnet
+        k.add_address("cni0", "198.19.9.1/24")             # foreign: outside the network
+        k.add_link(Link("veth-pod1", "veth", mtu=1450, mac="02:00:00:00:dd:01", up=True), master="cni0")
+    # A device that is down cannot hold routes or neighbours: the kernel
+    # flushed them when it went down.
+    for name, entry in list(k.links.items()):
+        if entry.link.up is False:
+            k._link_down(name)
+    # Foreign elsewhere: a route into the network via the underlay, not ours.
+    k.add_route(Route("100.64.230.0/24", "198.18.0.99", UNDERLAY, False, 0, RTPROT_BOOT))
+    k.add_route(Route("198.19.0.0/16", "198.18.0.1", UNDERLAY, False, 0, RTPROT_BOOT))
+    return k
+
+
+def _raw_add(k: ModelKernel, obj) -> None:
+    if isinstance(obj, Address):
+        k.add_address(obj.dev, obj.cidr)
+    elif isinstance(obj, Route):
+        proto = obj.protocol if obj.protocol is not None else RTPROT_RECONCILER
+        dev = obj.dev if obj.dev is not None else UNDERLAY
+        k.add_route(replace(obj, protocol=proto, dev=dev))
+    elif isinstance(obj, Neigh):
+        k.add_neigh(obj)
+    elif isinstance(obj, Fdb):
+        k.add_fdb(obj)

@@ -1,0 +1,107 @@
+"""The planner: story-named situations, each one kernel state against desired."""
+from dataclasses import replace
+
+from reconciler.desired import NodeParams, desired_state
+from reconciler.model import Address, Fdb, KernelState, Link, Neigh, Route
+from reconciler.plan import make_plan
+from tests.fixtures import config, host1, host2, mac2, three_leases
+
+
+def desired():
+    return desired_state(config(), three_leases(), NodeParams(public_ip=host1, underlay="eth0"))
+
+
+def ops(plan):
+    return [(c.op, c.kind, c.obj.key) for c in plan]
+
+
+def test_empty_kernel_creates_everything_in_dependency_order():
+    plan = make_plan(desired(), KernelState())
+    kinds = [c.kind for c in plan]
+    assert all(c.op == "create" for c in plan)
+    assert kinds == sorted(kinds, key=["link", "address", "neigh", "fdb", "route"].index)
+    assert plan.summary() == {"create": 10, "update": 0, "delete": 0}
+
+
+def test_converged_kernel_plans_nothing():
+    d = desired()
+    live = KernelState(d)
+    assert make_plan(d, live).in_sync
+
+
+def test_dont_care_attributes_are_not_compared():
+    d = desired()
+    live = KernelState(d)
+    live.add(replace(d.get("link", "cni0"), mac="02:11:22:33:44:55"))  # kernel-chosen bridge MAC
+    live.add(replace(d.get("route", ("100.64.2.0/24", 0)), protocol=3))  # flanneld's proto boot: adopted
+    assert make_plan(d, live).in_sync
+
+
+def test_mtu_drift_is_an_in_place_update():
+    d = desired()
+    live = KernelState(d)
+    live.add(replace(d.get("link", "flannel.1"), mtu=1500))
+    plan = make_plan(d, live)
+    assert ops(plan) == [("update", "link", "flannel.1")]
+    assert plan.changes[0].changed() == {"mtu": (1450, 1500)}
+
+
+def test_vni_change_recreates_device_and_everything_on_it():
+    d = desired()
+    live = KernelState(d)
+    live.add(replace(d.get("link", "flannel.1"), vni=2))
+    plan = make_plan(d, live)
+    assert plan.changes[0] == plan.changes[0].__class__("delete", live.get("link", "flannel.1"))
+    assert ("create", "link", "flannel.1") in ops(plan)
+    # entries on flannel.1 are re-created (the kernel drops them with the device),
+    # not deleted one by one; cni0 is untouched.
+    created = {(k, key) for op, k, key in ops(plan) if op == "create"}
+    assert ("route", ("100.64.2.0/24", 0)) in created and ("fdb", ("flannel.1", mac2)) in created
+    assert ("address", ("flannel.1", "100.64.1.0/32")) in created
+    assert ("address", ("cni0", "100.64.1.1/24")) not in created
+    assert not [o for o in ops(plan) if o[0] == "delete" and o[1] != "link"]
+
+
+def test_peer_left_deletes_route_then_neigh_and_fdb_in_reverse_order():
+    d = desired()
+    live = KernelState(d)
+    live.add(Route("100.64.9.0/24", "100.64.9.0", "flannel.1", True))
+    live.add(Neigh("flannel.1", "100.64.9.0", "02:00:00:00:09:00"))
+    live.add(Fdb("flannel.1", "02:00:00:00:09:00", "198.18.0.9"))
+    assert ops(make_plan(d, live)) == [
+        ("delete", "route", ("100.64.9.0/24", 0)),
+        ("delete", "fdb", ("flannel.1", "02:00:00:00:09:00")),
+        ("delete", "neigh", ("flannel.1", "100.64.9.0")),
+    ]
+
+
+def test_peer_rebooted_with_new_mac_updates_neigh_and_replaces_fdb_entry():
+    d = desired()
+    live = KernelState(d)
+    old_mac = "02:00:00:00:99:99"
+    live.discard(d.get("fdb", ("flannel.1", mac2)))
+    live.add(Fdb("flannel.1", old_mac, host2))
+    live.add(Neigh("flannel.1", "100.64.2.0", old_mac))
+    plan = make_plan(d, live)
+    assert ops(plan) == [
+        ("delete", "fdb", ("flannel.1", old_mac)),
+        ("update", "neigh", ("flannel.1", "100.64.2.0")),
+        ("create", "fdb", ("flannel.1", mac2)),
+    ]
+
+
+def test_subnet_change_swaps_addresses():
+    d = desired()
+    live = KernelState(d)
+    live.discard(Address("cni0", "100.64.1.1/24"))
+    live.add(Address("cni0", "100.64.77.1/24"))
+    assert ops(make_plan(d, live)) == [("delete", "address", ("cni0", "100.64.77.1/24")),
+                                       ("create", "address", ("cni0", "100.64.1.1/24"))]
+
+
+def test_stale_device_is_deleted_without_deleting_its_entries_one_by_one():
+    d = desired()
+    live = KernelState(d)
+    live.add(Link("flannel-v6.1", "vxlan", 1450, "02:00:00:00:00:06", True, 1, "fd00::1", 8472, False))
+    live.add(Route("fd00:64:0:2::/64", "fd00:64:0:2::", "flannel-v6.1", True, 1024))
+    assert ops(make_plan(d, live)) == [("delete", "link", "flannel-v6.1")]
