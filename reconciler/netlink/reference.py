@@ -1,0 +1,763 @@
+"""The reference netlink backend: pyroute2, one request per change.
+
+This is the only module that imports pyroute2.  It speaks rtnetlink
+directly: each operation builds one kernel message (``ifinfmsg``,
+``ifaddrmsg``, ``rtmsg``, ``ndmsg``) with the ``NLM_F_*`` flags iproute2
+would use, sends it over one ``NETLINK_ROUTE`` socket and waits for the ACK.
+It is deliberately plain: it is the yardstick the batched backend is held
+to, not the fast path (about 1,200 route writes per second, see
+``../shared/kernel-notes.md`` section 4).
+
+Hazards handled here, each met for real:
+
+* ``IPRoute(netns=NAME)`` silently *creates* a missing namespace.  We check
+  ``/var/run/netns/NAME`` ourselves, refuse names that are paths, and open
+  the socket with ``flags=0`` so pyroute2 never creates one either.
+* pyroute2 0.9.7 never reports ``NLM_F_DUMP_INTR``, and the kernel may set
+  it on the final ``NLMSG_DONE`` only, which pyroute2 swallows.  We watch
+  the header of every message of a dump through the request callback
+  (which sees ``NLMSG_DONE`` too), retry, and raise ``DumpInterrupted``.
+* A route dump without a family returns IPv6 link-local routes too; every
+  dump here names its family, and uses ``NETLINK_GET_STRICT_CHK`` so the
+  kernel filters by table, type and ifindex.  Python filters again, since
+  an old kernel ignores filters it does not know.
+* An FDB replace is refused ("Operation not supported") unless ``NTF_SELF``
+  and ``NUD_PERMANENT`` are set explicitly.
+* Names become ifindexes through a cache refreshed by one link dump at the
+  start of each ``apply`` and after each link create or delete, never by a
+  lookup per operation.
+
+No subprocess is ever started here: lease fields (MACs, addresses) only
+ever travel inside netlink attributes, never through a shell.
+"""
+from __future__ import annotations
+
+import errno as E
+import ipaddress
+import os
+import struct
+import threading
+from socket import AF_BRIDGE, AF_INET, AF_INET6
+from typing import Callable, Collection, Sequence
+
+from pyroute2 import netns as _pr_netns
+from pyroute2.netlink import (
+    NLM_F_ACK,
+    NLM_F_CREATE,
+    NLM_F_DUMP,
+    NLM_F_EXCL,
+    NLM_F_REPLACE,
+    NLM_F_REQUEST,
+)
+from pyroute2.netlink import rtnl
+from pyroute2.netlink.exceptions import NetlinkDumpInterrupted
+from pyroute2.netlink.exceptions import NetlinkError as _PrNetlinkError
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+from pyroute2.netlink.rtnl.iprsocket import AsyncIPRSocket
+from pyroute2.netlink.rtnl.ndmsg import NTF_PROXY, NTF_SELF, NUD_PERMANENT, ndmsg
+from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+from ..errors import DumpInterrupted, NamespaceNotFound, NetlinkError, is_gone
+from ..model import RTPROT_RECONCILER, Address, Fdb, KernelState, Link, Neigh, Route
+from ..plan import Change, OpResult
+from . import Underlay
+
+__all__ = ["PyrouteBackend"]
+
+# Kernel constants, in rtnetlink.h / if.h / if_addr.h spelling.
+NLM_F_DUMP_INTR = 0x10
+RT_TABLE_MAIN = 254
+RTN_UNICAST = 1
+RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
+RTNH_F_ONLINK = 0x4
+RTM_F_CLONED = 0x200
+IFF_UP = 0x1
+IFA_F_DADFAILED, IFA_F_DEPRECATED, IFA_F_TENTATIVE, IFA_F_PERMANENT = 0x08, 0x20, 0x40, 0x80
+VXLAN_DEFAULT_PORT = 8472
+
+F_DUMP = NLM_F_REQUEST | NLM_F_DUMP
+F_ACK = NLM_F_REQUEST | NLM_F_ACK                       # ip ... del / ip link set
+F_ADD_EXCL = F_ACK | NLM_F_CREATE | NLM_F_EXCL          # ip link add
+F_REPLACE = F_ACK | NLM_F_CREATE | NLM_F_REPLACE        # ip ... replace
+
+#: How often an interrupted dump is tried before it is given up.
+DUMP_TRIES = 5
+NETNS_RUN_DIR = "/var/run/netns"
+_ZERO_MAC = "00:00:00:00:00:00"
+_FE80_64 = ipaddress.ip_network("fe80::/64")
+
+
+class _DeviceVanished(Exception):
+    """A per-device dump met ENODEV: the device went away mid-dump."""
+
+
+class _NoDevice(Exception):
+    """A change names a device the name cache does not know."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+class _Partial(Exception):
+    """A link was created but a follow-up step (accept_ra, up) failed."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(text)
+        self.code, self.text = code, text
+
+
+def _ip(text: str) -> str:
+    """Canonical (``ipaddress``) form of an address string from the kernel."""
+    return text if ":" not in text else str(ipaddress.ip_address(text))
+
+
+def _netns_path(name: str) -> str:
+    # pyroute2 reads a name containing "/" as a path: "../../proc/1/ns/net"
+    # would escape NETNS_RUN_DIR.  `ip netns` names are plain file names.
+    if not name or "/" in name or name in (".", ".."):
+        raise NamespaceNotFound(E.EINVAL, f"network namespace {name!r}: not a namespace name")
+    path = os.path.join(NETNS_RUN_DIR, name)
+    if not os.path.exists(path):
+        raise NamespaceNotFound(E.ENOENT, f"network namespace {name!r} does not exist ({path})")
+    return path
+
+
+def _errtext(exc: BaseException) -> tuple[int, str]:
+    """(errno, "detail (ENAME)") of a pyroute2 or OS error."""
+    code = getattr(exc, "code", None) or getattr(exc, "errno", None) or E.EIO
+    detail = exc.args[1] if len(exc.args) > 1 and exc.args[1] else os.strerror(code)
+    return code, f"{detail} ({E.errorcode.get(code, code)})"
+
+
+def describe(change: Change) -> str:
+    """The change in iproute2 words, for messages: ``route replace 100.64.2.0/24 via ...``."""
+    o, op = change.obj, change.op
+    if o.KIND == "link":
+        if op == "delete":
+            return f"link del {o.name}"
+        words = ["link add" if op == "create" else "link set", o.name]
+        if o.mac:
+            words.append(f"address {o.mac}")
+        if o.mtu:
+            words.append(f"mtu {o.mtu}")
+        if op == "create":
+            words.append(f"type {o.type}")
+            if o.type == "vxlan":
+                words.append(f"id {o.vni}")
+                words += [f"dev {o.underlay}"] if o.underlay else []
+                words += [f"local {o.local}"] if o.local else []
+                words += [f"dstport {o.port}"] if o.port is not None else []
+                words.append("learning" if o.learning else "nolearning")
+                words += ["gbp"] if o.gbp else []
+        if o.up is not None:
+            words.append("up" if o.up else "down")
+        return " ".join(words)
+    if o.KIND == "address":
+        return f"addr {'del' if op == 'delete' else 'replace'} {o.cidr} dev {o.dev}"
+    if o.KIND == "route":
+        words = [f"route {'del' if op == 'delete' else 'replace'} {o.dst}"]
+        words += [f"via {o.gateway}"] if o.gateway else []
+        words += [f"dev {o.dev}"] if o.dev else []
+        words += ["onlink"] if o.onlink and op != "delete" else []
+        words += [f"metric {o.metric}"] if o.metric else []
+        return " ".join(words)
+    if o.KIND == "neigh":
+        if op == "delete":
+            return f"neigh del {o.ip} dev {o.dev}"
+        return f"neigh replace {o.ip} lladdr {o.mac} dev {o.dev} nud permanent"
+    if op == "delete":
+        return f"fdb del {o.mac} dev {o.dev} dst {o.dst} self"
+    return f"fdb replace {o.mac} dev {o.dev} dst {o.dst} self permanent"
+
+
+class PyrouteBackend:
+    """``NetlinkBackend`` over one rtnetlink socket, optionally inside a named namespace.
+
+    pyroute2 keeps its event loop per thread: use a backend only from the
+    thread that made it (one backend per thread).
+    """
+
+    def __init__(self, netns: str | None = None) -> None:
+        self._netns = netns
+        self._netns_file = _netns_path(netns) if netns is not None else None
+        try:
+            # flags=0: never create the namespace.  groups=0: no multicast
+            # subscriptions, so no events pile up in the receive queue.
+            self._sock = AsyncIPRSocket(netns=netns, flags=0, strict_check=True, ext_ack=True, groups=0)
+            self._loop = self._sock.event_loop
+            self._loop.run_until_complete(self._sock.setup_endpoint())
+        except FileNotFoundError as exc:        # removed between the check and the open
+            raise NamespaceNotFound(E.ENOENT, f"network namespace {netns!r} does not exist") from exc
+        except (OSError, _PrNetlinkError) as exc:
+            code, text = _errtext(exc)
+            raise NetlinkError(code, f"cannot open an rtnetlink socket{self._where()}: {text}") from exc
+        self._index: dict[str, int] | None = None     # name -> ifindex; None = stale
+        self._names: dict[int, str] = {}
+        self._links: dict[int, object] = {}           # ifindex -> last ifinfmsg
+
+    def _where(self) -> str:
+        return f" in netns {self._netns}" if self._netns else ""
+
+    # ---------------------------------------------------------------- plumbing
+    def _request(self, msg, msg_type: int, flags: int, callback: Callable | None = None) -> list:
+        """Send one request and collect every answer.  Raises pyroute2's errors."""
+        if self._sock is None:
+            raise OSError(E.EBADF, "backend is closed")
+
+        async def collect():
+            answers = await self._sock.nlm_request(msg, msg_type, flags, callback=callback)
+            return [m async for m in answers]
+
+        return self._loop.run_until_complete(collect())
+
+    def _dump(self, make: Callable[[], object], msg_type: int, what: str) -> list:
+        """A dump (``NLM_F_REQUEST|NLM_F_DUMP``), retried while the kernel flags it ``NLM_F_DUMP_INTR``."""
+        for _ in range(DUMP_TRIES):
+            interrupted = False
+
+            def watch(msg) -> bool:
+                nonlocal interrupted
+                if msg["header"]["flags"] & NLM_F_DUMP_INTR:
+                    interrupted = True
+                return False                    # never swallow the message
+
+            try:
+                answers = self._request(make(), msg_type, F_DUMP, watch)
+            except NetlinkDumpInterrupted:
+                interrupted = True
+            except _PrNetlinkError as exc:
+                if exc.code == E.EINTR:
+                    interrupted = True
+                elif exc.code == E.ENODEV:
+                    raise _DeviceVanished(what) from exc
+                else:
+                    code, text = _errtext(exc)
+                    raise NetlinkError(code, f"{what} dump{self._where()}: {text}") from exc
+            except OSError as exc:
+                code, text = _errtext(exc)
+                raise NetlinkError(code, f"{what} dump{self._where()}: {text}") from exc
+            if not interrupted:
+                return answers
+        raise DumpInterrupted(E.EINTR, f"{what} dump{self._where()} was interrupted (NLM_F_DUMP_INTR) "
+                                       f"{DUMP_TRIES} times in a row; not trusting it")
+
+    def _refresh_links(self) -> list:
+        """``ip link show``: one dump of all links, which also refreshes the name cache."""
+        msgs = self._dump(ifinfmsg, rtnl.RTM_GETLINK, "link")
+        self._links = {m["index"]: m for m in msgs}
+        self._names = {m["index"]: m.get("IFLA_IFNAME") for m in msgs}
+        self._index = {name: idx for idx, name in self._names.items()}
+        return msgs
+
+    def _ifindex(self, name: str) -> int:
+        if self._index is None:
+            self._refresh_links()
+        idx = self._index.get(name)
+        if idx is None:
+            raise _NoDevice(name)
+        return idx
+
+    # -------------------------------------------------------------------- dump
+    def dump(self, devices: Collection[str]) -> KernelState:
+        """Links, addresses, routes, neighbours and FDB entries of ``devices`` (see the contract)."""
+        for _ in range(DUMP_TRIES):
+            try:
+                return self._dump_once(set(devices))
+            except _DeviceVanished:
+                continue                        # a device was re-created mid-dump: start again
+        raise DumpInterrupted(E.ENODEV, f"devices kept changing during the dump{self._where()}")
+
+    def _dump_once(self, devices: set[str]) -> KernelState:
+        state = KernelState()
+        ours: dict[int, str] = {}
+        for msg in self._refresh_links():
+            name = msg.get("IFLA_IFNAME")
+            if name in devices:
+                link = self._parse_link(msg)
+                state.add(link)
+                ours[msg["index"]] = name
+        for idx, name in ours.items():
+            for obj in self._addresses(idx):
+                state.add(Address(name, obj))
+            for fam in (AF_INET, AF_INET6):
+                for n in self._dump(lambda: _ndmsg(fam, idx), rtnl.RTM_GETNEIGH, f"neigh {name}"):
+                    neigh = self._parse_neigh(n, idx, name)
+                    if neigh is not None:
+                        state.add(neigh)
+            if state.get("link", name).type == "vxlan":
+                for n in self._dump(lambda: _ndmsg(AF_BRIDGE, idx), rtnl.RTM_GETNEIGH, f"fdb {name}"):
+                    fdb = self._parse_fdb(n, idx, name)
+                    if fdb is not None:
+                        state.add(fdb)
+        for fam in (AF_INET, AF_INET6):
+            for r in self._dump(lambda: _route_dump_msg(fam), rtnl.RTM_GETROUTE, "route"):
+                route = self._parse_route(r, ours)
+                if route is not None:
+                    state.add(route)
+        return state
+
+    def _parse_link(self, msg) -> Link:
+        info = msg.get("IFLA_LINKINFO")
+        kind = (info.get("IFLA_INFO_KIND") if info else None) or ""   # "" for lo and real NICs
+        mac = msg.get("IFLA_ADDRESS")
+        common = dict(name=msg.get("IFLA_IFNAME"), type=kind, mtu=msg.get("IFLA_MTU"),
+                      mac=mac.lower() if mac else None, up=bool(msg["flags"] & IFF_UP))
+        if kind != "vxlan":
+            return Link(**common)
+        data = info.get("IFLA_INFO_DATA")
+        local = data.get("IFLA_VXLAN_LOCAL") or data.get("IFLA_VXLAN_LOCAL6")
+        if local in ("0.0.0.0", "::"):
+            local = None
+        lower = data.get("IFLA_VXLAN_LINK")
+        return Link(**common, vni=data.get("IFLA_VXLAN_ID"), local=_ip(local) if local else None,
+                    port=data.get("IFLA_VXLAN_PORT") or VXLAN_DEFAULT_PORT,
+                    learning=bool(data.get("IFLA_VXLAN_LEARNING")), gbp=bool(data.get("IFLA_VXLAN_GBP")),
+                    underlay=self._names.get(lower) if lower else None)
+
+    def _addresses(self, idx: int, families=(AF_INET, AF_INET6)) -> list[str]:
+        """``ip addr show dev X``: "ip/prefixlen" strings, IPv6 link-local left out."""
+        out = []
+        for msg in self._address_msgs(idx, families):
+            cidr = _cidr_of(msg)
+            if cidr is not None:
+                out.append(cidr)
+        return out
+
+    def _address_msgs(self, idx: int, families=(AF_INET, AF_INET6)) -> list:
+        out = []
+        for fam in families:
+            for msg in self._dump(lambda: _addr_dump_msg(fam, idx), rtnl.RTM_GETADDR, f"addr {idx}"):
+                if msg["index"] == idx and msg["family"] == fam:
+                    out.append(msg)
+        return out
+
+    def _parse_route(self, msg, ours: dict[int, str]) -> Route | None:
+        table = msg.get("RTA_TABLE") or msg["table"]
+        if table != RT_TABLE_MAIN or msg["type"] != RTN_UNICAST or msg["flags"] & RTM_F_CLONED:
+            return None
+        oif = msg.get("RTA_OIF")
+        if oif not in ours and msg["proto"] != RTPROT_RECONCILER:
+            return None
+        if msg.get("RTA_MULTIPATH"):
+            return None                         # never written by us; one Route cannot hold it
+        fam = msg["family"]
+        dst = msg.get("RTA_DST") or ("0.0.0.0" if fam == AF_INET else "::")
+        net = ipaddress.ip_network(f"{dst}/{msg['dst_len']}", strict=False)
+        if net == _FE80_64:
+            return None
+        gw = msg.get("RTA_GATEWAY")
+        return Route(dst=str(net), gateway=_ip(gw) if gw else None,
+                     dev=self._names.get(oif) if oif else None,
+                     onlink=bool(msg["flags"] & RTNH_F_ONLINK),
+                     metric=msg.get("RTA_PRIORITY") or 0, protocol=msg["proto"])
+
+    @staticmethod
+    def _parse_neigh(msg, idx: int, name: str) -> Neigh | None:
+        ip, mac = msg.get("NDA_DST"), msg.get("NDA_LLADDR")
+        if (msg["ifindex"] != idx or not msg["state"] & NUD_PERMANENT or msg["flags"] & NTF_PROXY
+                or msg["family"] not in (AF_INET, AF_INET6) or not ip or not mac):
+            return None
+        return Neigh(dev=name, ip=_ip(ip), mac=mac.lower())
+
+    @staticmethod
+    def _parse_fdb(msg, idx: int, name: str) -> Fdb | None:
+        dst, mac = msg.get("NDA_DST"), msg.get("NDA_LLADDR")
+        if (msg["ifindex"] != idx or msg["family"] != AF_BRIDGE or not msg["flags"] & NTF_SELF
+                or not msg["state"] & NUD_PERMANENT or not dst or not mac or mac == _ZERO_MAC):
+            return None
+        return Fdb(dev=name, mac=mac.lower(), dst=_ip(dst))
+
+    # ------------------------------------------------------------------- apply
+    def apply(self, changes: Sequence[Change]) -> list[OpResult]:
+        """Carry out ``changes`` in order, one request each; one ``OpResult`` per change."""
+        self._index = None          # devices may have come and gone since the last call
+        return [self._apply_one(c) for c in changes]
+
+    def _apply_one(self, change: Change) -> OpResult:
+        handler = getattr(self, f"_{change.kind}_{'delete' if change.op == 'delete' else 'write'}")
+        try:
+            handler(change)
+        except _NoDevice as exc:
+            if change.op == "delete":
+                return OpResult(change, ok=True, message="already gone")
+            return OpResult(change, ok=False, errno=E.ENODEV,
+                            message=f"{describe(change)}: Cannot find device \"{exc.name}\" (ENODEV)")
+        except (_PrNetlinkError, OSError) as exc:
+            code, text = _errtext(exc)
+            if change.op == "delete" and is_gone(code):
+                return OpResult(change, ok=True, message="already gone")
+            return OpResult(change, ok=False, errno=code, message=f"{describe(change)}: {text}")
+        except NetlinkError as exc:  # the link dump behind the name cache failed
+            return OpResult(change, ok=False, errno=exc.errno, message=f"{describe(change)}: {exc}")
+        except _Partial as exc:     # the object exists, but a follow-up step failed
+            return OpResult(change, ok=False, errno=exc.code, message=exc.text)
+        except (ValueError, TypeError, struct.error) as exc:   # malformed address, MAC, ...
+            return OpResult(change, ok=False, errno=E.EINVAL, message=f"{describe(change)}: {exc} (EINVAL)")
+        return OpResult(change, ok=True)
+
+    # links
+    def _link_write(self, change: Change) -> None:
+        if change.op == "create":
+            self._link_create(change.obj)
+        else:
+            self._link_set(change)
+
+    def _link_create(self, link: Link) -> None:
+        """``ip link add NAME [address MAC] [mtu N] type vxlan|bridge ...``: RTM_NEWLINK, NLM_F_CREATE|NLM_F_EXCL.
+
+        An existing device of that name is EEXIST: the planner deletes first.
+        Then, for vxlan, ``net.ipv6.conf.NAME.accept_ra=0`` (as flanneld),
+        and ``ip link set NAME up`` if asked.
+        """
+        if link.type == "vxlan":
+            data = [["IFLA_VXLAN_ID", link.vni]]
+            if link.underlay is not None:
+                data.append(["IFLA_VXLAN_LINK", self._ifindex(link.underlay)])
+            if link.local is not None:
+                data.append(["IFLA_VXLAN_LOCAL6" if ":" in link.local else "IFLA_VXLAN_LOCAL", link.local])
+            if link.port is not None:       # absent: the kernel default (8472), as flanneld
+                data.append(["IFLA_VXLAN_PORT", link.port])
+            data += [["IFLA_VXLAN_LEARNING", int(bool(link.learning))], ["IFLA_VXLAN_TTL", 0],
+                     ["IFLA_VXLAN_PROXY", 0], ["IFLA_VXLAN_L2MISS", 0], ["IFLA_VXLAN_L3MISS", 0]]
+            if link.gbp:
+                data.append(["IFLA_VXLAN_GBP", True])
+            info = {"attrs": [["IFLA_INFO_KIND", "vxlan"], ["IFLA_INFO_DATA", {"attrs": data}]]}
+        else:
+            info = {"attrs": [["IFLA_INFO_KIND", link.type]]}
+        msg = ifinfmsg()
+        msg["attrs"] = [["IFLA_IFNAME", link.name]]
+        if link.mtu is not None:
+            msg["attrs"].append(["IFLA_MTU", link.mtu])
+        if link.mac is not None:
+            msg["attrs"].append(["IFLA_ADDRESS", _mac(link.mac)])
+        msg["attrs"].append(["IFLA_LINKINFO", info])
+        self._request(msg, rtnl.RTM_NEWLINK, F_ADD_EXCL)
+        self._index = None
+        if link.type == "vxlan":
+            self._disable_accept_ra(link.name)
+        if link.up:
+            up = ifinfmsg()
+            up["flags"], up["change"] = IFF_UP, IFF_UP
+            up["attrs"] = [["IFLA_IFNAME", link.name]]     # by name: exactly the device just made
+            try:
+                self._request(up, rtnl.RTM_NEWLINK, F_ACK)
+            except (_PrNetlinkError, OSError) as exc:
+                code, text = _errtext(exc)
+                raise _Partial(code, f"link set {link.name} up (after link add): {text}") from exc
+
+    def _disable_accept_ra(self, name: str) -> None:
+        """``sysctl -w net.ipv6.conf.NAME.accept_ra=0``, inside the backend's namespace.
+
+        /proc/sys/net shows the namespace of the *calling thread*, so the
+        write runs on a short-lived thread that first joins the namespace
+        (setns(2) on a thread moves only that thread).  No conf directory
+        means IPv6 is disabled there: nothing to do.
+        """
+        path = f"/proc/sys/net/ipv6/conf/{name}/accept_ra"
+        failure: list[OSError] = []
+
+        def write() -> None:
+            try:
+                if self._netns_file is not None:
+                    fd = os.open(self._netns_file, os.O_RDONLY | os.O_CLOEXEC)
+                    try:
+                        _pr_netns.setns(fd, flags=0)
+                    finally:
+                        os.close(fd)
+                with open(path, "w") as f:
+                    f.write("0")
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                failure.append(exc)
+
+        if self._netns_file is None:
+            write()
+        else:
+            t = threading.Thread(target=write, name=f"setns-{self._netns}")
+            t.start()
+            t.join()
+        if failure:
+            code, text = _errtext(failure[0])
+            raise _Partial(code, f"sysctl net.ipv6.conf.{name}.accept_ra=0 (after link add): {text}")
+
+    def _link_set(self, change: Change) -> None:
+        """``ip link set NAME [mtu N] [address MAC] [up|down]``: RTM_NEWLINK on the ifindex, no create flags.
+
+        Only the mutable attributes that are wanted (not ``None``) and differ
+        from ``change.live`` (all of them when there is no live object).
+        """
+        want, live = change.obj, change.live
+        todo = {a: getattr(want, a) for a in Link.MUTABLE
+                if getattr(want, a) is not None and (live is None or getattr(live, a) != getattr(want, a))}
+        idx = self._ifindex(want.name)
+        if not todo:
+            return
+        msg = ifinfmsg()
+        msg["index"] = idx
+        if "mtu" in todo:
+            msg["attrs"].append(["IFLA_MTU", todo["mtu"]])
+        if "mac" in todo:
+            msg["attrs"].append(["IFLA_ADDRESS", _mac(todo["mac"])])
+        if "up" in todo:
+            msg["flags"], msg["change"] = (IFF_UP if todo["up"] else 0), IFF_UP
+        self._request(msg, rtnl.RTM_NEWLINK, F_ACK)
+
+    def _link_delete(self, change: Change) -> None:
+        """``ip link del NAME``: RTM_DELLINK.  Takes the device's addresses, routes and entries with it."""
+        msg = ifinfmsg()
+        msg["index"] = self._ifindex(change.obj.name)
+        try:
+            self._request(msg, rtnl.RTM_DELLINK, F_ACK)
+        finally:
+            self._index = None
+
+    # addresses
+    def _address_msg(self, addr: Address) -> ifaddrmsg:
+        iface = ipaddress.ip_interface(addr.cidr)
+        ip = str(iface.ip)
+        msg = ifaddrmsg()
+        msg["family"] = AF_INET6 if iface.version == 6 else AF_INET
+        msg["prefixlen"] = iface.network.prefixlen
+        msg["scope"] = RT_SCOPE_UNIVERSE
+        msg["index"] = self._ifindex(addr.dev)
+        msg["attrs"] = [["IFA_LOCAL", ip], ["IFA_ADDRESS", ip]]   # no IFA_BROADCAST, as `ip addr`
+        return msg
+
+    def _address_write(self, change: Change) -> None:
+        """``ip addr replace CIDR dev DEV``: RTM_NEWADDR, NLM_F_CREATE|NLM_F_REPLACE, scope global."""
+        self._request(self._address_msg(change.obj), rtnl.RTM_NEWADDR, F_REPLACE)
+
+    def _address_delete(self, change: Change) -> None:
+        """``ip addr del CIDR dev DEV``: RTM_DELADDR (EADDRNOTAVAIL when already gone)."""
+        self._request(self._address_msg(change.obj), rtnl.RTM_DELADDR, F_ACK)
+
+    # routes
+    def _route_msg(self, route: Route, delete: bool) -> rtmsg:
+        net = ipaddress.ip_network(route.dst)
+        msg = rtmsg()
+        msg["family"] = AF_INET6 if net.version == 6 else AF_INET
+        msg["dst_len"] = net.prefixlen
+        msg["table"] = RT_TABLE_MAIN
+        attrs = [["RTA_DST", str(net.network_address)]]
+        if route.gateway is not None:
+            if ipaddress.ip_address(route.gateway).version != net.version:
+                raise ValueError(f"gateway {route.gateway} is not of the family of {route.dst}")
+            attrs.append(["RTA_GATEWAY", route.gateway])
+        if route.dev is not None:
+            attrs.append(["RTA_OIF", self._ifindex(route.dev)])
+        if route.metric:
+            attrs.append(["RTA_PRIORITY", route.metric])
+        if delete:
+            # iproute2's delete: scope NOWHERE, type and protocol 0, so that
+            # the kernel matches on dst, metric and whatever next hop is given.
+            msg["scope"] = RT_SCOPE_NOWHERE
+        else:
+            msg["proto"] = RTPROT_RECONCILER
+            msg["type"] = RTN_UNICAST
+            msg["scope"] = RT_SCOPE_UNIVERSE if route.gateway else RT_SCOPE_LINK
+            msg["flags"] = RTNH_F_ONLINK if route.onlink else 0
+        msg["attrs"] = attrs
+        return msg
+
+    def _route_write(self, change: Change) -> None:
+        """``ip route replace DST [via GW] [dev DEV] [onlink] [metric N] proto 73``:
+        RTM_NEWROUTE, NLM_F_CREATE|NLM_F_REPLACE, table main."""
+        self._request(self._route_msg(change.obj, delete=False), rtnl.RTM_NEWROUTE, F_REPLACE)
+
+    def _route_delete(self, change: Change) -> None:
+        """``ip route del DST [via GW] [dev DEV] [metric N]``: RTM_DELROUTE (ESRCH when already gone)."""
+        self._request(self._route_msg(change.obj, delete=True), rtnl.RTM_DELROUTE, F_ACK)
+
+    # neighbours
+    def _neigh_msg(self, neigh: Neigh, delete: bool) -> ndmsg:
+        ip = ipaddress.ip_address(neigh.ip)
+        msg = ndmsg()
+        msg["family"] = AF_INET6 if ip.version == 6 else AF_INET
+        msg["ifindex"] = self._ifindex(neigh.dev)
+        msg["attrs"] = [["NDA_DST", str(ip)]]
+        if not delete:
+            msg["state"] = NUD_PERMANENT
+            msg["attrs"].append(["NDA_LLADDR", _mac(neigh.mac)])
+        return msg
+
+    def _neigh_write(self, change: Change) -> None:
+        """``ip neigh replace IP lladdr MAC dev DEV nud permanent``: RTM_NEWNEIGH, NLM_F_CREATE|NLM_F_REPLACE."""
+        self._request(self._neigh_msg(change.obj, delete=False), rtnl.RTM_NEWNEIGH, F_REPLACE)
+
+    def _neigh_delete(self, change: Change) -> None:
+        """``ip neigh del IP dev DEV``: RTM_DELNEIGH (ENOENT when already gone)."""
+        self._request(self._neigh_msg(change.obj, delete=True), rtnl.RTM_DELNEIGH, F_ACK)
+
+    # FDB
+    def _fdb_msg(self, fdb: Fdb, delete: bool) -> ndmsg:
+        msg = ndmsg()
+        msg["family"] = AF_BRIDGE
+        msg["ifindex"] = self._ifindex(fdb.dev)
+        msg["flags"] = NTF_SELF                 # the VXLAN device's own table, not a bridge's
+        msg["state"] = 0 if delete else NUD_PERMANENT
+        msg["attrs"] = [["NDA_LLADDR", _mac(fdb.mac)], ["NDA_DST", str(ipaddress.ip_address(fdb.dst))]]
+        return msg
+
+    def _fdb_write(self, change: Change) -> None:
+        """``bridge fdb replace MAC dev DEV dst IP self permanent``: RTM_NEWNEIGH (AF_BRIDGE),
+        NLM_F_CREATE|NLM_F_REPLACE, NTF_SELF, NUD_PERMANENT."""
+        self._request(self._fdb_msg(change.obj, delete=False), rtnl.RTM_NEWNEIGH, F_REPLACE)
+
+    def _fdb_delete(self, change: Change) -> None:
+        """``bridge fdb del MAC dev DEV dst IP self``: RTM_DELNEIGH (ENOENT when already gone)."""
+        self._request(self._fdb_msg(change.obj, delete=True), rtnl.RTM_DELNEIGH, F_ACK)
+
+    # ---------------------------------------------------------------- underlay
+    def underlay(self, spec: str | None) -> Underlay:
+        """The external interface: by name, by an IPv4 address it holds, or
+        (``None``) the interface of the main table's IPv4 default route."""
+        self._refresh_links()
+        given: str | None = None
+        try:
+            if spec is None:
+                idx = self._default_route_oif()
+            elif _looks_like_ip(spec):
+                ip = ipaddress.ip_address(spec)
+                if ip.version != 4:
+                    raise NetlinkError(E.EAFNOSUPPORT, f"underlay {spec}: only an IPv4 address can name it")
+                given = str(ip)
+                idx = self._holder_of(given)
+            else:
+                idx = self._index.get(spec)
+                if idx is None:
+                    raise NetlinkError(E.ENODEV, f"underlay: no interface named {spec!r}{self._where()}")
+            name = self._names[idx]
+            msgs = self._address_msgs(idx, (AF_INET,))
+        except _DeviceVanished as exc:
+            raise NetlinkError(E.ENODEV, f"underlay {spec}: the interface vanished{self._where()}") from exc
+        usable = [m for m in msgs if not _addr_flags(m) & (IFA_F_DEPRECATED | IFA_F_TENTATIVE | IFA_F_DADFAILED)]
+        if given is None:
+            # Flannel's preference: global over link-local, then permanent over dynamic.
+            usable.sort(key=lambda m: (_is_link_local(m), not _addr_flags(m) & IFA_F_PERMANENT))
+            given = _local_of(usable[0]) if usable else None
+        if given is None:
+            raise NetlinkError(E.EADDRNOTAVAIL, f"underlay {name} has no usable IPv4 address{self._where()}")
+        prefixes = []
+        for m in msgs:
+            if m["prefixlen"] < 32:
+                net = str(ipaddress.ip_network(f"{_local_of(m)}/{m['prefixlen']}", strict=False))
+                if net not in prefixes:
+                    prefixes.append(net)
+        return Underlay(name=name, address=given, mtu=self._links[idx].get("IFLA_MTU"),
+                        prefixes=tuple(prefixes))
+
+    def _default_route_oif(self) -> int:
+        best = None
+        for r in self._dump(lambda: _route_dump_msg(AF_INET), rtnl.RTM_GETROUTE, "route"):
+            table = r.get("RTA_TABLE") or r["table"]
+            if table != RT_TABLE_MAIN or r["dst_len"] != 0 or r["type"] != RTN_UNICAST:
+                continue
+            oif = r.get("RTA_OIF")
+            if oif is None and r.get("RTA_MULTIPATH"):
+                oif = r.get("RTA_MULTIPATH")[0].get("oif")
+            if oif in self._names and (best is None or (r.get("RTA_PRIORITY") or 0) < best[0]):
+                best = (r.get("RTA_PRIORITY") or 0, oif)
+        if best is None:
+            raise NetlinkError(E.ENETUNREACH, f"underlay: no IPv4 default route in the main table{self._where()}")
+        return best[1]
+
+    def _holder_of(self, ip: str) -> int:
+        # One unfiltered dump (ifa_index 0) rather than one per interface.
+        for m in self._dump(lambda: _addr_dump_msg(AF_INET, 0), rtnl.RTM_GETADDR, "addr"):
+            if m["family"] == AF_INET and _local_of(m) == ip and m["index"] in self._names:
+                return m["index"]
+        raise NetlinkError(E.EADDRNOTAVAIL, f"underlay: no interface holds {ip}{self._where()}")
+
+    # -------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        """Close the rtnetlink socket (and pyroute2's event loop)."""
+        sock, self._sock = getattr(self, "_sock", None), None
+        if sock is not None:
+            sock.close()
+
+    def __enter__(self) -> "PyrouteBackend":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"PyrouteBackend(netns={self._netns!r})"
+
+
+# ------------------------------------------------------------ dump requests
+# Strict checking (NETLINK_GET_STRICT_CHK) rejects dump headers with stray
+# fields, so each request sets only what the kernel accepts as a filter.
+
+def _route_dump_msg(family: int) -> rtmsg:
+    """``ip -4|-6 route show table main type unicast``: rtm_table and rtm_type filter in the kernel."""
+    msg = rtmsg()
+    msg["family"] = family
+    msg["table"] = RT_TABLE_MAIN
+    msg["type"] = RTN_UNICAST
+    return msg
+
+
+def _addr_dump_msg(family: int, idx: int) -> ifaddrmsg:
+    """``ip -4|-6 addr show dev X``: ifa_index filters in the kernel."""
+    msg = ifaddrmsg()
+    msg["family"] = family
+    msg["index"] = idx
+    return msg
+
+
+def _ndmsg(family: int, idx: int) -> ndmsg:
+    """``ip neigh show dev X`` / ``bridge fdb show dev X``: NDA_IFINDEX filters in the kernel
+    (strict checking refuses ndm_ifindex in a dump header)."""
+    msg = ndmsg()
+    msg["family"] = family
+    msg["attrs"] = [["NDA_IFINDEX", idx]]
+    return msg
+
+
+# ------------------------------------------------------------------ helpers
+
+def _mac(text: str) -> str:
+    parts = text.split(":")
+    if len(parts) != 6 or not all(len(p) == 2 for p in parts):
+        raise ValueError(f"{text!r} is not a MAC address")
+    bytes.fromhex("".join(parts))       # ValueError on non-hex
+    return text.lower()
+
+
+def _looks_like_ip(spec: str) -> bool:
+    try:
+        ipaddress.ip_address(spec)
+    except ValueError:
+        return False
+    return True
+
+
+def _addr_flags(msg) -> int:
+    return msg.get("IFA_FLAGS") or msg["flags"]
+
+
+def _local_of(msg) -> str:
+    return _ip(msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS"))
+
+
+def _is_link_local(msg) -> bool:
+    return ipaddress.ip_address(_local_of(msg)).is_link_local
+
+
+def _cidr_of(msg) -> str | None:
+    """"ip/prefixlen" of an address message; None for IPv6 link-local.
+
+    IFA_LOCAL is the interface's own address (IFA_ADDRESS is the peer on a
+    point-to-point link); IPv6 sends IFA_ADDRESS only.
+    """
+    local = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
+    if not local:
+        return None
+    ip = ipaddress.ip_address(local)
+    if ip.version == 6 and ip.is_link_local:
+        return None
+    return f"{ip}/{msg['prefixlen']}"
