@@ -22,7 +22,7 @@ from .desired import NodeParams
 from .errors import ConfigError, ReconcilerError
 from .leases import LeaseSnapshot, parse_snapshot
 from .model import KernelState
-from .reconcile import Cycle, compute_cycle, on_link_predicate, owned_devices
+from .reconcile import Cycle, compute_cycle, dump_live, on_link_predicate
 from .render import plan_json, plan_text, show_rows, show_text, status_json
 
 __all__ = ["main", "build_parser"]
@@ -179,7 +179,7 @@ def compute(args, snap: LeaseSnapshot, backend=None, live: KernelState | None = 
     config = config_from_snapshot(snap)
     node, prefixes = node_params(args, config, backend)
     if live is None:
-        live = backend.dump(owned_devices(config, node.bridge)) if backend is not None else KernelState()
+        live = dump_live(backend, config, node.bridge) if backend is not None else KernelState()
     return compute_cycle(config, snap.kvs, snap.prefix, node, live, on_link_predicate(prefixes))
 
 

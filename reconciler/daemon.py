@@ -38,7 +38,8 @@ from .errors import EtcdCompacted, EtcdError, ReconcilerError
 from .leases import RawKV, parse_lease
 from .metrics import Metrics, serve_http
 from .plan import Plan
-from .reconcile import Cycle, compute_cycle, on_link_predicate, owned_devices
+from .render import describe
+from .reconcile import Cycle, compute_cycle, dump_live, on_link_predicate, owned_devices
 from .subnet_env import read_previous_subnet, render_subnet_env, write_subnet_env
 
 __all__ = ["Agent", "AgentOptions", "LeaseTable", "random_vtep_mac"]
@@ -316,7 +317,7 @@ class Agent:
             return None
         t0 = time.monotonic()
         try:
-            dump = self.backend.dump(owned_devices(self.config, self.node.bridge))
+            dump = dump_live(self.backend, self.config, self.node.bridge)
             cycle = compute_cycle(self.config, self.table.kvs(), self.store.prefix, self.node, dump, self._on_link)
         except NoOwnLease as exc:
             log.warning("%s; re-acquiring, kernel left as it is", exc)
@@ -330,8 +331,9 @@ class Agent:
             return None
 
         plan = cycle.plan
-        if not self.state.etcd_ok:
-            plan = Plan(tuple(c for c in plan if c.op != "delete" or c.kind == "link"))
+        if any(c.op == "delete" and c.kind != "link" for c in plan) and not self._etcd_reachable():
+            # Fail static: a deletion needs a lease view we can trust.
+            plan = Plan(tuple(c for c in plan if c.op != "delete" or c.kind == "link"), plan.conflicts)
         results = apply_plan(self.backend, plan, cycle.desired)
         failed = [r for r in results if not r.ok]
         for r in results:
@@ -346,6 +348,9 @@ class Agent:
             log.error("failed: %s", r.message)
         for s in cycle.skipped:
             log.warning("skipped lease %s: %s", s.key, s.reason)
+        for c in plan.conflicts:
+            log.warning("conflict: %s is held by a foreign route (%s, proto %s); left alone",
+                        describe(c.desired), describe(c.foreign), c.foreign.protocol)
 
         if not failed:
             self._write_subnet_env(cycle)
@@ -366,6 +371,20 @@ class Agent:
         self.state.last_cycle_end = self.clock()
         self.last_cycle = cycle
         return cycle
+
+    def _etcd_reachable(self) -> bool:
+        """One cheap read, only before a cycle that would delete entries.
+
+        The watch notices a dead etcd only when it gives up on reconnecting,
+        so deletions do not rely on it: they need etcd to answer *now*."""
+        try:
+            self.store.get_config()
+        except ReconcilerError as exc:
+            log.warning("etcd unreachable (%s): failing static, deletions held back", exc)
+            self._set_etcd_ok(False)
+            return False
+        self._set_etcd_ok(True)
+        return True
 
     def _export_lease_gauges(self, cycle: Cycle) -> None:
         self.metrics.set("flannel_reconciler_leases", len(cycle.leases))

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from .model import KernelObject, attr_diff
 
-__all__ = ["Change", "OpResult", "Plan", "make_plan"]
+__all__ = ["Change", "Conflict", "OpResult", "Plan", "make_plan"]
 
 Op = Literal["create", "update", "delete"]
 
@@ -67,14 +67,33 @@ def _sort_key(obj: KernelObject):
 
 
 @dataclass(frozen=True, slots=True)
+class Conflict:
+    """A desired object whose kernel key is held by a foreign object.
+
+    Today only routes: a route of the main table for a peer's subnet that is
+    not ours (an administrator's static route, flanneld's DirectRouting
+    route via the underlay).  ``replace`` would silently take it over; the
+    ownership promise says we never change what is not ours, so the plan
+    leaves it and reports it instead.
+    """
+
+    desired: KernelObject
+    foreign: KernelObject
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
-    """An ordered tuple of changes.  Empty means in sync."""
+    """An ordered tuple of changes, and the conflicts that block the rest.
+
+    In sync means nothing to change and nothing blocked.
+    """
 
     changes: tuple[Change, ...] = ()
+    conflicts: tuple[Conflict, ...] = ()
 
     @property
     def in_sync(self) -> bool:
-        return not self.changes
+        return not self.changes and not self.conflicts
 
     def summary(self) -> dict[str, int]:
         out = {"create": 0, "update": 0, "delete": 0}
@@ -89,13 +108,18 @@ class Plan:
         return iter(self.changes)
 
 
-def make_plan(desired, live) -> Plan:
+def make_plan(desired, live, foreign_routes=None) -> Plan:
     """The minimal ordered changes turning ``live`` into ``desired``.
 
     ``live`` must already be filtered by the ownership policy: every live
     object not desired is deleted.  An object that already matches produces
     nothing, so a converged kernel yields an empty plan and correct routes
     are never rewritten.
+
+    ``foreign_routes`` maps route keys to foreign routes found at them.  A
+    desired route whose key is held by a foreign route is satisfied if the
+    foreign route already forwards the same way, and is a ``Conflict``
+    otherwise; either way it is never written.
 
     A link whose immutable attributes differ (VNI, local, port, underlay,
     type, ...) is deleted and created again.  The kernel drops every
@@ -128,10 +152,16 @@ def make_plan(desired, live) -> Plan:
             deletes["link"].append(Change("delete", have))
             gone_devices.add(name)
 
+    conflicts: list[Conflict] = []
+    foreign_routes = foreign_routes or {}
     for kind in ("address", "neigh", "fdb", "route"):
         live_objs = live.of(kind)
         desired_objs = desired.of(kind)
         for key, want in desired_objs.items():
+            if kind == "route" and key in foreign_routes and key not in live_objs:
+                if attr_diff(want, foreign_routes[key]):
+                    conflicts.append(Conflict(want, foreign_routes[key]))
+                continue
             have = live_objs.get(key)
             if have is not None and _dev_of(have) in gone_devices:
                 have = None  # the kernel drops it with its device
@@ -148,4 +178,5 @@ def make_plan(desired, live) -> Plan:
         ordered.extend(sorted(deletes[kind], key=lambda c: _sort_key(c.obj)))
     for kind in _CREATE_ORDER:
         ordered.extend(sorted(writes[kind], key=lambda c: _sort_key(c.obj)))
-    return Plan(tuple(ordered))
+    conflicts.sort(key=lambda c: _sort_key(c.desired))
+    return Plan(tuple(ordered), tuple(conflicts))

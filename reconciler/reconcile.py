@@ -32,7 +32,7 @@ from .model import KernelState
 from .ownership import FlannelOwnership
 from .plan import Plan, make_plan
 
-__all__ = ["Cycle", "compute_cycle", "on_link_predicate", "owned_devices"]
+__all__ = ["Cycle", "compute_cycle", "dump_live", "on_link_predicate", "owned_devices"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,13 @@ class Cycle:
 def owned_devices(config: NetworkConfig, bridge: str = "cni0") -> tuple[str, ...]:
     """The device names a backend must dump for this config."""
     return tuple(sorted(FlannelOwnership(config, bridge).devices))
+
+
+def dump_live(backend, config: NetworkConfig, bridge: str = "cni0") -> KernelState:
+    """Dump what the ownership rules need: our devices, and every route into the network
+    (so that foreign routes at the keys we want are seen and left alone)."""
+    networks = [str(n) for n in (config.network, config.ipv6_network) if n is not None]
+    return backend.dump(owned_devices(config, bridge), networks)
 
 
 def on_link_predicate(prefixes: Sequence[str]) -> Callable[[str], bool]:
@@ -95,7 +102,14 @@ def compute_cycle(
     leases, skipped = validate_leases(config, kvs, prefix)
     own = find_own_lease(leases, node.public_ip)
     desired = desired_state(config, leases, node, on_link or (lambda _ip: False))
-    live = FlannelOwnership(config, node.bridge).filter(live_dump)
+    policy = FlannelOwnership(config, node.bridge)
+    live = KernelState()
+    foreign_routes = {}
+    for obj in live_dump:
+        if policy.owns(obj):
+            live.add(obj)
+        elif obj.KIND == "route" and policy.inside_network(obj.dst):
+            foreign_routes[obj.key] = obj
     return Cycle(
         config=config,
         node=node,
@@ -104,5 +118,5 @@ def compute_cycle(
         skipped=tuple(skipped),
         desired=desired,
         live=live,
-        plan=make_plan(desired, live),
+        plan=make_plan(desired, live, foreign_routes),
     )

@@ -116,9 +116,16 @@ def plan_text(
             if colour:
                 line = f"{_COLOUR[c.op]}{line}{_RESET}"
             lines.append("  " + line)
+    if plan.conflicts:
+        lines.append("conflicts (left alone: the kernel key is held by a route that is not ours):")
+        for c in plan.conflicts:
+            line = f"! {describe(c.desired)}: held by foreign {describe(c.foreign)} proto {c.foreign.protocol}"
+            lines.append("  " + (f"\033[35m{line}{_RESET}" if colour else line))
     s = plan.summary()
     if plan.in_sync:
         lines.append("In sync: no changes.")
+    elif not plan.changes:
+        lines.append(f"Plan: no changes; {len(plan.conflicts)} conflict(s) need an operator.")
     elif results is None:
         lines.append(f"Plan: {s['create']} to create, {s['update']} to update, {s['delete']} to delete.")
     else:
@@ -153,6 +160,11 @@ def plan_json(
         "changes": [_change_json(c, r) for c, r in zip(plan, res)],
         "summary": plan.summary(),
         "skipped": [{"key": s.key, "reason": s.reason} for s in skipped],
+        "conflicts": [
+            {"kind": c.desired.KIND, "object": c.desired.to_json(),
+             "foreign": {**c.foreign.to_json(), "protocol": c.foreign.protocol}}
+            for c in plan.conflicts
+        ],
     }
     if results is not None:
         out["failed"] = sum(1 for r in res if r is not None and not r.ok)
@@ -164,9 +176,11 @@ def plan_json(
 def show_rows(desired: KernelState, live: KernelState, plan: Plan) -> list[tuple[str, str, str]]:
     """``(status, object, detail)`` per desired object and per stale owned object.
 
-    Status is ``ok``, ``missing`` (to create), ``drift`` (to update or re-create)
-    or ``stale`` (owned, not desired: to delete).
+    Status is ``ok``, ``missing`` (to create), ``drift`` (to update or re-create),
+    ``stale`` (owned, not desired: to delete) or ``conflict`` (the key is held
+    by a foreign object, left alone).
     """
+    conflicted = {(c.desired.KIND, c.desired.key): c for c in plan.conflicts}
     touched: dict[tuple[str, Any], Change] = {}
     for c in plan:
         k = (c.kind, c.obj.key)
@@ -176,7 +190,10 @@ def show_rows(desired: KernelState, live: KernelState, plan: Plan) -> list[tuple
     for obj in desired:
         c = touched.get((obj.KIND, obj.key))
         have = live.get(obj.KIND, obj.key)
-        if c is None:
+        if (obj.KIND, obj.key) in conflicted:
+            foreign = conflicted[(obj.KIND, obj.key)].foreign
+            rows.append(("conflict", describe(obj), f"held by foreign {describe(foreign)}"))
+        elif c is None:
             rows.append(("ok", describe(obj), ""))
         elif have is None:
             rows.append(("missing", describe(obj), ""))
@@ -193,7 +210,8 @@ def show_rows(desired: KernelState, live: KernelState, plan: Plan) -> list[tuple
 
 
 def show_text(rows: Sequence[tuple[str, str, str]], colour: bool = False) -> str:
-    colours = {"ok": "\033[32m", "missing": "\033[31m", "drift": "\033[33m", "stale": "\033[35m"}
+    colours = {"ok": "\033[32m", "missing": "\033[31m", "drift": "\033[33m", "stale": "\033[35m",
+               "conflict": "\033[35m"}
     lines = []
     for status, what, detail in rows:
         tag = f"[{status}]".ljust(10)
@@ -203,7 +221,7 @@ def show_text(rows: Sequence[tuple[str, str, str]], colour: bool = False) -> str
     counts: dict[str, int] = {}
     for status, _, _ in rows:
         counts[status] = counts.get(status, 0) + 1
-    lines.append(", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "missing", "drift", "stale")))
+    lines.append(", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "missing", "drift", "stale", "conflict")))
     return "\n".join(lines) + "\n"
 
 

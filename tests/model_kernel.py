@@ -36,8 +36,10 @@ that its scenario really exercised the failure.
 from __future__ import annotations
 
 import errno as E
+import functools
 import ipaddress
 import itertools
+import threading
 from dataclasses import dataclass, field, replace
 from typing import Collection, Sequence
 
@@ -78,8 +80,20 @@ class LinkEntry:
     master: str | None = None
 
 
+def _locked(method):
+    """The agent's worker writes while a test thread reads: one lock, like RTNL."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._rtnl:
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class ModelKernel:
     def __init__(self) -> None:
+        self._rtnl = threading.RLock()
         self._next_index = itertools.count(2)  # 1 is lo
         self.links: dict[str, LinkEntry] = {}
         self.addresses: set[tuple[str, str]] = set()
@@ -94,9 +108,11 @@ class ModelKernel:
         self.dumps = 0
 
     # ------------------------------------------------------------------ faults
+    @_locked
     def inject(self, kind: str, errno: int, op: str | None = None, persistent: bool = False) -> None:
         self._faults.append(_Fault(kind, errno, op, persistent))
 
+    @_locked
     def clear_faults(self) -> None:
         self._faults.clear()
 
@@ -110,18 +126,23 @@ class ModelKernel:
         return None
 
     # ------------------------------------------------------- test-side helpers
+    @_locked
     def add_link(self, link: Link, master: str | None = None) -> None:
         self.links[link.name] = LinkEntry(link, next(self._next_index), master)
 
+    @_locked
     def add_address(self, dev: str, cidr: str) -> None:
         self.addresses.add((dev, cidr))
 
+    @_locked
     def add_route(self, route: Route, table: int = MAIN) -> None:
         self.routes[(table, route.dst, route.metric)] = route
 
+    @_locked
     def add_neigh(self, neigh: Neigh, permanent: bool = True) -> None:
         self.neighs[neigh.key] = NeighEntry(neigh, permanent)
 
+    @_locked
     def add_fdb(self, fdb: Fdb, self_permanent: bool = True) -> None:
         self.fdbs[fdb.key] = FdbEntry(fdb, self_permanent)
 
@@ -129,6 +150,7 @@ class ModelKernel:
         e = self.links.get(name)
         return e.ifindex if e else None
 
+    @_locked
     def everything(self) -> dict:
         """The whole kernel, for before/after comparisons of foreign state."""
         return {
@@ -150,6 +172,7 @@ class ModelKernel:
     def close(self) -> None:
         pass
 
+    @_locked
     def underlay(self, spec: str | None) -> Underlay:
         for name, e in self.links.items():
             if spec in (None, name) or any(a.split("/")[0] == spec for d, a in self.addresses if d == name):
@@ -168,8 +191,10 @@ class ModelKernel:
                 continue
             yield Route(str(iface.network), None, dev, False, 256 if iface.version == 6 else 0, RTPROT_KERNEL)
 
-    def dump(self, devices: Collection[str]) -> KernelState:
+    @_locked
+    def dump(self, devices: Collection[str], networks: Collection[str] = ()) -> KernelState:
         self.dumps += 1
+        nets = [ipaddress.ip_network(n) for n in networks]
         code = self._fault("dump", None)
         if code is not None:
             raise DumpInterrupted(code, "dump interrupted (NLM_F_DUMP_INTR) too many times")
@@ -183,7 +208,9 @@ class ModelKernel:
             if dev in devices and not cidr.startswith("fe80:"):
                 state.add(Address(dev, cidr))
         for (table, _dst, _m), r in self.routes.items():
-            if table == MAIN and (r.dev in devices or r.protocol == RTPROT_RECONCILER):
+            dst = ipaddress.ip_network(r.dst)
+            inside = any(dst.version == n.version and dst.subnet_of(n) for n in nets)
+            if table == MAIN and (r.dev in devices or r.protocol == RTPROT_RECONCILER or inside):
                 state.add(r)
         for r in self._connected_routes():
             if r.dev in devices:
@@ -196,6 +223,7 @@ class ModelKernel:
                 state.add(f.fdb)
         return state
 
+    @_locked
     def apply(self, changes: Sequence[Change]) -> list[OpResult]:
         out = []
         for c in changes:
@@ -243,6 +271,7 @@ class ModelKernel:
         self.remove_link(c.obj.name)
         return None
 
+    @_locked
     def remove_link(self, name: str) -> None:
         """Delete a device the way the kernel does: with everything on it."""
         del self.links[name]

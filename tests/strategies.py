@@ -159,6 +159,11 @@ def live_kernels(draw, desired: KernelState, vxlan_dev: str) -> ModelKernel:
     for name, entry in list(k.links.items()):
         if entry.link.up is False:
             k._link_down(name)
+    # An administrator's static route at the key of a route we want: a conflict.
+    wanted = sorted(desired.of("route").values(), key=lambda r: r.dst)
+    if wanted and draw(st.integers(0, 3)) == 0:
+        r = draw(st.sampled_from(wanted))
+        k.add_route(Route(r.dst, "198.18.0.77", UNDERLAY, False, r.metric, 4))
     # Foreign elsewhere: a route into the network via the underlay, not ours.
     k.add_route(Route("100.64.230.0/24", "198.18.0.99", UNDERLAY, False, 0, RTPROT_BOOT))
     k.add_route(Route("198.19.0.0/16", "198.18.0.1", UNDERLAY, False, 0, RTPROT_BOOT))

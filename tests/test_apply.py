@@ -14,7 +14,7 @@ from reconciler.desired import NodeParams, desired_state
 from reconciler.model import Link
 from reconciler.ownership import FlannelOwnership
 from reconciler.plan import make_plan
-from reconciler.reconcile import owned_devices
+from reconciler.reconcile import dump_live
 from tests.fixtures import config, host1, mac2, three_leases
 from tests.model_kernel import ModelKernel
 
@@ -34,7 +34,7 @@ def desired():
 
 def cycle(k):
     d = desired()
-    live = FlannelOwnership(CFG).filter(k.dump(owned_devices(CFG)))
+    live = FlannelOwnership(CFG).filter(dump_live(k, CFG))
     plan = make_plan(d, live)
     return plan, apply_plan(k, plan, d)
 
@@ -44,7 +44,7 @@ def test_one_result_per_change_in_plan_order():
     plan, results = cycle(k)
     assert [r.change for r in results] == list(plan)
     assert all(r.ok for r in results)
-    assert make_plan(desired(), FlannelOwnership(CFG).filter(k.dump(owned_devices(CFG)))).in_sync
+    assert make_plan(desired(), FlannelOwnership(CFG).filter(dump_live(k, CFG))).in_sync
 
 
 def test_failed_neighbour_holds_back_its_route_but_not_the_others():

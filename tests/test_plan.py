@@ -105,3 +105,20 @@ def test_stale_device_is_deleted_without_deleting_its_entries_one_by_one():
     live.add(Link("flannel-v6.1", "vxlan", 1450, "02:00:00:00:00:06", True, 1, "fd00::1", 8472, False))
     live.add(Route("fd00:64:0:2::/64", "fd00:64:0:2::", "flannel-v6.1", True, 1024))
     assert ops(make_plan(d, live)) == [("delete", "link", "flannel-v6.1")]
+
+
+def test_foreign_route_at_a_desired_key_is_a_conflict_never_overwritten():
+    d = desired()
+    live = KernelState(o for o in d if o.KIND != "route" or o.dst != "100.64.2.0/24")
+    admin = Route("100.64.2.0/24", "198.18.0.200", "eth0", False, 0, 4)  # proto static
+    plan = make_plan(d, live, {admin.key: admin})
+    assert not plan.changes and not plan.in_sync
+    assert [(c.desired.dst, c.foreign) for c in plan.conflicts] == [("100.64.2.0/24", admin)]
+
+
+def test_foreign_route_that_already_forwards_the_same_way_satisfies():
+    d = desired()
+    want = d.get("route", ("100.64.2.0/24", 0))
+    live = KernelState(o for o in d if o != want)
+    leftover = replace(want, protocol=3)  # e.g. flanneld's route, seen as foreign
+    assert make_plan(d, live, {leftover.key: leftover}).in_sync

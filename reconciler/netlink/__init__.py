@@ -9,12 +9,14 @@ Implementations:
 
 The contract, which ``tests/`` checks for every backend:
 
-``dump(devices)``
+``dump(devices, networks=())``
     Return a ``KernelState`` with: every link named in ``devices`` that
     exists (with vxlan attributes for vxlan links); the addresses on those
     links; every unicast route of the main table (IPv4 and IPv6) whose
-    ``dev`` is one of ``devices`` *or* whose protocol is
-    ``RTPROT_RECONCILER`` (routes carry their ``protocol``); the
+    ``dev`` is one of ``devices``, *or* whose protocol is
+    ``RTPROT_RECONCILER``, *or* whose destination lies inside one of the
+    ``networks`` (CIDR strings; routes carry their ``protocol``, so foreign
+    routes at the keys we want can be recognised and left alone); the
     ``NUD_PERMANENT`` neighbours and the ``NTF_SELF`` permanent FDB
     entries on those links.  IPv6 link-local addresses and routes
     (fe80::/64) are left out.  Ownership (which of these we may change) is
@@ -62,7 +64,7 @@ class Underlay:
 
 @runtime_checkable
 class NetlinkBackend(Protocol):
-    def dump(self, devices: Collection[str]) -> KernelState: ...
+    def dump(self, devices: Collection[str], networks: Collection[str] = ()) -> KernelState: ...
 
     def apply(self, changes: Sequence[Change]) -> list[OpResult]: ...
 

@@ -260,16 +260,17 @@ class PyrouteBackend:
         return idx
 
     # -------------------------------------------------------------------- dump
-    def dump(self, devices: Collection[str]) -> KernelState:
+    def dump(self, devices: Collection[str], networks: Collection[str] = ()) -> KernelState:
         """Links, addresses, routes, neighbours and FDB entries of ``devices`` (see the contract)."""
+        nets = tuple(ipaddress.ip_network(n, strict=False) for n in networks)
         for _ in range(DUMP_TRIES):
             try:
-                return self._dump_once(set(devices))
+                return self._dump_once(set(devices), nets)
             except _DeviceVanished:
                 continue                        # a device was re-created mid-dump: start again
         raise DumpInterrupted(E.ENODEV, f"devices kept changing during the dump{self._where()}")
 
-    def _dump_once(self, devices: set[str]) -> KernelState:
+    def _dump_once(self, devices: set[str], nets: tuple = ()) -> KernelState:
         state = KernelState()
         ours: dict[int, str] = {}
         for msg in self._refresh_links():
@@ -293,7 +294,7 @@ class PyrouteBackend:
                         state.add(fdb)
         for fam in (AF_INET, AF_INET6):
             for r in self._dump(lambda: _route_dump_msg(fam), rtnl.RTM_GETROUTE, "route"):
-                route = self._parse_route(r, ours)
+                route = self._parse_route(r, ours, nets)
                 if route is not None:
                     state.add(route)
         return state
@@ -333,18 +334,19 @@ class PyrouteBackend:
                     out.append(msg)
         return out
 
-    def _parse_route(self, msg, ours: dict[int, str]) -> Route | None:
+    def _parse_route(self, msg, ours: dict[int, str], nets: tuple = ()) -> Route | None:
         table = msg.get("RTA_TABLE") or msg["table"]
         if table != RT_TABLE_MAIN or msg["type"] != RTN_UNICAST or msg["flags"] & RTM_F_CLONED:
             return None
-        oif = msg.get("RTA_OIF")
-        if oif not in ours and msg["proto"] != RTPROT_RECONCILER:
-            return None
         if msg.get("RTA_MULTIPATH"):
             return None                         # never written by us; one Route cannot hold it
+        oif = msg.get("RTA_OIF")
         fam = msg["family"]
         dst = msg.get("RTA_DST") or ("0.0.0.0" if fam == AF_INET else "::")
         net = ipaddress.ip_network(f"{dst}/{msg['dst_len']}", strict=False)
+        if oif not in ours and msg["proto"] != RTPROT_RECONCILER and not any(
+                net.version == n.version and net.subnet_of(n) for n in nets):
+            return None
         if net == _FE80_64:
             return None
         gw = msg.get("RTA_GATEWAY")
