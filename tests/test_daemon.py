@@ -1,0 +1,243 @@
+"""The agent loop against a real etcd and the model kernel.
+
+Each test is one situation an operator meets.  The kernel is the in-memory
+ModelKernel (the real-kernel, multi-node versions are in test_agent_e2e.py),
+so these run without root but with a real etcd server.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from reconciler.daemon import Agent, AgentOptions
+from reconciler.leases import encode_lease_value
+from reconciler.model import Link, Route
+from tests.model_kernel import ModelKernel
+
+CONFIG = '{"Network":"100.64.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}}'
+ME = "198.18.0.1"
+MAC2, MAC3, MAC4 = "0a:58:64:40:02:00", "0a:58:64:40:03:00", "0a:58:64:40:04:00"
+
+
+def wait_for(pred, timeout=15.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def node_kernel() -> ModelKernel:
+    k = ModelKernel()
+    k.add_link(Link("eth0", "veth", 1500, "02:00:00:00:ee:01", True))
+    k.add_address("eth0", f"{ME}/24")
+    return k
+
+
+def put_peer(store, subnet: str, ip: str, mac: str) -> str:
+    key = f"{store.subnets_prefix}{subnet}"
+    store.put(key, encode_lease_value(ip, mac, 1), store.grant(600))
+    return key
+
+
+def routes(kernel: ModelKernel) -> dict[str, Route]:
+    return {r.dst: r for r in kernel.dump(["flannel.1"]).of("route").values() if r.dev == "flannel.1"}
+
+
+class Running:
+    """An agent on its own thread; stopped (and joined) by the test's cleanup."""
+
+    def __init__(self, store, kernel, tmp_path, **opts):
+        self.kernel = kernel
+        self.stop = threading.Event()
+        self.opts = AgentOptions(iface="eth0", subnet_file=str(tmp_path / "subnet.env"),
+                                 resync_interval=0.3, coalesce=0.01, **opts)
+        self.agent = Agent(store, kernel, self.opts)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        try:
+            self.agent.run(self.stop)
+        except BaseException as exc:  # surfaced by close()
+            self.error = exc
+
+    def ready(self, timeout=15.0):
+        wait_for(lambda: self.agent.state.ready or self.error, timeout, "agent ready")
+        assert self.error is None, self.error
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(timeout=10)
+        assert not self.thread.is_alive(), "agent did not stop"
+        assert self.error is None, self.error
+
+
+@pytest.fixture
+def start_agent(tmp_path):
+    running = []
+
+    def start(store, kernel, **opts):
+        r = Running(store, kernel, tmp_path, **opts)
+        running.append(r)
+        return r
+
+    yield start
+    for r in running:
+        r.close()
+
+
+def test_agent_publishes_flannel_lease_and_programs_peers(etcd_store, start_agent, tmp_path):
+    store = etcd_store
+    store.put_config(CONFIG)
+    put_peer(store, "100.64.2.0-24", "198.18.0.2", MAC2)
+    put_peer(store, "100.64.3.0-24", "198.18.0.3", MAC3)
+    kernel = node_kernel()
+    agent = start_agent(store, kernel)
+    agent.ready()
+
+    mine = [kv for kv in store.snapshot().kvs if ME in kv.value]
+    assert len(mine) == 1
+    vtep = kernel.dump(["flannel.1"]).get("link", "flannel.1")
+    assert mine[0].value == encode_lease_value(ME, vtep.mac, 1)  # flanneld's exact bytes
+    assert mine[0].lease != 0 and store.time_to_live(mine[0].lease) > 86000
+    subnet = mine[0].key.rsplit("/", 1)[1].replace("-", "/")
+    assert set(routes(kernel)) == {"100.64.2.0/24", "100.64.3.0/24"}
+    env = (tmp_path / "subnet.env").read_text()
+    first_host = subnet.split("/")[0].rsplit(".", 1)[0] + ".1/24"
+    assert env == f"FLANNEL_NETWORK=100.64.0.0/16\nFLANNEL_SUBNET={first_host}\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
+
+
+def test_agent_follows_peers_joining_leaving_and_rebooting(etcd_store, start_agent):
+    store = etcd_store
+    store.put_config(CONFIG)
+    key2 = put_peer(store, "100.64.2.0-24", "198.18.0.2", MAC2)
+    put_peer(store, "100.64.3.0-24", "198.18.0.3", MAC3)
+    kernel = node_kernel()
+    start_agent(store, kernel).ready()
+
+    put_peer(store, "100.64.4.0-24", "198.18.0.4", MAC4)
+    wait_for(lambda: "100.64.4.0/24" in routes(kernel), what="route to the new peer")
+
+    store.delete(key2)
+    wait_for(lambda: "100.64.2.0/24" not in routes(kernel), what="route of the peer that left removed")
+    live = kernel.dump(["flannel.1"])
+    assert live.get("neigh", ("flannel.1", "100.64.2.0")) is None
+    assert live.get("fdb", ("flannel.1", MAC2)) is None
+
+    new_mac = "0a:58:64:40:03:99"
+    put_peer(store, "100.64.3.0-24", "198.18.0.3", new_mac)  # peer 3 rebooted
+    wait_for(lambda: kernel.dump(["flannel.1"]).get("fdb", ("flannel.1", MAC3)) is None, what="old FDB entry gone")
+    live = kernel.dump(["flannel.1"])
+    assert live.get("neigh", ("flannel.1", "100.64.3.0")).mac == new_mac
+    assert live.get("fdb", ("flannel.1", new_mac)).dst == "198.18.0.3"
+
+
+def test_resync_repairs_drift_nobody_reported(etcd_store, start_agent):
+    store = etcd_store
+    store.put_config(CONFIG)
+    put_peer(store, "100.64.2.0-24", "198.18.0.2", MAC2)
+    kernel = node_kernel()
+    agent = start_agent(store, kernel)
+    agent.ready()
+    with kernel._rtnl:
+        kernel.routes = {k: r for k, r in kernel.routes.items() if r.dst != "100.64.2.0/24"}
+    wait_for(lambda: "100.64.2.0/24" in routes(kernel), what="route restored by resync")
+    assert agent.agent.metrics.get("flannel_reconciler_drift_repaired_total") >= 1
+
+
+def test_malformed_lease_is_reported_and_the_rest_still_programmed(etcd_store, start_agent):
+    store = etcd_store
+    store.put_config(CONFIG)
+    store.put(f"{store.subnets_prefix}100.64.9.0-24", "{this is not json")
+    kernel = node_kernel()
+    agent = start_agent(store, kernel)
+    agent.ready()
+    put_peer(store, "100.64.2.0-24", "198.18.0.2", MAC2)
+    wait_for(lambda: "100.64.2.0/24" in routes(kernel), what="good peer programmed")
+    skipped = agent.agent.last_cycle.skipped
+    assert [s.key for s in skipped] == [f"{store.subnets_prefix}100.64.9.0-24"]
+    text = agent.agent.metrics.render()
+    assert "flannel_reconciler_leases_skipped{" in text
+
+
+def test_own_key_deleted_is_reacquired_and_kernel_left_alone(etcd_store, start_agent):
+    store = etcd_store
+    store.put_config(CONFIG)
+    put_peer(store, "100.64.2.0-24", "198.18.0.2", MAC2)
+    kernel = node_kernel()
+    agent = start_agent(store, kernel)
+    agent.ready()
+    own = agent.agent.keeper.current
+    ifindex = kernel.ifindex("flannel.1")
+    store.delete(own.key)
+    wait_for(lambda: store.get(own.key) is not None, what="own lease re-acquired")
+    assert store.get(own.key).value == own.value  # same subnet, same bytes
+    assert kernel.ifindex("flannel.1") == ifindex  # the device was never torn down
+    assert "100.64.2.0/24" in routes(kernel)
+
+
+def test_fail_static_while_etcd_is_down(etcd_server, start_agent):
+    from reconciler.etcd import EtcdStore
+
+    with EtcdStore([etcd_server.endpoint], timeout=1.0) as store:
+        store.put_config(CONFIG)
+        put_peer(store, "100.64.2.0-24", "198.18.0.2", MAC2)
+        kernel = node_kernel()
+        agent = start_agent(store, kernel)
+        agent.ready()
+        etcd_server.stop()
+        # While etcd is away: a stale owned route appears and a desired one vanishes.
+        kernel.add_route(Route("100.64.77.0/24", "100.64.77.0", "flannel.1", True, 0, 73))
+        with kernel._rtnl:
+            kernel.routes = {k: r for k, r in kernel.routes.items() if r.dst != "100.64.2.0/24"}
+        wait_for(lambda: "100.64.2.0/24" in routes(kernel), what="repair while etcd is down")
+        wait_for(lambda: agent.agent.metrics.get("flannel_reconciler_etcd_up") == 0, what="etcd marked down")
+        time.sleep(1.0)  # several resync cycles
+        assert "100.64.77.0/24" in routes(kernel), "deleted something while failing static"
+        assert agent.agent._healthz()[0] == 200
+
+        etcd_server.start()
+        wait_for(lambda: "100.64.77.0/24" not in routes(kernel), timeout=30, what="stale route removed once etcd is back")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_health_ready_and_metrics_endpoints(etcd_store, start_agent):
+    store = etcd_store
+    store.put_config(CONFIG)
+    put_peer(store, "100.64.2.0-24", "198.18.0.2", MAC2)
+    port = _free_port()
+    agent = start_agent(store, node_kernel(), healthz_ip="127.0.0.1", healthz_port=port, metrics_port=port)
+    agent.ready()
+
+    def get(path):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    wait_for(lambda: get("/healthz")[0] == 200 and agent.agent.state.last_cycle_end, what="healthz")
+    assert get("/readyz") == (200, "flannel-reconciler is ready\n")
+    status, text = get("/metrics")
+    assert status == 200
+    for series in ("flannel_reconciler_cycle_duration_seconds_count", "flannel_reconciler_operations_total{",
+                   "flannel_reconciler_last_successful_sync_timestamp_seconds", "flannel_reconciler_leases 2"):
+        assert series in text, series
+    assert get("/nope")[0] == 404
+    # A stalled loop turns /healthz red.
+    agent.agent.state.last_cycle_end -= 10_000
+    assert get("/healthz")[0] == 503
