@@ -1,36 +1,28 @@
-"""Network namespaces for the root tests: make them, look inside, always remove them.
+"""The namespace helpers, now in ``reconciler.lab.netns`` (the demo uses them too).
 
-Everything here shells out to iproute2 on purpose: ``ip -j`` and
-``bridge -j`` are the *independent oracle* of kernel state, so they must not
-share code with the backends under test.
-
-Naming: every namespace this test run makes is called ``frt-<pid>-<n>``, so
-parallel runs never collide and a leftover is easy to attribute.  Addresses
-stay inside 198.18.0.0/15 (underlay) and 100.64.0.0/10 (pod network), and the
-namespaces have no way out: nothing is ever sent beyond them.
-
-::
-
-    with netns() as ns:                       # a bare namespace, lo up
-        run(ns, "ip", "link", "add", "br0", "type", "bridge")
-        ip_json(ns, "-d link show br0")
-
-    with underlay(2) as net:                  # two nodes on one L2 segment
-        node1, node2 = net.nodes              # Node(ns, dev="eth0", ip="198.18.0.1")
+Re-exported here so the tests keep importing ``tests.netns``; the tests'
+names are ``frt-<pid>-<n>`` (``TEST_PREFIX``, the default).
 """
-from __future__ import annotations
-
-import itertools
-import json
-import os
-import shlex
-import subprocess
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
-from typing import Iterator, Sequence
+from reconciler.lab.netns import (  # noqa: F401
+    GATEWAY,
+    TEST_PREFIX,
+    CommandFailed,
+    Node,
+    UnderlayNet,
+    bridge_json,
+    delete_netns,
+    ip_json,
+    netns,
+    netns_exists,
+    run,
+    underlay,
+    unique_name,
+)
 
 __all__ = [
     "GATEWAY",
+    "TEST_PREFIX",
+    "CommandFailed",
     "Node",
     "UnderlayNet",
     "bridge_json",
@@ -42,132 +34,3 @@ __all__ = [
     "underlay",
     "unique_name",
 ]
-
-NETNS_DIR = "/var/run/netns"
-#: The hub's address on the underlay segment: every node's default gateway.
-GATEWAY = "198.18.0.254"
-UNDERLAY_PREFIXLEN = 24
-_counter = itertools.count(1)
-
-
-def unique_name(tag: str = "") -> str:
-    """``frt-<pid>-<n>[-tag]``: unique to this test run."""
-    return f"frt-{os.getpid()}-{next(_counter)}{'-' + tag if tag else ''}"
-
-
-def netns_exists(name: str) -> bool:
-    return os.path.exists(os.path.join(NETNS_DIR, name))
-
-
-def _argv(args: str | Sequence[str]) -> list[str]:
-    return shlex.split(args) if isinstance(args, str) else list(args)
-
-
-def run(ns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run a command inside ``ns``: ``ip``/``bridge`` get ``-n NS``, anything else ``ip netns exec NS``.
-
-    A failure raises ``AssertionError`` carrying the command and its stderr.
-    """
-    if argv and argv[0] in ("ip", "bridge"):
-        cmd = [argv[0], "-n", ns, *argv[1:]]
-    else:
-        cmd = ["ip", "netns", "exec", ns, *argv]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
-    return proc
-
-
-def _json(ns: str, tool: str, args: str | Sequence[str]) -> list:
-    out = run(ns, tool, "-j", *_argv(args)).stdout.strip()
-    return json.loads(out) if out else []
-
-
-def ip_json(ns: str, args: str | Sequence[str]) -> list:
-    """``ip -n NS -j ARGS``, parsed: e.g. ``ip_json(ns, "-d link show flannel.1")``."""
-    return _json(ns, "ip", args)
-
-
-def bridge_json(ns: str, args: str | Sequence[str]) -> list:
-    """``bridge -n NS -j ARGS``, parsed: e.g. ``bridge_json(ns, "fdb show dev flannel.1")``."""
-    return _json(ns, "bridge", args)
-
-
-def delete_netns(name: str) -> None:
-    """``ip netns del NAME``; a namespace already gone is fine."""
-    if netns_exists(name):
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
-
-
-def _create(name: str) -> None:
-    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True, timeout=30)
-    # Onlink gateway routes are refused ("Nexthop has invalid gateway")
-    # while lo is down in a fresh namespace.
-    run(name, "ip", "link", "set", "lo", "up")
-
-
-@contextmanager
-def netns(tag: str = "") -> Iterator[str]:
-    """A fresh namespace with ``lo`` up, deleted afterwards even on failure."""
-    name = unique_name(tag)
-    try:
-        _create(name)
-        yield name
-    finally:
-        delete_netns(name)
-
-
-@dataclass(frozen=True)
-class Node:
-    """One node namespace on the underlay: its namespace, device and address."""
-
-    ns: str
-    dev: str
-    ip: str
-    prefixlen: int = UNDERLAY_PREFIXLEN
-
-    @property
-    def cidr(self) -> str:
-        return f"{self.ip}/{self.prefixlen}"
-
-    @property
-    def prefix(self) -> str:
-        return f"198.18.0.0/{self.prefixlen}"
-
-
-@dataclass(frozen=True)
-class UnderlayNet:
-    """The hub namespace (bridge ``br0``, address ``GATEWAY``) and the nodes hanging off it."""
-
-    hub: str
-    nodes: tuple[Node, ...]
-
-
-@contextmanager
-def underlay(count: int = 2, mtu: int = 1500, dev: str = "eth0") -> Iterator[UnderlayNet]:
-    """``count`` node namespaces joined by veth pairs through a bridge in a hub namespace.
-
-    Node *i* (from 1) has ``dev`` = 198.18.0.i/24, up, with MTU ``mtu`` and a
-    default route via the hub (198.18.0.254), which has no further way out.
-    All namespaces are deleted afterwards, even on failure.
-    """
-    if not 1 <= count <= 200:
-        raise ValueError("count must be between 1 and 200")
-    with ExitStack() as stack:
-        hub = stack.enter_context(netns("hub"))
-        run(hub, "ip", "link", "add", "br0", "type", "bridge")
-        run(hub, "ip", "addr", "add", f"{GATEWAY}/{UNDERLAY_PREFIXLEN}", "dev", "br0")
-        run(hub, "ip", "link", "set", "br0", "up")
-        nodes = []
-        for i in range(1, count + 1):
-            ns = stack.enter_context(netns(f"n{i}"))
-            port = f"p{i}"
-            run(ns, "ip", "link", "add", dev, "mtu", str(mtu), "type", "veth",
-                "peer", "name", port, "mtu", str(mtu), "netns", hub)
-            run(hub, "ip", "link", "set", port, "master", "br0", "up")
-            ip = f"198.18.0.{i}"
-            run(ns, "ip", "addr", "add", f"{ip}/{UNDERLAY_PREFIXLEN}", "dev", dev)
-            run(ns, "ip", "link", "set", dev, "up")
-            run(ns, "ip", "route", "add", "default", "via", GATEWAY, "dev", dev)
-            nodes.append(Node(ns=ns, dev=dev, ip=ip))
-        yield UnderlayNet(hub=hub, nodes=tuple(nodes))

@@ -1,0 +1,280 @@
+"""The convergence properties of test_properties.py, against the real kernel through PyrouteBackend.
+
+Each example draws a cluster and a damaged live kernel from
+``tests/strategies.py`` (a ``ModelKernel``), *replays* that kernel into a
+fresh namespace with iproute2, and runs one cycle (dump, plan, apply)
+through ``PyrouteBackend``.  Then, with iproute2 as the oracle:
+
+1. converges: a second plan from a fresh dump has no changes (and the same
+   conflicts), and the owned live state equals the desired state;
+2. is safe: every foreign object (links, addresses, routes of every table,
+   neighbours, FDB entries) is as it was, row for row;
+3. is minimal: no change reached the backend for an object that was right,
+   and those objects' ``ip -j`` rows are unchanged (a right ``proto boot``
+   route stays ``boot``: a rewrite would make it ``73``).
+
+Objects on a device the plan re-creates are left out of 2 and 3: the
+kernel drops them with the device, by design.  Left out as well, because
+the kernel makes and changes them by itself: ``proto kernel`` routes (they
+follow addresses and link state), IPv6 link-local addresses, ``operstate``
+(set asynchronously by linkwatch) and bridge-port timers.
+
+Two real-kernel effects the planner does not account for are kept out of
+the draws (with ``assume``) and pinned down instead by strict xfails in
+test_kernel_e2e.py: changing a device's MAC flushes its neighbour entries
+(``own-lease-mac-changed``), and the connected route of a stale address of
+ours is taken for a foreign route holding a peer's key
+(``test_a_stale_bridge_address_does_not_block_a_peers_route``).  The third
+(deleting flannel.1's last address flushes its entries) cannot be drawn:
+the strategies never put a stale address on the VXLAN device.
+"""
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import strategies as st
+
+from reconciler.apply import apply_plan
+from reconciler.config import parse_network_config
+from reconciler.desired import NodeParams, desired_state
+from reconciler.leases import validate_leases
+from reconciler.model import Address, Fdb, Neigh, Route, attr_diff
+from reconciler.netlink.reference import PyrouteBackend
+from reconciler.ownership import FlannelOwnership
+from reconciler.reconcile import compute_cycle, dump_live
+from tests.conftest_netns import require_root
+from tests.model_kernel import MAIN, ModelKernel
+from tests.netns import bridge_json, ip_json, netns, run
+from tests.strategies import PREFIX, UNDERLAY, clusters, live_kernels
+
+pytestmark = pytest.mark.root
+
+SETTINGS = settings(max_examples=25, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+
+#: iproute2's names of route protocols (``ip -j`` prints a name when it knows one).
+PROTOCOLS = {"redirect": 1, "kernel": 2, "boot": 3, "static": 4}
+TABLES = {"main": 254, "local": 255, "default": 253}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _root():
+    require_root()
+
+
+# -------------------------------------------------------------- the replay
+
+def replay(model: ModelKernel, ns: str) -> None:
+    """Write the model kernel's state into the namespace with iproute2, as an administrator would.
+
+    Every veth gets a peer named ``<name>p`` (up), which the model does not
+    have.  A gateway route that the kernel would refuse (neither onlink nor
+    inside a connected prefix of its device) is written onlink via
+    100.64.0.9: still drifted, and a state the kernel can hold.
+    """
+    for name, e in model.links.items():
+        link = e.link
+        argv = ["ip", "link", "add", name]
+        argv += ["address", link.mac] if link.mac else []
+        argv += ["mtu", str(link.mtu)] if link.mtu else []
+        if link.type == "vxlan":
+            argv += ["type", "vxlan", "id", str(link.vni), "dstport", str(link.port or 0)]
+            argv += ["dev", link.underlay] if link.underlay else []
+            argv += ["local", link.local] if link.local else []
+            argv += ["learning" if link.learning else "nolearning"] + (["gbp"] if link.gbp else [])
+        elif link.type == "veth":
+            argv += ["type", "veth", "peer", "name", f"{name}p"]
+        else:
+            argv += ["type", link.type]
+        run(ns, *argv)
+        if e.master:
+            run(ns, "ip", "link", "set", name, "master", e.master)
+        if link.type == "veth":
+            run(ns, "ip", "link", "set", f"{name}p", "up")
+        if link.up:
+            run(ns, "ip", "link", "set", name, "up")
+    for dev, cidr in sorted(model.addresses):
+        run(ns, "ip", "addr", "add", cidr, "dev", dev)
+    for e in model.neighs.values():
+        n = e.neigh
+        run(ns, "ip", "neigh", "replace", n.ip, "lladdr", n.mac, "dev", n.dev,
+            "nud", "permanent" if e.permanent else "stale")
+    for e in model.fdbs.values():
+        f = e.fdb
+        run(ns, "bridge", "fdb", "replace", f.mac, "dev", f.dev, "dst", f.dst, "self",
+            "permanent" if e.self_permanent else "static")
+    connected = [(dev, ipaddress.ip_interface(cidr).network) for dev, cidr in model.addresses
+                 if model.links[dev].link.up]
+    for (table, dst, metric), r in model.routes.items():
+        gateway, onlink = r.gateway, r.onlink
+        if gateway is not None and not onlink and not any(
+                dev == r.dev and ipaddress.ip_address(gateway) in net for dev, net in connected):
+            event("a drifted route written onlink via 100.64.0.9 (the kernel refuses it as drawn)")
+            gateway, onlink = "100.64.0.9", True
+        argv = ["ip", "route", "add", dst]
+        argv += ["via", gateway] if gateway else []
+        argv += ["dev", r.dev] + (["onlink"] if onlink else [])
+        argv += ["metric", str(metric)] if metric else []
+        argv += ["table", str(table), "proto", str(r.protocol)]
+        run(ns, *argv)
+
+
+# ------------------------------------------------------------- the oracle
+
+def _proto(row: dict) -> int:
+    p = row.get("protocol", "boot")
+    return PROTOCOLS[p] if p in PROTOCOLS else int(p)
+
+
+def _link_row(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k != "operstate"}
+
+
+def kernel_view(ns: str, vxlan_devices) -> dict[str, dict]:
+    """Every object iproute2 shows, keyed like the model, each with its model value and its ``ip -j`` row."""
+    view: dict[str, dict] = {"link": {}, "address": {}, "route": {}, "neigh": {}, "fdb": {}}
+    for row in ip_json(ns, "link show"):
+        view["link"][row["ifname"]] = (row["ifname"], _link_row(row))
+    for link in ip_json(ns, "addr show"):
+        for a in link["addr_info"]:
+            if a["family"] == "inet6" and ipaddress.ip_address(a["local"]).is_link_local:
+                continue
+            cidr = f"{ipaddress.ip_address(a['local'])}/{a['prefixlen']}"
+            view["address"][(link["ifname"], cidr)] = (Address(link["ifname"], cidr), a)
+    for r in ip_json(ns, "-4 route show table all"):
+        if _proto(r) == PROTOCOLS["kernel"] or r.get("type", "unicast") != "unicast":
+            continue
+        table = r.get("table", "main")
+        table = TABLES.get(table, None) or int(table)
+        dst = "0.0.0.0/0" if r["dst"] == "default" else str(ipaddress.ip_network(r["dst"]))
+        route = Route(dst, r.get("gateway"), r.get("dev"), "onlink" in r.get("flags", []), r.get("metric", 0),
+                      _proto(r))
+        view["route"][(table, dst, route.metric)] = (route, r)
+    for n in ip_json(ns, "-4 neigh show"):
+        if "lladdr" in n:
+            view["neigh"][(n["dev"], n["dst"])] = (Neigh(n["dev"], n["dst"], n["lladdr"]), n)
+    for dev in vxlan_devices:
+        if dev in view["link"]:
+            for f in bridge_json(ns, ["fdb", "show", "dev", dev]):
+                if f.get("dst"):
+                    view["fdb"][(dev, f["mac"])] = (Fdb(dev, f["mac"], f["dst"]), f)
+    return view
+
+
+def _owned(kind: str, key, obj, row: dict, policy: FlannelOwnership) -> bool:
+    """The ownership rules, applied to what iproute2 shows."""
+    if kind == "link":
+        return key in policy.devices
+    if kind == "route":
+        return key[0] == MAIN and policy.owns(obj)
+    if kind == "neigh":
+        return "PERMANENT" in row["state"] and policy.owns(obj)
+    if kind == "fdb":
+        return row.get("state") == "permanent" and "self" in row.get("flags", []) and policy.owns(obj)
+    return policy.owns(obj)
+
+
+def foreign(view: dict, policy: FlannelOwnership, spared: set[str]) -> dict:
+    """The ``ip -j`` rows of every object that is not ours and not on a re-created device."""
+    out = {}
+    for kind, objs in view.items():
+        for key, (obj, row) in objs.items():
+            dev = key if kind == "link" else obj.dev
+            if dev in spared or _owned(kind, key, obj, row, policy):
+                continue
+            out[(kind, key)] = row
+    return out
+
+
+def _live_key(kind: str, obj) -> tuple:
+    """The kernel view's key of a model object (routes: main table)."""
+    if kind == "route":
+        return (MAIN, obj.dst, obj.metric)
+    return obj.key
+
+
+class Recording:
+    """The backend, with every change that reaches it written down."""
+
+    def __init__(self, backend) -> None:
+        self.backend, self.writes = backend, []
+
+    def apply(self, changes):
+        self.writes += [(c.kind, c.obj.key) for c in changes]
+        return self.backend.apply(changes)
+
+
+# ------------------------------------------------------------ the property
+
+@SETTINGS
+@given(cluster=clusters(), data=st.data())
+def test_one_apply_converges_safely_and_minimally_in_a_real_kernel(cluster, data):
+    config = parse_network_config(cluster.config_json)
+    node = NodeParams(public_ip=cluster.public_ip, underlay_mtu=1500, underlay=UNDERLAY)
+    leases, _ = validate_leases(config, cluster.kvs, PREFIX)
+    desired0 = desired_state(config, leases, node, cluster.on_link)
+    model = data.draw(live_kernels(desired0, config.device_name))
+    policy = FlannelOwnership(config)
+
+    # Two known bugs, each pinned down by a strict xfail in test_kernel_e2e.py, are kept out of the
+    # draws (see the module docstring): a wrong MAC on a device that holds neighbours ...
+    vx, want_vx = model.links.get(config.device_name), desired0.get("link", config.device_name)
+    assume(not (vx is not None and vx.link.mac != want_vx.mac
+                and any(e.neigh.dev == config.device_name for e in model.neighs.values())))
+    # ... and a stale address of ours whose connected route sits at the key of a route we want.
+    stale_prefixes = {str(ipaddress.ip_interface(cidr).network) for dev, cidr in model.addresses
+                      if dev in policy.devices and desired0.get("address", (dev, cidr)) is None}
+    assume(not stale_prefixes & {r.dst for r in desired0.of("route").values()})
+
+    with netns("prop") as ns:
+        replay(model, ns)
+        with PyrouteBackend(ns) as backend:
+            cycle = compute_cycle(config, cluster.kvs, PREFIX, node, dump_live(backend, config), cluster.on_link)
+            recreated = {c.obj.name for c in cycle.plan if c.kind == "link" and c.op == "delete"}
+            for c in cycle.plan:
+                event(f"{c.op} {c.kind}")
+            if cycle.plan.conflicts:
+                event("conflict with a foreign route")
+            before = kernel_view(ns, policy.vxlan_devices)
+
+            recording = Recording(backend)
+            results = apply_plan(recording, cycle.plan, cycle.desired)
+            assert [r.message for r in results if not r.ok] == []
+
+            dump = dump_live(backend, config)
+            again = compute_cycle(config, cluster.kvs, PREFIX, node, dump, cluster.on_link)
+            after = kernel_view(ns, policy.vxlan_devices)
+
+    # 1. Converged and complete (a route blocked by a foreign one is reported every time, never written).
+    assert not again.plan.changes, again.plan
+    assert again.plan.conflicts == cycle.plan.conflicts
+    blocked = {(c.desired.KIND, c.desired.key) for c in cycle.plan.conflicts}
+    satisfied_by_foreign = 0
+    for obj in cycle.desired:
+        if (obj.KIND, obj.key) in blocked:
+            continue
+        have = again.live.get(obj.KIND, obj.key)
+        if have is None and obj.KIND == "route":
+            held = dump.get("route", obj.key)
+            assert held is not None and not attr_diff(obj, held), obj
+            satisfied_by_foreign += 1
+            continue
+        assert have is not None and not attr_diff(obj, have), (obj, have)
+    assert len(again.live) == len(cycle.desired) - len(blocked) - satisfied_by_foreign
+
+    # 2. Safe: every foreign object is as it was, row for row.
+    f_before, f_after = foreign(before, policy, recreated), foreign(after, policy, recreated)
+    changed = {k: (f_before.get(k), f_after.get(k)) for k in f_before.keys() | f_after.keys()
+               if f_before.get(k) != f_after.get(k)}
+    assert not changed, changed
+
+    # 3. Minimal: nothing that was right reached the backend, and its rows did not move.
+    right = [obj for obj in cycle.desired
+             if (h := cycle.live.get(obj.KIND, obj.key)) is not None and not attr_diff(obj, h)
+             and (h.name if obj.KIND == "link" else h.dev) not in recreated]
+    assert not {(o.KIND, o.key) for o in right} & set(recording.writes)
+    for obj in right:
+        key = _live_key(obj.KIND, obj)
+        assert before[obj.KIND][key][1] == after[obj.KIND][key][1], (obj, before[obj.KIND][key], after[obj.KIND][key])
