@@ -10,6 +10,9 @@ Dependency rules, and why:
 * an address, neighbour, FDB entry or route on a device whose creation
   failed is not attempted (it would only fail with ENODEV and bury the real
   error in noise);
+* a stale address is not deleted when the new address on its device
+  failed: removing a device's last IPv4 address makes the kernel flush
+  every route and neighbour on it;
 * a route is not written when its neighbour or its FDB entry failed: an
   onlink route whose gateway has no permanent neighbour makes the kernel ARP
   on the overlay, which nobody answers (flannel's old "L3 miss" era), so
@@ -28,10 +31,17 @@ from .plan import Change, OpResult, Plan
 __all__ = ["apply_plan", "failed"]
 
 
+#: One batch per phase, in the plan's order (see ``plan._STEPS`` for why).
+_PHASES = {
+    ("delete", "route"): 0, ("delete", "fdb"): 0, ("delete", "neigh"): 0, ("delete", "link"): 0,
+    ("write", "link"): 1, ("write", "address"): 2, ("delete", "address"): 3,
+    ("write", "neigh"): 4, ("write", "fdb"): 4, ("write", "route"): 5,
+}
+_NPHASES = 6
+
+
 def _phase(change: Change) -> int:
-    if change.op == "delete":
-        return 0
-    return {"link": 1, "address": 2, "neigh": 3, "fdb": 3, "route": 4}[change.kind]
+    return _PHASES[("delete" if change.op == "delete" else "write", change.kind)]
 
 
 def apply_plan(backend, plan: Plan, desired: KernelState | None = None) -> list[OpResult]:
@@ -42,6 +52,7 @@ def apply_plan(backend, plan: Plan, desired: KernelState | None = None) -> list[
     """
     results: dict[int, OpResult] = {}
     failed_devs: set[str] = set()
+    failed_addr_devs: set[str] = set()
     failed_neigh: set[tuple[str, str]] = set()
     failed_fdb: set[tuple[str, str]] = set()
     neigh_mac: dict[tuple[str, str], str] = {}
@@ -54,15 +65,15 @@ def apply_plan(backend, plan: Plan, desired: KernelState | None = None) -> list[
         if c.kind == "neigh" and c.op != "delete":
             neigh_mac[c.obj.key] = c.obj.mac
 
-    for phase in range(5):
+    for phase in range(_NPHASES):
         batch: list[tuple[int, Change]] = []
         for i, c in enumerate(changes):
             if _phase(c) != phase:
                 continue
-            reason = _blocked(c, failed_devs, failed_neigh, failed_fdb, neigh_mac)
+            reason = _blocked(c, failed_devs, failed_addr_devs, failed_neigh, failed_fdb, neigh_mac)
             if reason:
                 results[i] = OpResult(c, ok=False, message=reason, skipped=True)
-                _note_failure(c, failed_devs, failed_neigh, failed_fdb)
+                _note_failure(c, failed_devs, failed_addr_devs, failed_neigh, failed_fdb)
             else:
                 batch.append((i, c))
         if not batch:
@@ -73,21 +84,28 @@ def apply_plan(backend, plan: Plan, desired: KernelState | None = None) -> list[
         for (i, c), res in zip(batch, outcome):
             results[i] = res
             if not res.ok and c.op != "delete":
-                _note_failure(c, failed_devs, failed_neigh, failed_fdb)
+                _note_failure(c, failed_devs, failed_addr_devs, failed_neigh, failed_fdb)
     return [results[i] for i in range(len(changes))]
 
 
-def _note_failure(c: Change, devs: set, neighs: set, fdbs: set) -> None:
+def _note_failure(c: Change, devs: set, addr_devs: set, neighs: set, fdbs: set) -> None:
     if c.kind == "link" and c.op == "create":
         devs.add(c.obj.name)
+    elif c.kind == "address":
+        addr_devs.add(c.obj.dev)
     elif c.kind == "neigh":
         neighs.add(c.obj.key)
     elif c.kind == "fdb":
         fdbs.add(c.obj.key)
 
 
-def _blocked(c: Change, devs: set, neighs: set, fdbs: set, neigh_mac: dict) -> str:
-    if c.op == "delete" or c.kind == "link":
+def _blocked(c: Change, devs: set, addr_devs: set, neighs: set, fdbs: set, neigh_mac: dict) -> str:
+    if c.op == "delete":
+        if c.kind == "address" and c.obj.dev in addr_devs:
+            return (f"not attempted: the new address on {c.obj.dev} failed, and removing the old one "
+                    f"could leave no IPv4 address (the kernel would flush its routes and neighbours)")
+        return ""
+    if c.kind == "link":
         return ""
     dev = c.obj.dev
     if dev in devs:

@@ -47,6 +47,7 @@ __all__ = [
     "Neigh",
     "Route",
     "attr_diff",
+    "RTPROT_KERNEL",
     "RTPROT_RECONCILER",
 ]
 
@@ -56,6 +57,8 @@ __all__ = [
 #: after ``echo '73 flannel' > /etc/iproute2/rt_protos.d/flannel.conf``).
 #: 73 is unassigned in iproute2's ``rt_protos`` and in ``rtnetlink.h``.
 RTPROT_RECONCILER = 73
+#: ``rtm_protocol`` of the routes the kernel adds for an address's prefix.
+RTPROT_KERNEL = 2
 
 
 class _Base:

@@ -19,6 +19,10 @@ The agent owns, and only owns:
   VXLAN devices (the backend only reports permanent ones; the kernel's own
   reachable/stale entries are not ours and never enter the dump).
 
+A learned (reachable, stale, ...) neighbour entry that sits at the key of
+a neighbour we want is the kernel's ARP cache, not anybody's state: writing
+ours replaces it, as flanneld does.
+
 Everything else -- pod veths enslaved to ``cni0``, the underlay, other
 devices, other tables, routes outside the network -- is foreign.  A known
 consequence, kept deliberately: after the cluster ``Network`` changes, old
@@ -32,13 +36,11 @@ import ipaddress
 from typing import Protocol
 
 from .config import NetworkConfig
-from .model import RTPROT_RECONCILER, Address, Fdb, KernelObject, KernelState, Link, Neigh, Route
+from .model import RTPROT_KERNEL, RTPROT_RECONCILER, Address, Fdb, KernelObject, KernelState, Link, Neigh, Route
 
 __all__ = ["BRIDGE_NAME", "FlannelOwnership", "OwnershipPolicy", "RTPROT_KERNEL"]
 
 BRIDGE_NAME = "cni0"
-#: ``rtm_protocol`` of the routes the kernel adds for an address's prefix.
-RTPROT_KERNEL = 2
 
 
 class OwnershipPolicy(Protocol):

@@ -4,10 +4,11 @@ Pure: it compares two ``KernelState`` values and knows nothing of sockets.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import ipaddress
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from .model import KernelObject, attr_diff
+from .model import KINDS, RTPROT_KERNEL, KernelObject, attr_diff
 
 __all__ = ["Change", "Conflict", "OpResult", "Plan", "make_plan"]
 
@@ -46,11 +47,18 @@ class OpResult:
     skipped: bool = False   # not attempted because something it needs failed
 
 
-#: Creation order: a device before its address, neighbour and FDB entries
-#: before the route that needs them (so the kernel never has to resolve the
-#: onlink gateway).  Deletions run first, in the reverse order.
-_CREATE_ORDER = ("link", "address", "neigh", "fdb", "route")
-_DELETE_ORDER = tuple(reversed(_CREATE_ORDER))
+#: The order changes are made in, and why.  Deletions of entries come first
+#: (route before the neighbour and FDB entry it needs), then devices, then
+#: addresses -- new ones *before* stale ones go, because removing a device's
+#: last IPv4 address makes the kernel disable IPv4 on it and flush every
+#: route and neighbour there -- and finally neighbour and FDB entries before
+#: the route that needs them (so the kernel never has to resolve the onlink
+#: gateway).
+_STEPS = (
+    ("delete", "route"), ("delete", "fdb"), ("delete", "neigh"), ("delete", "link"),
+    ("write", "link"), ("write", "address"), ("delete", "address"),
+    ("write", "neigh"), ("write", "fdb"), ("write", "route"),
+)
 
 
 def _dev_of(obj: KernelObject) -> str | None:
@@ -64,6 +72,13 @@ def _sort_key(obj: KernelObject):
     if isinstance(key, tuple):
         return tuple("" if k is None else k for k in key)
     return key
+
+
+def _connected_prefix(cidr: str) -> str | None:
+    """The prefix of the ``proto kernel`` route an address makes (None for a host address)."""
+    iface = ipaddress.ip_interface(cidr)
+    net = iface.network
+    return None if net.prefixlen == net.max_prefixlen else str(net)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,16 +136,23 @@ def make_plan(desired, live, foreign_routes=None) -> Plan:
     foreign route already forwards the same way, and is a ``Conflict``
     otherwise; either way it is never written.
 
-    A link whose immutable attributes differ (VNI, local, port, underlay,
-    type, ...) is deleted and created again.  The kernel drops every
-    address, route and entry of a deleted device, so those are not deleted
-    one by one but are (re)created after the new device.
-    """
-    deletes: dict[str, list[Change]] = {k: [] for k in _CREATE_ORDER}
-    writes: dict[str, list[Change]] = {k: [] for k in _CREATE_ORDER}
+    Kernel side effects the plan accounts for, each seen on Linux 6.18:
 
-    # Devices first: which ones vanish (and take their entries with them)?
+    * deleting a device (or re-creating it, when immutable attributes such as
+      VNI, local, port, underlay or type differ) drops its addresses, routes
+      and entries: they are not deleted one by one but created again after
+      the new device;
+    * changing a device's MAC flushes its neighbour table, permanent entries
+      included: its neighbours are written again after the change;
+    * an address's ``proto kernel`` connected route vanishes with the
+      address, so it blocks no route we want when that address is deleted.
+    """
+    writes: dict[str, list[Change]] = {k: [] for k in KINDS}
+    deletes: dict[str, list[Change]] = {k: [] for k in KINDS}
+
+    # Devices first: which ones vanish, and which lose their neighbours?
     gone_devices: set[str] = set()
+    neigh_flushed: set[str] = set()
     live_links = live.of("link")
     desired_links = desired.of("link")
     for name, want in desired_links.items():
@@ -147,10 +169,25 @@ def make_plan(desired, live, foreign_routes=None) -> Plan:
             gone_devices.add(name)
         else:
             writes["link"].append(Change("update", want, have))
+            if "mac" in diff:
+                neigh_flushed.add(name)
     for name, have in live_links.items():
         if name not in desired_links:
             deletes["link"].append(Change("delete", have))
             gone_devices.add(name)
+
+    def vanishes(kind: str, obj: KernelObject) -> bool:
+        dev = _dev_of(obj)
+        return dev in gone_devices or (kind == "neigh" and dev in neigh_flushed)
+
+    # Connected routes that go away with the addresses this plan deletes.
+    dying_connected: set[tuple[str, str]] = set()
+    desired_addrs = desired.of("address")
+    for key, have in live.of("address").items():
+        if key not in desired_addrs and have.dev not in gone_devices:
+            prefix = _connected_prefix(have.cidr)
+            if prefix is not None:
+                dying_connected.add((have.dev, prefix))
 
     conflicts: list[Conflict] = []
     foreign_routes = foreign_routes or {}
@@ -159,24 +196,26 @@ def make_plan(desired, live, foreign_routes=None) -> Plan:
         desired_objs = desired.of(kind)
         for key, want in desired_objs.items():
             if kind == "route" and key in foreign_routes and key not in live_objs:
-                if attr_diff(want, foreign_routes[key]):
-                    conflicts.append(Conflict(want, foreign_routes[key]))
-                continue
+                foreign = foreign_routes[key]
+                dying = foreign.protocol == RTPROT_KERNEL and (foreign.dev, foreign.dst) in dying_connected
+                if not dying:
+                    if attr_diff(want, foreign):
+                        conflicts.append(Conflict(want, foreign))
+                    continue
             have = live_objs.get(key)
-            if have is not None and _dev_of(have) in gone_devices:
-                have = None  # the kernel drops it with its device
+            if have is not None and vanishes(kind, have):
+                have = None  # the kernel drops it as a side effect of a change above
             if have is None:
                 writes[kind].append(Change("create", want))
             elif attr_diff(want, have):
                 writes[kind].append(Change("update", want, have))
         for key, have in live_objs.items():
-            if key not in desired_objs and _dev_of(have) not in gone_devices:
+            if key not in desired_objs and not vanishes(kind, have):
                 deletes[kind].append(Change("delete", have))
 
     ordered: list[Change] = []
-    for kind in _DELETE_ORDER:
-        ordered.extend(sorted(deletes[kind], key=lambda c: _sort_key(c.obj)))
-    for kind in _CREATE_ORDER:
-        ordered.extend(sorted(writes[kind], key=lambda c: _sort_key(c.obj)))
+    for op, kind in _STEPS:
+        batch = deletes[kind] if op == "delete" else writes[kind]
+        ordered.extend(sorted(batch, key=lambda c: _sort_key(c.obj)))
     conflicts.sort(key=lambda c: _sort_key(c.desired))
     return Plan(tuple(ordered), tuple(conflicts))

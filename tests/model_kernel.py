@@ -10,6 +10,9 @@ checked with iproute2 on Linux 6.18 (../shared/style-exemplars.md section 4):
 * setting a device down drops its routes and neighbour entries (permanent
   ones too) and its IPv6 addresses, but keeps IPv4 addresses and static FDB
   entries;
+* changing a device's MAC flushes its neighbour entries, permanent ones too;
+* deleting a device's last IPv4 address disables IPv4 on it: its IPv4 routes
+  and neighbours are flushed;
 * an address with a prefix makes a connected ``proto kernel`` route while
   its device is up;
 * ``replace`` creates or overwrites; an exclusive link create of an existing
@@ -257,6 +260,8 @@ class ModelKernel:
         new = replace(have.link, **updates)
         if have.link.up and new.up is False:
             self._link_down(want.name)
+        if new.mac != have.link.mac:  # NETDEV_CHANGEADDR: neigh_changeaddr() flushes the table
+            self.neighs = {k: n for k, n in self.neighs.items() if n.neigh.dev != want.name}
         have.link = new
         return None
 
@@ -294,6 +299,11 @@ class ModelKernel:
         if c.obj.key not in self.addresses:
             return E.EADDRNOTAVAIL
         self.addresses.discard(c.obj.key)
+        dev = c.obj.dev
+        if ":" not in c.obj.cidr and not any(d == dev and ":" not in a for d, a in self.addresses):
+            # The last IPv4 address went: fib_disable_ip() flushes routes and ARP.
+            self.routes = {k: r for k, r in self.routes.items() if r.dev != dev or ":" in r.dst}
+            self.neighs = {k: n for k, n in self.neighs.items() if n.neigh.dev != dev or ":" in n.neigh.ip}
         return None
 
     # routes

@@ -143,6 +143,8 @@ def live_kernels(draw, desired: KernelState, vxlan_dev: str) -> ModelKernel:
             k.add_fdb(Fdb(vxlan_dev, "02:00:00:00:c9:00", "198.18.0.252"))
         if draw(st.booleans()):
             k.add_route(Route("100.64.0.0/16", None, vxlan_dev, False, 0, RTPROT_BOOT))  # pre-0.9 era
+        if draw(st.booleans()):
+            k.add_address(vxlan_dev, "100.64.222.0/32")     # stale: our old subnet's address
         # Foreign on our device: a route outside the network, another table,
         # a learned (non-permanent) neighbour, a non-self FDB entry.
         k.add_route(Route("198.19.5.0/24", "100.64.201.0", vxlan_dev, True, 0, RTPROT_BOOT))

@@ -253,17 +253,11 @@ DRIFTS = [
     # so this damage leaves the neighbours missing as well, and the apply re-creates them.
     Drift("vxlan-mac", lambda ns: run(ns, "ip", "link", "set", "flannel.1", "address", mac_of(1, 0x99)),
           (("drift", f"mac desired {mac_of(1)}, live {mac_of(1, 0x99)}"), ("missing", NEIGH2))),
-    pytest.param(
-        Drift("own-lease-mac-changed", lambda ns: None,
-              (("drift", f"mac desired {mac_of(1, 0x77)}, live {mac_of(1)}"),),
-              nodes={1: mac_of(1, 0x77), 2: mac_of(2), 3: mac_of(3)}),
-        id="own-lease-mac-changed",
-        marks=pytest.mark.xfail(strict=True, reason=(
-            "reconciler bug: when only the device's MAC is wrong, the plan is one in-place link update "
-            "(ip link set flannel.1 address M); the kernel then flushes every neighbour entry of the device, "
-            "permanent ones included (neigh_changeaddr on NETDEV_CHANGEADDR), and the plan did not re-create "
-            "them: the next plan still has 2 neighbour creates, and the routes' onlink gateways stay "
-            "unresolved until the next cycle"))),
+    # Our own lease's MAC changed: the in-place MAC change flushes the device's neighbours
+    # (permanent ones too), so the same plan writes them again.
+    Drift("own-lease-mac-changed", lambda ns: None,
+          (("drift", f"mac desired {mac_of(1, 0x77)}, live {mac_of(1)}"),),
+          nodes={1: mac_of(1, 0x77), 2: mac_of(2), 3: mac_of(3)}),
 ]
 
 
@@ -371,12 +365,6 @@ def test_foreign_state_survives_every_apply(applied, tmp_path, capsys):
 
 # ------------------------------------------------------------ subnet changes
 
-@pytest.mark.xfail(strict=True, reason=(
-    "reconciler bug: the plan deletes flannel.1's old /32 (phase 0) before it adds the new one (phase 2); "
-    "removing a device's last IPv4 address makes the kernel disable IPv4 on it (fib_disable_ip), which "
-    "flushes every route and neighbour entry of flannel.1, permanent ones included. The plan counted the "
-    "peers' routes and neighbours as right, so after one apply they are gone (peers unreachable) and the "
-    "next plan has 4 creates"))
 def test_a_new_own_subnet_keeps_the_peers_entries(node, tmp_path, capsys):
     """Node 1 held 100.64.4.0/24 and now holds 100.64.1.0/24 (its lease expired; it got another)."""
     old = write_snapshot(tmp_path / "old.json", THREE, subnets={1: 4})
@@ -391,12 +379,6 @@ def test_a_new_own_subnet_keeps_the_peers_entries(node, tmp_path, capsys):
     assert observed(node.ns) == expected(1, THREE)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "reconciler bug: cni0 still carries 100.64.4.1/24 (our old gateway, flannel #1850) and node 4 now holds "
-    "100.64.4.0/24. The plan deletes that stale address, but also reports the kernel's connected route of "
-    "the same address (100.64.4.0/24 dev cni0 proto kernel) as a foreign route holding the key of node 4's "
-    "route: a 'conflict', so the route is not written. The address delete removes that connected route, so "
-    "the conflict was spurious; the route only appears one cycle later (next plan: 1 create)"))
 def test_a_stale_bridge_address_does_not_block_a_peers_route(applied, tmp_path, capsys):
     ns = applied.ns
     run(ns, "ip", "addr", "add", "100.64.4.1/24", "dev", "cni0")

@@ -95,8 +95,9 @@ def test_subnet_change_swaps_addresses():
     live = KernelState(d)
     live.discard(Address("cni0", "100.64.1.1/24"))
     live.add(Address("cni0", "100.64.77.1/24"))
-    assert ops(make_plan(d, live)) == [("delete", "address", ("cni0", "100.64.77.1/24")),
-                                       ("create", "address", ("cni0", "100.64.1.1/24"))]
+    # The new address goes on first: a device left without IPv4 would lose every route on it.
+    assert ops(make_plan(d, live)) == [("create", "address", ("cni0", "100.64.1.1/24")),
+                                       ("delete", "address", ("cni0", "100.64.77.1/24"))]
 
 
 def test_stale_device_is_deleted_without_deleting_its_entries_one_by_one():
@@ -122,3 +123,27 @@ def test_foreign_route_that_already_forwards_the_same_way_satisfies():
     live = KernelState(o for o in d if o != want)
     leftover = replace(want, protocol=3)  # e.g. flanneld's route, seen as foreign
     assert make_plan(d, live, {leftover.key: leftover}).in_sync
+
+
+def test_own_mac_change_rewrites_the_neighbours_the_kernel_flushes():
+    d = desired()
+    live = KernelState(d)
+    live.add(replace(d.get("link", "flannel.1"), mac="02:00:00:00:00:77"))
+    assert ops(make_plan(d, live)) == [
+        ("update", "link", "flannel.1"),
+        ("create", "neigh", ("flannel.1", "100.64.2.0")),
+        ("create", "neigh", ("flannel.1", "100.64.3.0")),
+    ]
+
+
+def test_kernel_route_of_a_stale_bridge_address_is_no_conflict():
+    """cni0 still holds an old gateway address (flannel #1850) whose subnet a peer now has."""
+    d = desired()
+    live = KernelState(d)
+    live.add(Address("cni0", "100.64.2.1/24"))
+    connected = Route("100.64.2.0/24", None, "cni0", False, 0, 2)
+    live.discard(d.get("route", ("100.64.2.0/24", 0)))
+    plan = make_plan(d, live, {connected.key: connected})
+    assert not plan.conflicts
+    assert ops(plan) == [("delete", "address", ("cni0", "100.64.2.1/24")),
+                         ("create", "route", ("100.64.2.0/24", 0))]
