@@ -1,0 +1,362 @@
+"""Subnet acquisition: flanneld's choice (pure), then acquire and keep against a real etcd."""
+from __future__ import annotations
+
+import random
+import threading
+import time
+from ipaddress import IPv4Network
+
+import pytest
+
+from reconciler.acquire import (Acquired, AcquireError, LeaseKeeper, OutOfSubnets, acquire_lease,
+                                choose_subnet)
+from reconciler.config import parse_network_config
+from reconciler.errors import ConfigError, EtcdError
+from reconciler.etcd import EtcdStore
+from reconciler.leases import Lease, encode_lease_value, parse_lease, subnet_key
+
+pytest_plugins = ["tests.conftest_etcd"]
+
+CONFIG_JSON = '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}'
+CFG = parse_network_config(CONFIG_JSON)     # SubnetLen 24, SubnetMin 10.244.1.0, SubnetMax 10.244.255.0
+ME = "192.168.0.10"
+MAC = "0e:00:00:00:00:0a"
+
+
+def net(text: str) -> IPv4Network:
+    return IPv4Network(text)
+
+
+def lease(subnet: str, ip: str, mac: str | None = None, etcd_lease: int = 7) -> Lease:
+    n = net(subnet)
+    mac = mac or "0e:00:%02x:%02x:%02x:01" % tuple(n.network_address.packed[1:])
+    return parse_lease(subnet_key(n), encode_lease_value(ip, mac, 1), etcd_lease)
+
+
+def peers(first: int, last: int) -> list[Lease]:
+    """Leases 10.244.<first..last>.0/24 held by other nodes."""
+    return [lease(f"10.244.{i}.0/24", f"192.168.1.{i}") for i in range(first, last + 1)]
+
+
+# --------------------------------------------------------------------------------------------
+# choose_subnet: pure
+# --------------------------------------------------------------------------------------------
+
+def test_reuses_our_lease_by_public_ip():
+    ours = lease("10.244.42.0/24", ME)
+    c = choose_subnet(CFG, peers(1, 5) + [ours], ME, net("10.244.3.0/24"), random.Random(0))
+    assert (c.source, c.subnet, c.lease, c.delete) == ("own", net("10.244.42.0/24"), ours, ())
+    assert not c.reservation
+
+
+@pytest.mark.parametrize("bad", ["10.244.0.0/24",      # below SubnetMin (flanneld skips the first subnet)
+                                 "10.245.7.0/24",      # outside Network
+                                 "10.244.8.0/25"])     # wrong SubnetLen
+def test_incompatible_own_lease_is_deleted_and_we_carry_on(bad):
+    ours = lease(bad, ME)
+    c = choose_subnet(CFG, [ours], ME, None, random.Random(0))
+    assert c.delete == (ours,)
+    assert c.source == "random" and c.subnet != net(bad)
+    # Being deleted, it no longer blocks: with /25 the /24 around it is free again.
+    c = choose_subnet(CFG, [ours], ME, net("10.244.8.0/24"), random.Random(0))
+    assert (c.source, c.subnet) == ("previous", net("10.244.8.0/24"))
+
+
+def test_incompatible_reservation_is_left_alone():
+    reserved = lease("10.244.0.0/24", ME, etcd_lease=0)
+    c = choose_subnet(CFG, [reserved], ME, None, random.Random(0))
+    assert c.delete == () and c.source == "random"
+
+
+def test_compatible_reservation_wins_over_an_expiring_own_lease():
+    expiring = lease("10.244.2.0/24", ME)
+    reserved = lease("10.244.9.0/24", ME, mac="0e:00:00:00:00:99", etcd_lease=0)
+    c = choose_subnet(CFG, [expiring, reserved], ME, None, random.Random(0))
+    assert (c.source, c.subnet, c.reservation) == ("own", net("10.244.9.0/24"), True)
+
+
+def test_previous_subnet_reused_when_free():
+    c = choose_subnet(CFG, peers(1, 5), ME, net("10.244.77.0/24"), random.Random(0))
+    assert (c.source, c.subnet) == ("previous", net("10.244.77.0/24"))
+
+
+@pytest.mark.parametrize("taken", [
+    lease("10.244.3.0/24", "192.168.1.99"),                  # an ordinary lease
+    lease("10.244.3.0/24", "192.168.1.99", etcd_lease=0),    # a reservation for someone else
+    lease("10.244.3.0/25", "192.168.1.99"),                  # overlapping, other length
+])
+def test_previous_subnet_not_reused_when_taken(taken):
+    c = choose_subnet(CFG, [taken], ME, net("10.244.3.0/24"), random.Random(0))
+    assert c.source == "random" and c.subnet != net("10.244.3.0/24")
+    assert not c.subnet.overlaps(taken.subnet)
+
+
+def test_previous_subnet_not_reused_when_incompatible():
+    for prev in ("10.244.0.0/24", "10.9.3.0/24", "10.244.3.0/25"):
+        assert choose_subnet(CFG, [], ME, net(prev), random.Random(0)).source == "random"
+
+
+def test_occupied_keys_block_like_leases():
+    c = choose_subnet(CFG, [], ME, net("10.244.3.0/24"), random.Random(0), occupied=[net("10.244.3.0/24")])
+    assert c.source == "random" and c.subnet != net("10.244.3.0/24")
+    # A short garbage key covers many candidates at once.
+    c = choose_subnet(CFG, [], ME, None, random.Random(0), occupied=[net("10.244.0.0/17")])
+    assert c.subnet.network_address >= net("10.244.128.0/24").network_address
+
+
+def test_random_among_first_100_free_is_deterministic_with_a_seed():
+    taken = peers(1, 10) + peers(12, 12)      # 11 and 13.. are free
+    free = [net("10.244.11.0/24")] + [net(f"10.244.{i}.0/24") for i in range(13, 112)]
+    assert len(free) == 100
+    for seed in range(50):
+        expected = free[random.Random(seed).randrange(100)]
+        assert choose_subnet(CFG, taken, ME, None, random.Random(seed)).subnet == expected
+    picks = {choose_subnet(CFG, taken, ME, None, random.Random(s)).subnet for s in range(200)}
+    assert picks <= set(free) and len(picks) > 50
+
+
+def test_out_of_subnets():
+    small = parse_network_config('{"Network":"10.0.0.0/28","Backend":{"Type":"vxlan"}}')  # /30s: .4 .8 .12
+    held = [lease(f"10.0.0.{i}/30", f"192.168.1.{i}") for i in (4, 8, 12)]
+    with pytest.raises(OutOfSubnets, match="out of subnets"):
+        choose_subnet(small, held, ME, None, random.Random(0))
+    assert choose_subnet(small, held[:2], ME, None, random.Random(0)).subnet == net("10.0.0.12/30")
+
+
+def test_dual_stack_is_refused_clearly():
+    dual = parse_network_config('{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48",'
+                                '"Backend":{"Type":"vxlan"}}')
+    with pytest.raises(ConfigError, match="EnableIPv6"):
+        choose_subnet(dual, [], ME, None, random.Random(0))
+
+
+def test_5000_leases_is_fast():
+    big = parse_network_config('{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}')
+    leases = [parse_lease(f"10.{i >> 8}.{i & 255}.0-24",
+                          encode_lease_value(f"172.16.{i >> 8}.{i & 255}", "0e:00:00:00:%02x:%02x" % (i >> 8, i & 255), 1),
+                          7) for i in range(1, 5001)]
+    t0 = time.perf_counter()
+    c = choose_subnet(big, leases, ME, net("10.0.3.0/24"), random.Random(1))
+    elapsed = time.perf_counter() - t0
+    assert c.source == "random"
+    assert net("10.19.137.0/24").network_address <= c.subnet.network_address  # above the 5,000 taken
+    assert elapsed < 0.25, elapsed
+
+
+# --------------------------------------------------------------------------------------------
+# acquire_lease and LeaseKeeper: real etcd
+# --------------------------------------------------------------------------------------------
+
+def flanneld_value(ip: str, mac: str) -> str:
+    """flanneld's bytes, written out literally (interop doc section 3)."""
+    return '{"PublicIP":"%s","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"%s"}}' % (
+        ip, mac)
+
+
+@pytest.fixture
+def store(etcd_store):
+    etcd_store.put_config(CONFIG_JSON)
+    return etcd_store
+
+
+def test_three_agents_race_for_distinct_subnets(store, etcd_shared):
+    agents = [(f"192.168.0.{i}", f"0e:00:00:00:00:{i:02x}") for i in (1, 2, 3)]
+    barrier = threading.Barrier(len(agents))
+    results: dict[str, Acquired] = {}
+    errors: list[BaseException] = []
+
+    def agent(ip: str, mac: str) -> None:
+        try:
+            with EtcdStore([etcd_shared.endpoint], prefix=store.prefix, timeout=3.0) as own:
+                barrier.wait()
+                # The same seed for all: every agent goes for the same subnet first.
+                results[ip] = acquire_lease(own, CFG, ip, mac, None, random.Random(7))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=agent, args=a) for a in agents]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    assert len({r.subnet for r in results.values()}) == 3
+    assert len({r.lease_id for r in results.values()}) == 3
+    for ip, mac in agents:
+        got = results[ip]
+        kv = store.get(got.key)
+        assert got.key == store.subnets_prefix + subnet_key(got.subnet)
+        assert kv.value == got.value == flanneld_value(ip, mac)
+        assert kv.lease == got.lease_id and not got.reservation
+        assert 86390 <= store.time_to_live(got.lease_id) <= 86400
+        assert CFG.subnet_min <= got.subnet.network_address <= CFG.subnet_max
+
+
+class StealFirstCreate:
+    """A store on which another node wins the first create race."""
+
+    def __init__(self, store: EtcdStore) -> None:
+        self._store = store
+        self.stolen: list[str] = []
+        self.granted: list[int] = []
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def grant(self, ttl: int) -> int:
+        lease_id = self._store.grant(ttl)
+        self.granted.append(lease_id)
+        return lease_id
+
+    def create_if_absent(self, key: str, value: str, lease_id: int) -> bool:
+        if not self.stolen:
+            self.stolen.append(key)
+            self._store.put(key, flanneld_value("192.168.9.9", "0e:00:00:00:09:09"))
+        return self._store.create_if_absent(key, value, lease_id)
+
+
+def test_lost_race_relists_and_retries(store):
+    spy = StealFirstCreate(store)
+    got = acquire_lease(spy, CFG, ME, MAC, net("10.244.5.0/24"), random.Random(0))
+    assert spy.stolen == [store.subnets_prefix + "10.244.5.0-24"]
+    assert got.subnet != net("10.244.5.0/24")
+    assert store.get(spy.stolen[0]).value == flanneld_value("192.168.9.9", "0e:00:00:00:09:09")  # untouched
+    assert store.get(got.key).value == flanneld_value(ME, MAC)
+    lost, won = spy.granted
+    assert store.time_to_live(lost) == -1          # the losing grant was revoked, as flanneld does
+    assert won == got.lease_id
+
+
+def test_gives_up_after_max_tries(store):
+    class AlwaysLose(StealFirstCreate):
+        def create_if_absent(self, key, value, lease_id):
+            self._store.put(key, flanneld_value("192.168.9.9", "0e:00:00:00:09:09"))
+            return self._store.create_if_absent(key, value, lease_id)
+
+    with pytest.raises(AcquireError, match="3 times"):
+        acquire_lease(AlwaysLose(store), CFG, ME, MAC, None, random.Random(0), max_tries=3)
+
+
+def test_restart_with_same_mac_keeps_lease_and_bytes(store):
+    first = acquire_lease(store, CFG, ME, MAC, None, random.Random(1))
+    rev = store.get(first.key).mod_revision
+    again = acquire_lease(store, CFG, ME, MAC, None, random.Random(2))
+    assert (again.subnet, again.lease_id, again.value) == (first.subnet, first.lease_id, first.value)
+    assert store.get(first.key).mod_revision == rev   # no PUT: peers see nothing
+
+
+def test_restart_with_new_mac_rewrites_value_with_fresh_lease(store):
+    first = acquire_lease(store, CFG, ME, MAC, None, random.Random(1))
+    new_mac = "0e:00:00:00:00:bb"
+    again = acquire_lease(store, CFG, ME, new_mac, None, random.Random(2))
+    assert again.subnet == first.subnet and again.lease_id != first.lease_id
+    kv = store.get(again.key)
+    assert kv.value == flanneld_value(ME, new_mac) and kv.lease == again.lease_id
+    assert 86390 <= store.time_to_live(again.lease_id) <= 86400
+
+
+def test_incompatible_own_lease_is_deleted(store):
+    old_key = store.subnets_prefix + "10.244.0.0-24"     # below SubnetMin
+    store.put(old_key, flanneld_value(ME, MAC), store.grant(600))
+    got = acquire_lease(store, CFG, ME, MAC, None, random.Random(0))
+    assert store.get(old_key) is None
+    assert got.subnet != net("10.244.0.0/24")
+
+
+def test_reservation_stays_leaseless(store):
+    key = store.subnets_prefix + "10.244.200.0-24"
+    store.put(key, flanneld_value(ME, "0e:00:00:00:00:01"))      # operator's reservation: old MAC, no lease
+    got = acquire_lease(store, CFG, ME, MAC, net("10.244.3.0/24"), random.Random(0))
+    assert got == Acquired(net("10.244.200.0/24"), key, 0, flanneld_value(ME, MAC), True, 0)
+    kv = store.get(key)
+    assert (kv.value, kv.lease) == (flanneld_value(ME, MAC), 0)  # new MAC written, still lease 0
+
+    keeper = LeaseKeeper(store, CFG, ME, MAC, got, random.Random(0), now=0.0)
+    assert keeper.tick(1e6) == got
+    assert store.get(key).lease == 0
+
+
+def test_keeper_schedule_with_a_fake_clock(store):
+    got = acquire_lease(store, CFG, ME, MAC, None, random.Random(0))
+
+    calls: list[str] = []
+
+    class Counting:
+        def __getattr__(self, name):
+            calls.append(name)
+            return getattr(store, name)
+
+    keeper = LeaseKeeper(Counting(), CFG, ME, MAC, got, random.Random(0), now=1000.0)
+    assert keeper.next_due == 1000.0 + 3600           # hourly for the 24 h TTL
+    assert keeper.tick(1000.0 + 3599) == got and calls == []
+    assert keeper.tick(1000.0 + 3600).subnet == got.subnet
+    assert calls == ["get", "refresh"]                 # a keepalive, no PUT
+    assert keeper.next_due == 1000.0 + 7200
+    short = LeaseKeeper(store, CFG, ME, MAC, Acquired(got.subnet, got.key, got.lease_id, got.value, False, 60),
+                        random.Random(0), now=0.0, ttl=60)
+    assert short.next_due == 20.0                      # ttl / 3 when that is sooner
+
+
+def test_keeper_keepalive_resets_ttl(store):
+    got = acquire_lease(store, CFG, ME, MAC, None, random.Random(0), ttl=30)
+    rev = store.get(got.key).mod_revision
+    time.sleep(1.2)
+    assert store.time_to_live(got.lease_id) < 30
+    keeper = LeaseKeeper(store, CFG, ME, MAC, got, random.Random(0), now=0.0, ttl=30)
+    assert keeper.tick(10.0) == got
+    assert store.time_to_live(got.lease_id) >= 29
+    assert store.get(got.key).mod_revision == rev      # no write
+
+
+def test_keeper_reacquires_same_subnet_when_key_deleted(store):
+    got = acquire_lease(store, CFG, ME, MAC, None, random.Random(0))
+    keeper = LeaseKeeper(store, CFG, ME, MAC, got, random.Random(99), now=0.0)
+    store.delete(got.key)
+    now = keeper.tick(3600.0)
+    assert now.subnet == got.subnet and now.key == got.key
+    assert now.lease_id != got.lease_id
+    assert store.get(got.key).value == flanneld_value(ME, MAC)
+    assert 86390 <= store.time_to_live(now.lease_id) <= 86400
+
+
+def test_keeper_reacquires_same_subnet_when_lease_expired(store):
+    got = acquire_lease(store, CFG, ME, MAC, None, random.Random(0))
+    keeper = LeaseKeeper(store, CFG, ME, MAC, got, random.Random(99), now=0.0)
+    store.revoke(got.lease_id)                          # what expiry does: key gone with its lease
+    assert keeper.ensure().subnet == got.subnet
+
+
+def test_keeper_does_not_overwrite_a_takeover(store):
+    got = acquire_lease(store, CFG, ME, MAC, None, random.Random(0))
+    keeper = LeaseKeeper(store, CFG, ME, MAC, got, random.Random(5), now=0.0)
+    theirs = flanneld_value("192.168.7.7", "0e:00:00:00:07:07")
+    store.put(got.key, theirs, store.grant(600))        # another node now holds our key
+    now = keeper.tick(3600.0)
+    assert now.subnet != got.subnet
+    assert store.get(got.key).value == theirs           # left alone
+    assert store.get(now.key).value == flanneld_value(ME, MAC)
+
+
+def test_keeper_updates_mac(store):
+    got = acquire_lease(store, CFG, ME, MAC, None, random.Random(0))
+    keeper = LeaseKeeper(store, CFG, ME, MAC, got, random.Random(0), now=0.0)
+    keeper.update_vtep_mac("0e:00:00:00:00:cc")
+    now = keeper.tick(1.0)
+    assert now.subnet == got.subnet
+    assert store.get(got.key).value == flanneld_value(ME, "0e:00:00:00:00:cc")
+
+
+def test_keeper_retries_a_minute_later_after_an_etcd_error():
+    class Down:
+        subnets_prefix = "/coreos.com/network/subnets/"
+
+        def get(self, key):
+            raise EtcdError("etcd get via http://127.0.0.1:1: unavailable")
+
+    got = Acquired(net("10.244.1.0/24"), "/coreos.com/network/subnets/10.244.1.0-24", 5,
+                   flanneld_value(ME, MAC), False, 86400)
+    keeper = LeaseKeeper(Down(), CFG, ME, MAC, got, random.Random(0), now=0.0)
+    with pytest.raises(EtcdError):
+        keeper.tick(3600.0)
+    assert keeper.next_due == 3660.0 and isinstance(keeper.last_error, EtcdError)
+    assert keeper.tick(3630.0) == got                   # not due yet: no call, no error
