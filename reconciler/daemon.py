@@ -270,6 +270,7 @@ class Agent:
     def _link_loop(self, stop: threading.Event) -> None:
         devices = set(owned_devices(self.config, self.node.bridge))
         try:
+            # name None: the kernel dropped events, so something may have changed.
             self.backend.watch_links(devices, lambda name: self._mark("link"), stop)
         except ReconcilerError as exc:  # periodic resync still covers drift
             log.warning("link events unavailable: %s", exc)

@@ -449,6 +449,17 @@ class PyrouteBackend:
                 code, text = _errtext(exc)
                 raise _Partial(code, f"link set {link.name} up (after link add): {text}") from exc
 
+    def watch_links(self, devices: Collection[str], callback: Callable[[str | None], None],
+                    stop: threading.Event) -> None:
+        """Link events on ``devices`` in this backend's namespace, until ``stop`` is set.
+
+        Blocks: run it on a thread of its own (it joins the namespace, which
+        moves only the calling thread).  See ``events.watch_links``.
+        """
+        from .events import watch_links
+
+        watch_links(self._netns_file, devices, callback, stop)
+
     def _disable_accept_ra(self, name: str) -> None:
         """``sysctl -w net.ipv6.conf.NAME.accept_ra=0``, inside the backend's namespace.
 
