@@ -1,7 +1,6 @@
 """The long-running and etcd-facing commands: ``run``, ``snapshot``, ``demo``."""
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys

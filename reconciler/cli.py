@@ -105,8 +105,6 @@ def load_snapshot(args) -> LeaseSnapshot:
             return parse_snapshot(text)
         except ValueError as exc:
             raise ReconcilerError(f"--leases-file {args.leases_file}: {exc}") from None
-    from .etcd import EtcdStore
-
     with open_store(args) as store:
         return store.snapshot()
 

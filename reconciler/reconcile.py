@@ -22,7 +22,7 @@ Hazards this design exists to avoid (each has bitten flannel users):
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 from .config import NetworkConfig

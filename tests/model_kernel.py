@@ -43,7 +43,7 @@ import functools
 import ipaddress
 import itertools
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Collection, Sequence
 
 from reconciler.errors import DumpInterrupted, NetlinkError

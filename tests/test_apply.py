@@ -15,7 +15,7 @@ from reconciler.model import Link
 from reconciler.ownership import FlannelOwnership
 from reconciler.plan import make_plan
 from reconciler.reconcile import dump_live
-from tests.fixtures import config, host1, mac2, three_leases
+from tests.fixtures import config, host1, three_leases
 from tests.model_kernel import ModelKernel
 
 CFG = config()

@@ -6,7 +6,6 @@ so these run without root but with a real etcd server.
 """
 from __future__ import annotations
 
-import json
 import socket
 import threading
 import time

@@ -37,13 +37,14 @@ from reconciler.apply import apply_plan
 from reconciler.config import parse_network_config
 from reconciler.desired import NodeParams, desired_state
 from reconciler.leases import validate_leases
-from reconciler.model import Address, Fdb, Neigh, Route, attr_diff
+from reconciler.model import Address, Fdb, Neigh, Route
 from reconciler.netlink.reference import PyrouteBackend
 from reconciler.ownership import FlannelOwnership
 from reconciler.reconcile import compute_cycle, dump_live
 from tests.conftest_netns import require_root
 from tests.model_kernel import MAIN, ModelKernel
 from tests.netns import bridge_json, ip_json, netns, run
+from tests.contract import already_right, assert_converged, side_effects
 from tests.strategies import PREFIX, UNDERLAY, clusters, live_kernels
 
 pytestmark = pytest.mark.root
@@ -226,7 +227,7 @@ def test_one_apply_converges_safely_and_minimally_in_a_real_kernel(cluster, data
         replay(model, ns)
         with PyrouteBackend(ns) as backend:
             cycle = compute_cycle(config, cluster.kvs, PREFIX, node, dump_live(backend, config), cluster.on_link)
-            recreated = {c.obj.name for c in cycle.plan if c.kind == "link" and c.op == "delete"}
+            recreated, mac_changed = side_effects(cycle)
             for c in cycle.plan:
                 event(f"{c.op} {c.kind}")
             if cycle.plan.conflicts:
@@ -242,24 +243,9 @@ def test_one_apply_converges_safely_and_minimally_in_a_real_kernel(cluster, data
             after = kernel_view(ns, policy.vxlan_devices)
 
     # 1. Converged and complete (a route blocked by a foreign one is reported every time, never written).
-    assert not again.plan.changes, again.plan
-    assert again.plan.conflicts == cycle.plan.conflicts
-    blocked = {(c.desired.KIND, c.desired.key) for c in cycle.plan.conflicts}
-    satisfied_by_foreign = 0
-    for obj in cycle.desired:
-        if (obj.KIND, obj.key) in blocked:
-            continue
-        have = again.live.get(obj.KIND, obj.key)
-        if have is None and obj.KIND == "route":
-            held = dump.get("route", obj.key)
-            assert held is not None and not attr_diff(obj, held), obj
-            satisfied_by_foreign += 1
-            continue
-        assert have is not None and not attr_diff(obj, have), (obj, have)
-    assert len(again.live) == len(cycle.desired) - len(blocked) - satisfied_by_foreign
+    assert_converged(cycle, again, dump)
 
     # 2. Safe: every foreign object is as it was, row for row.
-    mac_changed = {c.obj.name for c in cycle.plan if c.kind == "link" and "mac" in c.changed()}
     wanted = frozenset(cycle.desired.of("neigh"))
     f_before = foreign(before, policy, recreated, mac_changed, wanted)
     f_after = foreign(after, policy, recreated, mac_changed, wanted)
@@ -268,11 +254,9 @@ def test_one_apply_converges_safely_and_minimally_in_a_real_kernel(cluster, data
     assert not changed, changed
 
     # 3. Minimal: nothing that was right reached the backend, and its rows did not move.
-    right = [obj for obj in cycle.desired
-             if (h := cycle.live.get(obj.KIND, obj.key)) is not None and not attr_diff(obj, h)
-             and (h.name if obj.KIND == "link" else h.dev) not in recreated
-             and not (obj.KIND == "neigh" and h.dev in mac_changed)]
-    assert not {(o.KIND, o.key) for o in right} & set(recording.writes)
+    keys = already_right(cycle)
+    right = [obj for obj in cycle.desired if (obj.KIND, obj.key) in keys]
+    assert not keys & set(recording.writes)
     for obj in right:
         key = _live_key(obj.KIND, obj)
         assert before[obj.KIND][key][1] == after[obj.KIND][key][1], (obj, before[obj.KIND][key], after[obj.KIND][key])

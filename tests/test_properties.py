@@ -23,6 +23,7 @@ from reconciler.desired import NodeParams
 from reconciler.model import attr_diff
 from reconciler.ownership import FlannelOwnership
 from reconciler.reconcile import compute_cycle, dump_live
+from tests.contract import already_right, assert_converged, side_effects
 from tests.strategies import PREFIX, UNDERLAY, Cluster, clusters, live_kernels
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -75,14 +76,13 @@ def test_plan_converges_safely_and_minimally(cluster, data):
     policy = FlannelOwnership(config)
 
     cycle = _cycle(cluster, config, node, kernel)
-    recreated = {c.obj.name for c in cycle.plan if c.kind == "link" and c.op == "delete"}
+    recreated, mac_changed = side_effects(cycle)
     for c in cycle.plan:
         event(f"{c.op} {c.kind}")
     if cycle.plan.conflicts:
         event("conflict with a foreign route")
     if cycle.skipped:
         event("bad or conflicting lease skipped")
-    mac_changed = {c.obj.name for c in cycle.plan if c.kind == "link" and "mac" in c.changed()}
     wanted_neighs = frozenset(cycle.desired.of("neigh"))
     foreign_before = _foreign(kernel, policy, recreated, mac_changed, wanted_neighs)
 
@@ -102,32 +102,12 @@ def test_plan_converges_safely_and_minimally(cluster, data):
     assert all(r.ok for r in results), [r for r in results if not r.ok]
 
     # No write touched an object that was already right.
-    right = {(o.KIND, o.key) for o in cycle.desired
-             if (h := cycle.live.get(o.KIND, o.key)) is not None and not attr_diff(o, h)
-             and getattr(h, "dev", None) not in recreated
-             and not (o.KIND == "neigh" and h.dev in mac_changed)}
     touched = {(kind, key) for _op, kind, key in kernel.writes}
-    assert not (right & touched), right & touched
+    assert not (already_right(cycle) & touched)
 
-    # Converged and complete; a desired route whose key a foreign route holds
-    # is reported as a conflict (every time) and never written.
-    again = _cycle(cluster, config, node, kernel)
-    assert not again.plan.changes, again.plan
-    assert again.plan.conflicts == cycle.plan.conflicts
-    blocked = {(c.desired.KIND, c.desired.key) for c in cycle.plan.conflicts}
-    foreign_satisfied = 0
-    for obj in cycle.desired:
-        if (obj.KIND, obj.key) in blocked:
-            continue
-        have = again.live.get(obj.KIND, obj.key)
-        if have is None and obj.KIND == "route":
-            # satisfied by an equal foreign route, which we leave as it is
-            foreign = kernel.routes.get((254, obj.dst, obj.metric))
-            assert foreign is not None and not attr_diff(obj, foreign), obj
-            foreign_satisfied += 1
-            continue
-        assert have is not None and not attr_diff(obj, have), (obj, have)
-    assert len(again.live) == len(cycle.desired) - len(blocked) - foreign_satisfied
+    # Converged and complete.
+    dump = dump_live(kernel, config)
+    assert_converged(cycle, compute_cycle(config, cluster.kvs, PREFIX, node, dump, cluster.on_link), dump)
 
     # Safe: foreign state survives, object for object.
     after = _foreign(kernel, policy, recreated, mac_changed, wanted_neighs)
