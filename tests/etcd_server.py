@@ -334,11 +334,17 @@ class EtcdServer:
     def _wait_state(self, ok, what: str, timeout: float = 5.0) -> None:
         assert self.proc is not None
         deadline = time.monotonic() + timeout
+        task_dir = f"/proc/{self.proc.pid}/task"
         while time.monotonic() < deadline:
-            with open(f"/proc/{self.proc.pid}/stat") as f:
-                # "pid (comm) state ...": comm may contain spaces, so split after the last ")".
-                state = f.read().rpartition(")")[2].split()[0]
-            if ok(state):
+            states = []
+            for tid in os.listdir(task_dir):   # every thread: a group stop is per thread
+                try:
+                    with open(f"{task_dir}/{tid}/stat") as f:
+                        # "pid (comm) state ...": comm may hold spaces, so split after the last ")".
+                        states.append(f.read().rpartition(")")[2].split()[0])
+                except FileNotFoundError:
+                    continue  # the thread exited meanwhile
+            if states and all(ok(state) for state in states):
                 return
             time.sleep(0.005)
         raise RuntimeError(f"etcd {self.name} (pid {self.proc.pid}) not {what} after {timeout}s")

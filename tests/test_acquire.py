@@ -15,8 +15,6 @@ from reconciler.errors import ConfigError, EtcdError
 from reconciler.etcd import EtcdStore
 from reconciler.leases import Lease, encode_lease_value, parse_lease, subnet_key
 
-pytest_plugins = ["tests.conftest_etcd"]
-
 CONFIG_JSON = '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}'
 CFG = parse_network_config(CONFIG_JSON)     # SubnetLen 24, SubnetMin 10.244.1.0, SubnetMax 10.244.255.0
 ME = "192.168.0.10"
@@ -159,6 +157,7 @@ def store(etcd_store):
     return etcd_store
 
 
+@pytest.mark.etcd
 def test_three_agents_race_for_distinct_subnets(store, etcd_shared):
     agents = [(f"192.168.0.{i}", f"0e:00:00:00:00:{i:02x}") for i in (1, 2, 3)]
     barrier = threading.Barrier(len(agents))
@@ -215,6 +214,7 @@ class StealFirstCreate:
         return self._store.create_if_absent(key, value, lease_id)
 
 
+@pytest.mark.etcd
 def test_lost_race_relists_and_retries(store):
     spy = StealFirstCreate(store)
     got = acquire_lease(spy, CFG, ME, MAC, net("10.244.5.0/24"), random.Random(0))
@@ -227,6 +227,7 @@ def test_lost_race_relists_and_retries(store):
     assert won == got.lease_id
 
 
+@pytest.mark.etcd
 def test_gives_up_after_max_tries(store):
     class AlwaysLose(StealFirstCreate):
         def create_if_absent(self, key, value, lease_id):
@@ -237,6 +238,7 @@ def test_gives_up_after_max_tries(store):
         acquire_lease(AlwaysLose(store), CFG, ME, MAC, None, random.Random(0), max_tries=3)
 
 
+@pytest.mark.etcd
 def test_restart_with_same_mac_keeps_lease_and_bytes(store):
     first = acquire_lease(store, CFG, ME, MAC, None, random.Random(1))
     rev = store.get(first.key).mod_revision
@@ -245,6 +247,7 @@ def test_restart_with_same_mac_keeps_lease_and_bytes(store):
     assert store.get(first.key).mod_revision == rev   # no PUT: peers see nothing
 
 
+@pytest.mark.etcd
 def test_restart_with_new_mac_rewrites_value_with_fresh_lease(store):
     first = acquire_lease(store, CFG, ME, MAC, None, random.Random(1))
     new_mac = "0e:00:00:00:00:bb"
@@ -255,6 +258,7 @@ def test_restart_with_new_mac_rewrites_value_with_fresh_lease(store):
     assert 86390 <= store.time_to_live(again.lease_id) <= 86400
 
 
+@pytest.mark.etcd
 def test_incompatible_own_lease_is_deleted(store):
     old_key = store.subnets_prefix + "10.244.0.0-24"     # below SubnetMin
     store.put(old_key, flanneld_value(ME, MAC), store.grant(600))
@@ -263,6 +267,7 @@ def test_incompatible_own_lease_is_deleted(store):
     assert got.subnet != net("10.244.0.0/24")
 
 
+@pytest.mark.etcd
 def test_reservation_stays_leaseless(store):
     key = store.subnets_prefix + "10.244.200.0-24"
     store.put(key, flanneld_value(ME, "0e:00:00:00:00:01"))      # operator's reservation: old MAC, no lease
@@ -276,6 +281,7 @@ def test_reservation_stays_leaseless(store):
     assert store.get(key).lease == 0
 
 
+@pytest.mark.etcd
 def test_keeper_schedule_with_a_fake_clock(store):
     got = acquire_lease(store, CFG, ME, MAC, None, random.Random(0))
 
@@ -297,6 +303,7 @@ def test_keeper_schedule_with_a_fake_clock(store):
     assert short.next_due == 20.0                      # ttl / 3 when that is sooner
 
 
+@pytest.mark.etcd
 def test_keeper_keepalive_resets_ttl(store):
     got = acquire_lease(store, CFG, ME, MAC, None, random.Random(0), ttl=30)
     rev = store.get(got.key).mod_revision
@@ -308,6 +315,7 @@ def test_keeper_keepalive_resets_ttl(store):
     assert store.get(got.key).mod_revision == rev      # no write
 
 
+@pytest.mark.etcd
 def test_keeper_reacquires_same_subnet_when_key_deleted(store):
     got = acquire_lease(store, CFG, ME, MAC, None, random.Random(0))
     keeper = LeaseKeeper(store, CFG, ME, MAC, got, random.Random(99), now=0.0)
@@ -319,6 +327,7 @@ def test_keeper_reacquires_same_subnet_when_key_deleted(store):
     assert 86390 <= store.time_to_live(now.lease_id) <= 86400
 
 
+@pytest.mark.etcd
 def test_keeper_reacquires_same_subnet_when_lease_expired(store):
     got = acquire_lease(store, CFG, ME, MAC, None, random.Random(0))
     keeper = LeaseKeeper(store, CFG, ME, MAC, got, random.Random(99), now=0.0)
@@ -326,6 +335,7 @@ def test_keeper_reacquires_same_subnet_when_lease_expired(store):
     assert keeper.ensure().subnet == got.subnet
 
 
+@pytest.mark.etcd
 def test_keeper_does_not_overwrite_a_takeover(store):
     got = acquire_lease(store, CFG, ME, MAC, None, random.Random(0))
     keeper = LeaseKeeper(store, CFG, ME, MAC, got, random.Random(5), now=0.0)
@@ -337,6 +347,7 @@ def test_keeper_does_not_overwrite_a_takeover(store):
     assert store.get(now.key).value == flanneld_value(ME, MAC)
 
 
+@pytest.mark.etcd
 def test_keeper_updates_mac(store):
     got = acquire_lease(store, CFG, ME, MAC, None, random.Random(0))
     keeper = LeaseKeeper(store, CFG, ME, MAC, got, random.Random(0), now=0.0)

@@ -12,7 +12,6 @@ from reconciler.etcd import EtcdLeaseNotFound, EtcdStore, WatchEvent
 from reconciler.leases import RawKV
 from tests.etcd_server import EtcdServer, enable_auth, free_port
 
-pytest_plugins = ["tests.conftest_etcd"]
 pytestmark = pytest.mark.etcd
 
 CONFIG = '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}'
