@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from reconciler.leases import RawKV
 from reconciler.model import RTPROT_RECONCILER, Address, Fdb, KernelState, Link, Neigh, Route
-from tests.model_kernel import RTPROT_BOOT, ModelKernel
+from tests.model_kernel import MAIN, RTPROT_BOOT, ModelKernel
 
 PREFIX = "/coreos.com/network"
 UNDERLAY = "eth0"
@@ -147,8 +147,10 @@ def live_kernels(draw, desired: KernelState, vxlan_dev: str) -> ModelKernel:
             k.add_address(vxlan_dev, "100.64.222.0/32")     # stale: our old subnet's address
         # Foreign on our device: a route outside the network, another table,
         # a learned (non-permanent) neighbour, a non-self FDB entry.
-        k.add_route(Route("198.19.5.0/24", "100.64.201.0", vxlan_dev, True, 0, RTPROT_BOOT))
-        k.add_route(Route("100.64.202.0/24", "100.64.202.0", vxlan_dev, True, 0, RTPROT_BOOT), table=100)
+        # (gateways outside the cluster network, so never one of our own addresses,
+        # which the kernel refuses as a next hop)
+        k.add_route(Route("198.19.5.0/24", "100.127.0.201", vxlan_dev, True, 0, RTPROT_BOOT))
+        k.add_route(Route("100.64.202.0/24", "100.127.0.202", vxlan_dev, True, 0, RTPROT_BOOT), table=100)
         k.add_neigh(Neigh(vxlan_dev, "100.64.203.0", "02:00:00:00:cb:00"), permanent=False)
         k.add_fdb(Fdb(vxlan_dev, "02:00:00:00:cc:00", "198.18.0.250"), self_permanent=False)
     if "cni0" in k.links:
@@ -161,6 +163,10 @@ def live_kernels(draw, desired: KernelState, vxlan_dev: str) -> ModelKernel:
     for name, entry in list(k.links.items()):
         if entry.link.up is False:
             k._link_down(name)
+    # One route per key: where an address's connected route holds a key, the
+    # kernel cannot also hold a route written there earlier.
+    connected = {(r.dst, r.metric) for r in k._connected_routes()}
+    k.routes = {key: r for key, r in k.routes.items() if not (key[0] == MAIN and key[1:] in connected)}
     # An administrator's static route at the key of a route we want: a conflict.
     wanted = sorted(desired.of("route").values(), key=lambda r: r.dst)
     if wanted and draw(st.integers(0, 3)) == 0:

@@ -12,6 +12,7 @@ through the backend:
 """
 from __future__ import annotations
 
+import os
 import random
 
 from hypothesis import HealthCheck, event, given, settings
@@ -26,7 +27,8 @@ from reconciler.reconcile import compute_cycle, dump_live
 from tests.contract import already_right, assert_converged, side_effects
 from tests.strategies import PREFIX, UNDERLAY, Cluster, clusters, live_kernels
 
-SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# PROPERTY_EXAMPLES=5000 for a deeper search; at least 200 in every run.
+SETTINGS = settings(max_examples=max(200, int(os.environ.get("PROPERTY_EXAMPLES", "200"))), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _setup(cluster: Cluster):
