@@ -262,6 +262,9 @@ COMMANDS = {"plan": cmd_plan, "apply": cmd_apply, "show": cmd_show}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # gRPC's C core prints its own lines for TLS and connection failures; the
+    # etcd seam already turns those into one clear error, so silence the core.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = COMMANDS.get(args.command) or args.handler
