@@ -23,7 +23,7 @@ from .errors import ConfigError, ReconcilerError
 from .leases import LeaseSnapshot, parse_snapshot
 from .model import KernelState
 from .reconcile import Cycle, compute_cycle, dump_live, on_link_predicate
-from .render import plan_json, plan_text, show_rows, show_text, status_json
+from .render import describe, plan_json, plan_text, show_rows, show_text, status_json
 
 __all__ = ["main", "build_parser"]
 
@@ -239,7 +239,11 @@ def cmd_apply(args) -> int:
                         header=f"node {cycle.node.public_ip}, subnet {cycle.own.subnet}"), end="")
     for r in bad:
         print(f"error: {r.message}", file=sys.stderr)
-    return 1 if bad else 0
+    for c in cycle.plan.conflicts:
+        # Not written, and never will be while a route that is not ours holds the key.
+        print(f"error: conflict: {describe(c.desired)} is held by foreign {describe(c.foreign)}"
+              f" (proto {c.foreign.protocol}); left alone", file=sys.stderr)
+    return 1 if bad or cycle.plan.conflicts else 0
 
 
 def cmd_show(args) -> int:

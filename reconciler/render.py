@@ -214,7 +214,7 @@ def show_text(rows: Sequence[tuple[str, str, str]], colour: bool = False) -> str
                "conflict": "\033[35m"}
     lines = []
     for status, what, detail in rows:
-        tag = f"[{status}]".ljust(10)
+        tag = f"[{status}]".ljust(11)
         if colour:
             tag = f"{colours[status]}{tag}{_RESET}"
         lines.append(f"{tag}{what}" + (f"  ({detail})" if detail else ""))

@@ -100,8 +100,8 @@ def test_drifted_live_file_shows_desired_and_live(tmp_path, capsys):
     assert out.endswith("Plan: 0 to create, 1 to update, 1 to delete.\n")
     code, out, _ = run(capsys, "show", "--leases-file", EXAMPLE, "--public-ip", "198.18.0.1", "--live-file", str(live))
     assert code == 2
-    assert "[drift]   link flannel.1" in out and "(mtu desired 1450, live 1500)" in out
-    assert "[stale]   route 100.64.9.0/24 via 100.64.9.0 dev flannel.1 onlink" in out
+    assert "[drift]    link flannel.1" in out and "(mtu desired 1450, live 1500)" in out
+    assert "[stale]    route 100.64.9.0/24 via 100.64.9.0 dev flannel.1 onlink" in out
     assert out.splitlines()[-1] == "9 ok, 0 missing, 1 drift, 1 stale, 0 conflict"
 
 

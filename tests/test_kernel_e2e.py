@@ -391,6 +391,22 @@ def test_a_stale_bridge_address_does_not_block_a_peers_route(applied, tmp_path, 
     assert observed(ns) == expected(1, four)
 
 
+def test_an_administrators_route_at_a_peers_key_is_a_conflict_never_overwritten(node, leases, capsys):
+    """A static route for node 2's subnet via the underlay: apply leaves it and says so."""
+    run(node.ns, "ip", "route", "add", "100.64.2.0/24", "via", "198.18.0.77", "dev", "eth0", "proto", "static")
+    before = [r for r in ip_json(node.ns, "-4 route show 100.64.2.0/24")]
+    rc, out, err = cli(capsys, "apply", *node_args(leases, node.ns))
+    assert rc == 1
+    assert "error: conflict: route 100.64.2.0/24 via 100.64.2.0 dev flannel.1 onlink is held by foreign " \
+           "route 100.64.2.0/24 via 198.18.0.77 dev eth0 (proto 4); left alone" in err
+    assert ip_json(node.ns, "-4 route show 100.64.2.0/24") == before
+    # Everything else converged; the conflict stays visible in plan and show.
+    rc, out, _ = cli(capsys, "plan", *node_args(leases, node.ns))
+    assert rc == 2 and "Plan: no changes; 1 conflict(s) need an operator." in out
+    rc, out, _ = cli(capsys, "show", *node_args(leases, node.ns))
+    assert rc == 2 and "[conflict] route 100.64.2.0/24 via 100.64.2.0 dev flannel.1 onlink" in out
+
+
 # ------------------------------------------------------------ bad namespace
 
 @pytest.mark.parametrize("command", ["plan", "show", "apply"])
