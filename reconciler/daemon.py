@@ -147,14 +147,31 @@ class Agent:
         self.node = NodeParams(public_ip=public_ip, underlay_mtu=mtu, underlay=underlay.name)
         self._on_link = on_link_predicate(underlay.prefixes)
 
-        snap = self.store.snapshot()
-        mac = self._choose_vtep_mac(snap.kvs)
-        acquired = acquire_lease(self.store, self.config, public_ip, mac,
-                                 read_previous_subnet(self.opts.subnet_file), self.rng)
+        def acquire():
+            snap = self.store.snapshot()
+            mac = self._choose_vtep_mac(snap.kvs)
+            got = acquire_lease(self.store, self.config, public_ip, mac,
+                                read_previous_subnet(self.opts.subnet_file), self.rng)
+            return mac, got
+
+        mac, acquired = self._retry_etcd("acquire a lease", acquire, stop)
         log.info("lease %s for %s (vtep %s, %s)", acquired.key, public_ip, mac,
                  "reservation" if acquired.reservation else f"etcd lease {acquired.lease_id:x}")
         self.keeper = LeaseKeeper(self.store, self.config, public_ip, mac, acquired, self.rng, now=self.clock())
-        self._relist()
+        self._retry_etcd("list the leases", self._relist, stop)
+
+    def _retry_etcd(self, what: str, fn, stop: threading.Event):
+        """Start-up steps wait for etcd like flanneld does, with a capped backoff,
+        instead of exiting: nothing in the kernel is touched meanwhile."""
+        delay = 1.0
+        while True:
+            try:
+                return fn()
+            except EtcdError as exc:
+                log.warning("cannot %s: %s; retrying in %.0fs", what, exc, delay)
+            if stop.wait(delay):
+                raise ReconcilerError(f"stopped before we could {what}")
+            delay = min(delay * 2, 30.0)
 
     def _wait_for_config(self, stop: threading.Event) -> NetworkConfig:
         # flanneld retries every second until the config exists.
@@ -321,9 +338,10 @@ class Agent:
             dump = dump_live(self.backend, self.config, self.node.bridge)
             cycle = compute_cycle(self.config, self.table.kvs(), self.store.prefix, self.node, dump, self._on_link)
         except NoOwnLease as exc:
+            # Checked on the next wake-up (our key's watch event, or the resync
+            # timer): never a tight loop while etcd is away.
             log.warning("%s; re-acquiring, kernel left as it is", exc)
             self.state.check_own_lease = True
-            self.state.dirty.set()
             self.metrics.inc("flannel_reconciler_cycles_total", trigger=_tr(triggers), outcome="no-lease")
             return None
         except ReconcilerError as exc:
@@ -354,8 +372,11 @@ class Agent:
                         describe(c.desired), describe(c.foreign), c.foreign.protocol)
 
         if not failed:
-            self._write_subnet_env(cycle)
             self.metrics.set("flannel_reconciler_last_successful_sync_timestamp_seconds", time.time())
+        # subnet.env (what the CNI plugin needs) depends on our own devices and
+        # addresses only: one peer's failing entry must not keep pods from starting.
+        if not any(r.change.kind in ("link", "address") for r in failed):
+            self._write_subnet_env(cycle)
             if not self.state.ready:
                 self.state.ready = True
                 self.metrics.set("flannel_reconciler_ready", 1)

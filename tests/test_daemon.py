@@ -240,3 +240,38 @@ def test_health_ready_and_metrics_endpoints(etcd_store, start_agent):
     # A stalled loop turns /healthz red.
     agent.agent.state.last_cycle_end -= 10_000
     assert get("/healthz")[0] == 503
+
+
+def test_agent_waits_for_etcd_at_start_instead_of_exiting(etcd_server, start_agent):
+    from reconciler.etcd import EtcdStore
+
+    with EtcdStore([etcd_server.endpoint], timeout=1.0) as store:
+        store.put_config(CONFIG)
+        put_peer(store, "100.64.2.0-24", "198.18.0.2", MAC2)
+        etcd_server.stop()
+        kernel = node_kernel()
+        agent = start_agent(store, kernel)
+        time.sleep(1.5)
+        assert agent.thread.is_alive() and agent.error is None and not agent.agent.state.ready
+        etcd_server.start()
+        agent.ready(timeout=30)
+        assert "100.64.2.0/24" in routes(kernel)
+
+
+def test_one_peers_failing_entry_does_not_hold_back_readiness(etcd_store, start_agent, tmp_path):
+    import errno
+
+    store = etcd_store
+    store.put_config(CONFIG)
+    put_peer(store, "100.64.2.0-24", "198.18.0.2", MAC2)
+    put_peer(store, "100.64.3.0-24", "198.18.0.3", MAC3)
+    kernel = node_kernel()
+    kernel.inject("fdb", errno.EINVAL, op="create", persistent=True)
+    agent = start_agent(store, kernel)
+    agent.ready()
+    assert (tmp_path / "subnet.env").exists()
+    assert routes(kernel) == {}  # routes wait for their FDB entries, which keep failing
+    assert agent.agent.metrics.get("flannel_reconciler_operations_total", kind="fdb", op="create",
+                                   result="error") >= 2
+    kernel.clear_faults()
+    wait_for(lambda: set(routes(kernel)) == {"100.64.2.0/24", "100.64.3.0/24"}, what="retried on the next cycle")
