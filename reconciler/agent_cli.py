@@ -57,8 +57,6 @@ def cmd_run(args) -> int:
         logging.getLogger("flannel_reconciler").info("signal %d: stopping, kernel state left in place", signum)
         stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     opts = AgentOptions(
         public_ip=args.public_ip, iface=args.iface, underlay_mtu=args.underlay_mtu,
         subnet_file=args.subnet_file, resync_interval=args.resync_interval, healthz_ip=args.healthz_ip,
@@ -67,6 +65,10 @@ def cmd_run(args) -> int:
     if args.leases_file:
         raise SystemExit("error: run reads etcd; --leases-file is for plan/apply/show")
     with open_store(args) as store, open_backend(args) as backend:
+        # Installed only now: pyroute2 forks a helper to open a namespace
+        # socket and stops it with SIGTERM; that child must not inherit ours.
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
         Agent(store, backend, opts).run(stop)
     return 0
 

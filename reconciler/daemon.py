@@ -34,7 +34,7 @@ from .acquire import LeaseKeeper, acquire_lease
 from .apply import apply_plan
 from .config import NetworkConfig, parse_network_config, require_vxlan
 from .desired import NodeParams, NoOwnLease
-from .errors import EtcdCompacted, EtcdError, ReconcilerError
+from .errors import EtcdAuthError, EtcdCompacted, EtcdError, ReconcilerError
 from .leases import RawKV, parse_lease
 from .metrics import Metrics, serve_http
 from .plan import Plan
@@ -167,6 +167,8 @@ class Agent:
         while True:
             try:
                 return fn()
+            except EtcdAuthError:
+                raise
             except EtcdError as exc:
                 log.warning("cannot %s: %s; retrying in %.0fs", what, exc, delay)
             if stop.wait(delay):
@@ -179,6 +181,8 @@ class Agent:
         while not stop.is_set():
             try:
                 raw = self.store.get_config()
+            except EtcdAuthError:
+                raise  # wrong certificate or password: retrying cannot help, say so and exit
             except EtcdError as exc:
                 raw = None
                 log.warning("etcd: %s; retrying", exc)
@@ -219,6 +223,7 @@ class Agent:
         snap = self.store.snapshot()
         base = self.store.subnets_prefix
         self.table.replace_all([kv for kv in snap.kvs if kv.key.startswith(base)], snap.revision)
+        self._set_etcd_ok(True)
         self._mark("relist")
 
     # ------------------------------------------------------------ the loops
@@ -279,7 +284,7 @@ class Agent:
             log.warning("re-list failed: %s", exc)
 
     def _set_etcd_ok(self, ok: bool) -> None:
-        if ok != self.state.etcd_ok:
+        if ok != self.state.etcd_ok:  # log transitions only
             log.warning("etcd %s", "reachable again" if ok else "unreachable: failing static (no deletions)")
         self.state.etcd_ok = ok
         self.metrics.set("flannel_reconciler_etcd_up", 1 if ok else 0)
