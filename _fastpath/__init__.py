@@ -1,16 +1,33 @@
-"""Optional Cython accelerator for the netlink backend (roadmap: "Next").
+"""Optional Cython accelerator for the netlink backend.
 
 Nobody imports a ``.pyx`` module directly: callers check ``AVAILABLE`` and
-use the entry points re-exported here, and the pure-Python path must give
-identical results (tests hold the two against each other).  Until the
-batch codec lands there is no compiled module, and ``AVAILABLE`` is False.
+use the entry points re-exported here, and the pure-Python path
+(``reconciler.netlink.wire``) must give identical results (``tests/test_wire.py``
+holds the two against each other, value for value, on random and broken
+input).
+
+* ``DECODERS``: ``{"route", "neigh", "fdb", "acks", "scan"}`` -> compiled
+  decoder, the same keys and signatures as ``wire.DECODERS``.
+* ``decode_dump(kind, buf, *context)``: ``DECODERS[kind](buf, *context)``.
+
+The extension is ``_fastpath/_codec.pyx``, built in place by ``setup.py``
+(``pip install -e .`` or ``python setup.py build_ext --inplace``).  When it
+is not built, or ``FLANNEL_RECONCILER_NO_CYTHON=1`` is set (at build time it
+skips the build; at run time it ignores a built module), ``AVAILABLE`` is
+False and both names are None.
 """
-try:  # pragma: no cover - depends on the build
-    from ._codec import decode_dump, encode_batch  # type: ignore[import-not-found]
+import os
 
-    AVAILABLE = True
-except ImportError:
-    decode_dump = encode_batch = None
+if os.environ.get("FLANNEL_RECONCILER_NO_CYTHON") == "1":
+    DECODERS = decode_dump = None
     AVAILABLE = False
+else:
+    try:  # pragma: no cover - depends on the build
+        from ._codec import DECODERS, decode_dump  # type: ignore[import-not-found]
 
-__all__ = ["AVAILABLE", "decode_dump", "encode_batch"]
+        AVAILABLE = True
+    except ImportError:
+        DECODERS = decode_dump = None
+        AVAILABLE = False
+
+__all__ = ["AVAILABLE", "DECODERS", "decode_dump"]

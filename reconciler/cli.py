@@ -59,6 +59,9 @@ def _add_node_args(p: argparse.ArgumentParser, offline_ok: bool) -> None:
     g.add_argument("--underlay-mtu", type=int, default=None,
                    help="underlay MTU; wins over the config's Backend.MTU and the kernel (offline default 1500)")
     g.add_argument("--netns", help="read and write the kernel inside this network namespace (must exist)")
+    g.add_argument("--netlink-backend", choices=("pyroute2", "batched"), default="pyroute2",
+                   help="pyroute2 (the reference, default) or batched (raw rtnetlink in batches, "
+                        "Cython-accelerated dumps when built)")
     if offline_ok:
         g.add_argument("--live-file", help="compare against this live-state JSON instead of the kernel")
         g.add_argument("--offline", action="store_true",
@@ -145,6 +148,10 @@ def _is_ip(s: str) -> bool:
 
 
 def open_backend(args):
+    if getattr(args, "netlink_backend", "pyroute2") == "batched":
+        from .netlink.batched import BatchedBackend
+
+        return BatchedBackend(netns=args.netns)
     from .netlink.reference import PyrouteBackend
 
     return PyrouteBackend(netns=args.netns)

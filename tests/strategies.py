@@ -163,10 +163,6 @@ def live_kernels(draw, desired: KernelState, vxlan_dev: str) -> ModelKernel:
     for name, entry in list(k.links.items()):
         if entry.link.up is False:
             k._link_down(name)
-    # One route per key: where an address's connected route holds a key, the
-    # kernel cannot also hold a route written there earlier.
-    connected = {(r.dst, r.metric) for r in k._connected_routes()}
-    k.routes = {key: r for key, r in k.routes.items() if not (key[0] == MAIN and key[1:] in connected)}
     # An administrator's static route at the key of a route we want: a conflict.
     wanted = sorted(desired.of("route").values(), key=lambda r: r.dst)
     if wanted and draw(st.integers(0, 3)) == 0:
@@ -175,6 +171,10 @@ def live_kernels(draw, desired: KernelState, vxlan_dev: str) -> ModelKernel:
     # Foreign elsewhere: a route into the network via the underlay, not ours.
     k.add_route(Route("100.64.230.0/24", "198.18.0.99", UNDERLAY, False, 0, RTPROT_BOOT))
     k.add_route(Route("198.19.0.0/16", "198.18.0.1", UNDERLAY, False, 0, RTPROT_BOOT))
+    # One route per key: where an address's connected route holds a key, the
+    # kernel cannot also hold another route there.
+    connected = {(r.dst, r.metric) for r in k._connected_routes()}
+    k.routes = {key: r for key, r in k.routes.items() if not (key[0] == MAIN and key[1:] in connected)}
     return k
 
 

@@ -426,3 +426,11 @@ def test_the_installed_entry_point_refuses_a_missing_namespace(leases):
     assert f"network namespace {name!r} does not exist" in proc.stderr
     assert proc.stdout == ""
     assert not netns_exists(name)
+
+
+def test_the_batched_backend_builds_the_same_node_through_the_cli(node, leases, capsys):
+    rc, out, err = cli(capsys, "apply", *node_args(leases, node.ns), "--netlink-backend", "batched")
+    assert rc == 0, out + err
+    assert observed(node.ns) == expected(1, THREE)
+    rc, out, err = cli(capsys, "plan", *node_args(leases, node.ns))  # read back by the reference
+    assert rc == 0, out + err

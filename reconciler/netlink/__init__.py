@@ -5,7 +5,10 @@ Implementations:
 * ``reconciler.netlink.reference.PyrouteBackend`` -- pyroute2, the reference.
 * ``tests/model_kernel.ModelKernel`` -- an in-memory kernel with netlink
   semantics (EEXIST, ENOENT/ESRCH, replace) and named faults, for the tests.
-* (next) a Cython batch backend over ``_fastpath``, held to the same contract.
+* ``reconciler.netlink.batched.BatchedBackend`` -- raw rtnetlink with
+  batched requests and per-operation results; its dump decoders run in
+  Cython (``_fastpath``) when built, in pure Python (``wire.py``) otherwise,
+  with identical results.
 
 The contract, which ``tests/`` checks for every backend:
 

@@ -1,0 +1,217 @@
+"""The kernel edge at 5,000 nodes: cold install and full dump, four ways, in one namespace.
+
+Run (as root): ``python -m pytest benchmarks/bench_kernel.py``.  Every
+number is a ratio to iproute2's batch mode (``ip -batch`` / ``bridge
+-batch``, and ``ip -j``/``bridge -j`` dumps parsed with ``json``) measured
+in the same run, printed as a table at the end; only shapes are asserted
+(everything installed, equal counts), never times.
+
+The simulated cluster: node 1 (198.18.0.1) with ``flannel.1`` learns 5,000
+remote nodes, each a permanent neighbour, an FDB entry and an onlink route
+(flannel's shape, whose IPv4 insert cost grows with the number of routes:
+kernel-notes.md section 1, so the route half of a cold install is kernel-bound
+whatever the client does).
+
+Measured on the development machine (2 vCPU, Linux 6.18; four runs, min of
+the rounds; the machine was shared, so the spread is noise):
+
+=====================================  ===================  ==================
+variant                                cold install         dump + decode
+=====================================  ===================  ==================
+iproute2 batch (baseline)              1.00 (0.87-1.3 s)    1.00 (84-150 ms)
+PyrouteBackend, one call per object    6.3-8.8              19-22
+BatchedBackend, pure Python            0.6-1.0              1.05-1.6
+BatchedBackend, Cython decoders        0.8-1.1              0.32-0.74
+=====================================  ===================  ==================
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+import _fastpath
+from reconciler.lab.netns import delete_netns, run, unique_name
+from reconciler.model import RTPROT_RECONCILER, Fdb, Link, Neigh, Route
+from reconciler.netlink.batched import BatchedBackend
+from reconciler.netlink.reference import PyrouteBackend
+from reconciler.plan import Change
+
+N = 5000
+DEVICES = ("flannel.1",)
+NETWORKS = ("100.64.0.0/10",)
+FLANNEL1 = Link("flannel.1", "vxlan", mtu=1450, mac="0a:58:64:40:00:01", up=True, vni=1, local="198.18.0.1",
+                port=8472, learning=False, gbp=False)
+#: (benchmark, variant) -> best seconds; the report at the end divides by the baseline.
+TIMES: dict[tuple[str, str], float] = {}
+VARIANTS = ("iproute2 batch (baseline)", "PyrouteBackend (one call per object)", "BatchedBackend pure",
+            "BatchedBackend accelerated")
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"),
+                                reason="needs root for network namespaces (and CI is unset)")
+
+
+def remotes(n: int = N) -> list[tuple[Neigh, Fdb, Route]]:
+    out = []
+    for i in range(1, n + 1):
+        gw = f"100.{64 + (i >> 8)}.{i & 255}.0"
+        mac = "0a:58:%02x:%02x:%02x:00" % ((i >> 16) & 255, (i >> 8) & 255, i & 255)
+        host = f"198.{18 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}"
+        out.append((Neigh("flannel.1", gw, mac), Fdb("flannel.1", mac, host),
+                    Route(f"{gw}/24", gw, "flannel.1", onlink=True, protocol=RTPROT_RECONCILER)))
+    return out
+
+
+REMOTES = remotes()
+CHANGES = ([Change("create", n) for n, _, _ in REMOTES] + [Change("create", f) for _, f, _ in REMOTES]
+           + [Change("create", r) for _, _, r in REMOTES])
+
+
+def fresh_node(stack: list[str]) -> str:
+    """A namespace with lo up and flannel.1 up (not timed)."""
+    ns = unique_name("bench")
+    stack.append(ns)
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    run(ns, "ip", "link", "set", "lo", "up")        # onlink gateway routes need lo up
+    with BatchedBackend(ns) as b:
+        assert all(r.ok for r in b.apply([Change("create", FLANNEL1)]))
+    return ns
+
+
+@pytest.fixture
+def namespaces():
+    made: list[str] = []
+    yield made
+    for ns in made:
+        delete_netns(ns)
+
+
+def timed(key: tuple[str, str], fn):
+    def wrapper(*args):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        elapsed = time.perf_counter() - t0
+        TIMES[key] = min(TIMES.get(key, elapsed), elapsed)
+        return out
+    return wrapper
+
+
+# ------------------------------------------------------------- cold install
+
+def ip_batch_install(ns: str) -> None:
+    neigh = "".join(f"neigh replace {n.ip} lladdr {n.mac} dev flannel.1 nud permanent\n" for n, _, _ in REMOTES)
+    route = "".join(f"route replace {r.dst} via {r.gateway} dev flannel.1 onlink proto 73\n" for _, _, r in REMOTES)
+    fdb = "".join(f"fdb replace {f.mac} dev flannel.1 dst {f.dst} self permanent\n" for _, f, _ in REMOTES)
+    subprocess.run(["ip", "-n", ns, "-batch", "-"], input=neigh, text=True, check=True)
+    subprocess.run(["bridge", "-n", ns, "-batch", "-"], input=fdb, text=True, check=True)
+    subprocess.run(["ip", "-n", ns, "-batch", "-"], input=route, text=True, check=True)
+
+
+def installed_counts(ns: str) -> tuple[int, int, int]:
+    routes = json.loads(run(ns, "ip", "-j", "route", "show", "dev", "flannel.1", "proto", "73").stdout)
+    neighs = json.loads(run(ns, "ip", "-j", "neigh", "show", "dev", "flannel.1", "nud", "permanent").stdout)
+    fdb = json.loads(run(ns, "bridge", "-j", "fdb", "show", "dev", "flannel.1").stdout)
+    return len(routes), len(neighs), len([f for f in fdb if f.get("dst") and f.get("state") == "permanent"])
+
+
+def _cold(benchmark, namespaces, variant: str, install) -> None:
+    """One round: cold install into a fresh namespace (the namespace is made outside the timing)."""
+    def setup():
+        return (fresh_node(namespaces),), {}
+
+    benchmark.pedantic(timed(("cold install", variant), install), setup=setup, rounds=1, iterations=1)
+    assert installed_counts(namespaces[-1]) == (N, N, N)
+
+
+def test_cold_install_ip_batch(benchmark, namespaces):
+    _cold(benchmark, namespaces, VARIANTS[0], ip_batch_install)
+
+
+def test_cold_install_pyroute2(benchmark, namespaces):
+    def install(ns):
+        with PyrouteBackend(ns) as b:
+            assert all(r.ok for r in b.apply(CHANGES))
+    _cold(benchmark, namespaces, VARIANTS[1], install)
+
+
+@pytest.mark.parametrize("accelerate", [False, True], ids=["pure", "accelerated"])
+def test_cold_install_batched(benchmark, namespaces, accelerate):
+    if accelerate and not _fastpath.AVAILABLE:
+        pytest.skip("the _fastpath extension is not built")
+
+    def install(ns):
+        with BatchedBackend(ns, accelerate=accelerate) as b:
+            assert all(r.ok for r in b.apply(CHANGES))
+    _cold(benchmark, namespaces, VARIANTS[3 if accelerate else 2], install)
+
+
+# ------------------------------------------------------------------ dumps
+
+@pytest.fixture(scope="module")
+def populated():
+    """One namespace with the 5,000 nodes installed, shared by the dump benchmarks."""
+    made: list[str] = []
+    try:
+        ns = fresh_node(made)
+        ip_batch_install(ns)
+        yield ns
+    finally:
+        for ns in made:
+            delete_netns(ns)
+
+
+def iproute2_dump(ns: str) -> tuple[int, int, int]:
+    routes = json.loads(run(ns, "ip", "-j", "route", "show", "table", "main").stdout)
+    neighs = json.loads(run(ns, "ip", "-j", "neigh", "show", "dev", "flannel.1").stdout)
+    fdb = json.loads(run(ns, "bridge", "-j", "fdb", "show", "dev", "flannel.1").stdout)
+    return (len([r for r in routes if r.get("protocol") == "73"]),
+            len([n for n in neighs if "PERMANENT" in n.get("state", [])]),
+            len([f for f in fdb if f.get("dst") and f.get("state") == "permanent"]))
+
+
+def counts(state) -> tuple[int, int, int]:
+    return (len([r for r in state.of("route").values() if r.protocol == RTPROT_RECONCILER]),
+            len(state.of("neigh")), len(state.of("fdb")))
+
+
+def test_dump_ip_json(benchmark, populated):
+    got = benchmark.pedantic(timed(("dump + decode", VARIANTS[0]), iproute2_dump), args=(populated,), rounds=3)
+    assert got == (N, N, N)
+
+
+def test_dump_pyroute2(benchmark, populated):
+    with PyrouteBackend(populated) as b:
+        state = benchmark.pedantic(timed(("dump + decode", VARIANTS[1]), b.dump), args=(DEVICES, NETWORKS),
+                                   rounds=1)
+    assert counts(state) == (N, N, N)
+
+
+@pytest.mark.parametrize("accelerate", [False, True], ids=["pure", "accelerated"])
+def test_dump_batched(benchmark, populated, accelerate):
+    if accelerate and not _fastpath.AVAILABLE:
+        pytest.skip("the _fastpath extension is not built")
+    with BatchedBackend(populated, accelerate=accelerate) as b:
+        state = benchmark.pedantic(timed(("dump + decode", VARIANTS[3 if accelerate else 2]), b.dump),
+                                   args=(DEVICES, NETWORKS), rounds=3)
+        with PyrouteBackend(populated) as reference:
+            assert state == reference.dump(DEVICES, NETWORKS)
+    assert counts(state) == (N, N, N)
+
+
+# ----------------------------------------------------------------- report
+
+def test_report_ratios(capsys):
+    """The table: each variant's best time over the baseline's, from this run."""
+    lines = [f"\n{'variant':40} {'cold install':>20} {'dump + decode':>20}"]
+    for variant in VARIANTS:
+        cells = []
+        for bench in ("cold install", "dump + decode"):
+            t, base = TIMES.get((bench, variant)), TIMES.get((bench, VARIANTS[0]))
+            cells.append(f"{t / base:6.2f}x ({t:7.3f} s)" if t is not None and base else f"{'-':>20}")
+        lines.append(f"{variant:40} {cells[0]:>20} {cells[1]:>20}")
+    with capsys.disabled():
+        print("\n".join(lines))
+    assert TIMES, "no benchmark ran"
