@@ -23,9 +23,8 @@ from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 import _fastpath
 from reconciler.model import RTPROT_RECONCILER, Address, Fdb, Link, Neigh, Route
-from reconciler.netlink import batched, reference, wire
+from reconciler.netlink import reference, wire
 from reconciler.netlink.reference import PyrouteBackend
-from reconciler.plan import Change
 
 SETTINGS = settings(max_examples=int(os.environ.get("WIRE_EXAMPLES", "200")), deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -308,15 +307,6 @@ def test_malformed_fields_fail_with_the_reference_words(bad):
         assert str(got.value) == str(exc)
     else:
         assert ours() == want
-
-
-def test_describe_is_the_reference_describe():
-    changes = [Change(op, o) for op in ("create", "update", "delete") for o in (
-        Link("flannel.1", "vxlan", mtu=1450, mac="0a:58:64:40:01:00", up=True, vni=1, local="198.18.0.1",
-             port=8472, learning=False, gbp=True, underlay="eth0"),
-        Link("cni0", "bridge", up=False), Address("cni0", "100.64.1.1/24"), *ROUTES,
-        Neigh("flannel.1", "100.64.2.0", "0a:58:64:40:02:00"), Fdb("flannel.1", "0a:58:64:40:02:00", "198.18.0.2"))]
-    assert [batched.describe(c) for c in changes] == [reference.describe(c) for c in changes]
 
 
 # ================================================================== decoders

@@ -71,7 +71,6 @@ import itertools
 import os
 import socket
 import struct
-import threading
 from socket import AF_BRIDGE, AF_INET, AF_INET6
 from typing import Collection, Sequence
 
@@ -81,10 +80,10 @@ from ..errors import DumpInterrupted, NamespaceNotFound, NetlinkError, is_gone
 from ..model import Address, KernelState, Link
 from ..plan import Change, OpResult
 from . import Underlay, wire
-from .events import _enter_netns
+from .common import describe, in_netns, looks_like_ip, netns_path
 from .wire import SOL_NETLINK
 
-__all__ = ["BatchedBackend", "describe"]
+__all__ = ["BatchedBackend"]
 
 #: Bytes of requests per ``sendmsg`` (anchors.md section 5: 16-64 KB).
 CHUNK_BYTES = 32 * 1024
@@ -97,7 +96,6 @@ DUMP_TRIES = 5
 #: Seconds to wait for an answer before the request is reported failed (never hang).
 TIMEOUT = 30.0
 SO_RCVBUFFORCE = 33
-NETNS_RUN_DIR = "/var/run/netns"
 IFA_F_DADFAILED, IFA_F_DEPRECATED, IFA_F_TENTATIVE, IFA_F_PERMANENT = 0x08, 0x20, 0x40, 0x80
 _IFA_F_UNUSABLE = IFA_F_DEPRECATED | IFA_F_TENTATIVE | IFA_F_DADFAILED
 
@@ -136,81 +134,6 @@ def _oserrno(exc: OSError) -> int:
     return exc.errno or E.EIO
 
 
-def _netns_path(name: str) -> str:
-    # A name with "/" would escape NETNS_RUN_DIR; `ip netns` names are plain file names.
-    if not name or "/" in name or name in (".", ".."):
-        raise NamespaceNotFound(E.EINVAL, f"network namespace {name!r}: not a namespace name")
-    path = os.path.join(NETNS_RUN_DIR, name)
-    if not os.path.exists(path):
-        raise NamespaceNotFound(E.ENOENT, f"network namespace {name!r} does not exist ({path})")
-    return path
-
-
-def _in_netns(path: str | None, fn):
-    """Run ``fn()`` on a short-lived thread that first joins the namespace at ``path``.
-
-    ``setns(2)`` moves only the calling thread; the thread dies afterwards,
-    so no other thread ever runs in the wrong namespace.
-    """
-    if path is None:
-        return fn()
-    box: dict = {}
-
-    def run() -> None:
-        try:
-            _enter_netns(path)
-            box["value"] = fn()
-        except BaseException as exc:        # re-raised on the caller's thread
-            box["error"] = exc
-
-    t = threading.Thread(target=run, name="setns-batched")
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
-def describe(change: Change) -> str:
-    """The change in iproute2 words (identical to ``reference.describe``; a test holds them together)."""
-    o, op = change.obj, change.op
-    if o.KIND == "link":
-        if op == "delete":
-            return f"link del {o.name}"
-        words = ["link add" if op == "create" else "link set", o.name]
-        if o.mac:
-            words.append(f"address {o.mac}")
-        if o.mtu:
-            words.append(f"mtu {o.mtu}")
-        if op == "create":
-            words.append(f"type {o.type}")
-            if o.type == "vxlan":
-                words.append(f"id {o.vni}")
-                words += [f"dev {o.underlay}"] if o.underlay else []
-                words += [f"local {o.local}"] if o.local else []
-                words += [f"dstport {o.port}"] if o.port is not None else []
-                words.append("learning" if o.learning else "nolearning")
-                words += ["gbp"] if o.gbp else []
-        if o.up is not None:
-            words.append("up" if o.up else "down")
-        return " ".join(words)
-    if o.KIND == "address":
-        return f"addr {'del' if op == 'delete' else 'replace'} {o.cidr} dev {o.dev}"
-    if o.KIND == "route":
-        words = [f"route {'del' if op == 'delete' else 'replace'} {o.dst}"]
-        words += [f"via {o.gateway}"] if o.gateway else []
-        words += [f"dev {o.dev}"] if o.dev else []
-        words += ["onlink"] if o.onlink and op != "delete" else []
-        words += [f"metric {o.metric}"] if o.metric else []
-        return " ".join(words)
-    if o.KIND == "neigh":
-        if op == "delete":
-            return f"neigh del {o.ip} dev {o.dev}"
-        return f"neigh replace {o.ip} lladdr {o.mac} dev {o.dev} nud permanent"
-    if op == "delete":
-        return f"fdb del {o.mac} dev {o.dev} dst {o.dst} self"
-    return f"fdb replace {o.mac} dev {o.dev} dst {o.dst} self permanent"
-
 
 class BatchedBackend:
     """``NetlinkBackend`` over one raw rtnetlink socket, optionally inside a named namespace.
@@ -223,7 +146,7 @@ class BatchedBackend:
     def __init__(self, netns: str | None = None, accelerate: bool = True, *,
                  chunk_bytes: int = CHUNK_BYTES, timeout: float = TIMEOUT) -> None:
         self._netns = netns
-        self._netns_file = _netns_path(netns) if netns is not None else None
+        self._netns_file = netns_path(netns) if netns is not None else None
         self.accelerated = bool(accelerate and _fastpath.AVAILABLE)
         decoders = _fastpath.DECODERS if self.accelerated else wire.DECODERS
         self._decode_routes, self._decode_neighs = decoders["route"], decoders["neigh"]
@@ -232,7 +155,7 @@ class BatchedBackend:
         self._seqs = itertools.count(1)
         self._sock: socket.socket | None = None
         try:
-            self._sock = _in_netns(self._netns_file, self._open)
+            self._sock = in_netns(self._netns_file, self._open)
         except FileNotFoundError as exc:        # removed between the check and the open
             raise NamespaceNotFound(E.ENOENT, f"network namespace {netns!r} does not exist") from exc
         except NetlinkError:
@@ -528,7 +451,7 @@ class BatchedBackend:
                 pass
 
         try:
-            _in_netns(self._netns_file, write)
+            in_netns(self._netns_file, write)
         except OSError as exc:
             code = exc.errno or E.EIO
             raise _Partial(code, f"sysctl net.ipv6.conf.{name}.accept_ra=0 (after link add): "
@@ -563,7 +486,7 @@ class BatchedBackend:
         try:
             if spec is None:
                 idx = self._default_route_oif()
-            elif _looks_like_ip(spec):
+            elif looks_like_ip(spec):
                 ip = ipaddress.ip_address(spec)
                 if ip.version != 4:
                     raise NetlinkError(E.EAFNOSUPPORT, f"underlay {spec}: only an IPv4 address can name it")
@@ -626,9 +549,4 @@ class BatchedBackend:
         return f"BatchedBackend(netns={self._netns!r}, accelerated={self.accelerated})"
 
 
-def _looks_like_ip(spec: str) -> bool:
-    try:
-        ipaddress.ip_address(spec)
-    except ValueError:
-        return False
-    return True
+

@@ -13,15 +13,14 @@ only the calling thread, so the caller runs this on a thread of its own.
 """
 from __future__ import annotations
 
-import ctypes
 import errno as E
-import os
 import socket
 import struct
 import threading
 from typing import Callable, Collection
 
 from ..errors import NetlinkError
+from .common import enter_netns
 
 __all__ = ["watch_links"]
 
@@ -29,21 +28,9 @@ NETLINK_ROUTE = 0
 RTMGRP_LINK = 1
 RTM_NEWLINK, RTM_DELLINK = 16, 17
 IFLA_IFNAME = 3
-CLONE_NEWNET = 0x40000000
 _NLMSGHDR = struct.Struct("=IHHII")      # len, type, flags, seq, pid
 _IFINFOMSG = struct.Struct("=BxHiII")    # family, type, index, flags, change
 _RTATTR = struct.Struct("=HH")           # len, type
-
-
-def _enter_netns(path: str) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            code = ctypes.get_errno()
-            raise NetlinkError(code, f"setns({path})")
-    finally:
-        os.close(fd)
 
 
 def link_names(buf: bytes) -> list[str | None]:
@@ -79,7 +66,7 @@ def watch_links(netns_path: str | None, devices: Collection[str], callback: Call
     which it moves into ``netns_path`` first (when given).
     """
     if netns_path is not None:
-        _enter_netns(netns_path)
+        enter_netns(netns_path)
     devices = set(devices)
     try:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)

@@ -40,7 +40,6 @@ import threading
 from socket import AF_BRIDGE, AF_INET, AF_INET6
 from typing import Callable, Collection, Sequence
 
-from pyroute2 import netns as _pr_netns
 from pyroute2.netlink import (
     NLM_F_ACK,
     NLM_F_CREATE,
@@ -62,6 +61,7 @@ from ..errors import DumpInterrupted, NamespaceNotFound, NetlinkError, is_gone
 from ..model import RTPROT_RECONCILER, Address, Fdb, KernelState, Link, Neigh, Route
 from ..plan import Change, OpResult
 from . import Underlay
+from .common import describe, in_netns, looks_like_ip, netns_path
 
 __all__ = ["PyrouteBackend"]
 
@@ -83,7 +83,6 @@ F_REPLACE = F_ACK | NLM_F_CREATE | NLM_F_REPLACE        # ip ... replace
 
 #: How often an interrupted dump is tried before it is given up.
 DUMP_TRIES = 5
-NETNS_RUN_DIR = "/var/run/netns"
 _ZERO_MAC = "00:00:00:00:00:00"
 _FE80_64 = ipaddress.ip_network("fe80::/64")
 
@@ -113,63 +112,11 @@ def _ip(text: str) -> str:
     return text if ":" not in text else str(ipaddress.ip_address(text))
 
 
-def _netns_path(name: str) -> str:
-    # pyroute2 reads a name containing "/" as a path: "../../proc/1/ns/net"
-    # would escape NETNS_RUN_DIR.  `ip netns` names are plain file names.
-    if not name or "/" in name or name in (".", ".."):
-        raise NamespaceNotFound(E.EINVAL, f"network namespace {name!r}: not a namespace name")
-    path = os.path.join(NETNS_RUN_DIR, name)
-    if not os.path.exists(path):
-        raise NamespaceNotFound(E.ENOENT, f"network namespace {name!r} does not exist ({path})")
-    return path
-
-
 def _errtext(exc: BaseException) -> tuple[int, str]:
     """(errno, "detail (ENAME)") of a pyroute2 or OS error."""
     code = getattr(exc, "code", None) or getattr(exc, "errno", None) or E.EIO
     detail = exc.args[1] if len(exc.args) > 1 and exc.args[1] else os.strerror(code)
     return code, f"{detail} ({E.errorcode.get(code, code)})"
-
-
-def describe(change: Change) -> str:
-    """The change in iproute2 words, for messages: ``route replace 100.64.2.0/24 via ...``."""
-    o, op = change.obj, change.op
-    if o.KIND == "link":
-        if op == "delete":
-            return f"link del {o.name}"
-        words = ["link add" if op == "create" else "link set", o.name]
-        if o.mac:
-            words.append(f"address {o.mac}")
-        if o.mtu:
-            words.append(f"mtu {o.mtu}")
-        if op == "create":
-            words.append(f"type {o.type}")
-            if o.type == "vxlan":
-                words.append(f"id {o.vni}")
-                words += [f"dev {o.underlay}"] if o.underlay else []
-                words += [f"local {o.local}"] if o.local else []
-                words += [f"dstport {o.port}"] if o.port is not None else []
-                words.append("learning" if o.learning else "nolearning")
-                words += ["gbp"] if o.gbp else []
-        if o.up is not None:
-            words.append("up" if o.up else "down")
-        return " ".join(words)
-    if o.KIND == "address":
-        return f"addr {'del' if op == 'delete' else 'replace'} {o.cidr} dev {o.dev}"
-    if o.KIND == "route":
-        words = [f"route {'del' if op == 'delete' else 'replace'} {o.dst}"]
-        words += [f"via {o.gateway}"] if o.gateway else []
-        words += [f"dev {o.dev}"] if o.dev else []
-        words += ["onlink"] if o.onlink and op != "delete" else []
-        words += [f"metric {o.metric}"] if o.metric else []
-        return " ".join(words)
-    if o.KIND == "neigh":
-        if op == "delete":
-            return f"neigh del {o.ip} dev {o.dev}"
-        return f"neigh replace {o.ip} lladdr {o.mac} dev {o.dev} nud permanent"
-    if op == "delete":
-        return f"fdb del {o.mac} dev {o.dev} dst {o.dst} self"
-    return f"fdb replace {o.mac} dev {o.dev} dst {o.dst} self permanent"
 
 
 class PyrouteBackend:
@@ -181,7 +128,7 @@ class PyrouteBackend:
 
     def __init__(self, netns: str | None = None) -> None:
         self._netns = netns
-        self._netns_file = _netns_path(netns) if netns is not None else None
+        self._netns_file = netns_path(netns) if netns is not None else None
         try:
             # flags=0: never create the namespace.  groups=0: no multicast
             # subscriptions, so no events pile up in the receive queue.
@@ -473,12 +420,6 @@ class PyrouteBackend:
 
         def write() -> None:
             try:
-                if self._netns_file is not None:
-                    fd = os.open(self._netns_file, os.O_RDONLY | os.O_CLOEXEC)
-                    try:
-                        _pr_netns.setns(fd, flags=0)
-                    finally:
-                        os.close(fd)
                 with open(path, "w") as f:
                     f.write("0")
             except FileNotFoundError:
@@ -486,12 +427,7 @@ class PyrouteBackend:
             except OSError as exc:
                 failure.append(exc)
 
-        if self._netns_file is None:
-            write()
-        else:
-            t = threading.Thread(target=write, name=f"setns-{self._netns}")
-            t.start()
-            t.join()
+        in_netns(self._netns_file, write)
         if failure:
             code, text = _errtext(failure[0])
             raise _Partial(code, f"sysctl net.ipv6.conf.{name}.accept_ra=0 (after link add): {text}")
@@ -632,7 +568,7 @@ class PyrouteBackend:
         try:
             if spec is None:
                 idx = self._default_route_oif()
-            elif _looks_like_ip(spec):
+            elif looks_like_ip(spec):
                 ip = ipaddress.ip_address(spec)
                 if ip.version != 4:
                     raise NetlinkError(E.EAFNOSUPPORT, f"underlay {spec}: only an IPv4 address can name it")
@@ -739,14 +675,6 @@ def _mac(text: str) -> str:
         raise ValueError(f"{text!r} is not a MAC address")
     bytes.fromhex("".join(parts))       # ValueError on non-hex
     return text.lower()
-
-
-def _looks_like_ip(spec: str) -> bool:
-    try:
-        ipaddress.ip_address(spec)
-    except ValueError:
-        return False
-    return True
 
 
 def _addr_flags(msg) -> int:

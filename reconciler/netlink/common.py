@@ -1,0 +1,121 @@
+"""What every netlink backend shares: namespace handling and iproute2 wording.
+
+Kept apart so that the backends (pyroute2's, the batched one) and the link
+event watcher say and do these things the same way.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno as E
+import ipaddress
+import os
+import threading
+
+from ..errors import NamespaceNotFound, NetlinkError
+from ..plan import Change
+
+__all__ = ["NETNS_RUN_DIR", "describe", "enter_netns", "in_netns", "looks_like_ip", "netns_path"]
+
+NETNS_RUN_DIR = "/var/run/netns"
+CLONE_NEWNET = 0x40000000
+
+
+def netns_path(name: str) -> str:
+    # pyroute2 reads a name containing "/" as a path: "../../proc/1/ns/net"
+    # would escape NETNS_RUN_DIR.  `ip netns` names are plain file names.
+    if not name or "/" in name or name in (".", ".."):
+        raise NamespaceNotFound(E.EINVAL, f"network namespace {name!r}: not a namespace name")
+    path = os.path.join(NETNS_RUN_DIR, name)
+    if not os.path.exists(path):
+        raise NamespaceNotFound(E.ENOENT, f"network namespace {name!r} does not exist ({path})")
+    return path
+
+
+
+def enter_netns(path: str) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            code = ctypes.get_errno()
+            raise NetlinkError(code, f"setns({path})")
+    finally:
+        os.close(fd)
+
+
+
+def in_netns(path: str | None, fn):
+    """Run ``fn()`` on a short-lived thread that first joins the namespace at ``path``.
+
+    ``setns(2)`` moves only the calling thread; the thread dies afterwards,
+    so no other thread ever runs in the wrong namespace.
+    """
+    if path is None:
+        return fn()
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            enter_netns(path)
+            box["value"] = fn()
+        except BaseException as exc:        # re-raised on the caller's thread
+            box["error"] = exc
+
+    t = threading.Thread(target=run, name="setns")
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+
+def looks_like_ip(spec: str) -> bool:
+    try:
+        ipaddress.ip_address(spec)
+    except ValueError:
+        return False
+    return True
+
+
+
+def describe(change: Change) -> str:
+    """The change in iproute2 words, for messages: ``route replace 100.64.2.0/24 via ...``."""
+    o, op = change.obj, change.op
+    if o.KIND == "link":
+        if op == "delete":
+            return f"link del {o.name}"
+        words = ["link add" if op == "create" else "link set", o.name]
+        if o.mac:
+            words.append(f"address {o.mac}")
+        if o.mtu:
+            words.append(f"mtu {o.mtu}")
+        if op == "create":
+            words.append(f"type {o.type}")
+            if o.type == "vxlan":
+                words.append(f"id {o.vni}")
+                words += [f"dev {o.underlay}"] if o.underlay else []
+                words += [f"local {o.local}"] if o.local else []
+                words += [f"dstport {o.port}"] if o.port is not None else []
+                words.append("learning" if o.learning else "nolearning")
+                words += ["gbp"] if o.gbp else []
+        if o.up is not None:
+            words.append("up" if o.up else "down")
+        return " ".join(words)
+    if o.KIND == "address":
+        return f"addr {'del' if op == 'delete' else 'replace'} {o.cidr} dev {o.dev}"
+    if o.KIND == "route":
+        words = [f"route {'del' if op == 'delete' else 'replace'} {o.dst}"]
+        words += [f"via {o.gateway}"] if o.gateway else []
+        words += [f"dev {o.dev}"] if o.dev else []
+        words += ["onlink"] if o.onlink and op != "delete" else []
+        words += [f"metric {o.metric}"] if o.metric else []
+        return " ".join(words)
+    if o.KIND == "neigh":
+        if op == "delete":
+            return f"neigh del {o.ip} dev {o.dev}"
+        return f"neigh replace {o.ip} lladdr {o.mac} dev {o.dev} nud permanent"
+    if op == "delete":
+        return f"fdb del {o.mac} dev {o.dev} dst {o.dst} self"
+    return f"fdb replace {o.mac} dev {o.dev} dst {o.dst} self permanent"
+
