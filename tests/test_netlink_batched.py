@@ -110,8 +110,11 @@ def oracle(ns: str) -> dict:
     addrs = sorted((x["ifname"], a["family"], a["local"], a["prefixlen"], a.get("scope"))
                    for x in ip_json(ns, "addr show") for a in x["addr_info"]
                    if not (a["family"] == "inet6" and a["local"].startswith("fe80")))
+    # Routes the kernel makes itself (connected, local, IPv6 multicast) appear
+    # asynchronously, as addresses and link state settle: compared via the addresses.
     routes = sorted(json.dumps(r, sort_keys=True) for fam in ("-4", "-6")
-                    for r in ip_json(ns, f"{fam} route show table all") if not r["dst"].startswith("fe80"))
+                    for r in ip_json(ns, f"{fam} route show table all")
+                    if not r["dst"].startswith("fe80") and r.get("protocol") != "kernel")
     neighs = sorted(json.dumps(n, sort_keys=True) for n in ip_json(ns, "neigh show nud permanent"))
     fdb = sorted(json.dumps(f, sort_keys=True) for f in bridge_json(ns, "fdb show dev flannel.1")) \
         if "flannel.1" in links else []
