@@ -200,8 +200,8 @@ def show_rows(desired: KernelState, live: KernelState, plan: Plan) -> list[tuple
         else:
             diff = attr_diff(obj, have)
             detail = ", ".join(f"{a} desired {_fmt(d)}, live {_fmt(l)}" for a, (d, l) in diff.items())
-            if not diff:  # re-created with its device
-                detail = "re-created with its device"
+            if not diff:  # a device re-creation or MAC change drops it
+                detail = "written again: the change to its device drops it"
             rows.append(("drift", describe(obj), detail))
     for c in plan:
         if c.op == "delete" and desired.get(c.kind, c.obj.key) is None:
