@@ -80,7 +80,7 @@ from ..errors import DumpInterrupted, NamespaceNotFound, NetlinkError, is_gone
 from ..model import Address, KernelState, Link
 from ..plan import Change, OpResult
 from . import Underlay, wire
-from .common import describe, in_netns, looks_like_ip, netns_path
+from .common import describe, in_netns, looks_like_ip, netns_path, underlay_of
 from .wire import SOL_NETLINK
 
 __all__ = ["BatchedBackend"]
@@ -96,8 +96,6 @@ DUMP_TRIES = 5
 #: Seconds to wait for an answer before the request is reported failed (never hang).
 TIMEOUT = 30.0
 SO_RCVBUFFORCE = 33
-IFA_F_DADFAILED, IFA_F_DEPRECATED, IFA_F_TENTATIVE, IFA_F_PERMANENT = 0x08, 0x20, 0x40, 0x80
-_IFA_F_UNUSABLE = IFA_F_DEPRECATED | IFA_F_TENTATIVE | IFA_F_DADFAILED
 
 
 class _DeviceVanished(Exception):
@@ -500,20 +498,8 @@ class BatchedBackend:
             msgs = self._address_msgs(idx, (AF_INET,))
         except _DeviceVanished as exc:
             raise NetlinkError(E.ENODEV, f"underlay {spec}: the interface vanished{self._where()}") from exc
-        usable = [m for m in msgs if m.local and not m.flags & _IFA_F_UNUSABLE]
-        if given is None:
-            # Flannel's preference: global over link-local, then permanent over dynamic.
-            usable.sort(key=lambda m: (ipaddress.ip_address(m.local).is_link_local, not m.flags & IFA_F_PERMANENT))
-            given = usable[0].local if usable else None
-        if given is None:
-            raise NetlinkError(E.EADDRNOTAVAIL, f"underlay {name} has no usable IPv4 address{self._where()}")
-        prefixes = []
-        for m in msgs:
-            if m.prefixlen < 32 and m.local:
-                net = str(ipaddress.ip_network(f"{m.local}/{m.prefixlen}", strict=False))
-                if net not in prefixes:
-                    prefixes.append(net)
-        return Underlay(name=name, address=given, mtu=self._links[idx].mtu, prefixes=tuple(prefixes))
+        return underlay_of(name, self._links[idx].mtu, [(m.local, m.prefixlen, m.flags) for m in msgs], given,
+                           self._where())
 
     def _default_route_oif(self) -> int:
         best = None

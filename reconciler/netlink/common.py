@@ -13,11 +13,14 @@ import threading
 
 from ..errors import NamespaceNotFound, NetlinkError
 from ..plan import Change
+from . import Underlay
 
-__all__ = ["NETNS_RUN_DIR", "describe", "enter_netns", "in_netns", "looks_like_ip", "netns_path"]
+__all__ = ["NETNS_RUN_DIR", "describe", "enter_netns", "in_netns", "looks_like_ip", "netns_path", "underlay_of"]
 
 NETNS_RUN_DIR = "/var/run/netns"
 CLONE_NEWNET = 0x40000000
+IFA_F_DADFAILED, IFA_F_DEPRECATED, IFA_F_TENTATIVE, IFA_F_PERMANENT = 0x08, 0x20, 0x40, 0x80
+_IFA_F_UNUSABLE = IFA_F_DEPRECATED | IFA_F_TENTATIVE | IFA_F_DADFAILED
 
 
 def netns_path(name: str) -> str:
@@ -119,3 +122,27 @@ def describe(change: Change) -> str:
         return f"fdb del {o.mac} dev {o.dev} dst {o.dst} self"
     return f"fdb replace {o.mac} dev {o.dev} dst {o.dst} self permanent"
 
+
+
+def underlay_of(name: str, mtu: int, addrs: list[tuple[str, int, int]], given: str | None,
+                where: str = "") -> Underlay:
+    """The underlay from its IPv4 addresses, ``(local, prefixlen, IFA_F_* flags)`` each.
+
+    ``given`` is the address the operator named (``--iface IP``); otherwise
+    flannel's preference picks one: usable (not deprecated, tentative or
+    failed DAD), global over link-local, then permanent over dynamic.  The
+    prefixes (shorter than /32) feed the DirectRouting on-link test.
+    """
+    if given is None:
+        usable = [a for a in addrs if a[0] and not a[2] & _IFA_F_UNUSABLE]
+        usable.sort(key=lambda a: (ipaddress.ip_address(a[0]).is_link_local, not a[2] & IFA_F_PERMANENT))
+        given = usable[0][0] if usable else None
+    if given is None:
+        raise NetlinkError(E.EADDRNOTAVAIL, f"underlay {name} has no usable IPv4 address{where}")
+    prefixes: list[str] = []
+    for local, plen, _flags in addrs:
+        if plen < 32 and local:
+            net = str(ipaddress.ip_network(f"{local}/{plen}", strict=False))
+            if net not in prefixes:
+                prefixes.append(net)
+    return Underlay(name=name, address=given, mtu=mtu, prefixes=tuple(prefixes))

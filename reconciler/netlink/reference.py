@@ -61,7 +61,7 @@ from ..errors import DumpInterrupted, NamespaceNotFound, NetlinkError, is_gone
 from ..model import RTPROT_RECONCILER, Address, Fdb, KernelState, Link, Neigh, Route
 from ..plan import Change, OpResult
 from . import Underlay
-from .common import describe, in_netns, looks_like_ip, netns_path
+from .common import describe, in_netns, looks_like_ip, netns_path, underlay_of
 
 __all__ = ["PyrouteBackend"]
 
@@ -73,7 +73,6 @@ RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
 RTNH_F_ONLINK = 0x4
 RTM_F_CLONED = 0x200
 IFF_UP = 0x1
-IFA_F_DADFAILED, IFA_F_DEPRECATED, IFA_F_TENTATIVE, IFA_F_PERMANENT = 0x08, 0x20, 0x40, 0x80
 VXLAN_DEFAULT_PORT = 8472
 
 F_DUMP = NLM_F_REQUEST | NLM_F_DUMP
@@ -582,21 +581,8 @@ class PyrouteBackend:
             msgs = self._address_msgs(idx, (AF_INET,))
         except _DeviceVanished as exc:
             raise NetlinkError(E.ENODEV, f"underlay {spec}: the interface vanished{self._where()}") from exc
-        usable = [m for m in msgs if not _addr_flags(m) & (IFA_F_DEPRECATED | IFA_F_TENTATIVE | IFA_F_DADFAILED)]
-        if given is None:
-            # Flannel's preference: global over link-local, then permanent over dynamic.
-            usable.sort(key=lambda m: (_is_link_local(m), not _addr_flags(m) & IFA_F_PERMANENT))
-            given = _local_of(usable[0]) if usable else None
-        if given is None:
-            raise NetlinkError(E.EADDRNOTAVAIL, f"underlay {name} has no usable IPv4 address{self._where()}")
-        prefixes = []
-        for m in msgs:
-            if m["prefixlen"] < 32:
-                net = str(ipaddress.ip_network(f"{_local_of(m)}/{m['prefixlen']}", strict=False))
-                if net not in prefixes:
-                    prefixes.append(net)
-        return Underlay(name=name, address=given, mtu=self._links[idx].get("IFLA_MTU"),
-                        prefixes=tuple(prefixes))
+        return underlay_of(name, self._links[idx].get("IFLA_MTU"),
+                           [(_local_of(m), m["prefixlen"], _addr_flags(m)) for m in msgs], given, self._where())
 
     def _default_route_oif(self) -> int:
         best = None
@@ -684,9 +670,6 @@ def _addr_flags(msg) -> int:
 def _local_of(msg) -> str:
     return _ip(msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS"))
 
-
-def _is_link_local(msg) -> bool:
-    return ipaddress.ip_address(_local_of(msg)).is_link_local
 
 
 def _cidr_of(msg) -> str | None:
