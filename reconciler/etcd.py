@@ -1,4 +1,5 @@
-"""The etcd v3 seam: the only module that imports ``pyetcd`` and ``grpc``.
+"""The etcd v3 seam: with ``etcd_watch.py`` (the watch stream, split off),
+the only modules that import ``pyetcd`` and ``grpc``.
 
 Everything above this module sees typed values (``RawKV``, ``LeaseSnapshot``,
 ``WatchEvent``, ints, bools) and ``reconciler.errors`` exceptions; every
@@ -15,9 +16,9 @@ The client is ``pyetcd`` (etcd-sdk-python).  Its traps, measured in
   then a follower still forwarding to it until the election;
 * every call carries a timeout (a SIGSTOPped server would otherwise block
   forever);
-* a watch dies silently with its server, so the watch here is our own stream
-  with a liveness probe (etcd's progress request) and resumes from the last
-  revision + 1;
+* a watch dies silently with its server, so the watch (in ``etcd_watch.py``)
+  is our own stream with a liveness probe (etcd's progress request) and
+  resumes from the last revision + 1;
 * "lease not found" escapes as a raw gRPC NOT_FOUND: it becomes
   ``EtcdLeaseNotFound``.
 
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import posixpath
-import queue
 import re
 import threading
 import time
@@ -44,9 +44,8 @@ from pyetcd import Endpoint, MultiEndpointEtcd3Client, etcdrpc
 from pyetcd import exceptions as pyetcd_exc
 from pyetcd import transactions as pyetcd_txn
 from pyetcd import utils as pyetcd_utils
-from pyetcd.etcdrpc import kv_pb2
 
-from .errors import EtcdAuthError, EtcdCompacted, EtcdError
+from .errors import EtcdAuthError, EtcdError
 from .leases import LeaseSnapshot, RawKV
 
 __all__ = ["EtcdLeaseNotFound", "EtcdStore", "WatchEvent", "DEFAULT_PREFIX"]
@@ -69,10 +68,6 @@ _CHANNEL_OPTIONS = [
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
-
-# clientv3's WithRequireLeader: a member that lost its leader cancels our watch
-# ("etcdserver: no leader") instead of leaving it silently stale.
-_REQUIRE_LEADER = ("hasleader", "true")
 
 # Codes after which pyetcd marks the endpoint failed; we do the same for the
 # raw stub calls (auth, watch) it does not wrap.
@@ -517,180 +512,9 @@ class EtcdStore:
 
     def _watch(self, next_rev: int, stop: threading.Event | None, progress_interval: float,
                give_up_after: float) -> Iterator[WatchEvent]:
-        key = self.subnets_prefix
-        range_end = pyetcd_utils.prefix_range_end(key.encode())
-        closed = self._closed.is_set
-        stopped = (lambda: stop.is_set() or closed()) if stop is not None else closed
-        heard_at = time.monotonic()  # the last time any endpoint answered us
-        backoff = _Backoff()
-        reauthed = False
-        while not stopped():
-            url = self.endpoint_in_use
-            label: str | None = None
-            stream: _WatchStream | None = None
-            try:
-                try:
-                    self._ensure_token()
-                    label, channel = self._open_channel()
-                    url = self._url_by_netloc.get(label, url)
-                    stream = _WatchStream(channel, self._metadata(_REQUIRE_LEADER), etcdrpc.WatchRequest(
-                        create_request=etcdrpc.WatchCreateRequest(key=key.encode(), range_end=range_end,
-                                                                  start_revision=next_rev)))
-                except EtcdAuthError:
-                    raise
-                except EtcdError as exc:
-                    raise _Broken(str(exc)) from exc
-                except (grpc.RpcError, pyetcd_exc.Etcd3Exception, ValueError) as exc:
-                    raise _Broken(str(exc)) from exc
-
-                opened_at = time.monotonic()
-                created = False
-                probe_sent_at: float | None = None
-                while not stopped():
-                    item = stream.get(0.2)
-                    if stopped():
-                        return  # also when close() broke the stream: that is no error
-                    now = time.monotonic()
-                    if item is None:
-                        if not created:
-                            if now - opened_at > self.timeout:
-                                raise _Broken(f"watch create: no answer within {self.timeout:g}s", hung=True)
-                        elif probe_sent_at is not None:
-                            if now - probe_sent_at > self.timeout:
-                                raise _Broken(f"watch: no answer to a progress request within {self.timeout:g}s",
-                                              hung=True)
-                        elif now - heard_at >= progress_interval:
-                            stream.request_progress()
-                            probe_sent_at = now
-                        continue
-                    if isinstance(item, _StreamEnded):
-                        if item.error is not None:
-                            kind = _classify(item.error)
-                            if kind == _TOKEN and self._username and not reauthed:
-                                reauthed = True
-                                self._invalidate_token()
-                            elif kind not in (_TRANSIENT, _LEADER):
-                                raise self._translate("watch", url, item.error) from item.error
-                            raise _Broken(_code_details(item.error)[1], item.error)
-                        raise _Broken("watch stream closed by the server", hung=True)
-                    heard_at, probe_sent_at = now, None
-                    if item.compact_revision:
-                        raise EtcdCompacted(
-                            f"etcd watch {key} via {url}: revision {next_rev} is compacted "
-                            f"(compact revision {item.compact_revision}): re-list", int(item.compact_revision))
-                    if item.canceled:
-                        reason = item.cancel_reason or "canceled by the server"
-                        if "permission denied" in reason or "auth" in reason:
-                            # An expired token shows up here as "permission denied": one fresh token, then give up.
-                            if self._username and not reauthed:
-                                reauthed = True
-                                self._invalidate_token()
-                                raise _Broken(reason)
-                            raise EtcdAuthError(f"etcd watch {key} via {url}: {reason}")
-                        # "no leader" and the like: this member is no use, try another.
-                        raise _Broken(reason, hung=True)
-                    if item.created and not created:
-                        created = True
-                        backoff.reset()
-                        reauthed = False
-                    for ev in item.events:
-                        if stopped():
-                            return
-                        event = _watch_event(ev)
-                        yield event
-                        next_rev = event.revision + 1
-            except _Broken as broken:
-                if stopped():
-                    return
-                if label is not None and (broken.hung or (
-                        broken.error is not None and _code_details(broken.error)[0] in _FAILOVER_CODES)):
-                    self._fail_endpoint(label)  # and move on: the next stream goes elsewhere
-                silent_for = time.monotonic() - heard_at
-                if silent_for > give_up_after:
-                    raise EtcdError(f"etcd watch {key}: no endpoint answered for {silent_for:.0f}s "
-                                    f"({', '.join(self.endpoints)}); last error via {url}: {broken}") from broken
-                log.info("etcd watch via %s broken (%s); resuming from revision %d", url, broken, next_rev)
-                (stop if stop is not None else self._closed).wait(backoff.next())
-            finally:
-                if stream is not None:
-                    stream.close()
-
-
-# --------------------------------------------------------------------------------------------
-# Watch stream plumbing
-# --------------------------------------------------------------------------------------------
-
-class _Broken(Exception):
-    """Internal: the watch stream is unusable; re-create it (maybe elsewhere)."""
-
-    def __init__(self, message: str, error: BaseException | None = None, *, hung: bool = False) -> None:
-        super().__init__(message)
-        self.error = error
-        self.hung = hung
-
-
-@dataclass(frozen=True)
-class _StreamEnded:
-    error: BaseException | None
-
-
-class _Backoff:
-    """100 ms doubling to 2 s, like flanneld's watch reconnect (which caps at 5 s)."""
-
-    def __init__(self, first: float = 0.1, cap: float = 2.0) -> None:
-        self.first, self.cap, self._next = first, cap, first
-
-    def next(self) -> float:
-        delay, self._next = self._next, min(self._next * 2, self.cap)
-        return delay
-
-    def reset(self) -> None:
-        self._next = self.first
-
-
-class _WatchStream:
-    """One bidirectional Watch stream.  A reader thread moves responses to a
-    queue, so the consumer can wait with a timeout (gRPC's iterator cannot)."""
-
-    def __init__(self, channel: grpc.Channel, metadata: list[tuple[str, str]], create: etcdrpc.WatchRequest) -> None:
-        self._requests: queue.Queue[etcdrpc.WatchRequest | None] = queue.Queue()
-        self._responses: queue.Queue[etcdrpc.WatchResponse | _StreamEnded] = queue.Queue()
-        self._requests.put(create)
-        # No deadline: the stream is meant to live long; liveness is the probe's job.
-        self._call = etcdrpc.WatchStub(channel).Watch(self._request_iter(), metadata=metadata)
-        self._reader = threading.Thread(target=self._read, name="etcd-watch-reader", daemon=True)
-        self._reader.start()
-
-    def _request_iter(self) -> Iterator[etcdrpc.WatchRequest]:
-        while True:
-            request = self._requests.get()
-            if request is None:
-                return
-            yield request
-
-    def _read(self) -> None:
-        try:
-            for response in self._call:
-                self._responses.put(response)
-            self._responses.put(_StreamEnded(None))
-        except grpc.RpcError as exc:
-            self._responses.put(_StreamEnded(exc))
-        except Exception as exc:  # never let the reader die silently
-            self._responses.put(_StreamEnded(exc))
-
-    def get(self, timeout: float) -> etcdrpc.WatchResponse | _StreamEnded | None:
-        try:
-            return self._responses.get(timeout=timeout)
-        except queue.Empty:
-            return None
-
-    def request_progress(self) -> None:
-        self._requests.put(etcdrpc.WatchRequest(progress_request=etcdrpc.WatchProgressRequest()))
-
-    def close(self) -> None:
-        self._requests.put(None)   # ends the request iterator (gRPC's sender thread)
-        self._call.cancel()        # ends the response iterator (our reader thread)
-        self._reader.join(timeout=2.0)
+        # The stream machinery lives in etcd_watch, which imports this module: import it late.
+        from .etcd_watch import watch_subnets
+        return watch_subnets(self, next_rev, stop, progress_interval, give_up_after)
 
 
 # --------------------------------------------------------------------------------------------
@@ -702,14 +526,6 @@ def _raw_kv(kv: object) -> RawKV:
     # and a compare against the replaced text fails, so we never overwrite it.
     return RawKV(key=kv.key.decode("utf-8", "replace"), value=kv.value.decode("utf-8", "replace"),
                  lease=int(kv.lease), mod_revision=int(kv.mod_revision))
-
-
-def _watch_event(ev: object) -> WatchEvent:
-    kv = ev.kv
-    if ev.type == kv_pb2.Event.PUT:
-        return WatchEvent("put", _raw_kv(kv), int(kv.mod_revision))
-    return WatchEvent("delete", RawKV(key=kv.key.decode("utf-8", "replace"), value="", lease=0,
-                                      mod_revision=int(kv.mod_revision)), int(kv.mod_revision))
 
 
 def _clean_prefix(prefix: str) -> str:

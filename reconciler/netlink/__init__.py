@@ -2,13 +2,15 @@
 
 Implementations:
 
-* ``reconciler.netlink.reference.PyrouteBackend`` -- pyroute2, the reference.
+* ``reconciler.netlink.reference.PyrouteBackend`` -- pyroute2, the reference
+  (its messages are built in ``pyroute_msgs.py``; these two are the only
+  modules that import pyroute2).
 * ``tests/model_kernel.ModelKernel`` -- an in-memory kernel with netlink
   semantics (EEXIST, ENOENT/ESRCH, replace) and named faults, for the tests.
 * ``reconciler.netlink.batched.BatchedBackend`` -- raw rtnetlink with
   batched requests and per-operation results; its dump decoders run in
-  Cython (``_fastpath``) when built, in pure Python (``wire.py``) otherwise,
-  with identical results.
+  Cython (``_fastpath``) when built, in pure Python (``wire.py``, which
+  re-exports ``wire_decode.py``) otherwise, with identical results.
 
 The contract, which ``tests/`` checks for every backend:
 

@@ -1,9 +1,10 @@
 """The reference netlink backend: pyroute2, one request per change.
 
-This is the only module that imports pyroute2.  It speaks rtnetlink
-directly: each operation builds one kernel message (``ifinfmsg``,
-``ifaddrmsg``, ``rtmsg``, ``ndmsg``) with the ``NLM_F_*`` flags iproute2
-would use, sends it over one ``NETLINK_ROUTE`` socket and waits for the ACK.
+This module and ``pyroute_msgs.py`` (the messages, split off) are the only
+modules that import pyroute2.  It speaks rtnetlink directly: each operation
+builds one kernel message (``ifinfmsg``, ``ifaddrmsg``, ``rtmsg``, ``ndmsg``)
+with the ``NLM_F_*`` flags iproute2 would use, sends it over one
+``NETLINK_ROUTE`` socket and waits for the ACK.
 It is deliberately plain: it is the yardstick the batched backend is held
 to, not the fast path (about 1,200 route writes per second, see
 ``../shared/kernel-notes.md`` section 4).
@@ -62,17 +63,15 @@ from ..model import RTPROT_RECONCILER, Address, Fdb, KernelState, Link, Neigh, R
 from ..plan import Change, OpResult
 from . import Underlay
 from .common import describe, in_netns, looks_like_ip, netns_path, underlay_of
+from .pyroute_msgs import (IFF_UP, RT_TABLE_MAIN, RTN_UNICAST, RTNH_F_ONLINK, _addr_dump_msg, _addr_flags, _cidr_of,
+                           _ip, _local_of, _ndmsg, _route_dump_msg, address_msg, fdb_msg, link_create_msg,
+                           link_set_msg, link_up_msg, neigh_msg, route_msg)
 
 __all__ = ["PyrouteBackend"]
 
-# Kernel constants, in rtnetlink.h / if.h / if_addr.h spelling.
+# Kernel constants, in rtnetlink.h / if.h / if_addr.h spelling (more in pyroute_msgs).
 NLM_F_DUMP_INTR = 0x10
-RT_TABLE_MAIN = 254
-RTN_UNICAST = 1
-RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
-RTNH_F_ONLINK = 0x4
 RTM_F_CLONED = 0x200
-IFF_UP = 0x1
 VXLAN_DEFAULT_PORT = 8472
 
 F_DUMP = NLM_F_REQUEST | NLM_F_DUMP
@@ -104,11 +103,6 @@ class _Partial(Exception):
     def __init__(self, code: int, text: str) -> None:
         super().__init__(text)
         self.code, self.text = code, text
-
-
-def _ip(text: str) -> str:
-    """Canonical (``ipaddress``) form of an address string from the kernel."""
-    return text if ":" not in text else str(ipaddress.ip_address(text))
 
 
 def _errtext(exc: BaseException) -> tuple[int, str]:
@@ -359,36 +353,13 @@ class PyrouteBackend:
         Then, for vxlan, ``net.ipv6.conf.NAME.accept_ra=0`` (as flanneld),
         and ``ip link set NAME up`` if asked.
         """
-        if link.type == "vxlan":
-            data = [["IFLA_VXLAN_ID", link.vni]]
-            if link.underlay is not None:
-                data.append(["IFLA_VXLAN_LINK", self._ifindex(link.underlay)])
-            if link.local is not None:
-                data.append(["IFLA_VXLAN_LOCAL6" if ":" in link.local else "IFLA_VXLAN_LOCAL", link.local])
-            if link.port is not None:       # absent: the kernel default (8472), as flanneld
-                data.append(["IFLA_VXLAN_PORT", link.port])
-            data += [["IFLA_VXLAN_LEARNING", int(bool(link.learning))], ["IFLA_VXLAN_TTL", 0],
-                     ["IFLA_VXLAN_PROXY", 0], ["IFLA_VXLAN_L2MISS", 0], ["IFLA_VXLAN_L3MISS", 0]]
-            if link.gbp:
-                data.append(["IFLA_VXLAN_GBP", True])
-            info = {"attrs": [["IFLA_INFO_KIND", "vxlan"], ["IFLA_INFO_DATA", {"attrs": data}]]}
-        else:
-            info = {"attrs": [["IFLA_INFO_KIND", link.type]]}
-        msg = ifinfmsg()
-        msg["attrs"] = [["IFLA_IFNAME", link.name]]
-        if link.mtu is not None:
-            msg["attrs"].append(["IFLA_MTU", link.mtu])
-        if link.mac is not None:
-            msg["attrs"].append(["IFLA_ADDRESS", _mac(link.mac)])
-        msg["attrs"].append(["IFLA_LINKINFO", info])
+        msg = link_create_msg(link, self._ifindex)
         self._request(msg, rtnl.RTM_NEWLINK, F_ADD_EXCL)
         self._index = None
         if link.type == "vxlan":
             self._disable_accept_ra(link.name)
         if link.up:
-            up = ifinfmsg()
-            up["flags"], up["change"] = IFF_UP, IFF_UP
-            up["attrs"] = [["IFLA_IFNAME", link.name]]     # by name: exactly the device just made
+            up = link_up_msg(link.name)     # by name: exactly the device just made
             try:
                 self._request(up, rtnl.RTM_NEWLINK, F_ACK)
             except (_PrNetlinkError, OSError) as exc:
@@ -443,14 +414,7 @@ class PyrouteBackend:
         idx = self._ifindex(want.name)
         if not todo:
             return
-        msg = ifinfmsg()
-        msg["index"] = idx
-        if "mtu" in todo:
-            msg["attrs"].append(["IFLA_MTU", todo["mtu"]])
-        if "mac" in todo:
-            msg["attrs"].append(["IFLA_ADDRESS", _mac(todo["mac"])])
-        if "up" in todo:
-            msg["flags"], msg["change"] = (IFF_UP if todo["up"] else 0), IFF_UP
+        msg = link_set_msg(idx, todo)
         self._request(msg, rtnl.RTM_NEWLINK, F_ACK)
 
     def _link_delete(self, change: Change) -> None:
@@ -464,15 +428,7 @@ class PyrouteBackend:
 
     # addresses
     def _address_msg(self, addr: Address) -> ifaddrmsg:
-        iface = ipaddress.ip_interface(addr.cidr)
-        ip = str(iface.ip)
-        msg = ifaddrmsg()
-        msg["family"] = AF_INET6 if iface.version == 6 else AF_INET
-        msg["prefixlen"] = iface.network.prefixlen
-        msg["scope"] = RT_SCOPE_UNIVERSE
-        msg["index"] = self._ifindex(addr.dev)
-        msg["attrs"] = [["IFA_LOCAL", ip], ["IFA_ADDRESS", ip]]   # no IFA_BROADCAST, as `ip addr`
-        return msg
+        return address_msg(addr, self._ifindex)
 
     def _address_write(self, change: Change) -> None:
         """``ip addr replace CIDR dev DEV``: RTM_NEWADDR, NLM_F_CREATE|NLM_F_REPLACE, scope global."""
@@ -484,31 +440,7 @@ class PyrouteBackend:
 
     # routes
     def _route_msg(self, route: Route, delete: bool) -> rtmsg:
-        net = ipaddress.ip_network(route.dst)
-        msg = rtmsg()
-        msg["family"] = AF_INET6 if net.version == 6 else AF_INET
-        msg["dst_len"] = net.prefixlen
-        msg["table"] = RT_TABLE_MAIN
-        attrs = [["RTA_DST", str(net.network_address)]]
-        if route.gateway is not None:
-            if ipaddress.ip_address(route.gateway).version != net.version:
-                raise ValueError(f"gateway {route.gateway} is not of the family of {route.dst}")
-            attrs.append(["RTA_GATEWAY", route.gateway])
-        if route.dev is not None:
-            attrs.append(["RTA_OIF", self._ifindex(route.dev)])
-        if route.metric:
-            attrs.append(["RTA_PRIORITY", route.metric])
-        if delete:
-            # iproute2's delete: scope NOWHERE, type and protocol 0, so that
-            # the kernel matches on dst, metric and whatever next hop is given.
-            msg["scope"] = RT_SCOPE_NOWHERE
-        else:
-            msg["proto"] = RTPROT_RECONCILER
-            msg["type"] = RTN_UNICAST
-            msg["scope"] = RT_SCOPE_UNIVERSE if route.gateway else RT_SCOPE_LINK
-            msg["flags"] = RTNH_F_ONLINK if route.onlink else 0
-        msg["attrs"] = attrs
-        return msg
+        return route_msg(route, delete, self._ifindex)
 
     def _route_write(self, change: Change) -> None:
         """``ip route replace DST [via GW] [dev DEV] [onlink] [metric N] proto 73``:
@@ -521,15 +453,7 @@ class PyrouteBackend:
 
     # neighbours
     def _neigh_msg(self, neigh: Neigh, delete: bool) -> ndmsg:
-        ip = ipaddress.ip_address(neigh.ip)
-        msg = ndmsg()
-        msg["family"] = AF_INET6 if ip.version == 6 else AF_INET
-        msg["ifindex"] = self._ifindex(neigh.dev)
-        msg["attrs"] = [["NDA_DST", str(ip)]]
-        if not delete:
-            msg["state"] = NUD_PERMANENT
-            msg["attrs"].append(["NDA_LLADDR", _mac(neigh.mac)])
-        return msg
+        return neigh_msg(neigh, delete, self._ifindex)
 
     def _neigh_write(self, change: Change) -> None:
         """``ip neigh replace IP lladdr MAC dev DEV nud permanent``: RTM_NEWNEIGH, NLM_F_CREATE|NLM_F_REPLACE."""
@@ -541,13 +465,7 @@ class PyrouteBackend:
 
     # FDB
     def _fdb_msg(self, fdb: Fdb, delete: bool) -> ndmsg:
-        msg = ndmsg()
-        msg["family"] = AF_BRIDGE
-        msg["ifindex"] = self._ifindex(fdb.dev)
-        msg["flags"] = NTF_SELF                 # the VXLAN device's own table, not a bridge's
-        msg["state"] = 0 if delete else NUD_PERMANENT
-        msg["attrs"] = [["NDA_LLADDR", _mac(fdb.mac)], ["NDA_DST", str(ipaddress.ip_address(fdb.dst))]]
-        return msg
+        return fdb_msg(fdb, delete, self._ifindex)
 
     def _fdb_write(self, change: Change) -> None:
         """``bridge fdb replace MAC dev DEV dst IP self permanent``: RTM_NEWNEIGH (AF_BRIDGE),
@@ -621,67 +539,3 @@ class PyrouteBackend:
 
     def __repr__(self) -> str:
         return f"PyrouteBackend(netns={self._netns!r})"
-
-
-# ------------------------------------------------------------ dump requests
-# Strict checking (NETLINK_GET_STRICT_CHK) rejects dump headers with stray
-# fields, so each request sets only what the kernel accepts as a filter.
-
-def _route_dump_msg(family: int) -> rtmsg:
-    """``ip -4|-6 route show table main type unicast``: rtm_table and rtm_type filter in the kernel."""
-    msg = rtmsg()
-    msg["family"] = family
-    msg["table"] = RT_TABLE_MAIN
-    msg["type"] = RTN_UNICAST
-    return msg
-
-
-def _addr_dump_msg(family: int, idx: int) -> ifaddrmsg:
-    """``ip -4|-6 addr show dev X``: ifa_index filters in the kernel."""
-    msg = ifaddrmsg()
-    msg["family"] = family
-    msg["index"] = idx
-    return msg
-
-
-def _ndmsg(family: int, idx: int) -> ndmsg:
-    """``ip neigh show dev X`` / ``bridge fdb show dev X``: NDA_IFINDEX filters in the kernel
-    (strict checking refuses ndm_ifindex in a dump header)."""
-    msg = ndmsg()
-    msg["family"] = family
-    msg["attrs"] = [["NDA_IFINDEX", idx]]
-    return msg
-
-
-# ------------------------------------------------------------------ helpers
-
-def _mac(text: str) -> str:
-    parts = text.split(":")
-    if len(parts) != 6 or not all(len(p) == 2 for p in parts):
-        raise ValueError(f"{text!r} is not a MAC address")
-    bytes.fromhex("".join(parts))       # ValueError on non-hex
-    return text.lower()
-
-
-def _addr_flags(msg) -> int:
-    return msg.get("IFA_FLAGS") or msg["flags"]
-
-
-def _local_of(msg) -> str:
-    return _ip(msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS"))
-
-
-
-def _cidr_of(msg) -> str | None:
-    """"ip/prefixlen" of an address message; None for IPv6 link-local.
-
-    IFA_LOCAL is the interface's own address (IFA_ADDRESS is the peer on a
-    point-to-point link); IPv6 sends IFA_ADDRESS only.
-    """
-    local = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
-    if not local:
-        return None
-    ip = ipaddress.ip_address(local)
-    if ip.version == 6 and ip.is_link_local:
-        return None
-    return f"{ip}/{msg['prefixlen']}"

@@ -15,6 +15,11 @@ Two halves, both pure functions over bytes:
   FDB, ACKs, the dump scan) that must give identical results; the tests hold
   the two against each other and against pyroute2's parser.
 
+The code lives in three modules: this one (the encoders, ``decode_acks``,
+``scan_dump`` and the ``DECODERS`` table), ``wire_decode.py`` (the dump
+decoders) and ``wire_base.py`` (the constants and framing both share).
+Everything is imported from here: ``wire`` re-exports the other two.
+
 Malformed input never crashes a decoder with anything but ``DecodeError``:
 a broken *framing* (a header that does not fit, a length that points past
 the buffer) raises ``DecodeError``, because nothing after it can be trusted;
@@ -36,11 +41,25 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-from collections import namedtuple
 from socket import AF_BRIDGE, AF_INET, AF_INET6
-from typing import Collection, Iterable
 
-from ..model import RTPROT_RECONCILER, Fdb, Link, Neigh, Route
+from ..model import RTPROT_RECONCILER, Link, Route
+from .wire_base import (F_ACK, F_ADD_EXCL, F_DUMP, F_REPLACE, _I32, IFA_ADDRESS, IFA_FLAGS, IFA_LOCAL, IFADDRMSG,
+                        IFF_UP, IFINFOMSG, IFLA_ADDRESS, IFLA_IFNAME, IFLA_INFO_DATA, IFLA_INFO_KIND, IFLA_LINKINFO,
+                        IFLA_MTU, IFLA_VXLAN_GBP, IFLA_VXLAN_ID, IFLA_VXLAN_L2MISS, IFLA_VXLAN_L3MISS,
+                        IFLA_VXLAN_LEARNING, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LOCAL6, IFLA_VXLAN_PORT,
+                        IFLA_VXLAN_PROXY, IFLA_VXLAN_TTL, NDA_DST, NDA_IFINDEX, NDA_LLADDR, NDMSG, NETLINK_CAP_ACK,
+                        NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK, NETLINK_ROUTE, NLA_TYPE_MASK, NLM_F_ACK,
+                        NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_EXCL,
+                        NLM_F_MATCH, NLM_F_MULTI, NLM_F_REPLACE, NLM_F_REQUEST, NLM_F_ROOT, NLMSG_DONE, NLMSG_ERROR,
+                        NLMSG_NOOP, NLMSGERR_ATTR_MSG, NLMSGHDR, NTF_PROXY, NTF_SELF, NUD_PERMANENT, RT_SCOPE_LINK,
+                        RT_SCOPE_NOWHERE, RT_SCOPE_UNIVERSE, RT_TABLE_MAIN, RTA_DST, RTA_GATEWAY, RTA_MULTIPATH,
+                        RTA_OIF, RTA_PRIORITY, RTA_TABLE, RTATTR, RTM_DELADDR, RTM_DELLINK, RTM_DELNEIGH, RTM_DELROUTE,
+                        RTM_F_CLONED, RTM_GETADDR, RTM_GETLINK, RTM_GETNEIGH, RTM_GETROUTE, RTM_NEWADDR, RTM_NEWLINK,
+                        RTM_NEWNEIGH, RTM_NEWROUTE, RTMSG, RTN_UNICAST, RTNH_F_ONLINK, SOL_NETLINK, _U32,
+                        VXLAN_DEFAULT_PORT, DecodeError, _attrs, _messages)
+from .wire_decode import (_FE80_64, AddrMsg, LinkMsg, cidr_of, decode_addrs, decode_default_routes, decode_fdb,
+                          decode_links, decode_neighs, decode_routes, ip_text, link_value, net6_text, split_nets)
 
 __all__ = [
     "AddrMsg",
@@ -73,72 +92,13 @@ __all__ = [
     "scan_dump",
 ]
 
-# ------------------------------------------------------------------ constants
-# linux/netlink.h
-NLMSG_NOOP, NLMSG_ERROR, NLMSG_DONE = 1, 2, 3
-NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
-NLM_F_DUMP_INTR = 0x10
-NLM_F_ROOT, NLM_F_MATCH = 0x100, 0x200
-NLM_F_DUMP = NLM_F_ROOT | NLM_F_MATCH
-NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
-NLM_F_CAPPED, NLM_F_ACK_TLVS = 0x100, 0x200          # on NLMSG_ERROR answers
-NLMSGERR_ATTR_MSG = 1
-NLA_TYPE_MASK = 0x3FFF
-SOL_NETLINK = 270
-NETLINK_ROUTE = 0
-NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK = 10, 11, 12
-
-# linux/rtnetlink.h
-RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
-RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
-RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
-RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_MULTIPATH, RTA_TABLE = 1, 4, 5, 6, 9, 15
-RT_TABLE_MAIN = 254
-RTN_UNICAST = 1
-RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
-RTNH_F_ONLINK = 0x4
-RTM_F_CLONED = 0x200
-
-# linux/if_link.h, linux/if.h
-IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINKINFO = 1, 3, 4, 18
-IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
-IFLA_VXLAN_ID, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_TTL = 1, 3, 4, 5
-IFLA_VXLAN_LEARNING, IFLA_VXLAN_PROXY, IFLA_VXLAN_L2MISS, IFLA_VXLAN_L3MISS = 7, 11, 13, 14
-IFLA_VXLAN_PORT, IFLA_VXLAN_LOCAL6, IFLA_VXLAN_GBP = 15, 17, 23
-IFF_UP = 0x1
-VXLAN_DEFAULT_PORT = 8472
-
-# linux/if_addr.h
-IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
-
-# linux/neighbour.h
-NDA_DST, NDA_LLADDR, NDA_IFINDEX = 1, 2, 8
-NUD_PERMANENT = 0x80
-NTF_SELF, NTF_PROXY = 0x02, 0x08
-
-F_DUMP = NLM_F_REQUEST | NLM_F_DUMP
-F_ACK = NLM_F_REQUEST | NLM_F_ACK                       # ip ... del / ip link set
-F_ADD_EXCL = F_ACK | NLM_F_CREATE | NLM_F_EXCL          # ip link add
-F_REPLACE = F_ACK | NLM_F_CREATE | NLM_F_REPLACE        # ip ... replace
-
-NLMSGHDR = struct.Struct("=IHHII")       # len, type, flags, seq, pid
-IFINFOMSG = struct.Struct("=BxHiII")     # family, (pad), type, index, flags, change
-IFADDRMSG = struct.Struct("=BBBBI")      # family, prefixlen, flags, scope, index
-RTMSG = struct.Struct("=BBBBBBBBI")      # family, dst_len, src_len, tos, table, protocol, scope, type, flags
-NDMSG = struct.Struct("=BBHiHBB")        # family, pad1, pad2, ifindex, state, flags, type
-RTATTR = struct.Struct("=HH")            # len, type
-_U32 = struct.Struct("=I")
-_I32 = struct.Struct("=i")
-_U16 = struct.Struct("=H")
-_RTNEXTHOP = struct.Struct("=HBBi")      # len, flags, hops, ifindex
-
-_ZERO_MAC = "00:00:00:00:00:00"
-_FE80_64 = ipaddress.ip_network("fe80::/64")
-
-
-class DecodeError(ValueError):
-    """The framing of a netlink buffer is broken: nothing after this point can be trusted."""
+# Defined in wire_base / wire_decode and used here only by those who read them as
+# ``wire.<name>`` (batched.py, _fastpath, the tests): named so they count as used.
+_REEXPORTED = (
+    _FE80_64, IFA_FLAGS, NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK, NETLINK_ROUTE,
+    NLA_TYPE_MASK, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_MATCH, NLM_F_MULTI, NLM_F_REPLACE,
+    NLM_F_REQUEST, NLM_F_ROOT, NLMSG_NOOP, NTF_PROXY, RTA_MULTIPATH, RTA_TABLE, RTM_F_CLONED, SOL_NETLINK,
+    VXLAN_DEFAULT_PORT, cidr_of, ip_text, net6_text, split_nets)
 
 
 # ================================================================== encoding
@@ -378,199 +338,8 @@ def encode_getneigh(seq: int, family: int, index: int) -> bytes:
     return _message(RTM_GETNEIGH, F_DUMP, seq, NDMSG.pack(family, 0, 0, 0, 0, 0, 0) + _u32(NDA_IFINDEX, index))
 
 
-# ================================================================== decoding
-
-def _attrs(buf, a: int, end: int) -> dict[int, tuple[int, int]] | None:
-    """``{type: (start, stop)}`` of the attributes in ``buf[a:end]``; None if one overruns.
-
-    Fewer than 4 bytes left over are ignored (the kernel's ``nla_for_each_attr``
-    does the same); a later attribute of the same type wins.
-    """
-    out: dict[int, tuple[int, int]] = {}
-    unpack = RTATTR.unpack_from
-    while end - a >= 4:
-        alen, atype = unpack(buf, a)
-        if alen < 4 or alen > end - a:
-            return None
-        out[atype & NLA_TYPE_MASK] = (a + 4, a + alen)
-        a += (alen + 3) & ~3
-    return out
-
-
-def _messages(buf):
-    """``(type, flags, seq, start, end)`` of each message; ``DecodeError`` on broken framing."""
-    n = len(buf)
-    off = 0
-    unpack = NLMSGHDR.unpack_from
-    while off < n:
-        if n - off < 16:
-            raise DecodeError(f"truncated netlink header at offset {off} ({n - off} bytes left)")
-        mlen, mtype, mflags, seq, _pid = unpack(buf, off)
-        if mlen < 16 or mlen > n - off:
-            raise DecodeError(f"netlink message at offset {off} claims {mlen} bytes, {n - off} left")
-        yield mtype, mflags, seq, off, off + mlen
-        off += (mlen + 3) & ~3
-
-
-def ip_text(packed: bytes) -> str:
-    """Canonical text of a 4- or 16-byte address, as ``str(ipaddress.ip_address(...))``."""
-    if len(packed) == 4:
-        return socket.inet_ntop(AF_INET, packed)
-    return str(ipaddress.IPv6Address(packed))
-
-
-def net6_text(packed: bytes, plen: int) -> str:
-    return str(ipaddress.IPv6Network((packed, plen), strict=False))
-
-
-def split_nets(nets: Iterable) -> tuple[tuple[tuple[int, int, int], ...], tuple]:
-    """``(v4, v6)``: IPv4 networks as ``(address int, mask int, prefixlen)``, IPv6 ones as they are."""
-    v4, v6 = [], []
-    for n in nets:
-        if n.version == 4:
-            v4.append((int(n.network_address), int(n.netmask), n.prefixlen))
-        else:
-            v6.append(n)
-    return tuple(v4), tuple(v6)
-
-
-def decode_routes(buf, names: dict, ours: Collection[int], nets: Iterable = ()) -> list[Route]:
-    """Routes of a ``RTM_GETROUTE`` dump, as ``PyrouteBackend._parse_route`` makes them.
-
-    Kept: unicast routes of the main table, not cloned, not multipath, that
-    leave through a device in ``ours`` (ifindexes), *or* carry protocol 73, *or*
-    lie inside one of ``nets`` (``ipaddress`` networks); never fe80::/64.
-    ``names`` maps ifindex to name (for ``dev``).
-    """
-    v4nets, v6nets = split_nets(nets)
-    out: list[Route] = []
-    u32 = _U32.unpack_from
-    for mtype, _f, _s, off, end in _messages(buf):
-        if mtype != RTM_NEWROUTE or end - off < 28:
-            continue
-        family, dst_len, _src, _tos, table, proto, _scope, rtype, flags = RTMSG.unpack_from(buf, off + 16)
-        if family == AF_INET:
-            alen = 4
-        elif family == AF_INET6:
-            alen = 16
-        else:
-            continue
-        attrs = _attrs(buf, off + 28, end)
-        if attrs is None:
-            continue
-        span = attrs.get(RTA_TABLE)
-        if span is not None:
-            if span[1] - span[0] != 4:
-                continue
-            table = u32(buf, span[0])[0] or table
-        if table != RT_TABLE_MAIN or rtype != RTN_UNICAST or flags & RTM_F_CLONED:
-            continue
-        span = attrs.get(RTA_MULTIPATH)
-        if span is not None and span[1] > span[0]:
-            continue                            # never written by us; one Route cannot hold it
-        oif = None
-        span = attrs.get(RTA_OIF)
-        if span is not None:
-            if span[1] - span[0] != 4:
-                continue
-            oif = u32(buf, span[0])[0]
-        metric = 0
-        span = attrs.get(RTA_PRIORITY)
-        if span is not None:
-            if span[1] - span[0] != 4:
-                continue
-            metric = u32(buf, span[0])[0]
-        span = attrs.get(RTA_DST)
-        if span is None:
-            dst = bytes(alen)
-        elif span[1] - span[0] != alen:
-            continue
-        else:
-            dst = bytes(buf[span[0]:span[1]])
-        if dst_len > alen * 8:
-            continue
-        gateway = None
-        span = attrs.get(RTA_GATEWAY)
-        if span is not None:
-            if span[1] - span[0] != alen:
-                continue
-            gateway = ip_text(bytes(buf[span[0]:span[1]]))
-        if alen == 4:
-            mask = (0xFFFFFFFF << (32 - dst_len)) & 0xFFFFFFFF
-            value = int.from_bytes(dst, "big") & mask
-            if oif not in ours and proto != RTPROT_RECONCILER and not any(
-                    dst_len >= plen and value & nmask == naddr for naddr, nmask, plen in v4nets):
-                continue
-            text = f"{socket.inet_ntop(AF_INET, value.to_bytes(4, 'big'))}/{dst_len}"
-        else:
-            net = ipaddress.IPv6Network((dst, dst_len), strict=False)
-            if oif not in ours and proto != RTPROT_RECONCILER and not any(net.subnet_of(n) for n in v6nets):
-                continue
-            if net == _FE80_64:
-                continue
-            text = str(net)
-        out.append(Route(dst=text, gateway=gateway, dev=names.get(oif) if oif else None,
-                         onlink=bool(flags & RTNH_F_ONLINK), metric=metric, protocol=proto))
-    return out
-
-
-def _neigh_fields(buf, off: int, end: int):
-    """``(family, ifindex, state, flags, dst bytes|None, lladdr bytes|None)`` or None if malformed."""
-    if end - off < 28:
-        return None
-    family, _p1, _p2, ifindex, state, flags, _type = NDMSG.unpack_from(buf, off + 16)
-    attrs = _attrs(buf, off + 28, end)
-    if attrs is None:
-        return None
-    dst = lladdr = None
-    span = attrs.get(NDA_DST)
-    if span is not None:
-        if span[1] - span[0] not in (4, 16):
-            return None
-        dst = bytes(buf[span[0]:span[1]])
-    span = attrs.get(NDA_LLADDR)
-    if span is not None:
-        lladdr = bytes(buf[span[0]:span[1]])
-    return family, ifindex, state, flags, dst, lladdr
-
-
-def decode_neighs(buf, ifindex: int, name: str) -> list[Neigh]:
-    """Permanent ARP/NDP entries of device ``ifindex`` in a ``RTM_GETNEIGH`` dump (proxies left out)."""
-    out: list[Neigh] = []
-    for mtype, _f, _s, off, end in _messages(buf):
-        if mtype != RTM_NEWNEIGH:
-            continue
-        fields = _neigh_fields(buf, off, end)
-        if fields is None:
-            continue
-        family, idx, state, flags, dst, lladdr = fields
-        if (idx != ifindex or not state & NUD_PERMANENT or flags & NTF_PROXY
-                or family not in (AF_INET, AF_INET6) or not dst or not lladdr):
-            continue
-        out.append(Neigh(dev=name, ip=ip_text(dst), mac=lladdr.hex(":")))
-    return out
-
-
-def decode_fdb(buf, ifindex: int, name: str) -> list[Fdb]:
-    """``NTF_SELF`` permanent FDB entries with a ``dst`` of device ``ifindex`` (AF_BRIDGE dump);
-    the all-zeros default entry is left out."""
-    out: list[Fdb] = []
-    for mtype, _f, _s, off, end in _messages(buf):
-        if mtype != RTM_NEWNEIGH:
-            continue
-        fields = _neigh_fields(buf, off, end)
-        if fields is None:
-            continue
-        family, idx, state, flags, dst, lladdr = fields
-        if (idx != ifindex or family != AF_BRIDGE or not flags & NTF_SELF or not state & NUD_PERMANENT
-                or not dst or not lladdr):
-            continue
-        mac = lladdr.hex(":")
-        if mac == _ZERO_MAC:
-            continue
-        out.append(Fdb(dev=name, mac=mac, dst=ip_text(dst)))
-    return out
-
+# ============================================================ ACKs, dump scan
+# The dump decoders are in wire_decode.py (re-exported here).
 
 def _extack(buf, off: int, end: int, mflags: int) -> str | None:
     """NLMSGERR_ATTR_MSG of an NLMSG_ERROR (or NLMSG_DONE) message at ``off``, if any."""
@@ -635,129 +404,3 @@ DECODERS = {"route": decode_routes, "neigh": decode_neighs, "fdb": decode_fdb, "
 def decode_dump(kind: str, buf, *context):
     """``DECODERS[kind](buf, *context)``: the same entry point as ``_fastpath.decode_dump``."""
     return DECODERS[kind](buf, *context)
-
-
-# ------------------------------------------------------- links and addresses
-# Not hot (a handful per dump): pure Python only.
-
-#: One ``RTM_NEWLINK`` answer, before names are resolved.
-LinkMsg = namedtuple("LinkMsg", "index name kind mtu mac up vxlan")
-#: One ``RTM_NEWADDR`` answer: ``flags`` is IFA_FLAGS when present, else ifa_flags.
-AddrMsg = namedtuple("AddrMsg", "family prefixlen flags scope index local")
-
-
-def _u32_of(buf, span) -> int | None:
-    if span is None or span[1] - span[0] != 4:
-        return None
-    return _U32.unpack_from(buf, span[0])[0]
-
-
-def decode_links(buf) -> list[LinkMsg]:
-    """Every link of a ``RTM_GETLINK`` dump (a message without a name is skipped).
-
-    ``vxlan`` is a dict of the vxlan attributes we read (``id``, ``local``,
-    ``link``, ``port``, ``learning``, ``gbp``) for ``kind == "vxlan"``, else None.
-    """
-    out: list[LinkMsg] = []
-    for mtype, _f, _s, off, end in _messages(buf):
-        if mtype != RTM_NEWLINK or end - off < 32:
-            continue
-        _family, _type, index, flags, _change = IFINFOMSG.unpack_from(buf, off + 16)
-        attrs = _attrs(buf, off + 32, end)
-        if attrs is None or IFLA_IFNAME not in attrs:
-            continue
-        s, e = attrs[IFLA_IFNAME]
-        name = bytes(buf[s:e]).split(b"\0", 1)[0].decode(errors="replace")
-        span = attrs.get(IFLA_ADDRESS)
-        mac = bytes(buf[span[0]:span[1]]).hex(":") if span else ""
-        kind, vxlan = "", None
-        span = attrs.get(IFLA_LINKINFO)
-        info = _attrs(buf, span[0], span[1]) if span else None
-        if info and IFLA_INFO_KIND in info:
-            s, e = info[IFLA_INFO_KIND]
-            kind = bytes(buf[s:e]).split(b"\0", 1)[0].decode(errors="replace")
-        if kind == "vxlan":
-            span = info.get(IFLA_INFO_DATA)
-            data = (_attrs(buf, span[0], span[1]) if span else None) or {}
-            local = None
-            for key in (IFLA_VXLAN_LOCAL, IFLA_VXLAN_LOCAL6):
-                span = data.get(key)
-                if span and span[1] - span[0] in (4, 16):
-                    local = ip_text(bytes(buf[span[0]:span[1]]))
-                    break
-            span = data.get(IFLA_VXLAN_PORT)
-            port = struct.unpack_from(">H", buf, span[0])[0] if span and span[1] - span[0] == 2 else None
-            span = data.get(IFLA_VXLAN_LEARNING)
-            learning = bool(buf[span[0]]) if span and span[1] > span[0] else False
-            vxlan = {"id": _u32_of(buf, data.get(IFLA_VXLAN_ID)), "local": local,
-                     "link": _u32_of(buf, data.get(IFLA_VXLAN_LINK)), "port": port,
-                     "learning": learning, "gbp": IFLA_VXLAN_GBP in data}
-        out.append(LinkMsg(index, name, kind, _u32_of(buf, attrs.get(IFLA_MTU)), mac or None,
-                           bool(flags & IFF_UP), vxlan))
-    return out
-
-
-def link_value(msg: LinkMsg, names: dict[int, str]) -> Link:
-    """The ``Link`` of a decoded link message (``names``: ifindex -> name, for the underlay)."""
-    common = dict(name=msg.name, type=msg.kind, mtu=msg.mtu, mac=msg.mac, up=msg.up)
-    if msg.kind != "vxlan":
-        return Link(**common)
-    data = msg.vxlan
-    local = data["local"]
-    if local in ("0.0.0.0", "::"):
-        local = None
-    lower = data["link"]
-    return Link(**common, vni=data["id"], local=local, port=data["port"] or VXLAN_DEFAULT_PORT,
-                learning=data["learning"], gbp=data["gbp"], underlay=names.get(lower) if lower else None)
-
-
-def decode_addrs(buf) -> list[AddrMsg]:
-    """Every address of a ``RTM_GETADDR`` dump; ``local`` is IFA_LOCAL, else IFA_ADDRESS (None if neither)."""
-    out: list[AddrMsg] = []
-    for mtype, _f, _s, off, end in _messages(buf):
-        if mtype != RTM_NEWADDR or end - off < 24:
-            continue
-        family, plen, flags, scope, index = IFADDRMSG.unpack_from(buf, off + 16)
-        attrs = _attrs(buf, off + 24, end)
-        if attrs is None:
-            continue
-        full = _u32_of(buf, attrs.get(IFA_FLAGS))
-        local = None
-        for key in (IFA_LOCAL, IFA_ADDRESS):
-            span = attrs.get(key)
-            if span and span[1] - span[0] in (4, 16):
-                local = ip_text(bytes(buf[span[0]:span[1]]))
-                break
-        out.append(AddrMsg(family, plen, full or flags, scope, index, local))
-    return out
-
-
-def cidr_of(msg: AddrMsg) -> str | None:
-    """``ip/prefixlen`` of an address; None for IPv6 link-local or no address."""
-    if not msg.local:
-        return None
-    if ":" in msg.local and ipaddress.ip_address(msg.local).is_link_local:
-        return None
-    return f"{msg.local}/{msg.prefixlen}"
-
-
-def decode_default_routes(buf) -> list[tuple[int, int]]:
-    """``(metric, oif)`` of the IPv4 default routes of the main table (multipath: the first hop)."""
-    out = []
-    for mtype, _f, _s, off, end in _messages(buf):
-        if mtype != RTM_NEWROUTE or end - off < 28:
-            continue
-        _fam, dst_len, _src, _tos, table, _proto, _scope, rtype, _flags = RTMSG.unpack_from(buf, off + 16)
-        attrs = _attrs(buf, off + 28, end)
-        if attrs is None:
-            continue
-        table = _u32_of(buf, attrs.get(RTA_TABLE)) or table
-        if table != RT_TABLE_MAIN or dst_len != 0 or rtype != RTN_UNICAST:
-            continue
-        oif = _u32_of(buf, attrs.get(RTA_OIF))
-        span = attrs.get(RTA_MULTIPATH)
-        if oif is None and span is not None and span[1] - span[0] >= _RTNEXTHOP.size:
-            oif = _RTNEXTHOP.unpack_from(buf, span[0])[3]
-        if oif is not None:
-            out.append((_u32_of(buf, attrs.get(RTA_PRIORITY)) or 0, oif))
-    return out
