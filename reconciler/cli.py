@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .config import NetworkConfig, parse_network_config, require_vxlan
-from .desired import NodeParams
+from .desired import NodeParams, underlay_mtu
 from .errors import ConfigError, ReconcilerError
 from .leases import LeaseSnapshot, parse_snapshot
 from .model import KernelState
@@ -160,8 +160,7 @@ def open_backend(args):
 def node_params(args, config: NetworkConfig, backend=None) -> tuple[NodeParams, tuple[str, ...]]:
     """This node's parameters and the underlay's connected prefixes.
 
-    MTU precedence: ``--underlay-mtu``, then the config's ``Backend.MTU``,
-    then the kernel's MTU of the underlay interface, then 1500 (offline).
+    MTU: see ``desired.underlay_mtu``.
     """
     underlay = None
     if backend is not None:
@@ -169,7 +168,7 @@ def node_params(args, config: NetworkConfig, backend=None) -> tuple[NodeParams, 
     public_ip = args.public_ip or (underlay.address if underlay else None)
     if not public_ip:
         raise ReconcilerError("--public-ip is required when the kernel is not read (offline plan)")
-    mtu = args.underlay_mtu or config.mtu or (underlay.mtu if underlay else 1500)
+    mtu = underlay_mtu(args.underlay_mtu, config.mtu, (underlay.name, underlay.mtu) if underlay else None)
     if underlay is not None:
         name = underlay.name
     elif args.iface and not _is_ip(args.iface):

@@ -33,7 +33,7 @@ from typing import Callable
 from .acquire import LeaseKeeper, acquire_lease
 from .apply import apply_plan
 from .config import NetworkConfig, parse_network_config, require_vxlan
-from .desired import NodeParams, NoOwnLease
+from .desired import NodeParams, NoOwnLease, underlay_mtu
 from .errors import EtcdAuthError, EtcdCompacted, EtcdError, ReconcilerError
 from .leases import RawKV, parse_lease
 from .metrics import Metrics, serve_http
@@ -143,7 +143,7 @@ class Agent:
         self.config = self._wait_for_config(stop)
         underlay = self.backend.underlay(self.opts.iface)
         public_ip = self.opts.public_ip or underlay.address
-        mtu = self.opts.underlay_mtu or self.config.mtu or underlay.mtu
+        mtu = underlay_mtu(self.opts.underlay_mtu, self.config.mtu, (underlay.name, underlay.mtu))
         self.node = NodeParams(public_ip=public_ip, underlay_mtu=mtu, underlay=underlay.name)
         self._on_link = on_link_predicate(underlay.prefixes)
 

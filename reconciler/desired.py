@@ -36,7 +36,8 @@ from .leases import Lease
 from .model import Address, Fdb, KernelState, Link, Neigh, Route
 from .ownership import BRIDGE_NAME
 
-__all__ = ["NodeParams", "NoOwnLease", "VXLAN_OVERHEAD", "desired_state", "find_own_lease", "flannel_mtu"]
+__all__ = ["NodeParams", "NoOwnLease", "VXLAN_OVERHEAD", "desired_state", "find_own_lease", "flannel_mtu",
+           "underlay_mtu"]
 
 #: Outer Ethernet (14) + IPv4 (20) + UDP (8) + VXLAN (8) headers.
 VXLAN_OVERHEAD = 50
@@ -68,6 +69,23 @@ class NodeParams:
 
 def flannel_mtu(underlay_mtu: int) -> int:
     return underlay_mtu - VXLAN_OVERHEAD
+
+
+def underlay_mtu(flag: int | None, config_mtu: int | None, kernel: tuple[str, int] | None) -> int:
+    """The underlay MTU the desired state is computed from.
+
+    Precedence: ``--underlay-mtu``, the config's ``Backend.MTU``, the
+    kernel's MTU of the underlay interface, then 1500 (offline).  A value
+    above the real interface's MTU is refused here with a clear message:
+    the kernel would cap the VXLAN device and refuse every later MTU change,
+    failing each cycle with a bare EINVAL.
+    """
+    mtu = flag or config_mtu or (kernel[1] if kernel else 1500)
+    if kernel is not None and mtu > kernel[1]:
+        source = "--underlay-mtu" if flag else "the config's Backend.MTU"
+        raise ReconcilerError(f"{source} {mtu} is larger than the MTU of the underlay {kernel[0]} ({kernel[1]}): "
+                              f"VXLAN packets would not fit; lower it or raise {kernel[0]}'s MTU")
+    return mtu
 
 
 def find_own_lease(leases: Iterable[Lease], public_ip: str) -> Lease:

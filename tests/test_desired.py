@@ -98,3 +98,18 @@ def test_scales_linearly_in_object_count():
                     "02:00:00:%02x:%02x:00" % (i >> 8, i & 255)) for i in range(1, 2001)]
     state = desired_state(config(), leases, NodeParams(public_ip=leases[0].public_ip))
     assert len(state.of("route")) == len(state.of("neigh")) == len(state.of("fdb")) == 1999
+
+
+def test_underlay_mtu_precedence_and_refusal():
+    from reconciler.desired import underlay_mtu
+    from reconciler.errors import ReconcilerError
+
+    assert underlay_mtu(None, None, None) == 1500
+    assert underlay_mtu(None, None, ("eth0", 9001)) == 9001
+    assert underlay_mtu(None, 1400, ("eth0", 9001)) == 1400
+    assert underlay_mtu(1300, 1400, ("eth0", 1500)) == 1300
+    assert underlay_mtu(9000, None, None) == 9000  # offline: nothing to check against
+    with pytest.raises(ReconcilerError, match=r"--underlay-mtu 9000 is larger than the MTU of the underlay eth0 \(1500\)"):
+        underlay_mtu(9000, None, ("eth0", 1500))
+    with pytest.raises(ReconcilerError, match="Backend.MTU 9001"):
+        underlay_mtu(None, 9001, ("eth0", 1500))

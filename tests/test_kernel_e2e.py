@@ -434,3 +434,10 @@ def test_the_batched_backend_builds_the_same_node_through_the_cli(node, leases, 
     assert observed(node.ns) == expected(1, THREE)
     rc, out, err = cli(capsys, "plan", *node_args(leases, node.ns))  # read back by the reference
     assert rc == 0, out + err
+
+
+def test_an_underlay_mtu_larger_than_the_interface_is_refused_up_front(node, leases, capsys):
+    rc, out, err = cli(capsys, "apply", *node_args(leases, node.ns), "--underlay-mtu", "9000")
+    assert rc == 1 and out == ""
+    assert "--underlay-mtu 9000 is larger than the MTU of the underlay eth0 (1500)" in err
+    assert "flannel.1" not in observed(node.ns)["devices"]  # nothing written
