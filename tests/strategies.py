@@ -34,12 +34,13 @@ class Cluster:
         return ip in self.on_link_hosts
 
 
-def lease_value(public_ip: str, mac: str, vni: int, backend: str = "vxlan") -> str:
-    return json.dumps(
-        {"PublicIP": public_ip, "PublicIPv6": None, "BackendType": backend,
-         "BackendData": {"VNI": vni, "VtepMAC": mac}},
-        separators=(",", ":"),
-    )
+def lease_value(public_ip: str, mac: str, vni: int, backend: str = "vxlan",
+                public_ipv6: str | None = None, mac6: str | None = None) -> str:
+    value = {"PublicIP": public_ip, "PublicIPv6": public_ipv6, "BackendType": backend,
+             "BackendData": {"VNI": vni, "VtepMAC": mac}}
+    if mac6 is not None:
+        value["BackendV6Data"] = {"VNI": vni, "VtepMAC": mac6}
+    return json.dumps(value, separators=(",", ":"))
 
 
 macs = st.binary(min_size=6, max_size=6).map(
@@ -48,7 +49,10 @@ macs = st.binary(min_size=6, max_size=6).map(
 
 
 @st.composite
-def clusters(draw) -> Cluster:
+def clusters(draw, ipv6: bool = False) -> Cluster:
+    """``ipv6=True`` makes some clusters dual stack (fd00:64::/56; model kernel only:
+    namespaces in the tests carry IPv4 addresses of the test ranges alone)."""
+    dual = ipv6 and draw(st.booleans())
     vni = draw(st.sampled_from([1, 2, 42]))
     port = draw(st.sampled_from([0, 4789]))
     direct = draw(st.booleans())
@@ -66,7 +70,12 @@ def clusters(draw) -> Cluster:
             # and the lowest revision, so it wins any conflict.
             mac = "02:00:00:00:00:01"
         key = f"{PREFIX}/subnets/100.64.{sid}.0-24"
-        kvs.append(RawKV(key, lease_value(f"198.18.0.{host}", mac, vni),
+        value = lease_value(f"198.18.0.{host}", mac, vni)
+        if dual:
+            key += f"&fd00:64:0:{sid:x}::-64"
+            mac6 = "02:00:00:00:00:02" if i == own else mac[:-2] + "66"
+            value = lease_value(f"198.18.0.{host}", mac, vni, public_ipv6=f"fd00:18::{host:x}", mac6=mac6)
+        kvs.append(RawKV(key, value,
                          lease=draw(st.sampled_from([0, 7001, 7002])),
                          mod_revision=1 if i == own else draw(st.integers(2, 50))))
     # Bad leases: each must be skipped without disturbing the others.
@@ -82,6 +91,8 @@ def clusters(draw) -> Cluster:
         kvs.append(RawKV(f"{PREFIX}/subnets/{k}", v, lease=7003, mod_revision=60))
     config = {"Network": "100.64.0.0/16", "SubnetLen": 24,
               "Backend": {"Type": "vxlan", "VNI": vni, "Port": port, "DirectRouting": direct}}
+    if dual:
+        config.update(EnableIPv6=True, IPv6Network="fd00:64::/56")
     config_json = json.dumps(config)
     kvs.append(RawKV(f"{PREFIX}/config", config_json))
     on_link = frozenset(f"198.18.0.{h}" for h in hosts if h < 128)

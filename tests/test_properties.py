@@ -66,7 +66,7 @@ def _foreign(kernel, policy, spared_devices, neigh_flushed=frozenset(), desired_
 
 
 @SETTINGS
-@given(cluster=clusters(), data=st.data())
+@given(cluster=clusters(ipv6=True), data=st.data())
 def test_plan_converges_safely_and_minimally(cluster, data):
     config, node = _setup(cluster)
     from reconciler.desired import desired_state
@@ -85,6 +85,8 @@ def test_plan_converges_safely_and_minimally(cluster, data):
         event("conflict with a foreign route")
     if cycle.skipped:
         event("bad or conflicting lease skipped")
+    if config.enable_ipv6:
+        event("dual stack")
     wanted_neighs = frozenset(cycle.desired.of("neigh"))
     foreign_before = _foreign(kernel, policy, recreated, mac_changed, wanted_neighs)
 
@@ -123,7 +125,7 @@ def test_plan_converges_safely_and_minimally(cluster, data):
 
 
 @SETTINGS
-@given(cluster=clusters(), seed=st.integers(0, 2**32 - 1), data=st.data())
+@given(cluster=clusters(ipv6=True), seed=st.integers(0, 2**32 - 1), data=st.data())
 def test_plan_does_not_depend_on_lease_order(cluster, seed, data):
     config, node = _setup(cluster)
     from reconciler.desired import desired_state
