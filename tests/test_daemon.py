@@ -18,7 +18,10 @@ from reconciler.leases import encode_lease_value
 from reconciler.model import Link, Route
 from tests.model_kernel import ModelKernel
 
-CONFIG = '{"Network":"100.64.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}}'
+# The agent allocates its own subnet from 100.64.100.0 up, so it never collides with the
+# peers and stale routes the tests write by hand below that (leases outside SubnetMin/Max
+# are still valid peers).
+CONFIG = '{"Network":"100.64.0.0/16","SubnetLen":24,"SubnetMin":"100.64.100.0","Backend":{"Type":"vxlan"}}'
 ME = "198.18.0.1"
 MAC2, MAC3, MAC4 = "0a:58:64:40:02:00", "0a:58:64:40:03:00", "0a:58:64:40:04:00"
 
