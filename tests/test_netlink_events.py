@@ -39,13 +39,17 @@ def test_watcher_reports_changes_to_our_devices_only(netns):
     with PyrouteBackend(netns) as backend:
         t = threading.Thread(target=backend.watch_links, args=({"flannel.1"}, seen.append, stop), daemon=True)
         t.start()
-        time.sleep(0.3)  # let the socket bind before the events we expect
-        run(netns, "ip", "link", "add", "other0", "type", "bridge")
         run(netns, "ip", "link", "add", "flannel.1", "type", "bridge")
-        run(netns, "ip", "link", "set", "flannel.1", "mtu", "1400")
-        deadline = time.monotonic() + 10
+        # The watcher binds asynchronously: keep making events (on ours and on
+        # another device) until it has reported two, or a bound runs out.
+        run(netns, "ip", "link", "add", "other0", "type", "bridge")
+        deadline = time.monotonic() + 15
+        mtu = 1400
         while len(seen) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+            mtu = 1300 if mtu == 1400 else 1400
+            run(netns, "ip", "link", "set", "other0", "mtu", str(mtu))
+            run(netns, "ip", "link", "set", "flannel.1", "mtu", str(mtu))
+            time.sleep(0.1)
         stop.set()
         t.join(timeout=5)
     assert not t.is_alive()
