@@ -173,32 +173,10 @@ def test_entries_are_encoded_as_the_reference_encodes_them(obj, delete):
 
 
 def _pyroute_newlink(link: Link, lower: int | None) -> bytes:
-    """The reference's ``_link_create`` message, spelled out with pyroute2 (it is built inline there)."""
-    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+    """The reference backend's own ``ip link add`` message, as pyroute2 encodes it."""
+    from reconciler.netlink.pyroute_msgs import link_create_msg
 
-    if link.type == "vxlan":
-        data = [["IFLA_VXLAN_ID", link.vni]]
-        if lower is not None:
-            data.append(["IFLA_VXLAN_LINK", lower])
-        if link.local is not None:
-            data.append(["IFLA_VXLAN_LOCAL6" if ":" in link.local else "IFLA_VXLAN_LOCAL", link.local])
-        if link.port is not None:
-            data.append(["IFLA_VXLAN_PORT", link.port])
-        data += [["IFLA_VXLAN_LEARNING", int(bool(link.learning))], ["IFLA_VXLAN_TTL", 0],
-                 ["IFLA_VXLAN_PROXY", 0], ["IFLA_VXLAN_L2MISS", 0], ["IFLA_VXLAN_L3MISS", 0]]
-        if link.gbp:
-            data.append(["IFLA_VXLAN_GBP", True])
-        info = {"attrs": [["IFLA_INFO_KIND", "vxlan"], ["IFLA_INFO_DATA", {"attrs": data}]]}
-    else:
-        info = {"attrs": [["IFLA_INFO_KIND", link.type]]}
-    msg = ifinfmsg()
-    msg["attrs"] = [["IFLA_IFNAME", link.name]]
-    if link.mtu is not None:
-        msg["attrs"].append(["IFLA_MTU", link.mtu])
-    if link.mac is not None:
-        msg["attrs"].append(["IFLA_ADDRESS", link.mac])
-    msg["attrs"].append(["IFLA_LINKINFO", info])
-    return pyroute_bytes(msg, 16, 0x605, 5)
+    return pyroute_bytes(link_create_msg(link, lambda _name: lower), 16, 0x605, 5)
 
 
 @pytest.mark.parametrize("link, lower", [
