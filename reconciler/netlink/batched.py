@@ -79,8 +79,9 @@ import _fastpath
 from ..errors import DumpInterrupted, NamespaceNotFound, NetlinkError, is_gone
 from ..model import Address, KernelState, Link
 from ..plan import Change, OpResult
-from . import Underlay, wire
-from .common import describe, in_netns, looks_like_ip, netns_path, underlay_of
+from . import wire
+from .common import DeviceVanished as _DeviceVanished
+from .common import UnderlayLookup, describe, in_netns, netns_path
 from .wire import SOL_NETLINK
 
 __all__ = ["BatchedBackend"]
@@ -96,10 +97,6 @@ DUMP_TRIES = 5
 #: Seconds to wait for an answer before the request is reported failed (never hang).
 TIMEOUT = 30.0
 SO_RCVBUFFORCE = 33
-
-
-class _DeviceVanished(Exception):
-    """A per-device dump met ENODEV: the device went away mid-dump."""
 
 
 class _NoDevice(Exception):
@@ -133,7 +130,7 @@ def _oserrno(exc: OSError) -> int:
 
 
 
-class BatchedBackend:
+class BatchedBackend(UnderlayLookup):
     """``NetlinkBackend`` over one raw rtnetlink socket, optionally inside a named namespace.
 
     ``accelerate``: use the compiled decoders when they are built
@@ -476,30 +473,12 @@ class BatchedBackend:
             self._index = None
 
     # ---------------------------------------------------------------- underlay
-    def underlay(self, spec: str | None) -> Underlay:
-        """The external interface: by name, by an IPv4 address it holds, or
-        (``None``) the interface of the main table's IPv4 default route."""
-        self._refresh_links()
-        given: str | None = None
-        try:
-            if spec is None:
-                idx = self._default_route_oif()
-            elif looks_like_ip(spec):
-                ip = ipaddress.ip_address(spec)
-                if ip.version != 4:
-                    raise NetlinkError(E.EAFNOSUPPORT, f"underlay {spec}: only an IPv4 address can name it")
-                given = str(ip)
-                idx = self._holder_of(given)
-            else:
-                idx = self._index.get(spec)
-                if idx is None:
-                    raise NetlinkError(E.ENODEV, f"underlay: no interface named {spec!r}{self._where()}")
-            name = self._names[idx]
-            msgs = self._address_msgs(idx, (AF_INET,))
-        except _DeviceVanished as exc:
-            raise NetlinkError(E.ENODEV, f"underlay {spec}: the interface vanished{self._where()}") from exc
-        return underlay_of(name, self._links[idx].mtu, [(m.local, m.prefixlen, m.flags) for m in msgs], given,
-                           self._where())
+    # underlay() itself is UnderlayLookup's; these are its hooks.
+    def _v4_addresses(self, idx: int) -> list[tuple[str, int, int]]:
+        return [(m.local, m.prefixlen, m.flags) for m in self._address_msgs(idx, (AF_INET,))]
+
+    def _link_mtu(self, idx: int) -> int:
+        return self._links[idx].mtu
 
     def _default_route_oif(self) -> int:
         best = None

@@ -15,7 +15,8 @@ from ..errors import NamespaceNotFound, NetlinkError
 from ..plan import Change
 from . import Underlay
 
-__all__ = ["NETNS_RUN_DIR", "describe", "enter_netns", "in_netns", "looks_like_ip", "netns_path", "underlay_of"]
+__all__ = ["NETNS_RUN_DIR", "DeviceVanished", "UnderlayLookup", "describe", "enter_netns", "in_netns",
+           "looks_like_ip", "netns_path", "underlay_of"]
 
 NETNS_RUN_DIR = "/var/run/netns"
 CLONE_NEWNET = 0x40000000
@@ -146,3 +147,38 @@ def underlay_of(name: str, mtu: int, addrs: list[tuple[str, int, int]], given: s
             if net not in prefixes:
                 prefixes.append(net)
     return Underlay(name=name, address=given, mtu=mtu, prefixes=tuple(prefixes))
+
+
+class DeviceVanished(Exception):
+    """A per-device dump met ENODEV: the device went away mid-dump."""
+
+
+class UnderlayLookup:
+    """``underlay(spec)`` for a backend, in terms of the backend's own hooks:
+    ``_refresh_links()``, ``_index``/``_names`` (name <-> ifindex),
+    ``_default_route_oif()``, ``_holder_of(ip)``, ``_v4_addresses(idx)``
+    (``(local, prefixlen, flags)`` tuples), ``_link_mtu(idx)`` and ``_where()``."""
+
+    def underlay(self, spec: str | None) -> Underlay:
+        """The external interface: by name, by an IPv4 address it holds, or
+        (``None``) the interface of the main table's IPv4 default route."""
+        self._refresh_links()
+        given: str | None = None
+        try:
+            if spec is None:
+                idx = self._default_route_oif()
+            elif looks_like_ip(spec):
+                ip = ipaddress.ip_address(spec)
+                if ip.version != 4:
+                    raise NetlinkError(E.EAFNOSUPPORT, f"underlay {spec}: only an IPv4 address can name it")
+                given = str(ip)
+                idx = self._holder_of(given)
+            else:
+                idx = self._index.get(spec)
+                if idx is None:
+                    raise NetlinkError(E.ENODEV, f"underlay: no interface named {spec!r}{self._where()}")
+            name = self._names[idx]
+            addrs = self._v4_addresses(idx)
+        except DeviceVanished as exc:
+            raise NetlinkError(E.ENODEV, f"underlay {spec}: the interface vanished{self._where()}") from exc
+        return underlay_of(name, self._link_mtu(idx), addrs, given, self._where())

@@ -61,8 +61,8 @@ from pyroute2.netlink.rtnl.rtmsg import rtmsg
 from ..errors import DumpInterrupted, NamespaceNotFound, NetlinkError, is_gone
 from ..model import RTPROT_RECONCILER, Address, Fdb, KernelState, Link, Neigh, Route
 from ..plan import Change, OpResult
-from . import Underlay
-from .common import describe, in_netns, looks_like_ip, netns_path, underlay_of
+from .common import DeviceVanished as _DeviceVanished
+from .common import UnderlayLookup, describe, in_netns, netns_path
 from .pyroute_msgs import (IFF_UP, RT_TABLE_MAIN, RTN_UNICAST, RTNH_F_ONLINK, _addr_dump_msg, _addr_flags, _cidr_of,
                            _ip, _local_of, _ndmsg, _route_dump_msg, address_msg, fdb_msg, link_create_msg,
                            link_set_msg, link_up_msg, neigh_msg, route_msg)
@@ -83,10 +83,6 @@ F_REPLACE = F_ACK | NLM_F_CREATE | NLM_F_REPLACE        # ip ... replace
 DUMP_TRIES = 5
 _ZERO_MAC = "00:00:00:00:00:00"
 _FE80_64 = ipaddress.ip_network("fe80::/64")
-
-
-class _DeviceVanished(Exception):
-    """A per-device dump met ENODEV: the device went away mid-dump."""
 
 
 class _NoDevice(Exception):
@@ -112,7 +108,7 @@ def _errtext(exc: BaseException) -> tuple[int, str]:
     return code, f"{detail} ({E.errorcode.get(code, code)})"
 
 
-class PyrouteBackend:
+class PyrouteBackend(UnderlayLookup):
     """``NetlinkBackend`` over one rtnetlink socket, optionally inside a named namespace.
 
     pyroute2 keeps its event loop per thread: use a backend only from the
@@ -477,30 +473,12 @@ class PyrouteBackend:
         self._request(self._fdb_msg(change.obj, delete=True), rtnl.RTM_DELNEIGH, F_ACK)
 
     # ---------------------------------------------------------------- underlay
-    def underlay(self, spec: str | None) -> Underlay:
-        """The external interface: by name, by an IPv4 address it holds, or
-        (``None``) the interface of the main table's IPv4 default route."""
-        self._refresh_links()
-        given: str | None = None
-        try:
-            if spec is None:
-                idx = self._default_route_oif()
-            elif looks_like_ip(spec):
-                ip = ipaddress.ip_address(spec)
-                if ip.version != 4:
-                    raise NetlinkError(E.EAFNOSUPPORT, f"underlay {spec}: only an IPv4 address can name it")
-                given = str(ip)
-                idx = self._holder_of(given)
-            else:
-                idx = self._index.get(spec)
-                if idx is None:
-                    raise NetlinkError(E.ENODEV, f"underlay: no interface named {spec!r}{self._where()}")
-            name = self._names[idx]
-            msgs = self._address_msgs(idx, (AF_INET,))
-        except _DeviceVanished as exc:
-            raise NetlinkError(E.ENODEV, f"underlay {spec}: the interface vanished{self._where()}") from exc
-        return underlay_of(name, self._links[idx].get("IFLA_MTU"),
-                           [(_local_of(m), m["prefixlen"], _addr_flags(m)) for m in msgs], given, self._where())
+    # underlay() itself is UnderlayLookup's; these are its hooks.
+    def _v4_addresses(self, idx: int) -> list[tuple[str, int, int]]:
+        return [(_local_of(m), m["prefixlen"], _addr_flags(m)) for m in self._address_msgs(idx, (AF_INET,))]
+
+    def _link_mtu(self, idx: int) -> int:
+        return self._links[idx].get("IFLA_MTU")
 
     def _default_route_oif(self) -> int:
         best = None
