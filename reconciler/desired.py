@@ -33,11 +33,11 @@ from typing import Callable, Iterable
 from .config import NetworkConfig
 from .errors import ReconcilerError
 from .leases import Lease
-from .model import Address, Fdb, KernelState, Link, Neigh, Route
+from .model import Address, Fdb, KernelObject, KernelState, Link, Neigh, Route
 from .ownership import BRIDGE_NAME
 
 __all__ = ["NodeParams", "NoOwnLease", "VXLAN_OVERHEAD", "desired_state", "find_own_lease", "flannel_mtu",
-           "underlay_mtu"]
+           "node_objects", "peer_objects", "underlay_mtu", "wants_v6"]
 
 #: Outer Ethernet (14) + IPv4 (20) + UDP (8) + VXLAN (8) headers.
 VXLAN_OVERHEAD = 50
@@ -100,6 +100,70 @@ def _never(_ip: str) -> bool:
     return False
 
 
+def node_objects(config: NetworkConfig, node: NodeParams, own: Lease) -> tuple[KernelObject, ...]:
+    """This node's own devices and addresses, from our lease."""
+    mtu = flannel_mtu(node.underlay_mtu)
+    dev = config.device_name
+    out: list[KernelObject] = [
+        Link(name=dev, type="vxlan", mtu=mtu, mac=own.vtep_mac, up=True, vni=config.vni,
+             local=node.local or node.public_ip, port=config.port, learning=config.learning,
+             gbp=config.gbp, underlay=node.underlay),
+        Address(dev, f"{own.subnet.network_address}/32"),
+        Link(name=node.bridge, type="bridge", mtu=mtu, up=True),
+        Address(node.bridge, f"{own.subnet.network_address + 1}/{own.subnet.prefixlen}"),
+    ]
+    if wants_v6(config, own):
+        dev6 = config.v6_device_name
+        out += [
+            Link(name=dev6, type="vxlan", mtu=mtu, mac=own.v6_vtep_mac, up=True, vni=config.vni,
+                 local=node.public_ipv6 or own.public_ipv6, port=config.port, learning=config.learning,
+                 gbp=config.gbp, underlay=node.underlay),
+            Address(dev6, f"{own.ipv6_subnet.network_address}/128"),
+            Address(node.bridge, f"{own.ipv6_subnet.network_address + 1}/{own.ipv6_subnet.prefixlen}"),
+        ]
+    return tuple(out)
+
+
+def wants_v6(config: NetworkConfig, own: Lease) -> bool:
+    """Does this node run the IPv6 overlay?  Only with a v6 subnet and v6 VTEP MAC of its own."""
+    return bool(config.enable_ipv6 and own.ipv6_subnet is not None and own.v6_vtep_mac is not None)
+
+
+def peer_objects(
+    config: NetworkConfig,
+    node: NodeParams,
+    lease: Lease,
+    v6: bool,
+    on_link: Callable[[str], bool] = _never,
+) -> tuple[KernelObject, ...]:
+    """The entries one remote lease needs on this node (at most three per family).
+
+    ``v6`` is ``wants_v6(config, own)``: whether this node runs the IPv6
+    overlay at all.  A pure function of one lease, so that a lease event
+    recomputes only that lease's objects.
+    """
+    if lease.backend_type != "vxlan":
+        return ()
+    out: list[KernelObject] = []
+    dev = config.device_name
+    gw = str(lease.subnet.network_address)
+    if config.direct_routing and on_link(lease.public_ip):
+        # Same L2 segment: skip the overlay entirely (flannel section 4.7).
+        out.append(Route(dst=str(lease.subnet), gateway=lease.public_ip, dev=node.underlay, onlink=False))
+    elif lease.vtep_mac is not None:
+        out.append(Neigh(dev, gw, lease.vtep_mac))
+        out.append(Fdb(dev, lease.vtep_mac, lease.public_ip))
+        out.append(Route(dst=str(lease.subnet), gateway=gw, dev=dev, onlink=True))
+    if v6 and lease.ipv6_subnet is not None and lease.v6_vtep_mac and lease.public_ipv6:
+        dev6 = config.v6_device_name
+        gw6 = str(lease.ipv6_subnet.network_address)
+        out.append(Neigh(dev6, gw6, lease.v6_vtep_mac))
+        out.append(Fdb(dev6, lease.v6_vtep_mac, lease.public_ipv6))
+        out.append(Route(dst=str(lease.ipv6_subnet), gateway=gw6, dev=dev6, onlink=True,
+                         metric=IPV6_DEFAULT_METRIC))
+    return tuple(out)
+
+
 def desired_state(
     config: NetworkConfig,
     leases: Iterable[Lease],
@@ -111,48 +175,18 @@ def desired_state(
     ``leases`` are the *valid* leases (``validate_leases`` output), ours
     included.  ``on_link(public_ip)`` says whether a peer shares our L2
     segment; it matters only with ``DirectRouting``.  Raises ``NoOwnLease``.
+
+    The union of ``node_objects`` for our lease and ``peer_objects`` for
+    every other lease: the incremental path builds the same state one lease
+    at a time.
     """
     leases = list(leases)
     own = find_own_lease(leases, node.public_ip)
-    mtu = flannel_mtu(node.underlay_mtu)
-    dev = config.device_name
-    state = KernelState()
-
-    state.add(Link(
-        name=dev, type="vxlan", mtu=mtu, mac=own.vtep_mac, up=True, vni=config.vni,
-        local=node.local or node.public_ip, port=config.port, learning=config.learning,
-        gbp=config.gbp, underlay=node.underlay,
-    ))
-    state.add(Address(dev, f"{own.subnet.network_address}/32"))
-    state.add(Link(name=node.bridge, type="bridge", mtu=mtu, up=True))
-    state.add(Address(node.bridge, f"{own.subnet.network_address + 1}/{own.subnet.prefixlen}"))
-
-    v6 = config.enable_ipv6 and own.ipv6_subnet is not None and own.v6_vtep_mac is not None
-    dev6 = config.v6_device_name
-    if v6:
-        state.add(Link(
-            name=dev6, type="vxlan", mtu=mtu, mac=own.v6_vtep_mac, up=True, vni=config.vni,
-            local=node.public_ipv6 or own.public_ipv6, port=config.port, learning=config.learning,
-            gbp=config.gbp, underlay=node.underlay,
-        ))
-        state.add(Address(dev6, f"{own.ipv6_subnet.network_address}/128"))
-        state.add(Address(node.bridge, f"{own.ipv6_subnet.network_address + 1}/{own.ipv6_subnet.prefixlen}"))
-
+    state = KernelState(node_objects(config, node, own))
+    v6 = wants_v6(config, own)
     for lease in leases:
-        if lease.key == own.key or lease.backend_type != "vxlan":
+        if lease.key == own.key:
             continue
-        gw = str(lease.subnet.network_address)
-        if config.direct_routing and on_link(lease.public_ip):
-            # Same L2 segment: skip the overlay entirely (flannel section 4.7).
-            state.add(Route(dst=str(lease.subnet), gateway=lease.public_ip, dev=node.underlay, onlink=False))
-        elif lease.vtep_mac is not None:
-            state.add(Neigh(dev, gw, lease.vtep_mac))
-            state.add(Fdb(dev, lease.vtep_mac, lease.public_ip))
-            state.add(Route(dst=str(lease.subnet), gateway=gw, dev=dev, onlink=True))
-        if v6 and lease.ipv6_subnet is not None and lease.v6_vtep_mac and lease.public_ipv6:
-            gw6 = str(lease.ipv6_subnet.network_address)
-            state.add(Neigh(dev6, gw6, lease.v6_vtep_mac))
-            state.add(Fdb(dev6, lease.v6_vtep_mac, lease.public_ipv6))
-            state.add(Route(dst=str(lease.ipv6_subnet), gateway=gw6, dev=dev6, onlink=True,
-                            metric=IPV6_DEFAULT_METRIC))
+        for obj in peer_objects(config, node, lease, v6, on_link):
+            state.add(obj)
     return state
