@@ -1,28 +1,39 @@
-"""The node agent: etcd leases in, a level-triggered reconcile loop, kernel out.
+"""The node agent: etcd leases in, an incremental reconcile loop, kernel out.
 
 Threads, and what each may touch:
 
-* the **watch** thread reads ``<prefix>/subnets/`` from etcd and updates the
-  in-memory lease table; it never talks to the kernel;
-* the **link** thread (when the backend can watch links) turns netlink link
-  events on our devices into a dirty mark;
-* the **worker** (the caller's thread) owns the kernel: it waits for a dirty
-  mark or the jittered resync timer, coalesces whatever arrived meanwhile,
-  recomputes desired state from the lease table, diffs it against a fresh
-  dump and applies only the difference.  Level-triggered: an event says
-  "look again", never "do this", so a lost or repeated event costs nothing.
+* the **watch** thread reads ``<prefix>/subnets/`` from etcd and queues what
+  it sees (single events, or a whole listing after a compaction or an
+  outage); it never talks to the kernel;
+* the **kernel events** thread (when the backend has ``watch_kernel``)
+  queues netlink notifications about our devices, addresses, routes,
+  neighbours and FDB entries, so drift made by someone else is seen as it
+  happens (``docs/netlink-events.md``);
+* the **worker** (the caller's thread) owns the kernel and all reconcile
+  state: it wakes on anything queued, on the jittered resync timer or on the
+  retry timer, folds what was queued into the lease index, the desired state
+  and the believed kernel view, plans *only the keys that changed*, applies
+  them, and records the answers (``docs/incremental.md``).
+
+Per event, the work is O(that event): a lease is parsed once, only its
+objects are recomputed, and the plan covers only their keys.  The periodic
+full resync (a dump and a full diff) stays as the backstop that corrects
+anything the incremental path missed; after incremental work it finds
+nothing to do (``tests/test_incremental.py``).
 
 Failing static (flannel #636; Felix's "in sync" gate):
 
 * no cycle runs before the first complete lease list has been read;
-* while etcd is unreachable the lease table is frozen, and cycles repair
-  drift but delete nothing (deletions need a trustworthy lease view);
+* while etcd is unreachable cycles repair drift but delete nothing
+  (deletions need a trustworthy lease view; held-back deletions stay pending);
 * our own lease missing from the table (deleted, expired, taken by another
   PublicIP) triggers re-acquisition, never a teardown;
-* SIGTERM stops the loop and leaves every kernel object in place.
+* SIGTERM stops the loop at once and leaves every kernel object in place.
 """
 from __future__ import annotations
 
+import collections
+import json
 import logging
 import random
 import threading
@@ -33,18 +44,25 @@ from typing import Callable
 from .acquire import LeaseKeeper, acquire_lease
 from .apply import apply_plan
 from .config import NetworkConfig, parse_network_config, require_vxlan
-from .desired import NodeParams, NoOwnLease, underlay_mtu
+from .desired import NodeParams, underlay_mtu
+from .desired_index import DesiredIndex
 from .errors import EtcdAuthError, EtcdCompacted, EtcdError, ReconcilerError
-from .leases import RawKV, parse_lease
+from .lease_index import LeaseIndex, skip_reason_label
+from .leases import RawKV, Skipped, parse_lease
 from .metrics import Metrics, serve_http
+from .ownership import FlannelOwnership
 from .plan import Plan
+from .reconcile import dump_live, on_link_predicate, owned_devices
 from .render import describe
-from .reconcile import Cycle, compute_cycle, dump_live, on_link_predicate, owned_devices
 from .subnet_env import read_previous_subnet, render_subnet_env, write_subnet_env
+from .tracker import Tracker
 
-__all__ = ["Agent", "AgentOptions", "LeaseTable", "random_vtep_mac"]
+__all__ = ["Agent", "AgentOptions", "CycleReport", "random_vtep_mac"]
 
 log = logging.getLogger("flannel_reconciler")
+
+#: Longest text taken from etcd into one log line.
+_LOG_VALUE_CHARS = 200
 
 
 @dataclass
@@ -58,10 +76,14 @@ class AgentOptions:
     healthz_port: int = 0
     metrics_port: int = 0
     ip_masq: bool = False
-    #: Events arriving within this window are folded into one cycle.
-    coalesce: float = 0.05
+    #: Events arriving within this window are folded into one cycle (0: none; a
+    #: busy worker folds whatever queued up meanwhile anyway).
+    coalesce: float = 0.0
     #: /healthz fails when no cycle finished for this long (default: 3 resyncs, at least 60 s).
     liveness_window: float | None = None
+    #: First and longest wait before failed operations are retried.
+    retry_min: float = 0.5
+    retry_max: float = 10.0
 
 
 def random_vtep_mac(rng: random.Random) -> str:
@@ -71,42 +93,30 @@ def random_vtep_mac(rng: random.Random) -> str:
     return ":".join(f"{x:02x}" for x in b)
 
 
-class LeaseTable:
-    """The raw lease kvs under ``<prefix>/subnets/`` as last seen in etcd.
+def esc(text: object, limit: int = _LOG_VALUE_CHARS) -> str:
+    """Text from etcd made safe for one log line: control characters escaped
+    (a key with a newline cannot forge a record), and cut to ``limit``."""
+    s = json.dumps(str(text), ensure_ascii=False)[1:-1]
+    if len(s) > limit:
+        s = f"{s[:limit]}...({len(s) - limit} more)"
+    return s
 
-    Raw on purpose: validation happens in every cycle, so a lease that was
-    skipped as bad becomes valid the moment it is fixed, and the same code
-    path serves snapshots, watch events and the offline file.
-    """
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._kvs: dict[str, RawKV] = {}
-        self.revision = 0
-        self.complete = False
+@dataclass(frozen=True)
+class CycleReport:
+    """What one cycle did (``Agent.last_cycle``)."""
 
-    def replace_all(self, kvs, revision: int) -> None:
-        with self._lock:
-            self._kvs = {kv.key: kv for kv in kvs}
-            self.revision = revision
-            self.complete = True
-
-    def apply(self, ev) -> None:
-        with self._lock:
-            if ev.type == "put":
-                self._kvs[ev.kv.key] = ev.kv
-            else:
-                self._kvs.pop(ev.kv.key, None)
-            self.revision = max(self.revision, ev.revision)
-
-    def kvs(self) -> list[RawKV]:
-        with self._lock:
-            return list(self._kvs.values())
+    triggers: frozenset
+    plan: Plan
+    results: tuple
+    skipped: tuple[Skipped, ...]
+    dumped: bool
+    duration: float
 
 
 @dataclass
 class _State:
-    dirty: threading.Event = field(default_factory=threading.Event)
+    wake: threading.Event = field(default_factory=threading.Event)
     triggers: set = field(default_factory=set)
     etcd_ok: bool = True
     ready: bool = False
@@ -125,7 +135,6 @@ class Agent:
         self.clock = clock
         self.rng = rng or random.Random()
         self.metrics = metrics or Metrics()
-        self.table = LeaseTable()
         self.state = _State()
         self._lock = threading.Lock()
         self.config: NetworkConfig | None = None
@@ -134,7 +143,23 @@ class Agent:
         self._on_link = None
         self._servers = []
         self._subnet_env_text: str | None = None
-        self.last_cycle: Cycle | None = None
+        self._subnet_env_error: str | None = None
+        self.last_cycle: CycleReport | None = None
+        # Queues filled by the watch and kernel-event threads, drained by the worker.
+        self._lease_q: collections.deque = collections.deque()
+        self._kernel_q: collections.deque = collections.deque()
+        self._revision = 0
+        self._listed = False          # the first complete lease list has been queued
+        self._last_etcd_answer = 0.0  # monotonic time of the last watch event or listing
+        # Reconcile state: the worker's alone.
+        self.index: LeaseIndex | None = None
+        self.desired: DesiredIndex | None = None
+        self.tracker: Tracker | None = None
+        self._skip_labels: dict[str, str] = {}
+        self._skip_counts: collections.Counter = collections.Counter()
+        self._retry_at: float | None = None
+        self._retry_delay = opts.retry_min
+        self._kernel_events = False
 
     # ------------------------------------------------------------- start-up
     def start(self, stop: threading.Event) -> None:
@@ -146,6 +171,9 @@ class Agent:
         mtu = underlay_mtu(self.opts.underlay_mtu, self.config.mtu, (underlay.name, underlay.mtu))
         self.node = NodeParams(public_ip=public_ip, underlay_mtu=mtu, underlay=underlay.name)
         self._on_link = on_link_predicate(underlay.prefixes)
+        self.index = LeaseIndex(self.config, self.store.prefix)
+        self.desired = DesiredIndex(self.config, self.node, self._on_link)
+        self.tracker = Tracker(FlannelOwnership(self.config, self.node.bridge))
 
         def acquire():
             snap = self.store.snapshot()
@@ -170,6 +198,7 @@ class Agent:
             except EtcdAuthError:
                 raise
             except EtcdError as exc:
+                self._set_etcd_ok(False)
                 log.warning("cannot %s: %s; retrying in %.0fs", what, exc, delay)
             if stop.wait(delay):
                 raise ReconcilerError(f"stopped before we could {what}")
@@ -185,10 +214,12 @@ class Agent:
                 raise  # wrong certificate or password: retrying cannot help, say so and exit
             except EtcdError as exc:
                 raw = None
+                self._set_etcd_ok(False)
                 log.warning("etcd: %s; retrying", exc)
             if raw is not None:
                 cfg = parse_network_config(raw)
                 require_vxlan(cfg)
+                self._set_etcd_ok(True)
                 return cfg
             if not warned:
                 log.warning("no network config at %s/config yet; waiting", self.store.prefix)
@@ -220,20 +251,37 @@ class Agent:
         return random_vtep_mac(self.rng)
 
     def _relist(self) -> None:
+        """A complete listing, queued for the worker as one item (it replaces the table)."""
         snap = self.store.snapshot()
         base = self.store.subnets_prefix
-        self.table.replace_all([kv for kv in snap.kvs if kv.key.startswith(base)], snap.revision)
-        self._set_etcd_ok(True)
+        kvs = [kv for kv in snap.kvs if kv.key.startswith(base)]
+        self._revision = snap.revision
+        self._lease_q.append(("list", kvs, self.clock()))
+        self._listed = True
+        self._heard_from_etcd()
         self._mark("relist")
 
     # ------------------------------------------------------------ the loops
     def run(self, stop: threading.Event) -> None:
+        self._stop = stop
+        # A stop wakes the worker at once, whatever the resync interval.
+        threading.Thread(target=lambda: (stop.wait(), self.state.wake.set()), name="stop-waker",
+                         daemon=True).start()
         self.start(stop)
         threads = [threading.Thread(target=self._watch_loop, args=(stop,), name="lease-watch", daemon=True)]
-        if hasattr(self.backend, "watch_links"):
+        subscribed = threading.Event()
+        if hasattr(self.backend, "watch_kernel"):
+            threads.append(threading.Thread(target=self._kernel_loop, args=(stop, subscribed),
+                                            name="kernel-events", daemon=True))
+        elif hasattr(self.backend, "watch_links"):
             threads.append(threading.Thread(target=self._link_loop, args=(stop,), name="link-watch", daemon=True))
+            subscribed.set()
+        else:
+            subscribed.set()
         for t in threads:
             t.start()
+        # Subscribe before the first dump, so that nothing falls between them.
+        subscribed.wait(5.0)
         try:
             self._work_loop(stop)
         finally:
@@ -241,21 +289,26 @@ class Agent:
             for s in self._servers:
                 s.shutdown()
             for t in threads:
-                t.join(timeout=5)
+                t.join(timeout=0.5)
 
     def _mark(self, trigger: str) -> None:
         with self._lock:
             self.state.triggers.add(trigger)
-        self.state.dirty.set()
+        self.state.wake.set()
+
+    def _heard_from_etcd(self) -> None:
+        self._last_etcd_answer = self.clock()
+        if not self.state.etcd_ok:
+            self._set_etcd_ok(True)
 
     def _watch_loop(self, stop: threading.Event) -> None:
         backoff = 0.1
         while not stop.is_set():
             try:
-                for ev in self.store.watch(self.table.revision + 1, stop):
-                    self.table.apply(ev)
-                    if not self.state.etcd_ok:
-                        self._set_etcd_ok(True)
+                for ev in self.store.watch(self._revision + 1, stop):
+                    self._lease_q.append(("event", ev, self.clock()))
+                    self._revision = max(self._revision, ev.revision)
+                    self._heard_from_etcd()
                     if self.keeper is not None and ev.kv.key == self.keeper.current.key:
                         self.state.check_own_lease = True
                     self._mark("lease")
@@ -278,7 +331,6 @@ class Agent:
     def _try_relist(self, stop: threading.Event) -> None:
         try:
             self._relist()
-            self._set_etcd_ok(True)
         except ReconcilerError as exc:
             self._set_etcd_ok(False)
             log.warning("re-list failed: %s", exc)
@@ -289,30 +341,55 @@ class Agent:
         self.state.etcd_ok = ok
         self.metrics.set("flannel_reconciler_etcd_up", 1 if ok else 0)
 
+    def _kernel_loop(self, stop: threading.Event, subscribed: threading.Event) -> None:
+        devices = set(owned_devices(self.config, self.node.bridge))
+        networks = [str(n) for n in (self.config.network, self.config.ipv6_network) if n is not None]
+
+        def on_events(events) -> None:
+            # None: the kernel dropped notifications; only a dump can tell what we missed.
+            self._kernel_q.append(events)
+            self._mark("kernel")
+
+        try:
+            self._kernel_events = True
+            self.backend.watch_kernel(devices, networks, on_events, stop, subscribed)
+        except ReconcilerError as exc:  # periodic resync still covers drift
+            log.warning("kernel events unavailable: %s; drift is repaired at each resync only", exc)
+        finally:
+            self._kernel_events = False
+            subscribed.set()
+
     def _link_loop(self, stop: threading.Event) -> None:
         devices = set(owned_devices(self.config, self.node.bridge))
         try:
-            # name None: the kernel dropped events, so something may have changed.
-            self.backend.watch_links(devices, lambda name: self._mark("link"), stop)
+            # Any link event (name None: events were lost) means "dump again".
+            self.backend.watch_links(devices, lambda name: (self._kernel_q.append(None), self._mark("link")),
+                                     stop)
         except ReconcilerError as exc:  # periodic resync still covers drift
             log.warning("link events unavailable: %s", exc)
 
     def _work_loop(self, stop: threading.Event) -> None:
         next_resync = self.clock()
         while not stop.is_set():
-            timeout = max(0.0, next_resync - self.clock())
-            if self.state.dirty.wait(timeout):
+            now = self.clock()
+            due = next_resync if self._retry_at is None else min(next_resync, self._retry_at)
+            if self.state.wake.wait(max(0.0, due - now)) and self.opts.coalesce:
                 stop.wait(self.opts.coalesce)  # let a burst of events land
             if stop.is_set():
                 break
             with self._lock:
-                triggers = self.state.triggers or {"resync"}
+                triggers = self.state.triggers
                 self.state.triggers = set()
-                self.state.dirty.clear()
-            if self.clock() >= next_resync:
+                self.state.wake.clear()
+            now = self.clock()
+            if now >= next_resync:
                 triggers.add("resync")
-                jitter = self.rng.uniform(0.9, 1.1)
-                next_resync = self.clock() + self.opts.resync_interval * jitter
+                next_resync = now + self.opts.resync_interval * self.rng.uniform(0.9, 1.1)
+            if self._retry_at is not None and now >= self._retry_at:
+                triggers.add("retry")
+                self._retry_at = None
+            if not triggers:
+                continue
             self._keep_lease()
             self.cycle(triggers)
 
@@ -327,108 +404,199 @@ class Agent:
             else:
                 self.keeper.tick(self.clock())
         except ReconcilerError as exc:
-            log.warning("lease %s: %s", before.key, exc)
+            log.warning("lease %s: %s", esc(before.key), exc)
+            if isinstance(exc, EtcdError):
+                self._set_etcd_ok(False)
             return
         if self.keeper.current.key != before.key:
-            log.warning("our lease moved: %s -> %s", before.key, self.keeper.current.key)
+            log.warning("our lease moved: %s -> %s", esc(before.key), esc(self.keeper.current.key))
             self._try_relist(threading.Event())
 
     # ------------------------------------------------------------ one cycle
-    def cycle(self, triggers: set[str]) -> Cycle | None:
-        """Diff and apply once.  Returns the cycle, or None when it could not run."""
-        if not self.table.complete:
+    def _drain_leases(self) -> tuple[set[str], float | None]:
+        """Fold queued lease events into the index; return the changed keys and the oldest arrival."""
+        changed: set[str] = set()
+        oldest = None
+        q = self._lease_q
+        while q:
+            item = q.popleft()
+            if item[0] == "list":
+                changed |= self.index.replace_all(item[1])
+            else:
+                ev = item[1]
+                changed |= self.index.put(ev.kv) if ev.type == "put" else self.index.delete(ev.kv.key)
+            oldest = item[2] if oldest is None else min(oldest, item[2])
+        return changed, oldest
+
+    def _drain_kernel(self) -> int:
+        changed = 0
+        q = self._kernel_q
+        while q:
+            events = q.popleft()
+            if events is None:
+                self.tracker.needs_dump = True
+            else:
+                changed += self.tracker.observe(events)
+        return changed
+
+    def _report_leases(self, changed: set[str]) -> None:
+        """Log a lease's standing when it changes (never again while it stays the same), and keep
+        the skip gauges, whose reason label is one of a few fixed words."""
+        for key in changed:
+            old = self._skip_labels.pop(key, None)
+            if old is not None:
+                self._skip_counts[old] -= 1
+            skip = self.index.skipped.get(key)
+            if skip is not None:
+                label = skip_reason_label(skip.reason)
+                self._skip_labels[key] = label
+                self._skip_counts[label] += 1
+                log.warning("skipped lease %s: %s", esc(key), esc(skip.reason))
+            elif old is not None and key in self.index.valid:
+                log.info("lease %s is valid again", esc(key))
+        if changed:
+            self.metrics.set("flannel_reconciler_leases", len(self.index.valid))
+            self.metrics.reset("flannel_reconciler_leases_skipped")
+            for label, n in self._skip_counts.items():
+                if n:
+                    self.metrics.set("flannel_reconciler_leases_skipped", n, reason=label)
+
+    def cycle(self, triggers: set[str]) -> CycleReport | None:
+        """Fold in what changed, plan the dirty keys, apply.  Returns None when it could not run."""
+        if not self._listed:
             return None
         t0 = time.monotonic()
-        try:
-            dump = dump_live(self.backend, self.config, self.node.bridge)
-            cycle = compute_cycle(self.config, self.table.kvs(), self.store.prefix, self.node, dump, self._on_link)
-        except NoOwnLease as exc:
+        tr = _tr(triggers)
+        changed, oldest = self._drain_leases()
+        self._report_leases(changed)
+        self.tracker.dirty |= self.desired.update(self.index, changed)
+        self._drain_kernel()
+        if self.desired.own is None:
             # Checked on the next wake-up (our key's watch event, or the resync
             # timer): never a tight loop while etcd is away.
-            log.warning("%s; re-acquiring, kernel left as it is", exc)
+            log.warning("no valid lease has PublicIP %s: re-acquiring, kernel left as it is", self.node.public_ip)
             self.state.check_own_lease = True
-            self.metrics.inc("flannel_reconciler_cycles_total", trigger=_tr(triggers), outcome="no-lease")
-            return None
-        except ReconcilerError as exc:
-            log.error("cycle aborted, nothing written: %s", exc)
-            self.metrics.inc("flannel_reconciler_cycles_total", trigger=_tr(triggers), outcome="error")
+            self.metrics.inc("flannel_reconciler_cycles_total", trigger=tr, outcome="no-lease")
             return None
 
-        plan = cycle.plan
-        if any(c.op == "delete" and c.kind != "link" for c in plan) and not self._etcd_reachable():
-            # Fail static: a deletion needs a lease view we can trust.
+        dumped = False
+        full = "resync" in triggers or self.tracker.needs_dump
+        if full:
+            try:
+                self.tracker.replace_live(dump_live(self.backend, self.config, self.node.bridge))
+            except ReconcilerError as exc:
+                log.error("cycle aborted, nothing written: %s", exc)
+                self.metrics.inc("flannel_reconciler_cycles_total", trigger=tr, outcome="error")
+                self._schedule_retry()
+                return None
+            dumped = True
+            self.metrics.inc("flannel_reconciler_dumps_total")
+            # Events queued during the dump are newer than it, or repeat it.
+            self._drain_kernel()
+
+        plan = self.tracker.plan(self.desired.state)
+        held: tuple = ()
+        if any(c.op == "delete" and c.kind != "link" for c in plan) and not self._etcd_reachable(changed):
+            # Fail static: a deletion needs a lease view we can trust; it stays pending.
+            held = tuple(c for c in plan if c.op == "delete" and c.kind != "link")
             plan = Plan(tuple(c for c in plan if c.op != "delete" or c.kind == "link"), plan.conflicts)
-        results = apply_plan(self.backend, plan, cycle.desired)
+        results = apply_plan(self.backend, plan, self.desired.state) if plan.changes else []
+        self.tracker.settle(plan, results, held)
         failed = [r for r in results if not r.ok]
         for r in results:
             self.metrics.inc("flannel_reconciler_operations_total", kind=r.change.kind, op=r.change.op,
                              result="ok" if r.ok else ("skipped" if r.skipped else "error"))
-        if "lease" not in triggers and "relist" not in triggers:
+        if not changed:
             repaired = sum(1 for r in results if r.ok)
             if repaired:
                 self.metrics.inc("flannel_reconciler_drift_repaired_total", repaired)
-        self._export_lease_gauges(cycle)
         for r in failed:
             log.error("failed: %s", r.message)
-        for s in cycle.skipped:
-            log.warning("skipped lease %s: %s", s.key, s.reason)
-        for c in plan.conflicts:
+        conflicts = plan.conflicts if not full else tuple(self.tracker.conflicts.values())
+        for c in conflicts:
             log.warning("conflict: %s is held by a foreign route (%s, proto %s); left alone",
                         describe(c.desired), describe(c.foreign), c.foreign.protocol)
-
-        if not failed:
+        if failed or held:
+            self._schedule_retry()
+        else:
+            self._retry_delay = self.opts.retry_min
             self.metrics.set("flannel_reconciler_last_successful_sync_timestamp_seconds", time.time())
+        if full and self.index.skipped:
+            log.info("%d leases skipped (%s)", len(self.index.skipped),
+                     ", ".join(f"{k}={v}" for k, v in sorted(self._skip_counts.items()) if v))
         # subnet.env (what the CNI plugin needs) depends on our own devices and
         # addresses only: one peer's failing entry must not keep pods from starting.
         if not any(r.change.kind in ("link", "address") for r in failed):
-            self._write_subnet_env(cycle)
-            if not self.state.ready:
+            if self._write_subnet_env() and not self.state.ready:
                 self.state.ready = True
                 self.metrics.set("flannel_reconciler_ready", 1)
                 log.info("ready: first full sync done, %s written", self.opts.subnet_file)
         duration = time.monotonic() - t0
+        if oldest is not None and results:
+            self.metrics.observe("flannel_reconciler_lease_to_kernel_seconds", self.clock() - oldest)
         self.metrics.observe("flannel_reconciler_cycle_duration_seconds", duration)
-        self.metrics.inc("flannel_reconciler_cycles_total", trigger=_tr(triggers),
-                         outcome="failed" if failed else "ok")
+        self.metrics.inc("flannel_reconciler_cycles_total", trigger=tr, outcome="failed" if failed else "ok")
         s = plan.summary()
-        log.info("cycle trigger=%s leases=%d skipped=%d create=%d update=%d delete=%d failed=%d "
-                 "etcd=%s duration=%.3fs", _tr(triggers), len(cycle.leases), len(cycle.skipped),
-                 s["create"], s["update"], s["delete"], len(failed),
-                 "up" if self.state.etcd_ok else "DOWN", duration)
+        level = logging.INFO if (plan.changes or failed or full) else logging.DEBUG
+        if log.isEnabledFor(level):
+            log.log(level, "cycle trigger=%s leases=%d skipped=%d create=%d update=%d delete=%d failed=%d "
+                    "held=%d dump=%s etcd=%s duration=%.3fs", tr, len(self.index.valid), len(self.index.skipped),
+                    s["create"], s["update"], s["delete"], len(failed), len(held), "yes" if dumped else "no",
+                    "up" if self.state.etcd_ok else "DOWN", duration)
         self.state.last_cycle_end = self.clock()
-        self.last_cycle = cycle
-        return cycle
+        self.last_cycle = CycleReport(frozenset(triggers), plan, tuple(results),
+                                      tuple(self.index.skips()) if changed or full else
+                                      (self.last_cycle.skipped if self.last_cycle else ()), dumped, duration)
+        return self.last_cycle
 
-    def _etcd_reachable(self) -> bool:
-        """One cheap read, only before a cycle that would delete entries.
+    def _schedule_retry(self) -> None:
+        """Failed or held-back changes stay dirty; look at them again after a growing pause."""
+        self._retry_at = self.clock() + self._retry_delay
+        self._retry_delay = min(self._retry_delay * 2, self.opts.retry_max)
+
+    def _etcd_reachable(self, fresh: set[str]) -> bool:
+        """Before deleting: can we trust the lease view?  When this cycle folded in lease
+        events that etcd sent within the last second, it just spoke: yes, for free (a
+        peer's lease deleted is acted on without an extra round trip).  Otherwise one
+        cheap read decides.
 
         The watch notices a dead etcd only when it gives up on reconnecting,
         so deletions do not rely on it: they need etcd to answer *now*."""
+        if fresh and self.state.etcd_ok and self.clock() - self._last_etcd_answer < 1.0:
+            return True
         try:
             self.store.get_config()
         except ReconcilerError as exc:
             log.warning("etcd unreachable (%s): failing static, deletions held back", exc)
             self._set_etcd_ok(False)
             return False
-        self._set_etcd_ok(True)
+        self._heard_from_etcd()
         return True
 
-    def _export_lease_gauges(self, cycle: Cycle) -> None:
-        self.metrics.set("flannel_reconciler_leases", len(cycle.leases))
-        self.metrics.reset("flannel_reconciler_leases_skipped")
-        counts: dict[str, int] = {}
-        for s in cycle.skipped:
-            reason = s.reason.split(":", 1)[0][:60]
-            counts[reason] = counts.get(reason, 0) + 1
-        for reason, n in counts.items():
-            self.metrics.set("flannel_reconciler_leases_skipped", n, reason=reason)
-
-    def _write_subnet_env(self, cycle: Cycle) -> None:
-        text = render_subnet_env(cycle.config, cycle.own.subnet, self.node.underlay_mtu, self.opts.ip_masq,
-                                 cycle.own.ipv6_subnet if cycle.config.enable_ipv6 else None)
-        if text != self._subnet_env_text:
+    def _write_subnet_env(self) -> bool:
+        """Write subnet.env when it changed.  A file we cannot write (read-only, full disk,
+        a directory at the path) is logged once per distinct error and retried; it never
+        stops the agent, which keeps the node's kernel state serving traffic."""
+        own = self.desired.own
+        text = render_subnet_env(self.config, own.subnet, self.node.underlay_mtu, self.opts.ip_masq,
+                                 own.ipv6_subnet if self.config.enable_ipv6 else None)
+        if text == self._subnet_env_text:
+            return True
+        try:
             write_subnet_env(self.opts.subnet_file, text)
-            self._subnet_env_text = text
+        except OSError as exc:
+            why = f"cannot write {self.opts.subnet_file}: {exc.strerror or exc}"
+            if why != self._subnet_env_error:
+                log.error("%s; retrying (pods cannot start on this node until it is written)", why)
+                self._subnet_env_error = why
+            self.metrics.inc("flannel_reconciler_subnet_file_errors_total")
+            self._schedule_retry()
+            return False
+        if self._subnet_env_error:
+            log.info("%s written", self.opts.subnet_file)
+            self._subnet_env_error = None
+        self._subnet_env_text = text
+        return True
 
     # ----------------------------------------------------------------- HTTP
     def _start_http(self) -> None:

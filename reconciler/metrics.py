@@ -36,6 +36,10 @@ class Metrics:
     HELP = {
         "flannel_reconciler_cycles_total": ("counter", "Reconcile cycles run, by trigger and outcome."),
         "flannel_reconciler_cycle_duration_seconds": ("summary", "Time spent in reconcile cycles."),
+        "flannel_reconciler_lease_to_kernel_seconds": (
+            "summary", "From a lease event read from etcd to its kernel changes acknowledged."),
+        "flannel_reconciler_dumps_total": ("counter", "Full kernel dumps (resyncs, and after device changes)."),
+        "flannel_reconciler_subnet_file_errors_total": ("counter", "Failed attempts to write subnet.env."),
         "flannel_reconciler_operations_total": ("counter", "Kernel operations by kind, op and result."),
         "flannel_reconciler_drift_repaired_total": (
             "counter", "Kernel objects repaired without a lease change (drift found by resync or link events)."),
