@@ -55,15 +55,21 @@ def apply_plan(backend, plan: Plan, desired: KernelState | None = None) -> list[
     failed_addr_devs: set[str] = set()
     failed_neigh: set[tuple[str, str]] = set()
     failed_fdb: set[tuple[str, str]] = set()
-    neigh_mac: dict[tuple[str, str], str] = {}
-    if desired is not None:
-        for n in desired.of("neigh").values():
-            neigh_mac[n.key] = n.mac
-
+    # The MAC a route's gateway resolves to: from this plan, else from the desired
+    # state, looked up per route (building the map from all of desired would make
+    # every small incremental plan cost the whole cluster).
+    planned_mac: dict[tuple[str, str], str] = {}
     changes = list(plan)
     for c in changes:
         if c.kind == "neigh" and c.op != "delete":
-            neigh_mac[c.obj.key] = c.obj.mac
+            planned_mac[c.obj.key] = c.obj.mac
+
+    def neigh_mac(key: tuple[str, str]) -> str | None:
+        mac = planned_mac.get(key)
+        if mac is None and desired is not None:
+            n = desired.get("neigh", key)
+            mac = n.mac if n is not None else None
+        return mac
 
     for phase in range(_NPHASES):
         batch: list[tuple[int, Change]] = []
@@ -99,7 +105,7 @@ def _note_failure(c: Change, devs: set, addr_devs: set, neighs: set, fdbs: set) 
         fdbs.add(c.obj.key)
 
 
-def _blocked(c: Change, devs: set, addr_devs: set, neighs: set, fdbs: set, neigh_mac: dict) -> str:
+def _blocked(c: Change, devs: set, addr_devs: set, neighs: set, fdbs: set, neigh_mac) -> str:
     if c.op == "delete":
         if c.kind == "address" and c.obj.dev in addr_devs:
             return (f"not attempted: the new address on {c.obj.dev} failed, and removing the old one "
@@ -114,7 +120,7 @@ def _blocked(c: Change, devs: set, addr_devs: set, neighs: set, fdbs: set, neigh
         nkey = (dev, c.obj.gateway)
         if nkey in neighs:
             return f"not attempted: neighbour {c.obj.gateway} dev {dev} failed"
-        mac = neigh_mac.get(nkey)
+        mac = neigh_mac(nkey)
         if mac is not None and (dev, mac) in fdbs:
             return f"not attempted: fdb {mac} dev {dev} failed"
     return ""
