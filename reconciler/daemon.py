@@ -305,7 +305,10 @@ class Agent:
         backoff = 0.1
         while not stop.is_set():
             try:
-                for ev in self.store.watch(self._revision + 1, stop):
+                # A progress probe every 5 s of silence: a hung etcd is noticed within
+                # ~10 s (probe + timeout), and reported through health at once.
+                for ev in self.store.watch(self._revision + 1, stop, progress_interval=5.0,
+                                           health=self._on_etcd_health):
                     self._lease_q.append(("event", ev, self.clock()))
                     self._revision = max(self._revision, ev.revision)
                     self._heard_from_etcd()
@@ -327,6 +330,12 @@ class Agent:
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
                 self._try_relist(stop)
+
+    def _on_etcd_health(self, ok: bool) -> None:
+        if ok:
+            self._heard_from_etcd()
+        else:
+            self._set_etcd_ok(False)
 
     def _try_relist(self, stop: threading.Event) -> None:
         try:

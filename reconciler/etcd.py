@@ -489,7 +489,8 @@ class EtcdStore:
     # -- watch ----------------------------------------------------------------------------------
 
     def watch(self, start_revision: int, stop: threading.Event | None = None, *,
-              progress_interval: float = 30.0, give_up_after: float = 60.0) -> Iterator[WatchEvent]:
+              progress_interval: float = 30.0, give_up_after: float = 60.0,
+              health: Callable[[bool], None] | None = None) -> Iterator[WatchEvent]:
         """Changes under ``<prefix>/subnets/`` from ``start_revision`` on, in order.
 
         The stream is checked for liveness: after ``progress_interval`` s of
@@ -498,6 +499,10 @@ class EtcdStore:
         restarted, member killed, member without leader) is re-created on an
         available endpoint from the last delivered revision + 1, so no change
         is lost and none is repeated.
+
+        ``health(ok)`` is called with False as soon as a stream breaks (while
+        it is being re-created) and with True whenever a stream answers, so
+        the caller can report an outage without waiting for ``give_up_after``.
 
         Raises ``EtcdCompacted`` if the revision to resume from was compacted
         (the caller re-lists with ``snapshot()``), ``EtcdAuthError`` on
@@ -508,13 +513,13 @@ class EtcdStore:
         """
         if start_revision < 1:
             raise ValueError(f"watch start revision must be >= 1, not {start_revision}")
-        return self._watch(int(start_revision), stop, float(progress_interval), float(give_up_after))
+        return self._watch(int(start_revision), stop, float(progress_interval), float(give_up_after), health)
 
     def _watch(self, next_rev: int, stop: threading.Event | None, progress_interval: float,
-               give_up_after: float) -> Iterator[WatchEvent]:
+               give_up_after: float, health=None) -> Iterator[WatchEvent]:
         # The stream machinery lives in etcd_watch, which imports this module: import it late.
         from .etcd_watch import watch_subnets
-        return watch_subnets(self, next_rev, stop, progress_interval, give_up_after)
+        return watch_subnets(self, next_rev, stop, progress_interval, give_up_after, health)
 
 
 # --------------------------------------------------------------------------------------------

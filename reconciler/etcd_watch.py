@@ -38,7 +38,7 @@ _REQUIRE_LEADER = ("hasleader", "true")
 
 
 def watch_subnets(store: EtcdStore, next_rev: int, stop: threading.Event | None, progress_interval: float,
-                  give_up_after: float) -> Iterator[WatchEvent]:
+                  give_up_after: float, health=None) -> Iterator[WatchEvent]:
     """The body of ``EtcdStore.watch()`` (see there), for ``store``."""
     key = store.subnets_prefix
     range_end = pyetcd_utils.prefix_range_end(key.encode())
@@ -97,6 +97,8 @@ def watch_subnets(store: EtcdStore, next_rev: int, stop: threading.Event | None,
                         raise _Broken(_code_details(item.error)[1], item.error)
                     raise _Broken("watch stream closed by the server", hung=True)
                 heard_at, probe_sent_at = now, None
+                if health is not None:
+                    health(True)
                 if item.compact_revision:
                     raise EtcdCompacted(
                         f"etcd watch {key} via {url}: revision {next_rev} is compacted "
@@ -125,6 +127,8 @@ def watch_subnets(store: EtcdStore, next_rev: int, stop: threading.Event | None,
         except _Broken as broken:
             if stopped():
                 return
+            if health is not None:
+                health(False)  # the caller fails static now, not when we give up
             if label is not None and (broken.hung or (
                     broken.error is not None and _code_details(broken.error)[0] in _FAILOVER_CODES)):
                 store._fail_endpoint(label)  # and move on: the next stream goes elsewhere

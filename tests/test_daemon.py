@@ -278,3 +278,43 @@ def test_one_peers_failing_entry_does_not_hold_back_readiness(etcd_store, start_
                                    result="error") >= 2
     kernel.clear_faults()
     wait_for(lambda: set(routes(kernel)) == {"100.64.2.0/24", "100.64.3.0/24"}, what="retried on the next cycle")
+
+
+def test_etcd_up_drops_during_an_outage_with_nothing_to_delete(etcd_server, start_agent):
+    """Issue #11 item 4: a hung etcd (SIGSTOP) or a dead one turns etcd_up to 0 while it lasts,
+    even when no deletion is pending (the watch's liveness probe reports it), and back to 1."""
+    from reconciler.etcd import EtcdStore
+
+    with EtcdStore([etcd_server.endpoint], timeout=1.0) as store:
+        store.put_config(CONFIG)
+        put_peer(store, "100.64.2.0-24", "198.18.0.2", MAC2)
+        agent = start_agent(store, node_kernel())
+        agent.ready()
+        up = lambda: agent.agent.metrics.get("flannel_reconciler_etcd_up")  # noqa: E731
+        assert up() == 1
+        etcd_server.pause()
+        try:
+            wait_for(lambda: up() == 0, timeout=20, what="etcd_up 0 while etcd is hung")
+        finally:
+            etcd_server.resume()
+        wait_for(lambda: up() == 1, timeout=20, what="etcd_up 1 again")
+        etcd_server.kill()
+        wait_for(lambda: up() == 0, timeout=20, what="etcd_up 0 while etcd is dead")
+        etcd_server.start()
+        wait_for(lambda: up() == 1, timeout=30, what="etcd_up 1 after the restart")
+
+
+def test_stop_is_immediate_whatever_the_resync_interval(etcd_store, tmp_path):
+    """Issue #11 item 3: SIGTERM (here: the stop event) ends the loop at once, not at the next resync."""
+    etcd_store.put_config(CONFIG)
+    kernel = node_kernel()
+    stop = threading.Event()
+    agent = Agent(etcd_store, kernel, AgentOptions(iface="eth0", subnet_file=str(tmp_path / "subnet.env"),
+                                                   resync_interval=3600))
+    t = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+    t.start()
+    wait_for(lambda: agent.state.ready, what="ready")
+    stop.set()
+    t.join(timeout=10)   # the next resync is an hour away: returning at all proves stop woke the loop
+    assert not t.is_alive()
+    assert kernel.ifindex("flannel.1") is not None   # the kernel state is left in place
