@@ -318,3 +318,38 @@ def test_stop_is_immediate_whatever_the_resync_interval(etcd_store, tmp_path):
     t.join(timeout=10)   # the next resync is an hour away: returning at all proves stop woke the loop
     assert not t.is_alive()
     assert kernel.ifindex("flannel.1") is not None   # the kernel state is left in place
+
+
+def test_an_unwritable_subnet_file_is_retried_and_never_kills_the_agent(etcd_store, tmp_path):
+    """Issue #11 item 1: a directory at the subnet file's path (as good as read-only or full):
+    the kernel is still programmed, the agent stays up and not ready, and once the path can be
+    written the file appears and the agent turns ready."""
+    etcd_store.put_config(CONFIG)
+    put_peer(etcd_store, "100.64.2.0-24", "198.18.0.2", MAC2)
+    kernel = node_kernel()
+    path = tmp_path / "subnet.env"
+    path.mkdir()
+    stop = threading.Event()
+    agent = Agent(etcd_store, kernel, AgentOptions(iface="eth0", subnet_file=str(path), resync_interval=0.3))
+    errors: list[BaseException] = []
+
+    def run():
+        try:
+            agent.run(stop)
+        except BaseException as exc:  # noqa: BLE001 - surfaced below
+            errors.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    try:
+        wait_for(lambda: "100.64.2.0/24" in routes(kernel), what="peers programmed")
+        wait_for(lambda: agent.metrics.get("flannel_reconciler_subnet_file_errors_total") >= 2,
+                 what="retried writes")
+        assert t.is_alive() and not errors and not agent.state.ready
+        path.rmdir()
+        wait_for(lambda: agent.state.ready, what="ready once the file could be written")
+        assert path.read_text().startswith("FLANNEL_NETWORK=100.64.0.0/16\n")
+    finally:
+        stop.set()
+        t.join(timeout=10)
+    assert not errors
