@@ -64,7 +64,12 @@ def cmd_run(args) -> int:
     )
     if args.leases_file:
         raise SystemExit("error: run reads etcd; --leases-file is for plan/apply/show")
-    with open_store(args) as store, open_backend(args) as backend:
+    from .instance_lock import acquire_instance_lock
+    from .netlink.common import netns_path
+
+    # Before etcd or the kernel is touched: one agent per namespace and subnet file.
+    lock = acquire_instance_lock(netns_path(args.netns) if args.netns else None, args.subnet_file)
+    with lock, open_store(args) as store, open_backend(args) as backend:
         # Installed only now: pyroute2 forks a helper to open a namespace
         # socket and stops it with SIGTERM; that child must not inherit ours.
         signal.signal(signal.SIGTERM, on_signal)
