@@ -39,6 +39,7 @@ from .leases import RawKV, parse_lease
 from .metrics import Metrics, serve_http
 from .plan import Plan
 from .render import describe
+from .sdnotify import Notifier
 from .reconcile import Cycle, compute_cycle, dump_live, on_link_predicate, owned_devices
 from .subnet_env import read_previous_subnet, render_subnet_env, write_subnet_env
 
@@ -118,13 +119,16 @@ class Agent:
     """One node's agent.  ``run(stop)`` blocks until ``stop`` is set."""
 
     def __init__(self, store, backend, opts: AgentOptions, *, clock: Callable[[], float] = time.monotonic,
-                 rng: random.Random | None = None, metrics: Metrics | None = None) -> None:
+                 rng: random.Random | None = None, metrics: Metrics | None = None,
+                 notifier: Notifier | None = None) -> None:
         self.store = store
         self.backend = backend
         self.opts = opts
         self.clock = clock
         self.rng = rng or random.Random()
         self.metrics = metrics or Metrics()
+        #: systemd's Type=notify protocol (a no-op without $NOTIFY_SOCKET).
+        self.notifier = notifier or Notifier()
         self.table = LeaseTable()
         self.state = _State()
         self._lock = threading.Lock()
@@ -238,6 +242,7 @@ class Agent:
             self._work_loop(stop)
         finally:
             stop.set()
+            self.notifier.stopping()
             for s in self._servers:
                 s.shutdown()
             for t in threads:
@@ -286,6 +291,7 @@ class Agent:
     def _set_etcd_ok(self, ok: bool) -> None:
         if ok != self.state.etcd_ok:  # log transitions only
             log.warning("etcd %s", "reachable again" if ok else "unreachable: failing static (no deletions)")
+            self.notifier.status("etcd reachable again" if ok else "etcd unreachable: failing static (no deletions)")
         self.state.etcd_ok = ok
         self.metrics.set("flannel_reconciler_etcd_up", 1 if ok else 0)
 
@@ -301,8 +307,13 @@ class Agent:
         next_resync = self.clock()
         while not stop.is_set():
             timeout = max(0.0, next_resync - self.clock())
+            if self.notifier.watchdog:  # WatchdogSec=: wake often enough to ping
+                timeout = min(timeout, self.notifier.watchdog)
+            self.notifier.ping()
             if self.state.dirty.wait(timeout):
                 stop.wait(self.opts.coalesce)  # let a burst of events land
+            elif self.notifier.watchdog and self.clock() < next_resync and not stop.is_set():
+                continue  # woken for the watchdog ping only
             if stop.is_set():
                 break
             with self._lock:
@@ -386,6 +397,9 @@ class Agent:
                 self.state.ready = True
                 self.metrics.set("flannel_reconciler_ready", 1)
                 log.info("ready: first full sync done, %s written", self.opts.subnet_file)
+                # Like flanneld: READY=1 once our devices are programmed and subnet.env is written.
+                self.notifier.ready(f"ready: subnet {cycle.own.subnet}, {len(cycle.leases)} leases, "
+                                    f"{self.opts.subnet_file} written")
         duration = time.monotonic() - t0
         self.metrics.observe("flannel_reconciler_cycle_duration_seconds", duration)
         self.metrics.inc("flannel_reconciler_cycles_total", trigger=_tr(triggers),
