@@ -37,6 +37,8 @@ from .desired import NodeParams, NoOwnLease, underlay_mtu
 from .errors import EtcdAuthError, EtcdCompacted, EtcdError, ReconcilerError
 from .leases import RawKV, parse_lease
 from .metrics import Metrics, serve_http
+from .netlink.common import UnderlaySpec
+from .ownership import BRIDGE_NAME
 from .plan import Plan
 from .render import describe
 from .sdnotify import Notifier
@@ -51,7 +53,12 @@ log = logging.getLogger("flannel_reconciler")
 @dataclass
 class AgentOptions:
     public_ip: str | None = None
-    iface: str | None = None
+    #: --iface: one name/IPv4 address, or several tried in order.
+    iface: str | list[str] | None = None
+    iface_regex: list[str] = field(default_factory=list)
+    iface_can_reach: str | None = None
+    #: The pod bridge we create and own; None (--no-bridge): the CNI plugin's.
+    bridge: str | None = BRIDGE_NAME
     underlay_mtu: int | None = None
     subnet_file: str = "/run/flannel/subnet.env"
     resync_interval: float = 30.0
@@ -145,10 +152,12 @@ class Agent:
         """Read the config, pick the VTEP MAC, acquire our lease, list the leases."""
         self._start_http()
         self.config = self._wait_for_config(stop)
-        underlay = self.backend.underlay(self.opts.iface)
+        underlay = self.backend.underlay(self._underlay_spec())
         public_ip = self.opts.public_ip or underlay.address
         mtu = underlay_mtu(self.opts.underlay_mtu, self.config.mtu, (underlay.name, underlay.mtu))
-        self.node = NodeParams(public_ip=public_ip, underlay_mtu=mtu, underlay=underlay.name)
+        self.node = NodeParams(public_ip=public_ip, underlay_mtu=mtu, underlay=underlay.name, bridge=self.opts.bridge)
+        log.info("underlay %s (%s), mtu %d; bridge %s", underlay.name, underlay.address, underlay.mtu,
+                 self.opts.bridge or "left to the CNI plugin (--no-bridge)")
         self._on_link = on_link_predicate(underlay.prefixes)
 
         def acquire():
@@ -163,6 +172,12 @@ class Agent:
                  "reservation" if acquired.reservation else f"etcd lease {acquired.lease_id:x}")
         self.keeper = LeaseKeeper(self.store, self.config, public_ip, mac, acquired, self.rng, now=self.clock())
         self._retry_etcd("list the leases", self._relist, stop)
+
+    def _underlay_spec(self) -> UnderlaySpec:
+        iface = self.opts.iface
+        ifaces = (iface,) if isinstance(iface, str) else tuple(iface or ())
+        return UnderlaySpec(ifaces=ifaces, regexes=tuple(self.opts.iface_regex),
+                            can_reach=self.opts.iface_can_reach, public_ip=self.opts.public_ip)
 
     def _retry_etcd(self, what: str, fn, stop: threading.Event):
         """Start-up steps wait for etcd like flanneld does, with a capped backoff,

@@ -64,7 +64,8 @@ class NodeParams:
     underlay: str | None = None
     local: str | None = None
     public_ipv6: str | None = None
-    bridge: str = BRIDGE_NAME
+    #: The pod bridge we create; None (``--no-bridge``): the CNI plugin's, not ours.
+    bridge: str | None = BRIDGE_NAME
 
 
 def flannel_mtu(underlay_mtu: int) -> int:
@@ -109,9 +110,12 @@ def node_objects(config: NetworkConfig, node: NodeParams, own: Lease) -> tuple[K
              local=node.local or node.public_ip, port=config.port, learning=config.learning,
              gbp=config.gbp, underlay=node.underlay),
         Address(dev, f"{own.subnet.network_address}/32"),
-        Link(name=node.bridge, type="bridge", mtu=mtu, up=True),
-        Address(node.bridge, f"{own.subnet.network_address + 1}/{own.subnet.prefixlen}"),
     ]
+    if node.bridge is not None:
+        out += [
+            Link(name=node.bridge, type="bridge", mtu=mtu, up=True),
+            Address(node.bridge, f"{own.subnet.network_address + 1}/{own.subnet.prefixlen}"),
+        ]
     if wants_v6(config, own):
         dev6 = config.v6_device_name
         out += [
@@ -119,8 +123,9 @@ def node_objects(config: NetworkConfig, node: NodeParams, own: Lease) -> tuple[K
                  local=node.public_ipv6 or own.public_ipv6, port=config.port, learning=config.learning,
                  gbp=config.gbp, underlay=node.underlay),
             Address(dev6, f"{own.ipv6_subnet.network_address}/128"),
-            Address(node.bridge, f"{own.ipv6_subnet.network_address + 1}/{own.ipv6_subnet.prefixlen}"),
         ]
+        if node.bridge is not None:
+            out.append(Address(node.bridge, f"{own.ipv6_subnet.network_address + 1}/{own.ipv6_subnet.prefixlen}"))
     return tuple(out)
 
 

@@ -55,12 +55,12 @@ class Cycle:
         return out
 
 
-def owned_devices(config: NetworkConfig, bridge: str = "cni0") -> tuple[str, ...]:
+def owned_devices(config: NetworkConfig, bridge: str | None = "cni0") -> tuple[str, ...]:
     """The device names a backend must dump for this config."""
     return tuple(sorted(FlannelOwnership(config, bridge).devices))
 
 
-def dump_live(backend, config: NetworkConfig, bridge: str = "cni0") -> KernelState:
+def dump_live(backend, config: NetworkConfig, bridge: str | None = "cni0") -> KernelState:
     """Dump what the ownership rules need: our devices, and every route into the network
     (so that foreign routes at the keys we want are seen and left alone)."""
     networks = [str(n) for n in (config.network, config.ipv6_network) if n is not None]

@@ -49,6 +49,7 @@ from typing import Collection, Sequence
 from reconciler.errors import DumpInterrupted, NetlinkError
 from reconciler.model import RTPROT_RECONCILER, Address, Fdb, KernelState, Link, Neigh, Route
 from reconciler.netlink import Underlay
+from reconciler.netlink.common import UnderlaySpec
 from reconciler.plan import Change, OpResult
 
 RTPROT_BOOT = 3
@@ -176,7 +177,9 @@ class ModelKernel:
         pass
 
     @_locked
-    def underlay(self, spec: str | None) -> Underlay:
+    def underlay(self, spec) -> Underlay:
+        if isinstance(spec, UnderlaySpec):  # the model knows names and addresses only: the first one given
+            spec = (spec.ifaces or (spec.public_ip,))[0]
         for name, e in self.links.items():
             if spec in (None, name) or any(a.split("/")[0] == spec for d, a in self.addresses if d == name):
                 addrs = sorted(a for d, a in self.addresses if d == name and ":" not in a)

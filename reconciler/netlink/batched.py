@@ -497,6 +497,17 @@ class BatchedBackend(UnderlayLookup):
                 return m.index
         raise NetlinkError(E.EADDRNOTAVAIL, f"underlay: no interface holds {ip}{self._where()}")
 
+    def _route_get(self, ip: str) -> tuple[int, str | None]:
+        """``ip route get IP``: the answer and its ACK end like a dump, so ``_dump`` reads them."""
+        try:
+            buf = self._dump(lambda seq: wire.encode_route_get(seq, ip), f"route get {ip}")
+        except NetlinkError as exc:
+            raise NetlinkError(exc.errno, f"underlay: no route to {ip} (--iface-can-reach){self._where()}") from exc
+        found = wire.decode_route_get(buf)
+        if found is None:
+            raise NetlinkError(E.ENETUNREACH, f"underlay: no route to {ip} (--iface-can-reach){self._where()}")
+        return found
+
     # -------------------------------------------------------------- lifecycle
     def close(self) -> None:
         """Close the rtnetlink socket."""
