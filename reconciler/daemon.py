@@ -36,7 +36,7 @@ from .config import NetworkConfig, parse_network_config, require_vxlan
 from .desired import NodeParams, NoOwnLease, underlay_mtu
 from .errors import EtcdAuthError, EtcdCompacted, EtcdError, ReconcilerError
 from .leases import RawKV, parse_lease
-from .metrics import Metrics, serve_http
+from .metrics import Metrics, build_info_labels, serve_http, skip_reason_label
 from .netlink.common import UnderlaySpec
 from .ownership import BRIDGE_NAME
 from .plan import Plan
@@ -134,6 +134,7 @@ class Agent:
         self.clock = clock
         self.rng = rng or random.Random()
         self.metrics = metrics or Metrics()
+        self.metrics.set_build_info(**build_info_labels(backend))
         #: systemd's Type=notify protocol (a no-op without $NOTIFY_SOCKET).
         self.notifier = notifier or Notifier()
         self.table = LeaseTable()
@@ -447,7 +448,7 @@ class Agent:
         self.metrics.reset("flannel_reconciler_leases_skipped")
         counts: dict[str, int] = {}
         for s in cycle.skipped:
-            reason = s.reason.split(":", 1)[0][:60]
+            reason = skip_reason_label(s.reason)  # bounded: lease text never becomes a label
             counts[reason] = counts.get(reason, 0) + 1
         for reason, n in counts.items():
             self.metrics.set("flannel_reconciler_leases_skipped", n, reason=reason)
