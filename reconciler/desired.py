@@ -4,7 +4,7 @@ Total and deterministic: the same inputs in any order give the same state,
 and nothing here reads a clock, a socket or a file.  Linear in the number of
 leases: one route, one neighbour and one FDB entry per remote node.
 
-What a node needs (../shared/flannel-interop.md section 4):
+What a node needs (docs/flannel-formats.md section 4):
 
 * ``flannel.<VNI>``: vxlan, ``local`` = PublicIP, ``dstport`` = Port,
   learning off, MTU = underlay MTU - 50, MAC = our lease's VtepMAC, up; one
@@ -153,7 +153,7 @@ def peer_objects(
     dev = config.device_name
     gw = str(lease.subnet.network_address)
     if config.direct_routing and on_link(lease.public_ip):
-        # Same L2 segment: skip the overlay entirely (flannel section 4.7).
+        # Same L2 segment: skip the overlay entirely (docs/flannel-formats.md section 4, DirectRouting).
         out.append(Route(dst=str(lease.subnet), gateway=lease.public_ip, dev=node.underlay, onlink=False))
     elif lease.vtep_mac is not None:
         out.append(Neigh(dev, gw, lease.vtep_mac))

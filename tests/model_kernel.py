@@ -2,7 +2,7 @@
 
 A stateful fake, not a call recorder (Calico's MockNetlinkDataplane is the
 model).  It reproduces the kernel behaviour the reconciler depends on,
-checked with iproute2 on Linux 6.18 (../shared/style-exemplars.md section 4):
+checked with iproute2 on Linux 6.18 (docs/kernel-facts.md section 5):
 
 * every device has an ifindex; deleting a device drops its addresses,
   routes, neighbours and FDB entries, and a re-created device gets a new

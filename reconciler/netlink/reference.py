@@ -7,7 +7,7 @@ with the ``NLM_F_*`` flags iproute2 would use, sends it over one
 ``NETLINK_ROUTE`` socket and waits for the ACK.
 It is deliberately plain: it is the yardstick the batched backend is held
 to, not the fast path (about 1,200 route writes per second, see
-``../shared/kernel-notes.md`` section 4).
+``docs/kernel-facts.md`` section 4).
 
 Hazards handled here, each met for real:
 
