@@ -9,7 +9,7 @@ in the same run, printed as a table at the end; only shapes are asserted
 The simulated cluster: node 1 (198.18.0.1) with ``flannel.1`` learns 5,000
 remote nodes, each a permanent neighbour, an FDB entry and an onlink route
 (flannel's shape, whose IPv4 insert cost grows with the number of routes:
-kernel-notes.md section 1, so the route half of a cold install is kernel-bound
+docs/kernel-facts.md section 1, so the route half of a cold install is kernel-bound
 whatever the client does).
 
 Measured on the development machine (2 vCPU, Linux 6.18; four runs, min of

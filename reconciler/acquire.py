@@ -1,6 +1,6 @@
 """This node's subnet lease, acquired and kept the flanneld way, minus its crashes.
 
-* ``choose_subnet`` is pure: flanneld's order (interop doc sections 1.4 and 9)
+* ``choose_subnet`` is pure: flanneld's order (docs/flannel-formats.md section 1)
   -- our lease by PublicIP, else the previous subnet from subnet.env, else a
   random pick among the first 100 free subnets.
 * ``acquire_lease`` applies a choice to etcd with compare-and-set writes and

@@ -57,8 +57,12 @@ def cmd_run(args) -> int:
         logging.getLogger("flannel_reconciler").info("signal %d: stopping, kernel state left in place", signum)
         stop.set()
 
+    from .cli import bridge_name, underlay_spec
+
+    spec = underlay_spec(args)
     opts = AgentOptions(
-        public_ip=args.public_ip, iface=args.iface, underlay_mtu=args.underlay_mtu,
+        public_ip=args.public_ip, iface=list(spec.ifaces), underlay_mtu=args.underlay_mtu,
+        iface_regex=list(spec.regexes), iface_can_reach=spec.can_reach, bridge=bridge_name(args),
         subnet_file=args.subnet_file, resync_interval=args.resync_interval, healthz_ip=args.healthz_ip,
         healthz_port=args.healthz_port, metrics_port=args.metrics_port, ip_masq=args.ip_masq,
     )

@@ -22,6 +22,8 @@ from .desired import NodeParams, underlay_mtu
 from .errors import ConfigError, ReconcilerError
 from .leases import LeaseSnapshot, parse_snapshot
 from .model import KernelState
+from .netlink.common import UnderlaySpec, compile_iface_regex
+from .ownership import BRIDGE_NAME
 from .reconcile import Cycle, compute_cycle, dump_live, on_link_predicate
 from .render import describe, plan_json, plan_text, show_rows, show_text, status_json
 
@@ -54,8 +56,18 @@ def _add_node_args(p: argparse.ArgumentParser, offline_ok: bool) -> None:
     g = p.add_argument_group("this node")
     g.add_argument("--public-ip", default=_env("public-ip"),
                    help="this node's PublicIP (default: the underlay interface's address)")
-    g.add_argument("--iface", default=_env("iface"),
-                   help="underlay interface, by name or IPv4 address (default: the default-route interface)")
+    g.add_argument("--iface", action="append", default=None,
+                   help="underlay interface, by name or IPv4 address; repeat to try several in order "
+                        "(default: the interface holding --public-ip, else the default-route interface)")
+    g.add_argument("--iface-regex", action="append", default=None,
+                   help="underlay: first interface whose IPv4 address, else name, matches; repeatable, "
+                        "tried after every --iface")
+    g.add_argument("--iface-can-reach", default=_env("iface-can-reach"),
+                   help="underlay: the interface of the route to this address (as `ip route get`)")
+    g.add_argument("--bridge", default=_env("bridge", BRIDGE_NAME),
+                   help="name of the pod bridge the agent creates and owns (default %(default)s)")
+    g.add_argument("--no-bridge", action="store_true", default=_env("no-bridge", "").lower() in ("1", "true"),
+                   help="leave the pod bridge to the CNI plugin (or Docker --bip): neither create nor own one")
     g.add_argument("--underlay-mtu", type=int, default=None,
                    help="underlay MTU; wins over the config's Backend.MTU and the kernel (offline default 1500)")
     g.add_argument("--netns", help="read and write the kernel inside this network namespace (must exist)")
@@ -157,25 +169,47 @@ def open_backend(args):
     return PyrouteBackend(netns=args.netns)
 
 
+def underlay_spec(args) -> UnderlaySpec:
+    """flanneld's interface flags as one ``UnderlaySpec`` (``FLANNELD_IFACE`` and
+    ``FLANNELD_IFACE_REGEX`` stand for one flag each when no flag is given)."""
+    ifaces = args.iface or ([_env("iface")] if _env("iface") else [])
+    regexes = getattr(args, "iface_regex", None) or ([_env("iface-regex")] if _env("iface-regex") else [])
+    for pattern in regexes:
+        compile_iface_regex(pattern)            # a bad pattern is refused before anything is read
+    return UnderlaySpec(ifaces=tuple(ifaces), regexes=tuple(regexes),
+                        can_reach=getattr(args, "iface_can_reach", None) or None, public_ip=args.public_ip)
+
+
+def bridge_name(args) -> str | None:
+    """The pod bridge we manage, or None (``--no-bridge``: the CNI plugin's)."""
+    if getattr(args, "no_bridge", False):
+        return None
+    name = getattr(args, "bridge", None) or BRIDGE_NAME
+    if len(name) > 15 or "/" in name or not name.strip() or name in (".", ".."):
+        raise ReconcilerError(f"--bridge {name!r}: not a valid interface name (at most 15 characters, no '/')")
+    return name
+
+
 def node_params(args, config: NetworkConfig, backend=None) -> tuple[NodeParams, tuple[str, ...]]:
     """This node's parameters and the underlay's connected prefixes.
 
     MTU: see ``desired.underlay_mtu``.
     """
     underlay = None
+    spec = underlay_spec(args)
     if backend is not None:
-        underlay = backend.underlay(args.iface)
+        underlay = backend.underlay(spec)
     public_ip = args.public_ip or (underlay.address if underlay else None)
     if not public_ip:
         raise ReconcilerError("--public-ip is required when the kernel is not read (offline plan)")
     mtu = underlay_mtu(args.underlay_mtu, config.mtu, (underlay.name, underlay.mtu) if underlay else None)
     if underlay is not None:
         name = underlay.name
-    elif args.iface and not _is_ip(args.iface):
-        name = args.iface
+    elif len(spec.ifaces) == 1 and not spec.regexes and not spec.can_reach and not _is_ip(spec.ifaces[0]):
+        name = spec.ifaces[0]
     else:
         name = None
-    params = NodeParams(public_ip=public_ip, underlay_mtu=mtu, underlay=name)
+    params = NodeParams(public_ip=public_ip, underlay_mtu=mtu, underlay=name, bridge=bridge_name(args))
     return params, (underlay.prefixes if underlay else ())
 
 

@@ -1,6 +1,6 @@
 """flanneld's network config (``<prefix>/config``): parse, default, validate.
 
-Mirrors ``pkg/subnet/config.go`` (see ../shared/flannel-interop.md section 2):
+Mirrors ``pkg/subnet/config.go`` (see docs/flannel-formats.md section 2):
 keys are matched case-insensitively like Go's ``encoding/json``, unknown keys
 are ignored, and every derived default (SubnetLen, SubnetMin, SubnetMax, the
 IPv6 equivalents) is computed here so the rest of the agent sees one complete,

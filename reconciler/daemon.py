@@ -47,13 +47,15 @@ from .config import NetworkConfig, parse_network_config, require_vxlan
 from .desired import NodeParams, underlay_mtu
 from .desired_index import DesiredIndex
 from .errors import EtcdAuthError, EtcdCompacted, EtcdError, ReconcilerError
-from .lease_index import LeaseIndex, skip_reason_label
+from .lease_index import LeaseIndex
 from .leases import RawKV, Skipped, parse_lease
-from .metrics import Metrics, serve_http
-from .ownership import FlannelOwnership
+from .metrics import Metrics, build_info_labels, serve_http, skip_reason_label
+from .netlink.common import UnderlaySpec
+from .ownership import BRIDGE_NAME, FlannelOwnership
 from .plan import Plan
 from .reconcile import dump_live, on_link_predicate, owned_devices
 from .render import describe
+from .sdnotify import Notifier
 from .subnet_env import read_previous_subnet, render_subnet_env, write_subnet_env
 from .tracker import Tracker
 
@@ -68,7 +70,12 @@ _LOG_VALUE_CHARS = 200
 @dataclass
 class AgentOptions:
     public_ip: str | None = None
-    iface: str | None = None
+    #: --iface: one name/IPv4 address, or several tried in order.
+    iface: str | list[str] | None = None
+    iface_regex: list[str] = field(default_factory=list)
+    iface_can_reach: str | None = None
+    #: The pod bridge we create and own; None (--no-bridge): the CNI plugin's.
+    bridge: str | None = BRIDGE_NAME
     underlay_mtu: int | None = None
     subnet_file: str = "/run/flannel/subnet.env"
     resync_interval: float = 30.0
@@ -128,13 +135,17 @@ class Agent:
     """One node's agent.  ``run(stop)`` blocks until ``stop`` is set."""
 
     def __init__(self, store, backend, opts: AgentOptions, *, clock: Callable[[], float] = time.monotonic,
-                 rng: random.Random | None = None, metrics: Metrics | None = None) -> None:
+                 rng: random.Random | None = None, metrics: Metrics | None = None,
+                 notifier: Notifier | None = None) -> None:
         self.store = store
         self.backend = backend
         self.opts = opts
         self.clock = clock
         self.rng = rng or random.Random()
         self.metrics = metrics or Metrics()
+        self.metrics.set_build_info(**build_info_labels(backend))
+        #: systemd's Type=notify protocol (a no-op without $NOTIFY_SOCKET).
+        self.notifier = notifier or Notifier()
         self.state = _State()
         self._lock = threading.Lock()
         self.config: NetworkConfig | None = None
@@ -166,10 +177,12 @@ class Agent:
         """Read the config, pick the VTEP MAC, acquire our lease, list the leases."""
         self._start_http()
         self.config = self._wait_for_config(stop)
-        underlay = self.backend.underlay(self.opts.iface)
+        underlay = self.backend.underlay(self._underlay_spec())
         public_ip = self.opts.public_ip or underlay.address
         mtu = underlay_mtu(self.opts.underlay_mtu, self.config.mtu, (underlay.name, underlay.mtu))
-        self.node = NodeParams(public_ip=public_ip, underlay_mtu=mtu, underlay=underlay.name)
+        self.node = NodeParams(public_ip=public_ip, underlay_mtu=mtu, underlay=underlay.name, bridge=self.opts.bridge)
+        log.info("underlay %s (%s), mtu %d; bridge %s", underlay.name, underlay.address, underlay.mtu,
+                 self.opts.bridge or "left to the CNI plugin (--no-bridge)")
         self._on_link = on_link_predicate(underlay.prefixes)
         self.index = LeaseIndex(self.config, self.store.prefix)
         self.desired = DesiredIndex(self.config, self.node, self._on_link)
@@ -187,6 +200,12 @@ class Agent:
                  "reservation" if acquired.reservation else f"etcd lease {acquired.lease_id:x}")
         self.keeper = LeaseKeeper(self.store, self.config, public_ip, mac, acquired, self.rng, now=self.clock())
         self._retry_etcd("list the leases", self._relist, stop)
+
+    def _underlay_spec(self) -> UnderlaySpec:
+        iface = self.opts.iface
+        ifaces = (iface,) if isinstance(iface, str) else tuple(iface or ())
+        return UnderlaySpec(ifaces=ifaces, regexes=tuple(self.opts.iface_regex),
+                            can_reach=self.opts.iface_can_reach, public_ip=self.opts.public_ip)
 
     def _retry_etcd(self, what: str, fn, stop: threading.Event):
         """Start-up steps wait for etcd like flanneld does, with a capped backoff,
@@ -286,6 +305,7 @@ class Agent:
             self._work_loop(stop)
         finally:
             stop.set()
+            self.notifier.stopping()
             for s in self._servers:
                 s.shutdown()
             for t in threads:
@@ -347,6 +367,7 @@ class Agent:
     def _set_etcd_ok(self, ok: bool) -> None:
         if ok != self.state.etcd_ok:  # log transitions only
             log.warning("etcd %s", "reachable again" if ok else "unreachable: failing static (no deletions)")
+            self.notifier.status("etcd reachable again" if ok else "etcd unreachable: failing static (no deletions)")
         self.state.etcd_ok = ok
         self.metrics.set("flannel_reconciler_etcd_up", 1 if ok else 0)
 
@@ -382,7 +403,11 @@ class Agent:
         while not stop.is_set():
             now = self.clock()
             due = next_resync if self._retry_at is None else min(next_resync, self._retry_at)
-            if self.state.wake.wait(max(0.0, due - now)) and self.opts.coalesce:
+            timeout = max(0.0, due - now)
+            if self.notifier.watchdog:  # WatchdogSec=: wake often enough to ping
+                timeout = min(timeout, self.notifier.watchdog)
+            self.notifier.ping()
+            if self.state.wake.wait(timeout) and self.opts.coalesce:
                 stop.wait(self.opts.coalesce)  # let a burst of events land
             if stop.is_set():
                 break
@@ -540,9 +565,12 @@ class Agent:
                 self.state.ready = True
                 self.metrics.set("flannel_reconciler_ready", 1)
                 log.info("ready: first full sync done, %s written", self.opts.subnet_file)
+                # Like flanneld: READY=1 once our devices are programmed and subnet.env is written.
+                self.notifier.ready(f"ready: subnet {self.desired.own.subnet}, {len(self.index.valid)} leases, "
+                                    f"{self.opts.subnet_file} written")
         duration = time.monotonic() - t0
         if oldest is not None and results:
-            self.metrics.observe("flannel_reconciler_lease_to_kernel_seconds", self.clock() - oldest)
+            self.metrics.observe("flannel_reconciler_etcd_to_kernel_seconds", self.clock() - oldest)
         self.metrics.observe("flannel_reconciler_cycle_duration_seconds", duration)
         self.metrics.inc("flannel_reconciler_cycles_total", trigger=tr, outcome="failed" if failed else "ok")
         s = plan.summary()

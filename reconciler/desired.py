@@ -4,7 +4,7 @@ Total and deterministic: the same inputs in any order give the same state,
 and nothing here reads a clock, a socket or a file.  Linear in the number of
 leases: one route, one neighbour and one FDB entry per remote node.
 
-What a node needs (../shared/flannel-interop.md section 4):
+What a node needs (docs/flannel-formats.md section 4):
 
 * ``flannel.<VNI>``: vxlan, ``local`` = PublicIP, ``dstport`` = Port,
   learning off, MTU = underlay MTU - 50, MAC = our lease's VtepMAC, up; one
@@ -64,7 +64,8 @@ class NodeParams:
     underlay: str | None = None
     local: str | None = None
     public_ipv6: str | None = None
-    bridge: str = BRIDGE_NAME
+    #: The pod bridge we create; None (``--no-bridge``): the CNI plugin's, not ours.
+    bridge: str | None = BRIDGE_NAME
 
 
 def flannel_mtu(underlay_mtu: int) -> int:
@@ -109,9 +110,12 @@ def node_objects(config: NetworkConfig, node: NodeParams, own: Lease) -> tuple[K
              local=node.local or node.public_ip, port=config.port, learning=config.learning,
              gbp=config.gbp, underlay=node.underlay),
         Address(dev, f"{own.subnet.network_address}/32"),
-        Link(name=node.bridge, type="bridge", mtu=mtu, up=True),
-        Address(node.bridge, f"{own.subnet.network_address + 1}/{own.subnet.prefixlen}"),
     ]
+    if node.bridge is not None:
+        out += [
+            Link(name=node.bridge, type="bridge", mtu=mtu, up=True),
+            Address(node.bridge, f"{own.subnet.network_address + 1}/{own.subnet.prefixlen}"),
+        ]
     if wants_v6(config, own):
         dev6 = config.v6_device_name
         out += [
@@ -119,8 +123,9 @@ def node_objects(config: NetworkConfig, node: NodeParams, own: Lease) -> tuple[K
                  local=node.public_ipv6 or own.public_ipv6, port=config.port, learning=config.learning,
                  gbp=config.gbp, underlay=node.underlay),
             Address(dev6, f"{own.ipv6_subnet.network_address}/128"),
-            Address(node.bridge, f"{own.ipv6_subnet.network_address + 1}/{own.ipv6_subnet.prefixlen}"),
         ]
+        if node.bridge is not None:
+            out.append(Address(node.bridge, f"{own.ipv6_subnet.network_address + 1}/{own.ipv6_subnet.prefixlen}"))
     return tuple(out)
 
 
@@ -148,7 +153,7 @@ def peer_objects(
     dev = config.device_name
     gw = str(lease.subnet.network_address)
     if config.direct_routing and on_link(lease.public_ip):
-        # Same L2 segment: skip the overlay entirely (flannel section 4.7).
+        # Same L2 segment: skip the overlay entirely (docs/flannel-formats.md section 4, DirectRouting).
         out.append(Route(dst=str(lease.subnet), gateway=lease.public_ip, dev=node.underlay, onlink=False))
     elif lease.vtep_mac is not None:
         out.append(Neigh(dev, gw, lease.vtep_mac))

@@ -6,7 +6,7 @@ Everything above this module sees typed values (``RawKV``, ``LeaseSnapshot``,
 foreign exception is translated here and chained with ``from``.
 
 The client is ``pyetcd`` (etcd-sdk-python).  Its traps, measured in
-../shared/dependencies.md, shape this module:
+docs/kernel-facts.md section 7, shape this module:
 
 * a failed endpoint is refused for ``time_retry`` seconds, so endpoints are
   built with ``time_retry=1``;

@@ -29,7 +29,7 @@ from .config import NetworkConfig
 from .errors import LeaseError
 from .leases import Lease, RawKV, Skipped, _misfit, _strip_prefix, parse_lease
 
-__all__ = ["LeaseIndex", "SKIP_REASONS", "Status", "skip_reason_label"]
+__all__ = ["LeaseIndex", "Status"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,22 +245,3 @@ class LeaseIndex:
         self.skipped[key] = status
         return old_lease is not None or old_skip != status
 
-
-#: The reason labels of ``flannel_reconciler_leases_skipped``: a fixed set, so
-#: that hostile etcd content cannot mint metric series.
-SKIP_REASONS = ("conflict", "outside-network", "subnet-length", "backend-type", "vni", "malformed")
-
-
-def skip_reason_label(reason: str) -> str:
-    """The bounded label for a skip reason (``SKIP_REASONS``)."""
-    if reason.startswith("conflict:"):
-        return "conflict"
-    if " is outside " in reason:
-        return "outside-network"
-    if "SubnetLen is" in reason:
-        return "subnet-length"
-    if reason.startswith("BackendType") and "is not vxlan" in reason:
-        return "backend-type"
-    if "VNI" in reason and "differs from the config" in reason:
-        return "vni"
-    return "malformed"

@@ -1,6 +1,6 @@
 """Subnet leases as flanneld writes them under ``<prefix>/subnets/``.
 
-Keys, values and their exact bytes follow ../shared/flannel-interop.md
+Keys, values and their exact bytes follow docs/flannel-formats.md
 sections 1 and 3.  Everything here is pure: the same parser serves the
 ``--leases-file`` snapshot and the live etcd client.
 
@@ -217,7 +217,7 @@ def encode_lease_value(
     v6_vni: int | None = None,
     backend_type: str = "vxlan",
 ) -> str:
-    """The value flanneld writes for its lease, byte for byte (interop doc section 3).
+    """The value flanneld writes for its lease, byte for byte (docs/flannel-formats.md section 3).
 
     Compact JSON, no trailing newline, fields in Go struct order; PublicIPv6
     is always present (a Go pointer without omitempty), BackendType is

@@ -155,7 +155,7 @@ class Route(_Base):
     for the ownership decision but not compared: a route flanneld left
     (``proto boot``) with the right next hop is adopted as it is, because
     rewriting thousands of correct gateway routes costs real kernel time
-    (kernel-notes.md section 1).  ``dev`` is ``None`` in a desired
+    (docs/kernel-facts.md section 1).  ``dev`` is ``None`` in a desired
     DirectRouting route when the underlay is not known (the kernel resolves it).
     """
 

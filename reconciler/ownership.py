@@ -6,7 +6,9 @@ ours never enters the diff and can never be planned for deletion.
 
 The agent owns, and only owns:
 
-* links: ``flannel.<VNI>``, ``flannel-v6.<VNI>`` and ``cni0`` (by name);
+* links: ``flannel.<VNI>``, ``flannel-v6.<VNI>`` and ``cni0`` (by name; the
+  bridge is ``--bridge NAME``, and with ``--no-bridge`` no bridge is ours:
+  the CNI plugin or Docker owns it);
 * addresses on those links that lie inside the cluster network (IPv4
   ``Network`` or ``IPv6Network``); link-local and other addresses are foreign;
 * routes of the main table whose destination lies inside the cluster network
@@ -54,9 +56,10 @@ class FlannelOwnership:
 
     __slots__ = ("vxlan_devices", "devices", "_networks", "_prefix_cache")
 
-    def __init__(self, config: NetworkConfig, bridge: str = BRIDGE_NAME) -> None:
+    def __init__(self, config: NetworkConfig, bridge: str | None = BRIDGE_NAME) -> None:
         self.vxlan_devices = frozenset({config.device_name, config.v6_device_name})
-        self.devices = self.vxlan_devices | {bridge}
+        # bridge None (--no-bridge): the CNI plugin owns the bridge, we own none.
+        self.devices = self.vxlan_devices | ({bridge} if bridge else set())
         nets = []
         if config.network is not None:
             nets.append(config.network)

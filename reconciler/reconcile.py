@@ -13,7 +13,7 @@ Hazards this design exists to avoid (each has bitten flannel users):
 2. Touching what is not ours.  Ownership is applied at the read boundary
    (``ownership.py``); the planner never sees foreign objects.
 3. Rewriting what is right.  Thousands of identical gateway routes cost
-   real kernel time (kernel-notes.md section 1): equal objects plan nothing.
+   real kernel time (docs/kernel-facts.md section 1): equal objects plan nothing.
 4. Trusting a torn dump.  Backends retry NLM_F_DUMP_INTR and raise rather
    than return a partial dump, which would plan spurious creates.
 5. One bad lease breaking the node.  A bad lease is skipped with its key and
@@ -55,12 +55,12 @@ class Cycle:
         return out
 
 
-def owned_devices(config: NetworkConfig, bridge: str = "cni0") -> tuple[str, ...]:
+def owned_devices(config: NetworkConfig, bridge: str | None = "cni0") -> tuple[str, ...]:
     """The device names a backend must dump for this config."""
     return tuple(sorted(FlannelOwnership(config, bridge).devices))
 
 
-def dump_live(backend, config: NetworkConfig, bridge: str = "cni0") -> KernelState:
+def dump_live(backend, config: NetworkConfig, bridge: str | None = "cni0") -> KernelState:
     """Dump what the ownership rules need: our devices, and every route into the network
     (so that foreign routes at the keys we want are seen and left alone)."""
     networks = [str(n) for n in (config.network, config.ipv6_network) if n is not None]

@@ -1,6 +1,6 @@
 """``/run/flannel/subnet.env``: what the flannel CNI plugin reads.
 
-Format and order are flanneld's ``WriteSubnetFile`` (interop doc section 5.1);
+Format and order are flanneld's ``WriteSubnetFile`` (docs/flannel-formats.md section 5.1);
 the file is replaced atomically with mode 0644 whatever the umask, so the CNI
 plugin never reads half a file and can always read it.
 """

@@ -2,7 +2,7 @@
 
 A stateful fake, not a call recorder (Calico's MockNetlinkDataplane is the
 model).  It reproduces the kernel behaviour the reconciler depends on,
-checked with iproute2 on Linux 6.18 (../shared/style-exemplars.md section 4):
+checked with iproute2 on Linux 6.18 (docs/kernel-facts.md section 5):
 
 * every device has an ifindex; deleting a device drops its addresses,
   routes, neighbours and FDB entries, and a re-created device gets a new
@@ -49,6 +49,7 @@ from typing import Collection, Sequence
 from reconciler.errors import DumpInterrupted, NetlinkError
 from reconciler.model import RTPROT_RECONCILER, Address, Fdb, KernelState, Link, Neigh, Route
 from reconciler.netlink import Underlay
+from reconciler.netlink.common import UnderlaySpec
 from reconciler.plan import Change, OpResult
 
 RTPROT_BOOT = 3
@@ -176,7 +177,9 @@ class ModelKernel:
         pass
 
     @_locked
-    def underlay(self, spec: str | None) -> Underlay:
+    def underlay(self, spec) -> Underlay:
+        if isinstance(spec, UnderlaySpec):  # the model knows names and addresses only: the first one given
+            spec = (spec.ifaces or (spec.public_ip,))[0]
         for name, e in self.links.items():
             if spec in (None, name) or any(a.split("/")[0] == spec for d, a in self.addresses if d == name):
                 addrs = sorted(a for d, a in self.addresses if d == name and ":" not in a)

@@ -146,7 +146,7 @@ def test_5000_leases_is_fast():
 # --------------------------------------------------------------------------------------------
 
 def flanneld_value(ip: str, mac: str) -> str:
-    """flanneld's bytes, written out literally (interop doc section 3)."""
+    """flanneld's bytes, written out literally (docs/flannel-formats.md section 3)."""
     return '{"PublicIP":"%s","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"%s"}}' % (
         ip, mac)
 

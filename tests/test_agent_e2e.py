@@ -46,7 +46,7 @@ SUBNET_TTL = 86400
 
 
 def lease_value(public_ip: str, mac: str) -> str:
-    """flanneld's lease bytes (interop doc section 3), spelled out rather than computed."""
+    """flanneld's lease bytes (docs/flannel-formats.md section 3), spelled out rather than computed."""
     return ('{"PublicIP":"%s","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"%s"}}'
             % (public_ip, mac))
 

@@ -27,7 +27,7 @@ GW_OF = {1: "100.64.1.1", 2: "100.64.2.1"}
 
 
 def subnet_env(n: int, ipmasq: bool = True) -> str:
-    """``/run/flannel/subnet.env`` of node n, byte for byte as flanneld writes it (interop section 5.1)."""
+    """``/run/flannel/subnet.env`` of node n, byte for byte as flanneld writes it (docs/flannel-formats.md section 5.1)."""
     return (f"FLANNEL_NETWORK={NETWORK}\nFLANNEL_SUBNET=100.64.{n}.1/24\nFLANNEL_MTU=1450\n"
             f"FLANNEL_IPMASQ={'true' if ipmasq else 'false'}\n")
 

@@ -1,4 +1,4 @@
-"""parse_network_config / require_vxlan against flanneld's config rules (interop doc section 2)."""
+"""parse_network_config / require_vxlan against flanneld's config rules (docs/flannel-formats.md section 2)."""
 from __future__ import annotations
 
 import dataclasses

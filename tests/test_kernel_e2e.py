@@ -114,7 +114,7 @@ def _v4_addrs(ns: str, dev: str) -> list[tuple]:
 
 
 def expected(me: int, nodes: dict[int, str], subnets: dict[int, int] | None = None) -> dict:
-    """What node ``me`` must hold for the leases ``nodes`` (flannel-interop.md section 4), and nothing more."""
+    """What node ``me`` must hold for the leases ``nodes`` (docs/flannel-formats.md section 4), and nothing more."""
     sub = {n: (subnets or {}).get(n, n) for n in nodes}
     own = sub[me]
     peers = {sub[n]: (mac, f"198.18.0.{n}") for n, mac in nodes.items() if n != me}   # subnet -> (MAC, host)

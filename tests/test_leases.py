@@ -1,4 +1,4 @@
-"""Subnet keys, lease values, snapshots and validate_leases (interop doc sections 1 and 3)."""
+"""Subnet keys, lease values, snapshots and validate_leases (docs/flannel-formats.md sections 1 and 3)."""
 from __future__ import annotations
 
 import dataclasses

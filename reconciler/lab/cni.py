@@ -2,7 +2,7 @@
 
 On a flannel node the container runtime calls the ``flannel`` CNI plugin,
 which reads ``/run/flannel/subnet.env`` and *delegates* to the ``bridge``
-plugin with a config it builds (../shared/flannel-interop.md section 5.2).
+plugin with a config it builds (docs/flannel-formats.md section 5.2).
 Here we skip the flannel plugin and build that delegate config ourselves,
 then run ``/usr/lib/cni/bridge`` inside the node's namespace, as the runtime
 would run it on the node::

@@ -7,7 +7,7 @@ codec is ``wire.py`` (pure Python); with ``accelerate=True`` and the
 extension built, the hot decoders come from ``_fastpath`` instead, which
 gives identical values (``tests/test_wire.py``).
 
-Wire-level decisions (``../shared/anchors.md`` section 5):
+Wire-level decisions (``docs/kernel-facts.md`` section 3):
 
 * **Chunks of 32 KB** (``CHUNK_BYTES``): a send is limited to the socket's
   send buffer (``EMSGSIZE`` past ``sk_sndbuf - 32``, 212 KB by default);
@@ -56,7 +56,7 @@ BatchedBackend, compiled decoders        0.8-1.1        0.32-0.74
 =======================================  =============  ===============
 
 The cold install (15,000 requests) is kernel-bound: the onlink routes share
-one ``fib_info`` bucket (kernel-notes.md section 1), so batching matches
+one ``fib_info`` bucket (docs/kernel-facts.md section 1), so batching matches
 ``ip -batch`` and no decoder can beat it; the spread is run-to-run noise.
 The dump is where Python costs: the compiled decoders are 5-7x faster than
 the pure ones on the same bytes (5,000 routes 63 -> 13 ms, neighbours 42 ->
@@ -86,7 +86,7 @@ from .wire import SOL_NETLINK
 
 __all__ = ["BatchedBackend"]
 
-#: Bytes of requests per ``sendmsg`` (anchors.md section 5: 16-64 KB).
+#: Bytes of requests per ``sendmsg`` (docs/kernel-facts.md section 3: 16-64 KB).
 CHUNK_BYTES = 32 * 1024
 #: The receive buffer, forced past ``net.core.rmem_max`` (we are root).
 RCVBUF_BYTES = 8 * 1024 * 1024
@@ -496,6 +496,17 @@ class BatchedBackend(UnderlayLookup):
             if m.family == AF_INET and m.local == ip and m.index in self._names:
                 return m.index
         raise NetlinkError(E.EADDRNOTAVAIL, f"underlay: no interface holds {ip}{self._where()}")
+
+    def _route_get(self, ip: str) -> tuple[int, str | None]:
+        """``ip route get IP``: the answer and its ACK end like a dump, so ``_dump`` reads them."""
+        try:
+            buf = self._dump(lambda seq: wire.encode_route_get(seq, ip), f"route get {ip}")
+        except NetlinkError as exc:
+            raise NetlinkError(exc.errno, f"underlay: no route to {ip} (--iface-can-reach){self._where()}") from exc
+        found = wire.decode_route_get(buf)
+        if found is None:
+            raise NetlinkError(E.ENETUNREACH, f"underlay: no route to {ip} (--iface-can-reach){self._where()}")
+        return found
 
     # -------------------------------------------------------------- lifecycle
     def close(self) -> None:

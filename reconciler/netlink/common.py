@@ -9,14 +9,17 @@ import ctypes
 import errno as E
 import ipaddress
 import os
+import re
 import threading
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
-from ..errors import NamespaceNotFound, NetlinkError
+from ..errors import NamespaceNotFound, NetlinkError, ReconcilerError
 from ..plan import Change
 from . import Underlay
 
-__all__ = ["NETNS_RUN_DIR", "DeviceVanished", "UnderlayLookup", "describe", "enter_netns", "in_netns",
-           "looks_like_ip", "netns_path", "underlay_of"]
+__all__ = ["NETNS_RUN_DIR", "DeviceVanished", "UnderlayLookup", "UnderlaySpec", "compile_iface_regex", "describe",
+           "enter_netns", "in_netns", "looks_like_ip", "match_iface_regex", "netns_path", "underlay_of"]
 
 NETNS_RUN_DIR = "/var/run/netns"
 CLONE_NEWNET = 0x40000000
@@ -153,16 +156,119 @@ class DeviceVanished(Exception):
     """A per-device dump met ENODEV: the device went away mid-dump."""
 
 
+@dataclass(frozen=True, slots=True)
+class UnderlaySpec:
+    """How the operator names the underlay: flanneld's interface flags.
+
+    Tried in flanneld's order: every ``--iface`` (a name or an IPv4 address
+    it holds), then every ``--iface-regex`` (matched against the IPv4
+    addresses of all interfaces first, then their names), then
+    ``--iface-can-reach`` (the interface of the route to that address, as
+    ``ip route get`` shows it).  The first that yields an interface with a
+    usable IPv4 address wins.  With none of these, the interface that holds
+    ``--public-ip``, else the interface of the IPv4 default route
+    (``docs/decisions.md``, "Interface selection").
+    """
+
+    ifaces: tuple[str, ...] = ()
+    regexes: tuple[str, ...] = ()
+    can_reach: str | None = None
+    public_ip: str | None = None
+
+    @classmethod
+    def of(cls, spec: "UnderlaySpec | str | None") -> "UnderlaySpec":
+        """A spec from the old single form: a name or address, or None (default route)."""
+        if isinstance(spec, UnderlaySpec):
+            return spec
+        return cls(ifaces=(spec,) if spec else ())
+
+    @property
+    def explicit(self) -> bool:
+        return bool(self.ifaces or self.regexes or self.can_reach)
+
+    def describe(self) -> str:
+        words = [f"--iface {i}" for i in self.ifaces] + [f"--iface-regex {r!r}" for r in self.regexes]
+        words += [f"--iface-can-reach {self.can_reach}"] if self.can_reach else []
+        return ", ".join(words) or "the default route"
+
+
+def compile_iface_regex(pattern: str) -> re.Pattern:
+    """``--iface-regex`` as a Python pattern; a bad one is the operator's mistake, named."""
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise ReconcilerError(f"--iface-regex {pattern!r}: not a regular expression: {exc}") from None
+
+
+def match_iface_regex(pattern: str, interfaces: Sequence[tuple[int, str, Sequence[str]]]
+                      ) -> tuple[int, str | None] | None:
+    """flanneld's regex rule over ``(ifindex, name, IPv4 addresses)`` in ifindex order.
+
+    Addresses first, over every interface (the matched address becomes the
+    underlay address), then names.  Unanchored, like Go's ``MatchString``.
+    Returns ``(ifindex, matched address or None)``, or None.
+    """
+    rx = compile_iface_regex(pattern)
+    for idx, _name, addrs in interfaces:
+        for addr in addrs:
+            if rx.search(addr):
+                return idx, addr
+    for idx, name, _addrs in interfaces:
+        if rx.search(name):
+            return idx, None
+    return None
+
+
 class UnderlayLookup:
     """``underlay(spec)`` for a backend, in terms of the backend's own hooks:
     ``_refresh_links()``, ``_index``/``_names`` (name <-> ifindex),
     ``_default_route_oif()``, ``_holder_of(ip)``, ``_v4_addresses(idx)``
-    (``(local, prefixlen, flags)`` tuples), ``_link_mtu(idx)`` and ``_where()``."""
+    (``(local, prefixlen, flags)`` tuples), ``_link_mtu(idx)``, ``_where()``,
+    and ``_route_get(ip)`` (``(oif, prefsrc)`` of ``ip route get IP``)."""
 
-    def underlay(self, spec: str | None) -> Underlay:
-        """The external interface: by name, by an IPv4 address it holds, or
-        (``None``) the interface of the main table's IPv4 default route."""
+    def underlay(self, spec: "UnderlaySpec | str | None") -> Underlay:
+        """The external interface, chosen by ``spec`` (see ``UnderlaySpec``; a
+        plain string is one ``--iface``, ``None`` the default route)."""
+        spec = UnderlaySpec.of(spec)
         self._refresh_links()
+        if not spec.explicit:
+            if spec.public_ip:
+                try:
+                    return self._one(spec.public_ip)
+                except NetlinkError as exc:
+                    if exc.errno != E.EADDRNOTAVAIL:
+                        raise
+                    # A NAT'd --public-ip no interface holds: the default route's interface.
+            return self._one(None)
+        failures: list[NetlinkError] = []
+        for name in spec.ifaces:
+            try:
+                return self._one(name)
+            except NetlinkError as exc:
+                failures.append(exc)
+        for pattern in spec.regexes:
+            try:
+                found = self._by_regex(pattern)
+            except NetlinkError as exc:
+                failures.append(exc)
+                continue
+            if found is not None:
+                return found
+            failures.append(NetlinkError(E.ENODEV, f"underlay: --iface-regex {pattern!r} matches no interface "
+                                                   f"name and no IPv4 address{self._where()}"))
+        if spec.can_reach:
+            try:
+                return self._reaching(spec.can_reach)
+            except NetlinkError as exc:
+                failures.append(exc)
+        if len(failures) == 1:
+            raise failures[0]
+        raise NetlinkError(E.ENODEV, f"underlay: no interface matches {spec.describe()}{self._where()}: "
+                                     + "; ".join(str(f) for f in failures))
+
+    def _one(self, spec: str | None) -> Underlay:
+        """By name, by an IPv4 address it holds, or (``None``) the interface of
+        the main table's IPv4 default route."""
         given: str | None = None
         try:
             if spec is None:
@@ -177,8 +283,42 @@ class UnderlayLookup:
                 idx = self._index.get(spec)
                 if idx is None:
                     raise NetlinkError(E.ENODEV, f"underlay: no interface named {spec!r}{self._where()}")
-            name = self._names[idx]
-            addrs = self._v4_addresses(idx)
+            return self._at(idx, given, spec)
         except DeviceVanished as exc:
             raise NetlinkError(E.ENODEV, f"underlay {spec}: the interface vanished{self._where()}") from exc
+
+    def _at(self, idx: int, given: str | None, spec: str | None) -> Underlay:
+        name = self._names[idx]
+        addrs = self._v4_addresses(idx)
         return underlay_of(name, self._link_mtu(idx), addrs, given, self._where())
+
+    def _by_regex(self, pattern: str) -> Underlay | None:
+        interfaces = []
+        for idx in sorted(self._names):
+            try:
+                addrs = [a[0] for a in self._v4_addresses(idx) if a[0] and not a[2] & _IFA_F_UNUSABLE]
+            except DeviceVanished:
+                continue
+            interfaces.append((idx, self._names[idx], addrs))
+        hit = match_iface_regex(pattern, interfaces)
+        if hit is None:
+            return None
+        try:
+            return self._at(hit[0], hit[1], pattern)
+        except DeviceVanished as exc:
+            raise NetlinkError(E.ENODEV, f"underlay {pattern!r}: the interface vanished{self._where()}") from exc
+
+    def _reaching(self, target: str) -> Underlay:
+        try:
+            ip = ipaddress.ip_address(target)
+        except ValueError:
+            raise NetlinkError(E.EINVAL, f"underlay: --iface-can-reach {target!r} is not an IP address") from None
+        if ip.version != 4:
+            raise NetlinkError(E.EAFNOSUPPORT, f"underlay: --iface-can-reach {target}: only IPv4 is supported")
+        oif, src = self._route_get(str(ip))
+        if oif not in self._names:
+            raise NetlinkError(E.ENODEV, f"underlay: the route to {target} has no interface{self._where()}")
+        try:
+            return self._at(oif, src, target)
+        except DeviceVanished as exc:
+            raise NetlinkError(E.ENODEV, f"underlay {target}: the interface vanished{self._where()}") from exc

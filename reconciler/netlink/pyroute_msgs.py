@@ -150,6 +150,15 @@ def fdb_msg(fdb: Fdb, delete: bool, ifindex: Callable[[str], int]) -> ndmsg:
 # Strict checking (NETLINK_GET_STRICT_CHK) rejects dump headers with stray
 # fields, so each request sets only what the kernel accepts as a filter.
 
+def _route_get_msg(ip: str) -> rtmsg:
+    """``ip route get IP`` (IPv4): a /32 destination, nothing else (strict checking refuses more)."""
+    msg = rtmsg()
+    msg["family"] = AF_INET
+    msg["dst_len"] = 32
+    msg["attrs"] = [("RTA_DST", ip)]
+    return msg
+
+
 def _route_dump_msg(family: int) -> rtmsg:
     """``ip -4|-6 route show table main type unicast``: rtm_table and rtm_type filter in the kernel."""
     msg = rtmsg()

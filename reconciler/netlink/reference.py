@@ -7,7 +7,7 @@ with the ``NLM_F_*`` flags iproute2 would use, sends it over one
 ``NETLINK_ROUTE`` socket and waits for the ACK.
 It is deliberately plain: it is the yardstick the batched backend is held
 to, not the fast path (about 1,200 route writes per second, see
-``../shared/kernel-notes.md`` section 4).
+``docs/kernel-facts.md`` section 4).
 
 Hazards handled here, each met for real:
 
@@ -64,8 +64,8 @@ from ..plan import Change, OpResult
 from .common import DeviceVanished as _DeviceVanished
 from .common import UnderlayLookup, describe, in_netns, netns_path
 from .pyroute_msgs import (IFF_UP, RT_TABLE_MAIN, RTN_UNICAST, RTNH_F_ONLINK, _addr_dump_msg, _addr_flags, _cidr_of,
-                           _ip, _local_of, _ndmsg, _route_dump_msg, address_msg, fdb_msg, link_create_msg,
-                           link_set_msg, link_up_msg, neigh_msg, route_msg)
+                           _ip, _local_of, _ndmsg, _route_dump_msg, _route_get_msg, address_msg, fdb_msg,
+                           link_create_msg, link_set_msg, link_up_msg, neigh_msg, route_msg)
 
 __all__ = ["PyrouteBackend"]
 
@@ -501,6 +501,18 @@ class PyrouteBackend(UnderlayLookup):
             if m["family"] == AF_INET and _local_of(m) == ip and m["index"] in self._names:
                 return m["index"]
         raise NetlinkError(E.EADDRNOTAVAIL, f"underlay: no interface holds {ip}{self._where()}")
+
+    def _route_get(self, ip: str) -> tuple[int, str | None]:
+        """``ip route get IP``: one RTM_GETROUTE request (not a dump)."""
+        try:
+            answers = self._request(_route_get_msg(ip), rtnl.RTM_GETROUTE, NLM_F_REQUEST)
+        except (_PrNetlinkError, OSError) as exc:
+            code, _text = _errtext(exc)
+            raise NetlinkError(code, f"underlay: no route to {ip} (--iface-can-reach){self._where()}") from exc
+        for m in answers:
+            if m.get("RTA_OIF") is not None:
+                return m.get("RTA_OIF"), m.get("RTA_PREFSRC")
+        raise NetlinkError(E.ENETUNREACH, f"underlay: no route to {ip} (--iface-can-reach){self._where()}")
 
     # -------------------------------------------------------------- lifecycle
     def close(self) -> None:

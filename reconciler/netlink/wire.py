@@ -404,3 +404,32 @@ DECODERS = {"route": decode_routes, "neigh": decode_neighs, "fdb": decode_fdb, "
 def decode_dump(kind: str, buf, *context):
     """``DECODERS[kind](buf, *context)``: the same entry point as ``_fastpath.decode_dump``."""
     return DECODERS[kind](buf, *context)
+
+
+# ============================================================== route lookup
+RTA_PREFSRC = 7
+
+
+def encode_route_get(seq: int, ip: str) -> bytes:
+    """``ip route get IP`` (IPv4): RTM_GETROUTE without NLM_F_DUMP, NLM_F_ACK so an ACK ends the answer.
+
+    Strict checking accepts only a /32 ``rtm_dst_len`` and zero table,
+    protocol, scope and type in a route-get header."""
+    body = RTMSG.pack(AF_INET, 32, 0, 0, 0, 0, 0, 0, 0) + _attr(RTA_DST, socket.inet_pton(AF_INET, ip))
+    return _message(RTM_GETROUTE, NLM_F_REQUEST | NLM_F_ACK, seq, body)
+
+
+def decode_route_get(buf) -> tuple[int, str | None] | None:
+    """``(oif, prefsrc)`` of the first RTM_NEWROUTE in an ``ip route get`` answer, or None."""
+    for mtype, _f, _s, off, end in _messages(buf):
+        if mtype != RTM_NEWROUTE or end - off < 28:
+            continue
+        attrs = _attrs(buf, off + 28, end)
+        if attrs is None:
+            continue
+        oif = _U32.unpack_from(buf, attrs[RTA_OIF][0])[0] if RTA_OIF in attrs else None
+        span = attrs.get(RTA_PREFSRC)
+        src = socket.inet_ntop(AF_INET, bytes(buf[span[0]:span[0] + 4])) if span and span[1] - span[0] >= 4 else None
+        if oif is not None:
+            return oif, src
+    return None
