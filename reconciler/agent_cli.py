@@ -46,7 +46,7 @@ def add_commands(sub, add_source_args, add_node_args) -> None:
 
 
 def cmd_run(args) -> int:
-    from .cli import open_backend, open_store
+    from .cli import _public_ipv6, open_backend, open_store
     from .daemon import Agent, AgentOptions
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -61,6 +61,7 @@ def cmd_run(args) -> int:
         public_ip=args.public_ip, iface=args.iface, underlay_mtu=args.underlay_mtu,
         subnet_file=args.subnet_file, resync_interval=args.resync_interval, healthz_ip=args.healthz_ip,
         healthz_port=args.healthz_port, metrics_port=args.metrics_port, ip_masq=args.ip_masq,
+        public_ipv6=_public_ipv6(args),
     )
     if args.leases_file:
         raise SystemExit("error: run reads etcd; --leases-file is for plan/apply/show")

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .config import NetworkConfig, parse_network_config, require_vxlan
+from .config import NetworkConfig, parse_network_config, require_ipv4, require_vxlan
 from .desired import NodeParams, underlay_mtu
 from .errors import ConfigError, ReconcilerError
 from .leases import LeaseSnapshot, parse_snapshot
@@ -54,6 +54,8 @@ def _add_node_args(p: argparse.ArgumentParser, offline_ok: bool) -> None:
     g = p.add_argument_group("this node")
     g.add_argument("--public-ip", default=_env("public-ip"),
                    help="this node's PublicIP (default: the underlay interface's address)")
+    g.add_argument("--public-ipv6", default=_env("public-ipv6"),
+                   help="dual stack: this node's PublicIPv6 (default: the underlay interface's IPv6 address)")
     g.add_argument("--iface", default=_env("iface"),
                    help="underlay interface, by name or IPv4 address (default: the default-route interface)")
     g.add_argument("--underlay-mtu", type=int, default=None,
@@ -133,6 +135,7 @@ def config_from_snapshot(snap: LeaseSnapshot) -> NetworkConfig:
         if kv.key == key:
             cfg = parse_network_config(kv.value)
             require_vxlan(cfg)
+            require_ipv4(cfg)
             return cfg
     raise ConfigError(key, "not found (did you create the config with the etcd v3 API?)")
 
@@ -168,6 +171,10 @@ def node_params(args, config: NetworkConfig, backend=None) -> tuple[NodeParams, 
     public_ip = args.public_ip or (underlay.address if underlay else None)
     if not public_ip:
         raise ReconcilerError("--public-ip is required when the kernel is not read (offline plan)")
+    public_ipv6 = _public_ipv6(args)
+    if underlay is not None and config.enable_ipv6:
+        underlay = backend.underlay_v6(underlay, public_ipv6)
+        public_ipv6 = public_ipv6 or underlay.address6
     mtu = underlay_mtu(args.underlay_mtu, config.mtu, (underlay.name, underlay.mtu) if underlay else None)
     if underlay is not None:
         name = underlay.name
@@ -175,8 +182,22 @@ def node_params(args, config: NetworkConfig, backend=None) -> tuple[NodeParams, 
         name = args.iface
     else:
         name = None
-    params = NodeParams(public_ip=public_ip, underlay_mtu=mtu, underlay=name)
-    return params, (underlay.prefixes if underlay else ())
+    params = NodeParams(public_ip=public_ip, underlay_mtu=mtu, underlay=name,
+                        public_ipv6=public_ipv6 if config.enable_ipv6 else None)
+    return params, ((underlay.prefixes + underlay.prefixes6) if underlay else ())
+
+
+def _public_ipv6(args) -> str | None:
+    """``--public-ipv6`` in Go's text form; a value that is not a unicast IPv6 address is refused."""
+    value = getattr(args, "public_ipv6", None)
+    if not value:
+        return None
+    from .leases import _usable_ipv6  # the lease encoder's own check: what it would not write, we refuse
+
+    try:
+        return _usable_ipv6(value)
+    except ValueError as exc:
+        raise ReconcilerError(f"--public-ipv6: {exc}") from None
 
 
 def compute(args, snap: LeaseSnapshot, backend=None, live: KernelState | None = None) -> Cycle:

@@ -32,7 +32,7 @@ from typing import Callable
 
 from .acquire import LeaseKeeper, acquire_lease
 from .apply import apply_plan
-from .config import NetworkConfig, parse_network_config, require_vxlan
+from .config import NetworkConfig, parse_network_config, require_ipv4, require_vxlan
 from .desired import NodeParams, NoOwnLease, underlay_mtu
 from .errors import EtcdAuthError, EtcdCompacted, EtcdError, ReconcilerError
 from .leases import RawKV, parse_lease
@@ -40,7 +40,7 @@ from .metrics import Metrics, serve_http
 from .plan import Plan
 from .render import describe
 from .reconcile import Cycle, compute_cycle, dump_live, on_link_predicate, owned_devices
-from .subnet_env import read_previous_subnet, render_subnet_env, write_subnet_env
+from .subnet_env import read_previous_ipv6_subnet, read_previous_subnet, render_subnet_env, write_subnet_env
 
 __all__ = ["Agent", "AgentOptions", "LeaseTable", "random_vtep_mac"]
 
@@ -62,6 +62,8 @@ class AgentOptions:
     coalesce: float = 0.05
     #: /healthz fails when no cycle finished for this long (default: 3 resyncs, at least 60 s).
     liveness_window: float | None = None
+    #: Dual stack: this node's PublicIPv6 (default: the underlay interface's IPv6 address).
+    public_ipv6: str | None = None
 
 
 def random_vtep_mac(rng: random.Random) -> str:
@@ -143,21 +145,29 @@ class Agent:
         self.config = self._wait_for_config(stop)
         underlay = self.backend.underlay(self.opts.iface)
         public_ip = self.opts.public_ip or underlay.address
+        public_ipv6 = None
+        if self.config.enable_ipv6:  # dual stack: the IPv6 side of the same interface, as flanneld
+            underlay = self.backend.underlay_v6(underlay, self.opts.public_ipv6)
+            public_ipv6 = self.opts.public_ipv6 or underlay.address6
         mtu = underlay_mtu(self.opts.underlay_mtu, self.config.mtu, (underlay.name, underlay.mtu))
-        self.node = NodeParams(public_ip=public_ip, underlay_mtu=mtu, underlay=underlay.name)
-        self._on_link = on_link_predicate(underlay.prefixes)
+        self.node = NodeParams(public_ip=public_ip, underlay_mtu=mtu, underlay=underlay.name, public_ipv6=public_ipv6)
+        self._on_link = on_link_predicate(underlay.prefixes + underlay.prefixes6)
 
         def acquire():
             snap = self.store.snapshot()
             mac = self._choose_vtep_mac(snap.kvs)
+            mac6 = self._choose_v6_vtep_mac(snap.kvs) if public_ipv6 else None
             got = acquire_lease(self.store, self.config, public_ip, mac,
-                                read_previous_subnet(self.opts.subnet_file), self.rng)
-            return mac, got
+                                read_previous_subnet(self.opts.subnet_file), self.rng, public_ipv6=public_ipv6,
+                                v6_vtep_mac=mac6, previous_ipv6_subnet=read_previous_ipv6_subnet(self.opts.subnet_file))
+            return mac, mac6, got
 
-        mac, acquired = self._retry_etcd("acquire a lease", acquire, stop)
-        log.info("lease %s for %s (vtep %s, %s)", acquired.key, public_ip, mac,
+        mac, mac6, acquired = self._retry_etcd("acquire a lease", acquire, stop)
+        log.info("lease %s for %s (vtep %s%s, %s)", acquired.key, public_ip, mac,
+                 f"; {public_ipv6} vtep {mac6}" if mac6 else "",
                  "reservation" if acquired.reservation else f"etcd lease {acquired.lease_id:x}")
-        self.keeper = LeaseKeeper(self.store, self.config, public_ip, mac, acquired, self.rng, now=self.clock())
+        self.keeper = LeaseKeeper(self.store, self.config, public_ip, mac, acquired, self.rng, now=self.clock(),
+                                  public_ipv6=public_ipv6, v6_vtep_mac=mac6)
         self._retry_etcd("list the leases", self._relist, stop)
 
     def _retry_etcd(self, what: str, fn, stop: threading.Event):
@@ -189,6 +199,7 @@ class Agent:
             if raw is not None:
                 cfg = parse_network_config(raw)
                 require_vxlan(cfg)
+                require_ipv4(cfg)
                 return cfg
             if not warned:
                 log.warning("no network config at %s/config yet; waiting", self.store.prefix)
@@ -217,6 +228,25 @@ class Agent:
                 continue
             if lease.public_ip == self.node.public_ip and lease.vtep_mac:
                 return lease.vtep_mac
+        return random_vtep_mac(self.rng)
+
+    def _choose_v6_vtep_mac(self, kvs) -> str:
+        """``_choose_vtep_mac`` for ``flannel-v6.<VNI>``: its live MAC, else our
+        lease's BackendV6Data.VtepMAC, else a new random one."""
+        dev = self.config.v6_device_name
+        live = self.backend.dump([dev]).get("link", dev)
+        if live is not None and live.type == "vxlan" and live.mac:
+            return live.mac
+        base = self.store.subnets_prefix
+        for kv in kvs:
+            if not kv.key.startswith(base):
+                continue
+            try:
+                lease = parse_lease(kv.key[len(base):], kv.value, kv.lease)
+            except ReconcilerError:
+                continue
+            if lease.public_ip == self.node.public_ip and lease.v6_vtep_mac:
+                return lease.v6_vtep_mac
         return random_vtep_mac(self.rng)
 
     def _relist(self) -> None:
