@@ -42,6 +42,8 @@ def add_commands(sub, add_source_args, add_node_args) -> None:
     pd = sub.add_parser("demo", help="a private etcd, N nodes as network namespaces, pods, and a ping matrix")
     pd.add_argument("--nodes", type=int, default=3)
     pd.add_argument("--keep", action="store_true", help="leave the demo running until Ctrl-C")
+    pd.add_argument("--ipv6", action="store_true",
+                    help="dual stack: an IPv6 network beside the IPv4 one, and a ping -6 matrix too")
     pd.set_defaults(handler=cmd_demo)
 
 
@@ -90,4 +92,4 @@ def cmd_snapshot(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(args.nodes, keep=args.keep)
+    return run_demo(args.nodes, keep=args.keep, ipv6=args.ipv6)

@@ -226,6 +226,13 @@ def _warn_skipped(cycle: Cycle) -> None:
         print(f"warning: skipped lease {s.key}: {s.reason}", file=sys.stderr)
 
 
+def _header(cycle: Cycle) -> str:
+    text = f"node {cycle.node.public_ip}, subnet {cycle.own.subnet}"
+    if cycle.config.enable_ipv6 and cycle.own.ipv6_subnet is not None:
+        text += f", IPv6 subnet {cycle.own.ipv6_subnet}"
+    return text
+
+
 def _colour() -> bool:
     return sys.stdout.isatty() and os.environ.get("NO_COLOR") is None
 
@@ -246,7 +253,7 @@ def cmd_plan(args) -> int:
         print(json.dumps(plan_json(cycle.plan, cycle.node_json(), cycle.skipped), indent=2))
     else:
         print(plan_text(cycle.plan, colour=_colour(),
-                        header=f"node {cycle.node.public_ip}, subnet {cycle.own.subnet}"), end="")
+                        header=_header(cycle)), end="")
     return 0 if cycle.plan.in_sync else 2
 
 
@@ -263,7 +270,7 @@ def cmd_apply(args) -> int:
         print(json.dumps(plan_json(cycle.plan, cycle.node_json(), cycle.skipped, results), indent=2))
     else:
         print(plan_text(cycle.plan, results, colour=_colour(),
-                        header=f"node {cycle.node.public_ip}, subnet {cycle.own.subnet}"), end="")
+                        header=_header(cycle)), end="")
     for r in bad:
         print(f"error: {r.message}", file=sys.stderr)
     for c in cycle.plan.conflicts:
