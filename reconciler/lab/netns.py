@@ -182,9 +182,10 @@ def enable_ipv6(ns: str) -> None:
     VXLAN socket cannot bind it, the CNI bridge plugin waits for it).  The
     namespace is private to the test, so no other host can hold the address.
     """
-    for key, value in (("net.ipv6.conf.all.disable_ipv6", "0"), ("net.ipv6.conf.default.disable_ipv6", "0"),
-                       ("net.ipv6.conf.all.accept_dad", "0"), ("net.ipv6.conf.default.accept_dad", "0")):
-        run(ns, "sysctl", "-qw", f"{key}={value}")
+    # Written through /proc (inside the namespace, /proc/sys/net is the namespace's own) with
+    # coreutils' tee: procps' sysctl is not on a minimal Debian.
+    for key in ("all/disable_ipv6", "default/disable_ipv6", "all/accept_dad", "default/accept_dad"):
+        run(ns, "tee", f"/proc/sys/net/ipv6/conf/{key}", input="0\n")
 
 
 @contextmanager
