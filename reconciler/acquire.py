@@ -1,8 +1,10 @@
 """This node's subnet lease, acquired and kept the flanneld way, minus its crashes.
 
-* ``choose_subnet`` is pure: flanneld's order (docs/flannel-formats.md section 1)
-  -- our lease by PublicIP, else the previous subnet from subnet.env, else a
-  random pick among the first 100 free subnets.
+* ``choose_subnet`` is pure: flanneld's order (``pkg/subnet/etcd``'s
+  ``tryAcquireLease``) -- our lease by PublicIP, else the previous subnet
+  from subnet.env, else a random pick among the first 100 free subnets; in
+  dual stack the IPv6 subnet the same way, with its own random pick
+  (docs/dual-stack.md).
 * ``acquire_lease`` applies a choice to etcd with compare-and-set writes and
   re-lists after a lost race (flanneld exits with status 1 there).
 * ``LeaseKeeper`` keeps the lease alive with keepalives on a timer driven by
@@ -19,16 +21,21 @@ Where we differ from flanneld, on purpose:
   another PublicIP holds now is never overwritten (flannel #1289, #805).
 * Only expiring leases are deleted when our lease no longer fits the config;
   an operator's reservation is left alone.
+* Dual stack: a previous subnet is reused per family (flanneld drops both when
+  either half does not fit), and a previous IPv6 subnet another lease holds
+  is never taken (flanneld would create a second key on the same IPv6 subnet).
+* IPv6-only (``EnableIPv4: false``) is refused up front: see
+  ``config.require_ipv4`` and docs/dual-stack.md.
 """
 from __future__ import annotations
 
 import logging
 import random
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from typing import TYPE_CHECKING, Iterable, Literal
 
-from .config import NetworkConfig
+from .config import NetworkConfig, require_ipv4
 from .errors import ConfigError, EtcdError, LeaseError, ReconcilerError
 from .leases import Lease, RawKV, encode_lease_value, parse_lease, parse_subnet_key, subnet_key
 
@@ -44,6 +51,7 @@ __all__ = [
     "SUBNET_TTL",
     "acquire_lease",
     "choose_subnet",
+    "lease_value",
 ]
 
 log = logging.getLogger(__name__)
@@ -75,6 +83,9 @@ class Choice:
     source: Literal["own", "previous", "random"]
     lease: Lease | None = None
     delete: tuple[Lease, ...] = ()
+    #: The IPv6 subnet in dual stack (None otherwise); ``ipv6_source`` as ``source``.
+    ipv6_subnet: IPv6Network | None = None
+    ipv6_source: Literal["own", "previous", "random", ""] = ""
 
     @property
     def reservation(self) -> bool:
@@ -96,6 +107,7 @@ class Acquired:
     value: str
     reservation: bool
     ttl: int = 0
+    ipv6_subnet: IPv6Network | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,58 +116,111 @@ class Acquired:
 
 def choose_subnet(config: NetworkConfig, leases: Iterable[Lease], public_ip: str,
                   previous_subnet: IPv4Network | None, rng: random.Random, *,
-                  occupied: Iterable[IPv4Network] = ()) -> Choice:
+                  occupied: Iterable[IPv4Network | tuple[IPv4Network, IPv6Network | None]] = (),
+                  previous_ipv6_subnet: IPv6Network | None = None) -> Choice:
     """flanneld's choice of subnet for the node with ``public_ip``.
 
     ``leases``: every individually valid lease (reservations included), in
-    etcd key order.  ``occupied``: further subnets that are taken although
-    their value does not parse (their key exists: a create there would fail).
+    etcd key order.  ``occupied``: further subnets (or (IPv4, IPv6) pairs)
+    that are taken although their value does not parse (their key exists:
+    a create there would fail).
 
     1. Our lease by PublicIP, if it fits the config (inside [SubnetMin,
-       SubnetMax], prefix == SubnetLen); a compatible reservation wins over an
+       SubnetMax], prefix == SubnetLen, and in dual stack an IPv6 subnet
+       inside [IPv6SubnetMin, IPv6SubnetMax] of IPv6SubnetLen; without dual
+       stack, no IPv6 subnet); a compatible reservation wins over an
        expiring lease.  Our expiring leases that do not fit are to be deleted.
-    2. The previous subnet, if it fits and overlaps no lease.
+    2. The previous subnet, if it fits and overlaps no lease; in dual stack
+       the previous IPv6 subnet likewise, each family on its own.
     3. Uniformly at random among the first 100 free aligned subnets from
-       SubnetMin to SubnetMax; none: ``OutOfSubnets``.
+       SubnetMin to SubnetMax (IPv6: a separate pick from IPv6SubnetMin to
+       IPv6SubnetMax); none: ``OutOfSubnets``.
 
     Linear in the number of leases: overlap is a set lookup per candidate.
     """
-    if not config.enable_ipv4 or config.network is None or config.subnet_len is None \
+    require_ipv4(config)
+    if config.network is None or config.subnet_len is None \
             or config.subnet_min is None or config.subnet_max is None:
         raise ConfigError("EnableIPv4", "an IPv4 Network is required to acquire a subnet")
-    if config.enable_ipv6:
-        raise ConfigError("EnableIPv6", "dual-stack lease acquisition is not supported by this agent")
+    dual = config.enable_ipv6
     me = IPv4Address(public_ip)
     plen = config.subnet_len
     lo, hi = int(config.subnet_min), int(config.subnet_max)
 
-    def compatible(net: IPv4Network) -> bool:
+    def compatible4(net: IPv4Network) -> bool:
         return net.prefixlen == plen and lo <= int(net.network_address) <= hi
+
+    def compatible6(net6: IPv6Network | None) -> bool:
+        # flanneld's isIPv6SubnetConfigCompat: without dual stack, only "no IPv6 subnet" fits.
+        if not dual:
+            return net6 is None
+        return (net6 is not None and net6.prefixlen == config.ipv6_subnet_len
+                and int(config.ipv6_subnet_min) <= int(net6.network_address) <= int(config.ipv6_subnet_max))
+
+    def compatible(lease: Lease) -> bool:
+        return compatible4(lease.subnet) and compatible6(lease.ipv6_subnet)
 
     leases = list(leases)
     own = [lease for lease in leases if _same_ip(lease.public_ip, me)]
-    compatible_own = [lease for lease in own if compatible(lease.subnet)]
-    delete = tuple(lease for lease in own if not compatible(lease.subnet) and not lease.is_reservation)
+    compatible_own = [lease for lease in own if compatible(lease)]
+    delete = tuple(lease for lease in own if not compatible(lease) and not lease.is_reservation)
     for lease in own:
-        if not compatible(lease.subnet):
-            log.info("lease %s for our PublicIP %s does not fit the config (%s, %s..%s)%s", lease.key, me,
+        if not compatible(lease):
+            log.info("lease %s for our PublicIP %s does not fit the config (%s, %s..%s%s)%s", lease.key, me,
                      f"/{plen}", config.subnet_min, config.subnet_max,
+                     f"; IPv6 /{config.ipv6_subnet_len}, {config.ipv6_subnet_min}..{config.ipv6_subnet_max}"
+                     if dual else "; no IPv6",
                      "; deleting it" if not lease.is_reservation else "; a reservation: left alone")
     if compatible_own:
         # A reservation is the operator's word; otherwise the first in key order, as flanneld.
         chosen = next((lease for lease in compatible_own if lease.is_reservation), compatible_own[0])
-        return Choice(chosen.subnet, "own", chosen, delete)
+        return Choice(chosen.subnet, "own", chosen, delete, chosen.ipv6_subnet, "own" if dual else "")
 
     deleted = {id(lease) for lease in delete}
-    taken = _Taken(plen, [lease.subnet for lease in leases if id(lease) not in deleted] + list(occupied))
+    kept = [lease for lease in leases if id(lease) not in deleted]
+    occupied4: list[IPv4Network] = []
+    occupied6: list[IPv6Network] = []
+    for item in occupied:
+        net4, net6 = item if isinstance(item, tuple) else (item, None)
+        occupied4.append(net4)
+        if net6 is not None:
+            occupied6.append(net6)
+    taken = _Taken(plen, [lease.subnet for lease in kept] + occupied4)
 
+    subnet: IPv4Network | None = None
+    source = "random"
     if previous_subnet is not None:
         prev = IPv4Network(previous_subnet, strict=False)
-        if compatible(prev) and taken.is_free(int(prev.network_address)):
-            return Choice(prev, "previous", None, delete)
-        log.info("previous subnet %s is taken or does not fit the config: choosing another", prev)
+        if compatible4(prev) and taken.is_free(int(prev.network_address)):
+            subnet, source = prev, "previous"
+        else:
+            log.info("previous subnet %s is taken or does not fit the config: choosing another", prev)
+    if subnet is None:
+        pick = _pick(taken, lo, hi, 1 << (32 - plen), rng)
+        if pick is None:
+            raise OutOfSubnets(f"out of subnets: every /{plen} in {config.subnet_min}..{config.subnet_max} "
+                               f"is leased")
+        subnet = IPv4Network((pick, plen))
+    if not dual:
+        return Choice(subnet, source, None, delete)
 
-    step = 1 << (32 - plen)
+    plen6 = config.ipv6_subnet_len
+    taken6 = _Taken(plen6, [lease.ipv6_subnet for lease in kept if lease.ipv6_subnet is not None] + occupied6,
+                    bits=128)
+    if previous_ipv6_subnet is not None:
+        prev6 = IPv6Network(previous_ipv6_subnet, strict=False)
+        if compatible6(prev6) and taken6.is_free(int(prev6.network_address)):
+            return Choice(subnet, source, None, delete, prev6, "previous")
+        log.info("previous IPv6 subnet %s is taken or does not fit the config: choosing another", prev6)
+    pick6 = _pick(taken6, int(config.ipv6_subnet_min), int(config.ipv6_subnet_max), 1 << (128 - plen6), rng)
+    if pick6 is None:
+        raise OutOfSubnets(f"out of IPv6 subnets: every /{plen6} in {config.ipv6_subnet_min}.."
+                           f"{config.ipv6_subnet_max} is leased")
+    return Choice(subnet, source, None, delete, IPv6Network((pick6, plen6)), "random")
+
+
+def _pick(taken: "_Taken", lo: int, hi: int, step: int, rng: random.Random) -> int | None:
+    """flanneld's allocation: the first 100 free subnets from ``lo`` up to ``hi``, one at random."""
     free: list[int] = []
     candidate = lo
     while candidate <= hi and len(free) < _CANDIDATES:
@@ -163,21 +228,22 @@ def choose_subnet(config: NetworkConfig, leases: Iterable[Lease], public_ip: str
             free.append(candidate)
         candidate += step
     if not free:
-        raise OutOfSubnets(f"out of subnets: every /{plen} in {config.subnet_min}..{config.subnet_max} is leased")
-    pick = free[rng.randrange(len(free))]
-    return Choice(IPv4Network((pick, plen)), "random", None, delete)
+        return None
+    return free[rng.randrange(len(free))]
 
 
 class _Taken:
     """Overlap test against a set of subnets in O(distinct shorter prefixes)
     per candidate of length ``plen``: a subnet at least as long overlaps the
-    candidate iff it masks to it; a shorter one iff the candidate masks to it."""
+    candidate iff it masks to it; a shorter one iff the candidate masks to it.
+    ``bits`` is the address size: 32, or 128 for IPv6."""
 
-    def __init__(self, plen: int, subnets: Iterable[IPv4Network]) -> None:
+    def __init__(self, plen: int, subnets: Iterable[IPv4Network | IPv6Network], bits: int = 32) -> None:
         self.plen = plen
+        self.bits = bits
         self.at_len: set[int] = set()
         self.shorter: dict[int, set[int]] = {}
-        mask = _mask(plen)
+        mask = _mask(plen, bits)
         for net in subnets:
             addr = int(net.network_address)
             if net.prefixlen >= plen:
@@ -188,11 +254,12 @@ class _Taken:
     def is_free(self, addr: int) -> bool:
         if addr in self.at_len:
             return False
-        return not any(addr & _mask(p) in nets for p, nets in self.shorter.items())
+        return not any(addr & _mask(p, self.bits) in nets for p, nets in self.shorter.items())
 
 
-def _mask(plen: int) -> int:
-    return (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF
+def _mask(plen: int, bits: int = 32) -> int:
+    full = (1 << bits) - 1
+    return (full << (bits - plen)) & full
 
 
 def _same_ip(text: str, me: IPv4Address) -> bool:
@@ -208,22 +275,25 @@ def _same_ip(text: str, me: IPv4Address) -> bool:
 
 def acquire_lease(store: "EtcdStore", config: NetworkConfig, public_ip: str, vtep_mac: str,
                   previous_subnet: IPv4Network | None, rng: random.Random, ttl: int = SUBNET_TTL,
-                  max_tries: int = 10) -> Acquired:
+                  max_tries: int = 10, *, public_ipv6: str | None = None, v6_vtep_mac: str | None = None,
+                  previous_ipv6_subnet: IPv6Network | None = None) -> Acquired:
     """Acquire (or reclaim) this node's lease: list, choose, write with a
     compare; on a lost race list again, up to ``max_tries`` times.
 
-    The value is exactly ``encode_lease_value(public_ip, vtep_mac, config.vni)``.
+    The value is exactly ``lease_value(config, ...)``: in dual stack with
+    ``PublicIPv6`` and ``BackendV6Data``, under the key naming both subnets.
     Raises ``OutOfSubnets``, ``AcquireError`` (every try lost a race),
     ``ConfigError`` or ``EtcdError``.
     """
-    value = encode_lease_value(public_ip, vtep_mac, config.vni)
+    value = lease_value(config, public_ip, vtep_mac, public_ipv6, v6_vtep_mac)
     base = store.subnets_prefix
-    previous = previous_subnet
+    previous, previous6 = previous_subnet, previous_ipv6_subnet
     for attempt in range(1, max_tries + 1):
         snap = store.snapshot()
         kvs = {kv.key: kv for kv in snap.kvs if kv.key.startswith(base)}
         leases, occupied = _parse_subnets(kvs.values(), base)
-        choice = choose_subnet(config, leases, public_ip, previous, rng, occupied=occupied)
+        choice = choose_subnet(config, leases, public_ip, previous, rng, occupied=occupied,
+                               previous_ipv6_subnet=previous6)
 
         for stale in choice.delete:
             kv = kvs[base + stale.key]
@@ -237,9 +307,9 @@ def acquire_lease(store: "EtcdStore", config: NetworkConfig, public_ip: str, vte
                          got.key, public_ip)
                 return got
             # It changed under us; if it vanished, the subnet we just held is the one to take again.
-            previous = choice.subnet
+            previous, previous6 = choice.subnet, choice.ipv6_subnet
         else:
-            key = base + subnet_key(choice.subnet)
+            key = base + subnet_key(choice.subnet, choice.ipv6_subnet)
             lease_id = store.grant(ttl)
             try:
                 created = store.create_if_absent(key, value, lease_id)
@@ -247,25 +317,42 @@ def acquire_lease(store: "EtcdStore", config: NetworkConfig, public_ip: str, vte
                 _revoke_quietly(store, lease_id)
                 raise
             if created:
-                log.info("acquired %s subnet %s (%s)", choice.source, choice.subnet, key)
-                return Acquired(choice.subnet, key, lease_id, value, False, ttl)
+                if choice.ipv6_subnet is not None:
+                    log.info("acquired %s subnet %s and %s IPv6 subnet %s (%s)", choice.source, choice.subnet,
+                             choice.ipv6_source, choice.ipv6_subnet, key)
+                else:
+                    log.info("acquired %s subnet %s (%s)", choice.source, choice.subnet, key)
+                return Acquired(choice.subnet, key, lease_id, value, False, ttl, choice.ipv6_subnet)
             _revoke_quietly(store, lease_id)
         log.info("lost the race for %s (try %d of %d): listing again", choice.subnet, attempt, max_tries)
     raise AcquireError(f"could not acquire a subnet lease: lost the race {max_tries} times in a row")
 
 
-def _parse_subnets(kvs: Iterable[RawKV], base: str) -> tuple[list[Lease], list[IPv4Network]]:
+def lease_value(config: NetworkConfig, public_ip: str, vtep_mac: str, public_ipv6: str | None = None,
+                v6_vtep_mac: str | None = None) -> str:
+    """The value of our lease for this config, as flanneld's ``newSubnetAttrs`` builds it:
+    the IPv6 half (``PublicIPv6``, ``BackendV6Data`` with the same VNI) only in
+    dual stack, where it is required.  Raises ``ConfigError``."""
+    if not config.enable_ipv6:
+        return encode_lease_value(public_ip, vtep_mac, config.vni)
+    if public_ipv6 is None or v6_vtep_mac is None:
+        raise ConfigError("EnableIPv6", "dual stack needs this node's IPv6 address (--public-ipv6, or an "
+                                        "IPv6 address on the underlay interface) and a v6 VTEP MAC")
+    return encode_lease_value(public_ip, vtep_mac, config.vni, public_ipv6, v6_vtep_mac)
+
+
+def _parse_subnets(kvs: Iterable[RawKV], base: str) -> tuple[list[Lease], list[tuple[IPv4Network, IPv6Network | None]]]:
     """Leases that parse (whatever the config), in key order, and the subnets of
     keys whose value does not parse: those are taken all the same."""
     leases: list[Lease] = []
-    occupied: list[IPv4Network] = []
+    occupied: list[tuple[IPv4Network, IPv6Network | None]] = []
     for kv in sorted(kvs, key=lambda kv: kv.key):
         name = kv.key[len(base):]
         try:
             leases.append(parse_lease(name, kv.value, kv.lease))
         except LeaseError:
             try:
-                occupied.append(parse_subnet_key(name)[0])
+                occupied.append(parse_subnet_key(name))
             except LeaseError:
                 pass  # not a subnet key: flanneld ignores it too
     return leases, occupied
@@ -277,7 +364,7 @@ def _reclaim(store: "EtcdStore", kv: RawKV, lease: Lease, value: str, ttl: int) 
         # Lease 0 stays lease 0; rewrite only if the value is stale (e.g. a new VtepMAC).
         if kv.value != value and not store.put_if_value(kv.key, kv.value, value, 0):
             return None
-        return Acquired(lease.subnet, kv.key, 0, value, True, 0)
+        return Acquired(lease.subnet, kv.key, 0, value, True, 0, lease.ipv6_subnet)
 
     if kv.value == value:
         # Same bytes: keep the lease, reset its TTL.  Peers see nothing at all.
@@ -288,7 +375,7 @@ def _reclaim(store: "EtcdStore", kv: RawKV, lease: Lease, value: str, ttl: int) 
                 raise
             remaining = 0
         if remaining >= ttl:
-            return Acquired(lease.subnet, kv.key, kv.lease, value, False, remaining)
+            return Acquired(lease.subnet, kv.key, kv.lease, value, False, remaining, lease.ipv6_subnet)
 
     # A new value (or a lease shorter than ours): one PUT with our own fresh lease,
     # over exactly the bytes we read.  The old lease is left to expire, as flanneld does.
@@ -301,7 +388,7 @@ def _reclaim(store: "EtcdStore", kv: RawKV, lease: Lease, value: str, ttl: int) 
     if not written:
         _revoke_quietly(store, lease_id)
         return None
-    return Acquired(lease.subnet, kv.key, lease_id, value, False, ttl)
+    return Acquired(lease.subnet, kv.key, lease_id, value, False, ttl, lease.ipv6_subnet)
 
 
 def _lease_gone(exc: EtcdError) -> bool:
@@ -336,11 +423,14 @@ class LeaseKeeper:
 
     def __init__(self, store: "EtcdStore", config: NetworkConfig, public_ip: str, vtep_mac: str,
                  acquired: Acquired, rng: random.Random, *, now: float, ttl: int = SUBNET_TTL,
-                 refresh_every: float = 3600.0, retry_every: float = 60.0) -> None:
+                 refresh_every: float = 3600.0, retry_every: float = 60.0,
+                 public_ipv6: str | None = None, v6_vtep_mac: str | None = None) -> None:
         self.store = store
         self.config = config
         self.public_ip = public_ip
         self.vtep_mac = vtep_mac
+        self.public_ipv6 = public_ipv6
+        self.v6_vtep_mac = v6_vtep_mac
         self.rng = rng
         self.ttl = ttl
         self.refresh_every = refresh_every
@@ -369,11 +459,17 @@ class LeaseKeeper:
         self.next_due = now + self._interval()
         return self.current
 
-    def update_vtep_mac(self, vtep_mac: str) -> None:
-        """The device was re-created with a new MAC: the next tick rewrites the lease."""
-        encode_lease_value(self.public_ip, vtep_mac, self.config.vni)  # a bad MAC fails here, not in every tick
-        self.vtep_mac = vtep_mac
+    def update_vtep_mac(self, vtep_mac: str, v6_vtep_mac: str | None = None) -> None:
+        """The device was re-created with a new MAC: the next tick rewrites the lease.
+        ``v6_vtep_mac`` None keeps the v6 device's MAC as it is."""
+        v6 = v6_vtep_mac or self.v6_vtep_mac
+        # A bad MAC fails here, not in every tick.
+        lease_value(self.config, self.public_ip, vtep_mac, self.public_ipv6, v6)
+        self.vtep_mac, self.v6_vtep_mac = vtep_mac, v6
         self.next_due = float("-inf")
+
+    def _value(self) -> str:
+        return lease_value(self.config, self.public_ip, self.vtep_mac, self.public_ipv6, self.v6_vtep_mac)
 
     def ensure(self) -> Acquired:
         """Check we still hold our key and extend it; re-acquire otherwise.
@@ -382,7 +478,7 @@ class LeaseKeeper:
         Key now holds another PublicIP: left alone, and a new subnet acquired.
         """
         cur = self.current
-        want = encode_lease_value(self.public_ip, self.vtep_mac, self.config.vni)
+        want = self._value()
         kv = self.store.get(cur.key)
         if kv is not None and kv.value == want == cur.value:
             if cur.reservation and kv.lease == 0:
@@ -401,7 +497,10 @@ class LeaseKeeper:
         elif kv.value != cur.value:
             log.warning("our lease %s changed (now %s): re-acquiring", cur.key, kv.value)
         self.current = acquire_lease(self.store, self.config, self.public_ip, self.vtep_mac,
-                                     cur.subnet, self.rng, self.ttl)
+                                     cur.subnet, self.rng, self.ttl, public_ipv6=self.public_ipv6,
+                                     v6_vtep_mac=self.v6_vtep_mac, previous_ipv6_subnet=cur.ipv6_subnet)
         if self.current.subnet != cur.subnet:
             log.warning("subnet changed from %s to %s", cur.subnet, self.current.subnet)
+        if self.current.ipv6_subnet != cur.ipv6_subnet:
+            log.warning("IPv6 subnet changed from %s to %s", cur.ipv6_subnet, self.current.ipv6_subnet)
         return self.current

@@ -42,11 +42,13 @@ def add_commands(sub, add_source_args, add_node_args) -> None:
     pd = sub.add_parser("demo", help="a private etcd, N nodes as network namespaces, pods, and a ping matrix")
     pd.add_argument("--nodes", type=int, default=3)
     pd.add_argument("--keep", action="store_true", help="leave the demo running until Ctrl-C")
+    pd.add_argument("--ipv6", action="store_true",
+                    help="dual stack: an IPv6 network beside the IPv4 one, and a ping -6 matrix too")
     pd.set_defaults(handler=cmd_demo)
 
 
 def cmd_run(args) -> int:
-    from .cli import open_backend, open_store
+    from .cli import _public_ipv6, open_backend, open_store
     from .daemon import Agent, AgentOptions
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -65,6 +67,7 @@ def cmd_run(args) -> int:
         iface_regex=list(spec.regexes), iface_can_reach=spec.can_reach, bridge=bridge_name(args),
         subnet_file=args.subnet_file, resync_interval=args.resync_interval, healthz_ip=args.healthz_ip,
         healthz_port=args.healthz_port, metrics_port=args.metrics_port, ip_masq=args.ip_masq,
+        public_ipv6=_public_ipv6(args),
     )
     if args.leases_file:
         raise SystemExit("error: run reads etcd; --leases-file is for plan/apply/show")
@@ -98,4 +101,4 @@ def cmd_snapshot(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(args.nodes, keep=args.keep)
+    return run_demo(args.nodes, keep=args.keep, ipv6=args.ipv6)

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .config import NetworkConfig, parse_network_config, require_vxlan
+from .config import NetworkConfig, parse_network_config, require_ipv4, require_vxlan
 from .desired import NodeParams, underlay_mtu
 from .errors import ConfigError, ReconcilerError
 from .leases import LeaseSnapshot, parse_snapshot
@@ -56,6 +56,8 @@ def _add_node_args(p: argparse.ArgumentParser, offline_ok: bool) -> None:
     g = p.add_argument_group("this node")
     g.add_argument("--public-ip", default=_env("public-ip"),
                    help="this node's PublicIP (default: the underlay interface's address)")
+    g.add_argument("--public-ipv6", default=_env("public-ipv6"),
+                   help="dual stack: this node's PublicIPv6 (default: the underlay interface's IPv6 address)")
     g.add_argument("--iface", action="append", default=None,
                    help="underlay interface, by name or IPv4 address; repeat to try several in order "
                         "(default: the interface holding --public-ip, else the default-route interface)")
@@ -145,6 +147,7 @@ def config_from_snapshot(snap: LeaseSnapshot) -> NetworkConfig:
         if kv.key == key:
             cfg = parse_network_config(kv.value)
             require_vxlan(cfg)
+            require_ipv4(cfg)
             return cfg
     raise ConfigError(key, "not found (did you create the config with the etcd v3 API?)")
 
@@ -202,6 +205,10 @@ def node_params(args, config: NetworkConfig, backend=None) -> tuple[NodeParams, 
     public_ip = args.public_ip or (underlay.address if underlay else None)
     if not public_ip:
         raise ReconcilerError("--public-ip is required when the kernel is not read (offline plan)")
+    public_ipv6 = _public_ipv6(args)
+    if underlay is not None and config.enable_ipv6:
+        underlay = backend.underlay_v6(underlay, public_ipv6)
+        public_ipv6 = public_ipv6 or underlay.address6
     mtu = underlay_mtu(args.underlay_mtu, config.mtu, (underlay.name, underlay.mtu) if underlay else None)
     if underlay is not None:
         name = underlay.name
@@ -209,8 +216,22 @@ def node_params(args, config: NetworkConfig, backend=None) -> tuple[NodeParams, 
         name = spec.ifaces[0]
     else:
         name = None
-    params = NodeParams(public_ip=public_ip, underlay_mtu=mtu, underlay=name, bridge=bridge_name(args))
-    return params, (underlay.prefixes if underlay else ())
+    params = NodeParams(public_ip=public_ip, underlay_mtu=mtu, underlay=name, bridge=bridge_name(args),
+                        public_ipv6=public_ipv6 if config.enable_ipv6 else None)
+    return params, ((underlay.prefixes + underlay.prefixes6) if underlay else ())
+
+
+def _public_ipv6(args) -> str | None:
+    """``--public-ipv6`` in Go's text form; a value that is not a unicast IPv6 address is refused."""
+    value = getattr(args, "public_ipv6", None)
+    if not value:
+        return None
+    from .leases import _usable_ipv6  # the lease encoder's own check: what it would not write, we refuse
+
+    try:
+        return _usable_ipv6(value)
+    except ValueError as exc:
+        raise ReconcilerError(f"--public-ipv6: {exc}") from None
 
 
 def compute(args, snap: LeaseSnapshot, backend=None, live: KernelState | None = None) -> Cycle:
@@ -239,6 +260,13 @@ def _warn_skipped(cycle: Cycle) -> None:
         print(f"warning: skipped lease {s.key}: {s.reason}", file=sys.stderr)
 
 
+def _header(cycle: Cycle) -> str:
+    text = f"node {cycle.node.public_ip}, subnet {cycle.own.subnet}"
+    if cycle.config.enable_ipv6 and cycle.own.ipv6_subnet is not None:
+        text += f", IPv6 subnet {cycle.own.ipv6_subnet}"
+    return text
+
+
 def _colour() -> bool:
     return sys.stdout.isatty() and os.environ.get("NO_COLOR") is None
 
@@ -259,7 +287,7 @@ def cmd_plan(args) -> int:
         print(json.dumps(plan_json(cycle.plan, cycle.node_json(), cycle.skipped), indent=2))
     else:
         print(plan_text(cycle.plan, colour=_colour(),
-                        header=f"node {cycle.node.public_ip}, subnet {cycle.own.subnet}"), end="")
+                        header=_header(cycle)), end="")
     return 0 if cycle.plan.in_sync else 2
 
 
@@ -276,7 +304,7 @@ def cmd_apply(args) -> int:
         print(json.dumps(plan_json(cycle.plan, cycle.node_json(), cycle.skipped, results), indent=2))
     else:
         print(plan_text(cycle.plan, results, colour=_colour(),
-                        header=f"node {cycle.node.public_ip}, subnet {cycle.own.subnet}"), end="")
+                        header=_header(cycle)), end="")
     for r in bad:
         print(f"error: {r.message}", file=sys.stderr)
     for c in cycle.plan.conflicts:

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from .errors import ConfigError
 
-__all__ = ["NetworkConfig", "parse_network_config", "require_vxlan", "DEFAULT_VXLAN_PORT"]
+__all__ = ["NetworkConfig", "parse_network_config", "require_ipv4", "require_vxlan", "DEFAULT_VXLAN_PORT"]
 
 #: The Linux kernel's VXLAN default port; flanneld's Port 0 means "don't send
 #: the attribute", so the kernel applies this.
@@ -409,3 +409,26 @@ def require_vxlan(cfg: NetworkConfig) -> None:
         if cfg.backend_type == "udp":
             got += " (also flanneld's default when Backend is absent: write Backend.Type explicitly)"
     raise ConfigError("Backend.Type", f"{got}: only vxlan is supported")
+
+
+def require_ipv4(cfg: NetworkConfig) -> None:
+    """Refuse IPv6-only (``EnableIPv4: false``): flanneld's etcd mode cannot run it.
+
+    Such a flanneld writes every lease as ``0.0.0.0-0&<v6>-<len>`` with
+    ``PublicIP`` ``"0.0.0.0"`` and no ``BackendData``: all nodes then share
+    one PublicIP, so its reuse-by-PublicIP step takes over another node's
+    lease, and its allocation loop never ends once one lease exists (a /0
+    overlaps everything).  A lease of ours in that form would be hijacked by
+    the next flanneld; theirs cannot tell us which lease is whose.  So we
+    refuse it up front (docs/dual-stack.md); dual stack works.
+    """
+    if cfg.enable_ipv4:
+        return
+    if cfg.enable_ipv6:
+        why = ("IPv6-only is not supported with etcd: flanneld's etcd mode writes every such lease with "
+               "PublicIP 0.0.0.0 under a 0.0.0.0-0 key, so nodes cannot tell their leases apart (flanneld "
+               "takes over another node's lease, and never finishes allocating once one exists); "
+               "run dual stack (EnableIPv4 and EnableIPv6 with Network and IPv6Network) instead")
+    else:
+        why = "both address families are disabled (EnableIPv4 and EnableIPv6 are false): nothing to run"
+    raise ConfigError("EnableIPv4", why)

@@ -43,7 +43,7 @@ from typing import Callable
 
 from .acquire import LeaseKeeper, acquire_lease
 from .apply import apply_plan
-from .config import NetworkConfig, parse_network_config, require_vxlan
+from .config import NetworkConfig, parse_network_config, require_ipv4, require_vxlan
 from .desired import NodeParams, underlay_mtu
 from .desired_index import DesiredIndex
 from .errors import EtcdAuthError, EtcdCompacted, EtcdError, ReconcilerError
@@ -56,7 +56,7 @@ from .plan import Plan
 from .reconcile import dump_live, on_link_predicate, owned_devices
 from .render import describe
 from .sdnotify import Notifier
-from .subnet_env import read_previous_subnet, render_subnet_env, write_subnet_env
+from .subnet_env import read_previous_ipv6_subnet, read_previous_subnet, render_subnet_env, write_subnet_env
 from .tracker import Tracker
 
 __all__ = ["Agent", "AgentOptions", "CycleReport", "random_vtep_mac"]
@@ -91,6 +91,8 @@ class AgentOptions:
     #: First and longest wait before failed operations are retried.
     retry_min: float = 0.5
     retry_max: float = 10.0
+    #: Dual stack: this node's PublicIPv6 (default: the underlay interface's IPv6 address).
+    public_ipv6: str | None = None
 
 
 def random_vtep_mac(rng: random.Random) -> str:
@@ -179,11 +181,16 @@ class Agent:
         self.config = self._wait_for_config(stop)
         underlay = self.backend.underlay(self._underlay_spec())
         public_ip = self.opts.public_ip or underlay.address
+        public_ipv6 = None
+        if self.config.enable_ipv6:  # dual stack: the IPv6 side of the same interface, as flanneld
+            underlay = self.backend.underlay_v6(underlay, self.opts.public_ipv6)
+            public_ipv6 = self.opts.public_ipv6 or underlay.address6
         mtu = underlay_mtu(self.opts.underlay_mtu, self.config.mtu, (underlay.name, underlay.mtu))
-        self.node = NodeParams(public_ip=public_ip, underlay_mtu=mtu, underlay=underlay.name, bridge=self.opts.bridge)
+        self.node = NodeParams(public_ip=public_ip, underlay_mtu=mtu, underlay=underlay.name, bridge=self.opts.bridge,
+                               public_ipv6=public_ipv6)
         log.info("underlay %s (%s), mtu %d; bridge %s", underlay.name, underlay.address, underlay.mtu,
                  self.opts.bridge or "left to the CNI plugin (--no-bridge)")
-        self._on_link = on_link_predicate(underlay.prefixes)
+        self._on_link = on_link_predicate(underlay.prefixes + underlay.prefixes6)
         self.index = LeaseIndex(self.config, self.store.prefix)
         self.desired = DesiredIndex(self.config, self.node, self._on_link)
         self.tracker = Tracker(FlannelOwnership(self.config, self.node.bridge))
@@ -191,14 +198,18 @@ class Agent:
         def acquire():
             snap = self.store.snapshot()
             mac = self._choose_vtep_mac(snap.kvs)
+            mac6 = self._choose_v6_vtep_mac(snap.kvs) if public_ipv6 else None
             got = acquire_lease(self.store, self.config, public_ip, mac,
-                                read_previous_subnet(self.opts.subnet_file), self.rng)
-            return mac, got
+                                read_previous_subnet(self.opts.subnet_file), self.rng, public_ipv6=public_ipv6,
+                                v6_vtep_mac=mac6, previous_ipv6_subnet=read_previous_ipv6_subnet(self.opts.subnet_file))
+            return mac, mac6, got
 
-        mac, acquired = self._retry_etcd("acquire a lease", acquire, stop)
-        log.info("lease %s for %s (vtep %s, %s)", acquired.key, public_ip, mac,
+        mac, mac6, acquired = self._retry_etcd("acquire a lease", acquire, stop)
+        log.info("lease %s for %s (vtep %s%s, %s)", acquired.key, public_ip, mac,
+                 f"; {public_ipv6} vtep {mac6}" if mac6 else "",
                  "reservation" if acquired.reservation else f"etcd lease {acquired.lease_id:x}")
-        self.keeper = LeaseKeeper(self.store, self.config, public_ip, mac, acquired, self.rng, now=self.clock())
+        self.keeper = LeaseKeeper(self.store, self.config, public_ip, mac, acquired, self.rng, now=self.clock(),
+                                  public_ipv6=public_ipv6, v6_vtep_mac=mac6)
         self._retry_etcd("list the leases", self._relist, stop)
 
     def _underlay_spec(self) -> UnderlaySpec:
@@ -238,6 +249,7 @@ class Agent:
             if raw is not None:
                 cfg = parse_network_config(raw)
                 require_vxlan(cfg)
+                require_ipv4(cfg)
                 self._set_etcd_ok(True)
                 return cfg
             if not warned:
@@ -267,6 +279,25 @@ class Agent:
                 continue
             if lease.public_ip == self.node.public_ip and lease.vtep_mac:
                 return lease.vtep_mac
+        return random_vtep_mac(self.rng)
+
+    def _choose_v6_vtep_mac(self, kvs) -> str:
+        """``_choose_vtep_mac`` for ``flannel-v6.<VNI>``: its live MAC, else our
+        lease's BackendV6Data.VtepMAC, else a new random one."""
+        dev = self.config.v6_device_name
+        live = self.backend.dump([dev]).get("link", dev)
+        if live is not None and live.type == "vxlan" and live.mac:
+            return live.mac
+        base = self.store.subnets_prefix
+        for kv in kvs:
+            if not kv.key.startswith(base):
+                continue
+            try:
+                lease = parse_lease(kv.key[len(base):], kv.value, kv.lease)
+            except ReconcilerError:
+                continue
+            if lease.public_ip == self.node.public_ip and lease.v6_vtep_mac:
+                return lease.v6_vtep_mac
         return random_vtep_mac(self.rng)
 
     def _relist(self) -> None:

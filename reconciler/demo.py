@@ -11,6 +11,10 @@ The steps, each printed under a short heading:
 6. show each node's lease and its ``plan`` (in sync: exit 0);
 7. ping every pod from every other pod and print the matrix.
 
+``--ipv6`` runs the same cluster dual stack: fd00:100:64::/48 beside the
+IPv4 network, fd00:198:18::i on each node's eth0, pods with an address of
+each family, and a second matrix with ``ping -6``.
+
 Everything it made is removed at the end -- agents (SIGTERM), pods (CNI
 DEL), namespaces, etcd, the work directory -- also after an error, Ctrl-C
 or SIGTERM.  Children run in sessions of their own, so a Ctrl-C at the
@@ -39,13 +43,16 @@ from typing import Iterator, Sequence, TextIO
 
 from .lab import cni as lab_cni
 from .lab import etcd as lab_etcd
-from .lab.netns import DEMO_PREFIX, Node, delete_netns, netns, netns_exists, run, underlay
+from .lab.netns import DEMO_PREFIX, Node, delete_netns, enable_ipv6, netns, netns_exists, run, underlay
 
 __all__ = ["AgentFailed", "AgentProcess", "CONFIG", "MAX_NODES", "MIN_NODES", "prerequisite_problems", "run_demo"]
 
 MIN_NODES, MAX_NODES = 2, 20
 PREFIX = "/coreos.com/network"
 CONFIG = '{"Network":"100.64.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan","VNI":1}}'
+#: ``demo --ipv6``: dual stack, a /64 per node out of a ULA /48.
+CONFIG_DUAL = ('{"Network":"100.64.0.0/16","SubnetLen":24,"EnableIPv6":true,"IPv6Network":"fd00:100:64::/48",'
+               '"Backend":{"Type":"vxlan","VNI":1}}')
 READY_TIMEOUT = 30.0
 #: How long the plan of a node may take to settle after all agents are ready
 #: (the last lease events may still be on their way to the first agents).
@@ -243,13 +250,16 @@ class Pod:
     container_id: str
     conf: dict
     ip: str = ""
+    ip6: str = ""
 
 
 class _Demo:
     """The cluster being built; ``cleanup()`` undoes whatever part of it exists."""
 
-    def __init__(self, nodes: int, out: TextIO, err: TextIO) -> None:
+    def __init__(self, nodes: int, out: TextIO, err: TextIO, ipv6: bool = False) -> None:
         self.count = nodes
+        self.ipv6 = ipv6
+        self.config = CONFIG_DUAL if ipv6 else CONFIG
         self.out, self.err = out, err
         self.workdir = Path(tempfile.mkdtemp(prefix="flannel-demo-"))
         self.etcd: lab_etcd.LocalEtcd | None = None
@@ -277,15 +287,15 @@ class _Demo:
         from .etcd import EtcdStore
 
         with EtcdStore([self.etcd.endpoint], prefix=PREFIX) as store:
-            store.put_config(CONFIG)
-        self.say(f"  {PREFIX}/config = {CONFIG}")
+            store.put_config(self.config)
+        self.say(f"  {PREFIX}/config = {self.config}")
 
     def build_nodes(self) -> None:
         self.heading(f"{self.count} nodes on a veth underlay")
-        net = self.namespaces.enter_context(underlay(self.count, prefix=DEMO_PREFIX))
+        net = self.namespaces.enter_context(underlay(self.count, prefix=DEMO_PREFIX, ipv6=self.ipv6))
         self.hub, self.nodes = net.hub, net.nodes
         for i, node in enumerate(self.nodes, 1):
-            self.say(f"  node {i}: netns {node.ns}, {node.dev} {node.cidr}")
+            self.say(f"  node {i}: netns {node.ns}, {node.dev} {node.cidr}" + (f" {node.ip6}/64" if node.ip6 else ""))
         self.say(f"  (all on bridge br0 in netns {self.hub})")
 
     def start_agents(self) -> None:
@@ -305,11 +315,15 @@ class _Demo:
             conf = lab_cni.flannel_delegate_config(agent.subnet_file.read_text(), "cbr0",
                                                    data_dir=str(agent.workdir / "cni"))
             ns = self.namespaces.enter_context(netns(f"pod{i}", DEMO_PREFIX))
+            if self.ipv6:
+                enable_ipv6(ns)
             pod = Pod(i, node, ns, f"demo-pod-{i}", conf)
             self.pods.append(pod)  # before ADD: a half-done ADD is undone by DEL too
             result = lab_cni.cni_add(node.ns, ns, pod.container_id, conf, cni_path=self.cni_path)
-            pod.ip = result["ips"][0]["address"].split("/")[0]
-            self.say(f"  pod {i}: netns {ns}, {result['ips'][0]['address']} on node {i}'s cni0")
+            addrs = [ip["address"] for ip in result["ips"]]
+            pod.ip = next(a for a in addrs if ":" not in a).split("/")[0]
+            pod.ip6 = next((a for a in addrs if ":" in a), "").split("/")[0]
+            self.say(f"  pod {i}: netns {ns}, {', '.join(addrs)} on node {i}'s cni0")
 
     def show_leases_and_plans(self) -> bool:
         self.heading("Leases in etcd, and each node's plan")
@@ -337,11 +351,24 @@ class _Demo:
         for kv in kvs:
             lease = parse_lease(kv.key[len(base):], kv.value, kv.lease)
             by_ip[lease.public_ip] = lease
-        self.say(f"  {'node':<6}{'public IP':<14}{'subnet':<17}{'VtepMAC':<19}pod")
+        if self.ipv6:  # both families: wider columns, an IPv6 row under each node, the raw leases
+            self.say(f"  {'node':<6}{'public IP':<18}{'subnet':<22}{'VtepMAC':<19}pod")
+        else:
+            self.say(f"  {'node':<6}{'public IP':<14}{'subnet':<17}{'VtepMAC':<19}pod")
         for i, node in enumerate(self.nodes, 1):
             lease = by_ip.get(node.ip)
             subnet, mac = (str(lease.subnet), lease.vtep_mac) if lease else ("(none)", "-")
-            self.say(f"  {i:<6}{node.ip:<14}{subnet:<17}{mac:<19}{self.pods[i - 1].ip}")
+            if not self.ipv6:
+                self.say(f"  {i:<6}{node.ip:<14}{subnet:<17}{mac:<19}{self.pods[i - 1].ip}")
+                continue
+            self.say(f"  {i:<6}{node.ip:<18}{subnet:<22}{mac:<19}{self.pods[i - 1].ip}")
+            if lease is not None and lease.ipv6_subnet is not None:
+                self.say(f"  {'':<6}{lease.public_ipv6:<18}{str(lease.ipv6_subnet):<22}"
+                         f"{lease.v6_vtep_mac:<19}{self.pods[i - 1].ip6}")
+        if self.ipv6:
+            self.say("  the leases, byte for byte as flanneld writes them:")
+            for kv in sorted(kvs, key=lambda kv: kv.key):
+                self.say(f"    {kv.key} = {kv.value}")
 
     def _plan_args(self, node: Node) -> list[str]:
         return ["plan", "--netns", node.ns, "--iface", node.dev, "--etcd-endpoints", self.etcd.endpoint]
@@ -359,10 +386,18 @@ class _Demo:
             time.sleep(0.5)
 
     def ping_matrix(self) -> bool:
-        self.heading("Pod-to-pod pings")
+        self.heading("Pod-to-pod pings" + (" (IPv4, then IPv6)" if self.ipv6 else ""))
+        if not self.ipv6:
+            return self._matrix(lambda pod: pod.ip, "")
+        self.say("  IPv4 (ping):")
+        ok = self._matrix(lambda pod: pod.ip, "IPv4: ")
+        self.say("  IPv6 (ping -6):")
+        return self._matrix(lambda pod: pod.ip6, "IPv6: ") and ok
+
+    def _matrix(self, address, label: str) -> bool:
         pairs = [(a, b) for a in self.pods for b in self.pods if a is not b]
         with ThreadPoolExecutor(max_workers=8) as pool:
-            results = dict(zip(pairs, pool.map(lambda p: _ping(p[0].ns, p[1].ip), pairs)))
+            results = dict(zip(pairs, pool.map(lambda p: _ping(p[0].ns, address(p[1])), pairs)))
         width = 7
         self.say("  " + "from \\ to".ljust(11) + "".join(f"pod {p.index}".rjust(width) for p in self.pods))
         for a in self.pods:
@@ -371,9 +406,9 @@ class _Demo:
         failed = [f"pod {a.index} -> pod {b.index}" for (a, b), ok in results.items() if not ok]
         passed = len(pairs) - len(failed)
         if failed:
-            self.say(f"  {passed}/{len(pairs)} pod pairs reachable; FAILED: {', '.join(failed)}")
+            self.say(f"  {label}{passed}/{len(pairs)} pod pairs reachable; FAILED: {', '.join(failed)}")
         else:
-            self.say(f"  {passed}/{len(pairs)} pod pairs reachable through VXLAN: the overlay works.")
+            self.say(f"  {label}{passed}/{len(pairs)} pod pairs reachable through VXLAN: the overlay works.")
         return not failed
 
     def wait_for_ctrl_c(self) -> None:
@@ -384,6 +419,8 @@ class _Demo:
                     f"ip -n {node.ns} neigh show dev flannel.1     # a neighbour per peer",
                     f"bridge -n {node.ns} fdb show dev flannel.1   # an FDB entry per peer",
                     f"ip netns exec {pod.ns} ping -c 3 {other.ip}",
+                    *([f"ip -n {node.ns} -6 route                     # a route via flannel-v6.1 per peer",
+                       f"ip netns exec {pod.ns} ping -6 -c 3 {other.ip6}"] if self.ipv6 else []),
                     f"curl -s {self.agents[0].url('/metrics')}",
                     f"ETCDCTL_API=3 etcdctl --endpoints {self.etcd.endpoint} get --prefix {PREFIX}/subnets",
                     "python -m reconciler " + " ".join(self._plan_args(node))):
@@ -453,7 +490,8 @@ class _Demo:
 
 
 def _ping(pod_ns: str, ip: str) -> bool:
-    proc = run(pod_ns, "ping", "-c", "1", "-W", "2", ip, check=False)
+    flag = ["-6"] if ":" in ip else []
+    proc = run(pod_ns, "ping", *flag, "-c", "1", "-W", "2", ip, check=False)
     return proc.returncode == 0
 
 
@@ -477,7 +515,8 @@ def _interrupt(signum, _frame):
     raise KeyboardInterrupt
 
 
-def run_demo(nodes: int = 3, keep: bool = False, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
+def run_demo(nodes: int = 3, keep: bool = False, *, out: TextIO | None = None, err: TextIO | None = None,
+             ipv6: bool = False) -> int:
     """Run the demo; 0 if every node is in sync and every pod reaches every other, else 1."""
     out, err = out or sys.stdout, err or sys.stderr
     if not MIN_NODES <= nodes <= MAX_NODES:
@@ -492,8 +531,9 @@ def run_demo(nodes: int = 3, keep: bool = False, *, out: TextIO | None = None, e
     rc, demo = 1, None
     with _signals(_interrupt):
         try:
-            demo = _Demo(nodes, out, err)
-            demo.say(f"flannel-reconciler demo: {nodes} nodes (work directory {demo.workdir}, removed at the end)")
+            demo = _Demo(nodes, out, err, ipv6)
+            demo.say(f"flannel-reconciler demo: {nodes} nodes{', dual stack' if ipv6 else ''} "
+                     f"(work directory {demo.workdir}, removed at the end)")
             demo.heading("Prerequisites")
             demo.say("  root, etcd, CNI bridge + host-local, ip, ping, iptables: all present")
             demo.start_etcd()

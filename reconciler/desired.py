@@ -23,7 +23,9 @@ What a node needs (docs/flannel-formats.md section 4):
 
 * DirectRouting: for a peer the caller declares on-link (same L2 segment),
   only ``route <subnet> via <PublicIP>``, no neighbour, no FDB entry.
-* Dual stack: the same on ``flannel-v6.<VNI>`` for the v6 parts.
+* Dual stack: the same on ``flannel-v6.<VNI>`` for the v6 parts (its MTU is
+  underlay - 70, the kernel's cap for VXLAN over IPv6); DirectRouting is
+  decided per family, by the peer's PublicIPv6 (docs/dual-stack.md).
 """
 from __future__ import annotations
 
@@ -36,11 +38,16 @@ from .leases import Lease
 from .model import Address, Fdb, KernelObject, KernelState, Link, Neigh, Route
 from .ownership import BRIDGE_NAME
 
-__all__ = ["NodeParams", "NoOwnLease", "VXLAN_OVERHEAD", "desired_state", "find_own_lease", "flannel_mtu",
-           "node_objects", "peer_objects", "underlay_mtu", "wants_v6"]
+__all__ = ["NodeParams", "NoOwnLease", "VXLAN6_OVERHEAD", "VXLAN_OVERHEAD", "desired_state", "find_own_lease",
+           "flannel_mtu", "node_objects", "peer_objects", "underlay_mtu", "wants_v6"]
 
 #: Outer Ethernet (14) + IPv4 (20) + UDP (8) + VXLAN (8) headers.
 VXLAN_OVERHEAD = 50
+#: The same over an IPv6 underlay (a 40-byte IPv6 header).  flanneld asks for
+#: underlay - 50 on ``flannel-v6.<VNI>`` too, but the kernel caps a VXLAN
+#: device over IPv6 at underlay - 70 and refuses more (docs/dual-stack.md), so
+#: that is what the device really has, and what we want.
+VXLAN6_OVERHEAD = 70
 #: Kernel metric of an IPv6 route written with priority 0.
 IPV6_DEFAULT_METRIC = 1024
 
@@ -119,7 +126,7 @@ def node_objects(config: NetworkConfig, node: NodeParams, own: Lease) -> tuple[K
     if wants_v6(config, own):
         dev6 = config.v6_device_name
         out += [
-            Link(name=dev6, type="vxlan", mtu=mtu, mac=own.v6_vtep_mac, up=True, vni=config.vni,
+            Link(name=dev6, type="vxlan", mtu=node.underlay_mtu - VXLAN6_OVERHEAD, mac=own.v6_vtep_mac, up=True, vni=config.vni,
                  local=node.public_ipv6 or own.public_ipv6, port=config.port, learning=config.learning,
                  gbp=config.gbp, underlay=node.underlay),
             Address(dev6, f"{own.ipv6_subnet.network_address}/128"),
@@ -159,7 +166,13 @@ def peer_objects(
         out.append(Neigh(dev, gw, lease.vtep_mac))
         out.append(Fdb(dev, lease.vtep_mac, lease.public_ip))
         out.append(Route(dst=str(lease.subnet), gateway=gw, dev=dev, onlink=True))
-    if v6 and lease.ipv6_subnet is not None and lease.v6_vtep_mac and lease.public_ipv6:
+    if not v6 or lease.ipv6_subnet is None or not lease.public_ipv6:
+        return tuple(out)
+    if config.direct_routing and on_link(lease.public_ipv6):
+        # flanneld decides DirectRouting per family: the peer's PublicIPv6 on our segment.
+        out.append(Route(dst=str(lease.ipv6_subnet), gateway=lease.public_ipv6, dev=node.underlay, onlink=False,
+                         metric=IPV6_DEFAULT_METRIC))
+    elif lease.v6_vtep_mac:
         dev6 = config.v6_device_name
         gw6 = str(lease.ipv6_subnet.network_address)
         out.append(Neigh(dev6, gw6, lease.v6_vtep_mac))

@@ -13,7 +13,8 @@ from ipaddress import IPv4Network, IPv6Network
 
 from .config import NetworkConfig
 
-__all__ = ["VXLAN_OVERHEAD", "read_previous_subnet", "read_subnet_env", "render_subnet_env", "write_subnet_env"]
+__all__ = ["VXLAN_OVERHEAD", "read_previous_ipv6_subnet", "read_previous_subnet", "read_subnet_env",
+           "render_subnet_env", "write_subnet_env"]
 
 #: Bytes the VXLAN encapsulation adds; flanneld's device MTU is the underlay MTU minus this.
 VXLAN_OVERHEAD = 50
@@ -143,3 +144,18 @@ def read_previous_subnet(path: str | os.PathLike[str]) -> IPv4Network | None:
     except ValueError:
         return None
     return net if isinstance(net, IPv4Network) else None
+
+
+def read_previous_ipv6_subnet(path: str | os.PathLike[str]) -> IPv6Network | None:
+    """FLANNEL_IPV6_SUBNET from a previous run, masked (``fd00:100:64:1::1/64`` ->
+    ``fd00:100:64:1::/64``), as flanneld's ``ReadIP6CIDRFromSubnetFile``.
+    Missing or garbled (or more than one, comma-separated, as flanneld also
+    refuses) is None."""
+    value = read_subnet_env(path).get("FLANNEL_IPV6_SUBNET")
+    if not value or "/" not in value or "," in value:
+        return None
+    try:
+        net = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return None
+    return net if isinstance(net, IPv6Network) else None

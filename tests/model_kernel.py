@@ -189,6 +189,18 @@ class ModelKernel:
                 return Underlay(name, addrs[0].split("/")[0], e.link.mtu or 1500, prefixes)
         raise NetlinkError(E.ENODEV, f"no underlay interface {spec or '(default route)'}")
 
+    @_locked
+    def underlay_v6(self, underlay: Underlay, public_ipv6: str | None = None) -> Underlay:
+        """Dual stack: the shared selection rule over this interface's IPv6 addresses
+        (all permanent here: the model has no address lifetimes)."""
+        from reconciler.netlink.common import IFA_F_PERMANENT, underlay_v6_of
+
+        if underlay.name not in self.links:
+            raise NetlinkError(E.ENODEV, f"no underlay interface {underlay.name}")
+        addrs = [(a.split("/")[0], int(a.split("/")[1]), IFA_F_PERMANENT)
+                 for d, a in sorted(self.addresses) if d == underlay.name and ":" in a]
+        return underlay_v6_of(underlay, addrs, public_ipv6)
+
     def _connected_routes(self):
         for dev, cidr in self.addresses:
             e = self.links.get(dev)

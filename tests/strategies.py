@@ -50,8 +50,8 @@ macs = st.binary(min_size=6, max_size=6).map(
 
 @st.composite
 def clusters(draw, ipv6: bool = False) -> Cluster:
-    """``ipv6=True`` makes some clusters dual stack (fd00:64::/56; model kernel only:
-    namespaces in the tests carry IPv4 addresses of the test ranges alone)."""
+    """``ipv6=True`` makes some clusters dual stack (fd00:64::/56, peers' PublicIPv6
+    fd00:18::<host>, inside the ULA range the tests may use in their namespaces)."""
     dual = ipv6 and draw(st.booleans())
     vni = draw(st.sampled_from([1, 2, 42]))
     port = draw(st.sampled_from([0, 4789]))
@@ -96,26 +96,37 @@ def clusters(draw, ipv6: bool = False) -> Cluster:
     config_json = json.dumps(config)
     kvs.append(RawKV(f"{PREFIX}/config", config_json))
     on_link = frozenset(f"198.18.0.{h}" for h in hosts if h < 128)
+    if dual:  # DirectRouting is decided per family: the same hosts share the IPv6 segment too
+        on_link |= frozenset(f"fd00:18::{h:x}" for h in hosts if h < 128)
     order = draw(st.permutations(kvs))
     return Cluster(config_json, tuple(order), f"198.18.0.{hosts[own]}", direct, on_link)
 
 
+def _v6(text: str | None) -> bool:
+    return text is not None and ":" in text
+
+
 def _drift(draw, obj):
-    """A damaged copy of a desired object (same key), or None for 'leave it right'."""
+    """A damaged copy of a desired object (same key), or None for 'leave it right'.
+
+    Damage stays in the object's family: the kernel refuses an IPv4 FDB
+    destination on a VXLAN device over IPv6, and an IPv4 gateway on an IPv6 route."""
     if isinstance(obj, Link):
         choices = [replace(obj, mtu=(obj.mtu or 1450) + 50), replace(obj, up=False)]
         if obj.mac is not None:
             choices.append(replace(obj, mac="02:de:ad:be:ef:00"))
         if obj.type == "vxlan":
             choices += [replace(obj, vni=(obj.vni or 1) + 100), replace(obj, port=1234),
-                        replace(obj, local="198.18.0.254"), replace(obj, learning=True)]
+                        replace(obj, local="fd00:18::fe" if _v6(obj.local) else "198.18.0.254"),
+                        replace(obj, learning=True)]
         return draw(st.sampled_from(choices))
     if isinstance(obj, Neigh):
         return replace(obj, mac="02:de:ad:00:00:01")
     if isinstance(obj, Fdb):
-        return replace(obj, dst="198.18.0.253")
+        return replace(obj, dst="fd00:18::fd" if _v6(obj.dst) else "198.18.0.253")
     if isinstance(obj, Route):
-        return draw(st.sampled_from([replace(obj, gateway="100.64.0.9"), replace(obj, onlink=not obj.onlink),
+        gateway = "fd00:64:0:ff::9" if _v6(obj.dst) else "100.64.0.9"
+        return draw(st.sampled_from([replace(obj, gateway=gateway), replace(obj, onlink=not obj.onlink),
                                      replace(obj, protocol=RTPROT_BOOT)]))
     return obj
 
@@ -126,6 +137,7 @@ def live_kernels(draw, desired: KernelState, vxlan_dev: str) -> ModelKernel:
     k = ModelKernel()
     k.add_link(Link(UNDERLAY, "veth", mtu=1500, mac="02:00:00:00:ee:01", up=True))
     k.add_address(UNDERLAY, "198.18.0.200/24")
+    k.add_address(UNDERLAY, "fd00:18::c8/64")      # the IPv6 segment, for dual-stack DirectRouting
 
     for link in desired.of("link").values():
         fate = draw(st.sampled_from(["right", "missing", "drift"]))
@@ -164,6 +176,12 @@ def live_kernels(draw, desired: KernelState, vxlan_dev: str) -> ModelKernel:
         k.add_route(Route("100.64.202.0/24", "100.127.0.202", vxlan_dev, True, 0, RTPROT_BOOT), table=100)
         k.add_neigh(Neigh(vxlan_dev, "100.64.203.0", "02:00:00:00:cb:00"), permanent=False)
         k.add_fdb(Fdb(vxlan_dev, "02:00:00:00:cc:00", "198.18.0.250"), self_permanent=False)
+    v6_dev = vxlan_dev.replace("flannel.", "flannel-v6.", 1)
+    if v6_dev in k.links and k.links[v6_dev].link.up:
+        if draw(st.booleans()):   # an IPv6 peer that left
+            k.add_route(Route("fd00:64:0:c8::/64", "fd00:64:0:c8::", v6_dev, True, 1024, RTPROT_BOOT))
+            k.add_neigh(Neigh(v6_dev, "fd00:64:0:c8::", "02:00:00:00:c8:06"))
+            k.add_fdb(Fdb(v6_dev, "02:00:00:00:c8:06", "fd00:18::fb"))
     if "cni0" in k.links:
         if draw(st.booleans()):
             k.add_address("cni0", "100.64.222.1/24")       # stale: our old subnet
@@ -178,7 +196,7 @@ def live_kernels(draw, desired: KernelState, vxlan_dev: str) -> ModelKernel:
     wanted = sorted(desired.of("route").values(), key=lambda r: r.dst)
     if wanted and draw(st.integers(0, 3)) == 0:
         r = draw(st.sampled_from(wanted))
-        k.add_route(Route(r.dst, "198.18.0.77", UNDERLAY, False, r.metric, 4))
+        k.add_route(Route(r.dst, "fd00:18::4d" if _v6(r.dst) else "198.18.0.77", UNDERLAY, False, r.metric, 4))
     # Foreign elsewhere: a route into the network via the underlay, not ours.
     k.add_route(Route("100.64.230.0/24", "198.18.0.99", UNDERLAY, False, 0, RTPROT_BOOT))
     k.add_route(Route("198.19.0.0/16", "198.18.0.1", UNDERLAY, False, 0, RTPROT_BOOT))

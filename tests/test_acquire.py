@@ -121,11 +121,11 @@ def test_out_of_subnets():
     assert choose_subnet(small, held[:2], ME, None, random.Random(0)).subnet == net("10.0.0.12/30")
 
 
-def test_dual_stack_is_refused_clearly():
-    dual = parse_network_config('{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48",'
-                                '"Backend":{"Type":"vxlan"}}')
-    with pytest.raises(ConfigError, match="EnableIPv6"):
-        choose_subnet(dual, [], ME, None, random.Random(0))
+def test_ipv6_only_is_refused_clearly():
+    v6only = parse_network_config('{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:100:64::/48",'
+                                  '"Backend":{"Type":"vxlan"}}')
+    with pytest.raises(ConfigError, match="IPv6-only is not supported with etcd.*0.0.0.0"):
+        choose_subnet(v6only, [], ME, None, random.Random(0))
 
 
 def test_5000_leases_is_fast():

@@ -76,6 +76,29 @@ def test_the_demo_builds_a_cluster_whose_pods_all_talk(root_and_etcd, capsys):
     assert_nothing_left(work_dir(out))
 
 
+@pytest.mark.root
+@pytest.mark.etcd
+def test_the_dual_stack_demo_shows_both_ping_matrices(root_and_etcd, capsys):
+    rc = main(["demo", "--nodes", "2", "--ipv6"])
+    out, err = capsys.readouterr()
+    assert rc == 0, out + err
+    assert out.count("-> exit 0: in sync") == 2, out
+    matrix = r"from \\ to\s+pod 1\s+pod 2\n\s+pod 1\s+-\s+ok\n\s+pod 2\s+ok\s+-\n"
+    assert re.search(r"IPv4 \(ping\):\n  " + matrix, out), out
+    assert re.search(r"IPv6 \(ping -6\):\n  " + matrix, out), out
+    assert "IPv4: 2/2 pod pairs reachable" in out and "IPv6: 2/2 pod pairs reachable" in out
+    # Each node's lease: both subnets in the key, flanneld's dual-stack value.
+    keys = re.findall(r"/coreos.com/network/subnets/(100\.64\.\d+\.0-24&fd00:100:64:[0-9a-f]+::-64) = "
+                      r'\{"PublicIP":"198\.18\.0\.\d","PublicIPv6":"fd00:198:18::\d","BackendType":"vxlan",'
+                      r'"BackendData":\{"VNI":1,"VtepMAC":"[0-9a-f:]{17}"\},'
+                      r'"BackendV6Data":\{"VNI":1,"VtepMAC":"[0-9a-f:]{17}"\}\}', out)
+    assert len(keys) == 2, out
+    # Pods have an address of each family, and the plans name both subnets.
+    assert len(re.findall(r"pod \d: netns \S+, 100\.64\.\d+\.2/24, fd00:100:64:[0-9a-f]+::2/64", out)) == 2, out
+    assert out.count(", IPv6 subnet fd00:100:64:") == 2, out
+    assert_nothing_left(work_dir(out))
+
+
 def test_a_missing_prerequisite_is_one_clear_line_and_nothing_is_made(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(lab_cni, "CNI_PATH", str(tmp_path / "no-cni"))
     rc = demo.run_demo(2)

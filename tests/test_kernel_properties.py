@@ -19,6 +19,9 @@ the kernel makes and changes them by itself: ``proto kernel`` routes (they
 follow addresses and link state), IPv6 link-local addresses, ``operstate``
 (set asynchronously by linkwatch) and bridge-port timers.
 
+The clusters are IPv4 or dual stack (``clusters(ipv6=True)``): the
+namespace then has IPv6 on with DAD off, and both families are read back.
+
 Three real-kernel side effects are part of the planner's contract and are
 drawn here: changing a device's MAC flushes its neighbour entries; deleting
 a device's last IPv4 address flushes its routes and neighbours; and the
@@ -44,6 +47,7 @@ from reconciler.ownership import FlannelOwnership
 from reconciler.reconcile import compute_cycle, dump_live
 from tests.conftest_netns import require_root
 from tests.model_kernel import MAIN, ModelKernel
+from reconciler.lab.netns import enable_ipv6
 from tests.netns import bridge_json, ip_json, netns, run
 from tests.contract import already_right, assert_converged, side_effects
 from tests.strategies import PREFIX, UNDERLAY, clusters, live_kernels
@@ -71,7 +75,7 @@ def replay(model: ModelKernel, ns: str) -> None:
     Every veth gets a peer named ``<name>p`` (up), which the model does not
     have.  A gateway route that the kernel would refuse (neither onlink nor
     inside a connected prefix of its device) is written onlink via
-    100.64.0.9: still drifted, and a state the kernel can hold.
+    100.64.0.9 (IPv6: fd00:64:0:ff::9): still drifted, and a state the kernel can hold.
     """
     for name, e in model.links.items():
         link = e.link
@@ -111,7 +115,7 @@ def replay(model: ModelKernel, ns: str) -> None:
         if gateway is not None and not onlink and not any(
                 dev == r.dev and ipaddress.ip_address(gateway) in net for dev, net in connected):
             event("a drifted route written onlink via 100.64.0.9 (the kernel refuses it as drawn)")
-            gateway, onlink = "100.64.0.9", True
+            gateway, onlink = ("fd00:64:0:ff::9" if ":" in dst else "100.64.0.9"), True
         argv = ["ip", "route", "add", dst]
         argv += ["via", gateway] if gateway else []
         argv += ["dev", r.dev] + (["onlink"] if onlink else [])
@@ -142,18 +146,28 @@ def kernel_view(ns: str, vxlan_devices) -> dict[str, dict]:
                 continue
             cidr = f"{ipaddress.ip_address(a['local'])}/{a['prefixlen']}"
             view["address"][(link["ifname"], cidr)] = (Address(link["ifname"], cidr), a)
-    for r in ip_json(ns, "-4 route show table all"):
+    rows = [(4, r) for r in ip_json(ns, "-4 route show table all")]
+    rows += [(6, r) for r in ip_json(ns, "-6 route show table all")]
+    for family, r in rows:
         if _proto(r) == PROTOCOLS["kernel"] or r.get("type", "unicast") != "unicast":
             continue
         table = r.get("table", "main")
         table = TABLES.get(table, None) or int(table)
-        dst = "0.0.0.0/0" if r["dst"] == "default" else str(ipaddress.ip_network(r["dst"]))
+        if r["dst"] == "default":
+            dst = "0.0.0.0/0" if family == 4 else "::/0"
+        else:
+            dst = str(ipaddress.ip_network(r["dst"]))
         route = Route(dst, r.get("gateway"), r.get("dev"), "onlink" in r.get("flags", []), r.get("metric", 0),
                       _proto(r))
         view["route"][(table, dst, route.metric)] = (route, r)
     for n in ip_json(ns, "-4 neigh show"):
         if "lladdr" in n:
             view["neigh"][(n["dev"], n["dst"])] = (Neigh(n["dev"], n["dst"], n["lladdr"]), n)
+    for n in ip_json(ns, "-6 neigh show"):
+        # Link-local entries are the kernel's own neighbour discovery, never drawn.
+        if "lladdr" in n and not ipaddress.ip_address(n["dst"]).is_link_local:
+            dst = str(ipaddress.ip_address(n["dst"]))
+            view["neigh"][(n["dev"], dst)] = (Neigh(n["dev"], dst, n["lladdr"]), n)
     for dev in vxlan_devices:
         if dev in view["link"]:
             for f in bridge_json(ns, ["fdb", "show", "dev", dev]):
@@ -235,7 +249,7 @@ def backend_kind(request) -> str:
 
 
 @SETTINGS
-@given(cluster=clusters(), data=st.data())
+@given(cluster=clusters(ipv6=True), data=st.data())
 def test_one_apply_converges_safely_and_minimally_in_a_real_kernel(backend_kind, cluster, data):
     config = parse_network_config(cluster.config_json)
     node = NodeParams(public_ip=cluster.public_ip, underlay_mtu=1500, underlay=UNDERLAY)
@@ -244,7 +258,10 @@ def test_one_apply_converges_safely_and_minimally_in_a_real_kernel(backend_kind,
     model = data.draw(live_kernels(desired0, config.device_name))
     policy = FlannelOwnership(config)
 
+    if config.enable_ipv6:
+        event("dual stack")
     with netns("prop") as ns:
+        enable_ipv6(ns)     # before any device exists: no DAD, so addresses are usable at once
         replay(model, ns)
         with _open_backend(backend_kind, ns) as backend:
             if backend_kind != "pyroute2":  # the same kernel reads the same through every backend

@@ -39,6 +39,7 @@ __all__ = [
     "UnderlayNet",
     "bridge_json",
     "delete_netns",
+    "enable_ipv6",
     "ip_json",
     "netns",
     "netns_exists",
@@ -54,6 +55,9 @@ DEMO_PREFIX = "frd"
 #: The hub's address on the underlay segment: every node's default gateway.
 GATEWAY = "198.18.0.254"
 UNDERLAY_PREFIXLEN = 24
+#: Dual stack (``underlay(..., ipv6=True)``): node *i* also has ``fd00:198:18::i/64``.
+UNDERLAY6_PREFIX = "fd00:198:18::"
+UNDERLAY6_PREFIXLEN = 64
 _counter = itertools.count(1)
 
 
@@ -151,6 +155,8 @@ class Node:
     dev: str
     ip: str
     prefixlen: int = UNDERLAY_PREFIXLEN
+    #: The node's IPv6 underlay address (``underlay(..., ipv6=True)``), else None.
+    ip6: str | None = None
 
     @property
     def cidr(self) -> str:
@@ -169,25 +175,44 @@ class UnderlayNet:
     nodes: tuple[Node, ...]
 
 
+def enable_ipv6(ns: str) -> None:
+    """IPv6 on, and duplicate address detection off, for every device made in ``ns`` from now on.
+
+    Without it a new address stays "tentative" for a second or two (the
+    VXLAN socket cannot bind it, the CNI bridge plugin waits for it).  The
+    namespace is private to the test, so no other host can hold the address.
+    """
+    # Written through /proc (inside the namespace, /proc/sys/net is the namespace's own) with
+    # coreutils' tee: procps' sysctl is not on a minimal Debian.
+    for key in ("all/disable_ipv6", "default/disable_ipv6", "all/accept_dad", "default/accept_dad"):
+        run(ns, "tee", f"/proc/sys/net/ipv6/conf/{key}", input="0\n")
+
+
 @contextmanager
 def underlay(count: int = 2, mtu: int = 1500, dev: str = "eth0",
-             prefix: str = TEST_PREFIX) -> Iterator[UnderlayNet]:
+             prefix: str = TEST_PREFIX, ipv6: bool = False) -> Iterator[UnderlayNet]:
     """``count`` node namespaces joined by veth pairs through a bridge in a hub namespace.
 
     Node *i* (from 1) has ``dev`` = 198.18.0.i/24, up, with MTU ``mtu`` and a
     default route via the hub (198.18.0.254), which has no further way out.
+    With ``ipv6``, also ``fd00:198:18::i/64`` (no DAD; ``Node.ip6``), on the
+    same segment; no IPv6 default route: nothing may leave.
     All namespaces are deleted afterwards, even on failure.
     """
     if not 1 <= count <= 200:
         raise ValueError("count must be between 1 and 200")
     with ExitStack() as stack:
         hub = stack.enter_context(netns("hub", prefix))
+        if ipv6:
+            enable_ipv6(hub)
         run(hub, "ip", "link", "add", "br0", "type", "bridge")
         run(hub, "ip", "addr", "add", f"{GATEWAY}/{UNDERLAY_PREFIXLEN}", "dev", "br0")
         run(hub, "ip", "link", "set", "br0", "up")
         nodes = []
         for i in range(1, count + 1):
             ns = stack.enter_context(netns(f"n{i}", prefix))
+            if ipv6:
+                enable_ipv6(ns)
             port = f"p{i}"
             run(ns, "ip", "link", "add", dev, "mtu", str(mtu), "type", "veth",
                 "peer", "name", port, "mtu", str(mtu), "netns", hub)
@@ -196,5 +221,9 @@ def underlay(count: int = 2, mtu: int = 1500, dev: str = "eth0",
             run(ns, "ip", "addr", "add", f"{ip}/{UNDERLAY_PREFIXLEN}", "dev", dev)
             run(ns, "ip", "link", "set", dev, "up")
             run(ns, "ip", "route", "add", "default", "via", GATEWAY, "dev", dev)
-            nodes.append(Node(ns=ns, dev=dev, ip=ip))
+            ip6 = None
+            if ipv6:
+                ip6 = f"{UNDERLAY6_PREFIX}{i:x}"
+                run(ns, "ip", "addr", "add", f"{ip6}/{UNDERLAY6_PREFIXLEN}", "dev", dev, "nodad")
+            nodes.append(Node(ns=ns, dev=dev, ip=ip, ip6=ip6))
         yield UnderlayNet(hub=hub, nodes=tuple(nodes))

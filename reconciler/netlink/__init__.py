@@ -43,6 +43,11 @@ The contract, which ``tests/`` checks for every backend:
     or ``None`` for the interface of the default route.  Raises
     ``NetlinkError`` when there is no such interface.
 
+``underlay_v6(underlay, public_ipv6=None)`` (optional; dual stack)
+    The same ``Underlay`` with ``address6`` and ``prefixes6`` filled in
+    from the interface's IPv6 addresses.  Raises ``NetlinkError`` when it
+    has no usable one and ``public_ipv6`` is not given.
+
 ``close()``
     Release sockets.  Backends are context managers.
 """
@@ -65,6 +70,10 @@ class Underlay:
     address: str            # first usable IPv4 (global, permanent preferred)
     mtu: int
     prefixes: tuple[str, ...] = ()   # the connected IPv4 prefixes, for the DirectRouting on-link test
+    #: Dual stack (``underlay_v6``): the interface's first usable IPv6 address
+    #: (flanneld's preference) and its connected IPv6 prefixes.
+    address6: str | None = None
+    prefixes6: tuple[str, ...] = ()
 
 
 @runtime_checkable

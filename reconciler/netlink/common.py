@@ -11,7 +11,7 @@ import ipaddress
 import os
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 from ..errors import NamespaceNotFound, NetlinkError, ReconcilerError
@@ -19,11 +19,13 @@ from ..plan import Change
 from . import Underlay
 
 __all__ = ["NETNS_RUN_DIR", "DeviceVanished", "UnderlayLookup", "UnderlaySpec", "compile_iface_regex", "describe",
-           "enter_netns", "in_netns", "looks_like_ip", "match_iface_regex", "netns_path", "underlay_of"]
+           "enter_netns", "in_netns", "looks_like_ip", "match_iface_regex", "netns_path", "underlay_of",
+           "underlay_v6_of"]
 
 NETNS_RUN_DIR = "/var/run/netns"
 CLONE_NEWNET = 0x40000000
 IFA_F_DADFAILED, IFA_F_DEPRECATED, IFA_F_TENTATIVE, IFA_F_PERMANENT = 0x08, 0x20, 0x40, 0x80
+IFA_F_TEMPORARY = 0x01
 _IFA_F_UNUSABLE = IFA_F_DEPRECATED | IFA_F_TENTATIVE | IFA_F_DADFAILED
 
 
@@ -150,6 +152,39 @@ def underlay_of(name: str, mtu: int, addrs: list[tuple[str, int, int]], given: s
             if net not in prefixes:
                 prefixes.append(net)
     return Underlay(name=name, address=given, mtu=mtu, prefixes=tuple(prefixes))
+
+
+def underlay_v6_of(underlay: Underlay, addrs: list[tuple[str, int, int]], public_ipv6: str | None,
+                   where: str = "") -> Underlay:
+    """``underlay`` with its IPv6 side, from the interface's IPv6 addresses
+    (``(address, prefixlen, IFA_F_* flags)`` each).
+
+    flanneld's ``GetInterfaceIP6Addrs`` order: global unicast (ULAs included)
+    before link-local, permanent before dynamic, non-temporary before
+    temporary; deprecated ones skipped (tentative and failed-DAD ones too: a
+    VXLAN socket cannot bind them).  With ``public_ipv6`` given, an interface
+    without a usable IPv6 address is fine: the operator named the address.
+    """
+    usable = []
+    for local, _plen, flags in addrs:
+        if not local or flags & _IFA_F_UNUSABLE:
+            continue
+        ip = ipaddress.ip_address(local)
+        if ip.version != 6 or ip.is_loopback or ip.is_multicast or ip.is_unspecified:
+            continue
+        usable.append((ip.is_link_local, not flags & IFA_F_PERMANENT, bool(flags & IFA_F_TEMPORARY), local))
+    usable.sort(key=lambda a: a[:3])
+    address6 = usable[0][3] if usable else None
+    if address6 is None and public_ipv6 is None:
+        raise NetlinkError(E.EADDRNOTAVAIL, f"underlay {underlay.name} has no usable IPv6 address{where}: "
+                                            f"dual stack needs one there, or --public-ipv6")
+    prefixes: list[str] = []
+    for local, plen, _flags in addrs:
+        if local and plen < 128 and not ipaddress.ip_address(local).is_link_local:
+            net = str(ipaddress.ip_network(f"{local}/{plen}", strict=False))
+            if net not in prefixes:
+                prefixes.append(net)
+    return replace(underlay, address6=address6, prefixes6=tuple(prefixes))
 
 
 class DeviceVanished(Exception):
@@ -322,3 +357,16 @@ class UnderlayLookup:
             return self._at(oif, src, target)
         except DeviceVanished as exc:
             raise NetlinkError(E.ENODEV, f"underlay {target}: the interface vanished{self._where()}") from exc
+    def underlay_v6(self, underlay: Underlay, public_ipv6: str | None = None) -> Underlay:
+        """Dual stack: the IPv6 side of ``underlay`` (flanneld takes both
+        families from the one external interface).  Needs the backend hook
+        ``_v6_addresses(idx)``, shaped like ``_v4_addresses``."""
+        self._refresh_links()
+        idx = self._index.get(underlay.name)
+        if idx is None:
+            raise NetlinkError(E.ENODEV, f"underlay: no interface named {underlay.name!r}{self._where()}")
+        try:
+            addrs = self._v6_addresses(idx)
+        except DeviceVanished as exc:
+            raise NetlinkError(E.ENODEV, f"underlay {underlay.name}: the interface vanished{self._where()}") from exc
+        return underlay_v6_of(underlay, addrs, public_ipv6, self._where())

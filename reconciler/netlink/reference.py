@@ -477,6 +477,9 @@ class PyrouteBackend(UnderlayLookup):
     def _v4_addresses(self, idx: int) -> list[tuple[str, int, int]]:
         return [(_local_of(m), m["prefixlen"], _addr_flags(m)) for m in self._address_msgs(idx, (AF_INET,))]
 
+    def _v6_addresses(self, idx: int) -> list[tuple[str, int, int]]:
+        return [(_local_of(m), m["prefixlen"], _addr_flags(m)) for m in self._address_msgs(idx, (AF_INET6,))]
+
     def _link_mtu(self, idx: int) -> int:
         return self._links[idx].get("IFLA_MTU")
 
