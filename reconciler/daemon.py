@@ -170,6 +170,8 @@ class Agent:
         self.tracker: Tracker | None = None
         self._skip_labels: dict[str, str] = {}
         self._skip_counts: collections.Counter = collections.Counter()
+        self._own_ip_dups: set[str] = set()
+        self._pin_changes: set[str] = set()
         self._retry_at: float | None = None
         self._retry_delay = opts.retry_min
         self._kernel_events = False
@@ -208,6 +210,8 @@ class Agent:
         log.info("lease %s for %s (vtep %s%s, %s)", acquired.key, public_ip, mac,
                  f"; {public_ipv6} vtep {mac6}" if mac6 else "",
                  "reservation" if acquired.reservation else f"etcd lease {acquired.lease_id:x}")
+        # The one rule for "which lease is ours": the one the keeper holds (see LeaseIndex.pin).
+        self._pin_changes = self.index.pin(acquired.key)
         self.keeper = LeaseKeeper(self.store, self.config, public_ip, mac, acquired, self.rng, now=self.clock(),
                                   public_ipv6=public_ipv6, v6_vtep_mac=mac6)
         self._retry_etcd("list the leases", self._relist, stop)
@@ -475,6 +479,7 @@ class Agent:
             return
         if self.keeper.current.key != before.key:
             log.warning("our lease moved: %s -> %s", esc(before.key), esc(self.keeper.current.key))
+            self._pin_changes |= self.index.pin(self.keeper.current.key)
             self._try_relist(threading.Event())
 
     # ------------------------------------------------------------ one cycle
@@ -511,15 +516,25 @@ class Agent:
             old = self._skip_labels.pop(key, None)
             if old is not None:
                 self._skip_counts[old] -= 1
+            self._own_ip_dups.discard(key)
             skip = self.index.skipped.get(key)
             if skip is not None:
                 label = skip_reason_label(skip.reason)
                 self._skip_labels[key] = label
                 self._skip_counts[label] += 1
-                log.warning("skipped lease %s: %s", esc(key), esc(skip.reason))
+                parsed = self.index.parsed(key)
+                if parsed is not None and parsed.public_ip == self.node.public_ip:
+                    # Two leases for one node: ours is the one we keep alive; say so loudly.
+                    self._own_ip_dups.add(key)
+                    log.error("lease %s also carries our PublicIP %s; this node keeps %s and ignores it "
+                              "(delete the one you do not want)", esc(key), self.node.public_ip,
+                              esc(self.index.pinned))
+                else:
+                    log.warning("skipped lease %s: %s", esc(key), esc(skip.reason))
             elif old is not None and key in self.index.valid:
                 log.info("lease %s is valid again", esc(key))
         if changed:
+            self.metrics.set("flannel_reconciler_own_public_ip_duplicates", len(self._own_ip_dups))
             self.metrics.set("flannel_reconciler_leases", len(self.index.valid))
             self.metrics.reset("flannel_reconciler_leases_skipped")
             for label, n in self._skip_counts.items():
@@ -533,6 +548,8 @@ class Agent:
         t0 = time.monotonic()
         tr = _tr(triggers)
         changed, oldest = self._drain_leases()
+        changed |= self._pin_changes
+        self._pin_changes = set()
         self._report_leases(changed)
         self.tracker.dirty |= self.desired.update(self.index, changed)
         self._drain_kernel()

@@ -62,6 +62,8 @@ class LeaseIndex:
         #: etcd key -> why it is left out
         self.skipped: dict[str, Skipped] = {}
         self._by_public_ip: dict[str, str] = {}
+        #: The lease this node holds (the keeper's key): it ranks before every other.
+        self.pinned: str | None = None
 
     # ------------------------------------------------------------ reading
     def leases(self) -> list[Lease]:
@@ -82,6 +84,27 @@ class LeaseIndex:
     def key_of_public_ip(self, ip: str) -> str | None:
         """The etcd key of the valid lease carrying PublicIP ``ip``."""
         return self._by_public_ip.get(ip)
+
+    def parsed(self, etcd_key: str) -> Lease | None:
+        """The lease parsed from ``etcd_key``'s value, valid or not (None: absent or unparsable)."""
+        entry = self._entries.get(etcd_key)
+        return entry.lease if entry is not None else None
+
+    def pin(self, etcd_key: str | None) -> set[str]:
+        """Make ``etcd_key`` win every claim it makes: the one rule for "which lease is ours".
+
+        The node's own lease is the one its lease keeper holds (acquisition's
+        choice: a reservation before an expiring lease).  Without the pin, a
+        second lease with our PublicIP that was written earlier would win the
+        PublicIP claim, and the node would program a subnet whose lease nobody
+        renews: it would move when that lease expired.  Pinned, the other lease
+        loses and is reported as a conflict.  Returns the keys whose standing changed.
+        """
+        if etcd_key == self.pinned:
+            return set()
+        seeds = {k for k in (self.pinned, etcd_key) if k is not None}
+        self.pinned = etcd_key
+        return self._resolve(seeds)
 
     def kvs(self) -> list[RawKV]:
         return [e.kv for e in self._entries.values()]
@@ -197,7 +220,8 @@ class LeaseIndex:
                 new[key] = Skipped(key, entry.reason or "invalid")
             else:
                 kv = entry.kv
-                ranked.append(((kv.mod_revision, entry.lease.key, kv.key, kv.value, kv.lease), key, entry.lease))
+                ranked.append(((key != self.pinned, kv.mod_revision, entry.lease.key, kv.key, kv.value, kv.lease),
+                               key, entry.lease))
         ranked.sort(key=lambda item: item[0])
         owners: dict[tuple[str, Any], Lease] = {}
         for _, key, lease in ranked:

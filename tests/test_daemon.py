@@ -353,3 +353,24 @@ def test_an_unwritable_subnet_file_is_retried_and_never_kills_the_agent(etcd_sto
         stop.set()
         t.join(timeout=10)
     assert not errors
+
+
+def test_one_rule_decides_which_lease_is_ours(etcd_store, start_agent, tmp_path):
+    """Issue #11 item 2: our expiring lease plus a reservation for our PublicIP added later.
+    Acquisition takes the reservation (the operator's word); the cycles must program that same
+    subnet, not the older lease nobody renews any more, and report the other one loudly."""
+    store = etcd_store
+    store.put_config(CONFIG)
+    mac = "0a:58:64:40:64:00"
+    old = f"{store.subnets_prefix}100.64.100.0-24"
+    store.put(old, encode_lease_value(ME, mac, 1), store.grant(600))
+    reserved = f"{store.subnets_prefix}100.64.101.0-24"
+    store.put(reserved, encode_lease_value(ME, mac, 1))
+    kernel = node_kernel()
+    agent = start_agent(store, kernel)
+    agent.ready()
+    assert agent.agent.keeper.current.key == reserved
+    addrs = {a.cidr for a in kernel.dump(["flannel.1", "cni0"]).of("address").values()}
+    assert addrs == {"100.64.101.0/32", "100.64.101.1/24"}
+    assert "FLANNEL_SUBNET=100.64.101.1/24\n" in (tmp_path / "subnet.env").read_text()
+    assert agent.agent.metrics.get("flannel_reconciler_own_public_ip_duplicates") == 1

@@ -112,3 +112,20 @@ def test_freeing_a_mac_lets_the_older_loser_win():
     moved = RawKV(a.key, lease_value("198.18.0.1", "02:00:00:00:00:09", 1), 0, 3)
     assert index.put(moved) == {a.key, b.key}
     assert set(index.valid) == {a.key, b.key}
+
+
+def test_the_pinned_lease_wins_its_claims_and_the_other_is_reported():
+    """Issue #11 item 2: an older lease with our PublicIP must not shadow the one we hold."""
+    old = RawKV(f"{PREFIX}/subnets/100.64.1.0-24", lease_value("198.18.0.1", "02:00:00:00:00:01", 1), 7001, 1)
+    held = RawKV(f"{PREFIX}/subnets/100.64.2.0-24", lease_value("198.18.0.1", "02:00:00:00:00:01", 1), 0, 2)
+    index = LeaseIndex(CONFIG, PREFIX)
+    index.replace_all([old, held])
+    assert index.key_of_public_ip("198.18.0.1") == old.key
+    assert index.pin(held.key) == {old.key, held.key}
+    assert index.key_of_public_ip("198.18.0.1") == held.key
+    assert index.skipped[old.key].reason.startswith("conflict: ")
+    assert index.parsed(old.key).public_ip == "198.18.0.1"
+    # Unpinning gives validate_leases' answer again.
+    index.pin(None)
+    leases, _ = validate_leases(CONFIG, [old, held], PREFIX)
+    assert index.leases() == leases
