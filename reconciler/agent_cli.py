@@ -30,7 +30,11 @@ def add_commands(sub, add_source_args, add_node_args) -> None:
                     help="serve /healthz and /readyz on this port (0: off)")
     pr.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this port (0: off)")
     pr.add_argument("--ip-masq", action="store_true", default=_bool_env("IP_MASQ"),
-                    help="recorded in subnet.env as FLANNEL_IPMASQ (the agent itself writes no iptables rules)")
+                    help="masquerade traffic leaving the network (FLANNEL-POSTRTG) and record it in subnet.env "
+                         "as FLANNEL_IPMASQ, so the CNI plugin leaves masquerading to us")
+    from .rules.commands import add_rule_args
+
+    add_rule_args(pr, ip_masq=False, resync=True)
     pr.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     pr.set_defaults(handler=cmd_run)
 
@@ -61,6 +65,8 @@ def cmd_run(args) -> int:
         public_ip=args.public_ip, iface=args.iface, underlay_mtu=args.underlay_mtu,
         subnet_file=args.subnet_file, resync_interval=args.resync_interval, healthz_ip=args.healthz_ip,
         healthz_port=args.healthz_port, metrics_port=args.metrics_port, ip_masq=args.ip_masq,
+        forward_rules=args.iptables_forward_rules, masq_fully_random_disable=args.ip_masq_fully_random_disable,
+        iptables_resync=args.iptables_resync,
     )
     if args.leases_file:
         raise SystemExit("error: run reads etcd; --leases-file is for plan/apply/show")
@@ -69,7 +75,10 @@ def cmd_run(args) -> int:
         # socket and stops it with SIGTERM; that child must not inherit ours.
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        Agent(store, backend, opts).run(stop)
+        from .rules import IptablesBackend, NftablesBackend, RuleReconciler
+
+        rules = RuleReconciler(IptablesBackend(args.netns), NftablesBackend(args.netns))
+        Agent(store, backend, opts, rules=rules).run(stop)
     return 0
 
 

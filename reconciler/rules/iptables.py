@@ -169,6 +169,17 @@ class IptablesBackend:
         except subprocess.TimeoutExpired:
             raise ToolError(f"{' '.join(argv)} did not finish within 60s") from None
 
+    def read_file(self, path: str) -> str | None:
+        """A file's content as seen from our namespace (``/proc/sys/net`` differs per namespace); None if missing."""
+        if not self.netns:
+            try:
+                with open(path) as f:
+                    return f.read()
+            except OSError:
+                return None
+        proc = self._runner(["cat", path], None)
+        return proc.stdout if proc.returncode == 0 else None
+
     def available(self, xt: str) -> bool:
         return shutil.which(tool_name("ipv4", xt, "save")) is not None
 

@@ -79,6 +79,15 @@ class RuleReconciler:
         self.nftables = nftables if nftables is not None else NftablesBackend()
         self.policies: dict = {}
 
+    def startup_warnings(self, config: NetworkConfig) -> list[str]:
+        """flanneld's br_netfilter check, read inside our namespace (``/proc/sys/net`` is per namespace)."""
+        values = {path: self.iptables.read_file(path) for path in BR_NF.values()}
+        return br_netfilter_warnings(config, values)
+
+    def forward_warning(self, config: NetworkConfig) -> str | None:
+        """After a ``read``: an iptables FORWARD DROP policy our nftables rules cannot override."""
+        return forward_drop_warning(config, self.policies)
+
     def desired(self, config: NetworkConfig, own: Lease, flags: RuleFlags) -> RuleSet:
         """flanneld's rules for this node, with ``--random-fully`` as this host supports it."""
         fully = True
