@@ -273,9 +273,9 @@ def cmd_show(args) -> int:
             cycle = compute(args, snap, backend)
     _warn_skipped(cycle)
     rows = show_rows(cycle.desired, cycle.live, cycle.plan)
-    desired_rules, rules, _, note = cli_rule_plan(args, cycle, kernel=not args.live_file)
+    desired_rules, rules, rr, note = cli_rule_plan(args, cycle, kernel=not args.live_file)
     _note(note)
-    rows += rule_show_rows(desired_rules, rules)
+    rows += rule_show_rows(desired_rules, rules, rr.last_live.xt if rr is not None else "")
     if args.output == "json":
         print(json.dumps({"node": cycle.node_json(), "objects": status_json(rows)}, indent=2))
     else:

@@ -89,14 +89,17 @@ def cli_rule_plan(args: Any, cycle: Any, kernel: bool):
     return desired, plan, rr, None
 
 
-def rule_show_rows(desired: RuleSet, plan: RulePlan) -> list[tuple[str, str, str]]:
-    """``(status, object, detail)`` per desired rule and per stale one, like ``render.show_rows``."""
+def rule_show_rows(desired: RuleSet, plan: RulePlan, xt: str = "") -> list[tuple[str, str, str]]:
+    """``(status, object, detail)`` per desired rule and per stale one, like ``render.show_rows``.
+
+    ``xt``: the iptables backend the rules live in, for their names (``iptables-nft``).
+    """
     touched: dict[Any, Any] = {}
     for c in plan:
         if c.op != "delete":
             touched[c.obj.key] = c
     rows: list[tuple[str, str, str]] = []
-    for obj in _desired_objects(desired, plan):
+    for obj in _desired_objects(desired, plan, xt):
         c = touched.get(obj.key)
         if c is None:
             rows.append(("ok", obj.describe(), ""))
@@ -111,15 +114,16 @@ def rule_show_rows(desired: RuleSet, plan: RulePlan) -> list[tuple[str, str, str
     return rows
 
 
-def _desired_objects(desired: RuleSet, plan: RulePlan):
-    """Every desired rule object, bound to the host's iptables backend as the plan names it."""
+def _desired_objects(desired: RuleSet, plan: RulePlan, xt: str):
+    """Every desired rule object, bound to the host's iptables backend."""
+    from dataclasses import replace
+
     from .model import NftRuleRef
 
-    bound = {c.obj.key: c.obj for c in plan if c.op != "delete"}
     for chain in desired.iptables:
-        yield bound.get(chain.key, chain)
+        yield replace(chain, xt=xt)
         for r in chain.rules + chain.jumps:
-            yield bound.get(r.key, r)
+            yield replace(r, xt=xt)
     for t in desired.nftables:
         yield t
         for ch in t.chains:

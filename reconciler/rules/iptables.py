@@ -10,7 +10,7 @@ kernel: ``legacy`` (x_tables) and ``nft`` (nf_tables).  Rules must go where
 the host's other rules are, so the backend is detected as kube-proxy's
 ``iptables-wrapper`` (which flannel's image installs) does: kubelet's
 ``KUBE-IPTABLES-HINT``/``KUBE-KUBELET-CANARY`` chains decide; without them,
-the backend holding more rules wins; a tie is ``nft``
+the backend holding more rules (a DROP policy counts as one) wins; a tie is ``nft``
 (docs/traffic-rules.md, "Which iptables").
 """
 from __future__ import annotations
@@ -230,7 +230,10 @@ class IptablesBackend:
                     text += self.save(fam, xt)
                 except ToolError:
                     continue
-            counts[xt] = sum(1 for line in text.splitlines() if line.startswith("-A "))
+            # A DROP policy (Docker's FORWARD) counts like a rule: it is what our
+            # accepts must sit beside.
+            counts[xt] = sum(1 for line in text.splitlines()
+                             if line.startswith("-A ") or (line.startswith(":") and " DROP " in line))
         return "legacy" if counts.get("legacy", 0) > counts.get("nft", 0) else "nft"
 
     def random_fully(self) -> bool:

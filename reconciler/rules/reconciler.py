@@ -78,6 +78,7 @@ class RuleReconciler:
         self.iptables = iptables if iptables is not None else IptablesBackend()
         self.nftables = nftables if nftables is not None else NftablesBackend()
         self.policies: dict = {}
+        self.last_live = LiveRules()
 
     def startup_warnings(self, config: NetworkConfig) -> list[str]:
         """flanneld's br_netfilter check, read inside our namespace (``/proc/sys/net`` is per namespace)."""
@@ -122,7 +123,8 @@ class RuleReconciler:
         return LiveRules(xt=xt, iptables=ipt, nftables=nft, referenced=frozenset(refs))
 
     def plan(self, desired: RuleSet) -> RulePlan:
-        return make_rule_plan(desired, self.read(desired.mode))
+        self.last_live = self.read(desired.mode)
+        return make_rule_plan(desired, self.last_live)
 
     def apply(self, plan: RulePlan) -> list[OpResult]:
         """One transaction per (interface, backend, family); every change reports its transaction's outcome."""
