@@ -286,3 +286,95 @@ def test_forward_drop_is_flagged_in_nftables_mode():
     policies = {("ipv4", "filter", "FORWARD"): "DROP"}
     assert "cannot override" in forward_drop_warning(config(enable_nftables=True), policies)
     assert forward_drop_warning(config(), policies) is None
+
+
+# --- property: the plan names only what is ours, and one apply converges ------------------------
+
+import os  # noqa: E402
+import shlex  # noqa: E402
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+class RestoreModel:
+    """``iptables-restore --noflush`` semantics over {table: {chain: [rule line]}}: declaring a
+    chain creates or flushes it, ``-A`` appends, ``-D`` removes the first equal rule, ``-X`` deletes."""
+
+    BUILTIN = {"filter": ("INPUT", "FORWARD", "OUTPUT"), "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")}
+
+    def __init__(self):
+        self.tables = {t: {c: [] for c in cs} for t, cs in self.BUILTIN.items()}
+
+    def restore(self, text):
+        table = None
+        for line in text.splitlines():
+            if line.startswith("*"):
+                table = self.tables[line[1:]]
+            elif line.startswith(":"):
+                table[line[1:].split()[0]] = []
+            elif line.startswith("-A "):
+                _, chain, rest = line.split(" ", 2)
+                table[chain].append(rest)
+            elif line.startswith("-D "):
+                _, chain, rest = line.split(" ", 2)
+                table[chain].remove(rest)
+            elif line.startswith("-X "):
+                assert not any(r.endswith(f"-j {line[3:]}") for rules in table.values() for r in rules)
+                del table[line[3:]]
+
+    def save(self):
+        out = []
+        for t, chains in self.tables.items():
+            out.append(f"*{t}")
+            out += [f":{c} {'ACCEPT' if c in self.BUILTIN[t] else '-'} [0:0]" for c in chains]
+            out += [f"-A {c} {r}" for c, rules in chains.items() for r in rules]
+            out.append("COMMIT")
+        return "\n".join(out) + "\n"
+
+    def foreign(self):
+        return {(t, c): [r for r in rules if "FLANNEL-" not in r]
+                for t, chains in self.tables.items() for c, rules in chains.items() if not c.startswith("FLANNEL-")}
+
+
+_ours_pool = [line.split(" ", 2) for line in V4_FORWARD + V4_MASQ] + [
+    ["-A", "FLANNEL-POSTRTG", '-s 100.64.7.0/24 -d 100.64.0.0/16 -m comment --comment "flanneld masq" -j RETURN'],
+    ["-A", "FLANNEL-FWD", "-s 10.0.0.0/8 -j ACCEPT"]]
+_foreign_pool = [("filter", "FORWARD", "-s 198.18.0.0/24 -j DROP"), ("filter", "FOREIGN", "-d 198.18.5.0/24 -j ACCEPT"),
+                 ("filter", "FORWARD", "-j FOREIGN"), ("nat", "POSTROUTING", "-o eth0 -j MASQUERADE"),
+                 ("nat", "KUBE-POSTROUTING", "-j FLANNEL-POSTRTG"), ("filter", "INPUT", "-i lo -j ACCEPT")]
+
+
+@settings(max_examples=max(200, int(os.environ.get("PROPERTY_EXAMPLES", "200"))), deadline=None)
+@given(ours=st.lists(st.sampled_from(_ours_pool), max_size=12), foreign=st.lists(st.sampled_from(_foreign_pool),
+       max_size=8), flags=st.builds(RuleFlags, st.booleans(), st.booleans(), st.booleans()),
+       nft=st.booleans())
+def test_plan_touches_only_ours_and_one_apply_converges(ours, foreign, flags, nft):
+    kernel = RestoreModel()
+    for name, table in (("FLANNEL-FWD", "filter"), ("FLANNEL-POSTRTG", "nat"), ("FOREIGN", "filter"),
+                        ("KUBE-POSTROUTING", "nat")):
+        kernel.tables[table][name] = []
+    for _, chain, rest in ours:
+        kernel.tables["filter" if chain in ("FORWARD", "FLANNEL-FWD") else "nat"][chain].append(rest)
+    for table, chain, rest in foreign:
+        kernel.tables[table][chain].append(rest)
+    before = kernel.foreign()
+    desired = desired_rules(config(enable_nftables=nft), own(), flags)
+
+    nft_tables: tuple = ()
+
+    def live():
+        chains, refs, _ = parse_save(kernel.save(), "ipv4", "nft")
+        return LiveRules(xt="nft", iptables={"nft": chains}, referenced=refs, nftables=nft_tables)
+
+    plan = make_rule_plan(desired, live())
+    # nft -f replaces each written table whole (checked against the kernel in test_rules_kernel.py).
+    nft_tables = tuple(w.desired for w in plan.nft_writes if w.desired is not None)
+    text = restore_input(plan.ipt_writes)
+    for line in text.splitlines():
+        words = shlex.split(line)
+        assert (line.startswith(("*", "COMMIT")) or words[0].startswith(":FLANNEL-")
+                or words[1].startswith("FLANNEL-") or words[-1] in ("FLANNEL-FWD", "FLANNEL-POSTRTG")), line
+    kernel.restore(text)
+    assert kernel.foreign() == before
+    assert make_rule_plan(desired, live()).in_sync

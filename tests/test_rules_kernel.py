@@ -8,6 +8,7 @@ namespaces this run creates and deletes.
 """
 from __future__ import annotations
 
+import json
 import re
 import shutil
 
@@ -243,3 +244,37 @@ def test_foreign_rules_survive_and_a_second_plan_is_empty(mode, situation):
                 line.replace(" --random-fully", "") if flags.masq_fully_random_disable else line
                 for line in (MASQ if flags.ip_masq else [])]
         assert ours(save(ns, xt)) == expected
+
+
+# --- the command line against a namespace -------------------------------------------------------
+
+def test_cli_plan_apply_show_list_and_repair_rules(underlay_factory, tmp_path, capsys, monkeypatch):
+    from tests.test_kernel_e2e import THREE, cli, node_args, write_snapshot
+
+    node = underlay_factory(1).nodes[0]
+    leases = write_snapshot(tmp_path / "leases.json", THREE)
+    args = [*node_args(leases, node.ns), "--ip-masq"]
+    rc, out, err = cli(capsys, "apply", *args)
+    assert rc == 0, out + err
+    # A fresh namespace holds no rules anywhere: the nf_tables backend, as iptables-wrapper picks.
+    assert out.count("  + rule iptables-nft ") == 12 and out.endswith("22 created, 0 updated, 0 deleted; 0 failed.\n")
+    rc, out, err = cli(capsys, "plan", *args)
+    assert (rc, out.splitlines()[-1]) == (0, "In sync: no changes."), out + err
+
+    xt = IptablesBackend(node.ns).detect()
+    run(node.ns, f"iptables-{xt}", "-D", "FLANNEL-FWD", "-d", "100.64.0.0/16", "-m", "comment", "--comment",
+        "flanneld forward", "-j", "ACCEPT")
+    rc, out, err = cli(capsys, "plan", *args)
+    assert rc == 2 and out.splitlines()[-2:] == [
+        f'  + rule iptables-{xt} -t filter -A FLANNEL-FWD -d 100.64.0.0/16 -m comment --comment "flanneld forward"'
+        " -j ACCEPT", "Plan: 1 to create, 0 to update, 0 to delete."], out
+    rc, out, err = cli(capsys, "show", *args)
+    assert rc == 2 and f"[missing]  rule iptables-{xt} -t filter -A FLANNEL-FWD -d 100.64.0.0/16" in out
+    rc, out, err = cli(capsys, "apply", *args, "--output", "json")
+    assert rc == 0 and json.loads(out)["summary"] == {"create": 1, "update": 0, "delete": 0}
+    assert ours(save(node.ns, xt)) == FWD + MASQ
+
+    # Without the tools the rules are skipped with a note, and the rest still works.
+    monkeypatch.setenv("PATH", str(tmp_path / "no-tools"))
+    rc, out, err = cli(capsys, "plan", *args)
+    assert rc == 0 and err == "note: rules skipped: iptables is not installed (Debian package iptables)\n", err
