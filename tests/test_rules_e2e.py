@@ -118,8 +118,10 @@ def test_pods_talk_across_forward_drop_and_reach_outside_masqueraded(etcd_for, l
     hub = net.hub
     for n in (n1, n2):
         prepare_node(n.ns, mode)
-    a1 = lab.agent(n1, etcd_args, start=False)
-    a2 = lab.agent(n2, etcd_args, start=False)
+    # A netlink resync far away: a rule deleted by hand must come back through the rule check
+    # (--iptables-resync 1), not through a full cycle.
+    a1 = lab.agent(n1, etcd_args, start=False, resync=300)
+    a2 = lab.agent(n2, etcd_args, start=False, resync=300)
     for a in (a1, a2):
         a.argv += ["--ip-masq", "--iptables-resync", "1"]
         a.start()
