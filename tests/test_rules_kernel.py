@@ -278,3 +278,29 @@ def test_cli_plan_apply_show_list_and_repair_rules(underlay_factory, tmp_path, c
     monkeypatch.setenv("PATH", str(tmp_path / "no-tools"))
     rc, out, err = cli(capsys, "plan", *args)
     assert rc == 0 and err == "note: rules skipped: iptables is not installed (Debian package iptables)\n", err
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_dual_stack_writes_the_ipv6_twins(netns, mode):
+    from dataclasses import replace
+    from ipaddress import IPv6Network
+
+    conf = config(enable_nftables=mode == "nftables", enable_ipv6=True, ipv6_network=IPv6Network("fd00:64::/56"),
+                  ipv6_subnet_len=64)
+    mine = replace(own(), ipv6_subnet=IPv6Network("fd00:64:0:1::/64"))
+    rr = reconciler(netns, mode)
+    flags = RuleFlags(ip_masq=True)
+    results = rr.apply(rr.plan(rr.desired(conf, mine, flags)))
+    assert all(r.ok for r in results), [r.message for r in results if not r.ok]
+    assert rr.plan(rr.desired(conf, mine, flags)).in_sync
+    if mode == "nftables":
+        text = run(netns, "nft", "list", "table", "ip6", "flannel-ipv6").stdout
+        assert "ip6 saddr fd00:64::/56 ip6 daddr != ff00::/8 masquerade fully-random" in text
+        assert "ip6 saddr fd00:64::/56 accept" in text
+    else:
+        xt = xt_of(mode)
+        v6 = run(netns, f"ip6tables-{xt}-save", "-t", "nat").stdout + run(netns, f"ip6tables-{xt}-save").stdout
+        assert ('-A FLANNEL-POSTRTG -s fd00:64::/56 ! -d ff00::/8 -m comment --comment "flanneld masq" '
+                '-j MASQUERADE --random-fully') in v6
+        assert '-A FLANNEL-FWD -d fd00:64::/56 -m comment --comment "flanneld forward" -j ACCEPT' in v6
+        assert ours(save(netns, xt)) == FWD + MASQ        # and the IPv4 set beside it

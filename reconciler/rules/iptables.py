@@ -155,7 +155,8 @@ class IptablesBackend:
         self.netns = netns
         self._runner = runner or self._run
         self._forced = xt
-        self._xt: str | None = xt
+        self._xt: str | None = xt   # detected once, at first use, like iptables-wrapper at start-up
+        self._random_fully: bool | None = None
 
     # -- commands ----------------------------------------------------------
     def _run(self, argv: Sequence[str], stdin: str | None) -> subprocess.CompletedProcess:
@@ -237,9 +238,11 @@ class IptablesBackend:
         return "legacy" if counts.get("legacy", 0) > counts.get("nft", 0) else "nft"
 
     def random_fully(self) -> bool:
-        """flanneld's test (go-iptables ``HasRandomFully``): iptables 1.6.2 or newer."""
-        proc = self._runner([tool_name("ipv4", self.xt, ""), "--version"], None)
-        return proc.returncode == 0 and _version(proc.stdout) >= (1, 6, 2)
+        """flanneld's test (go-iptables ``HasRandomFully``): iptables 1.6.2 or newer.  Asked once."""
+        if self._random_fully is None:
+            proc = self._runner([tool_name("ipv4", self.xt, ""), "--version"], None)
+            self._random_fully = proc.returncode == 0 and _version(proc.stdout) >= (1, 6, 2)
+        return self._random_fully
 
     # -- read and write ----------------------------------------------------
     def read(self, xt: str, families: Iterable[Family] = _FAMILIES) -> tuple[tuple[IptChain, ...], frozenset, dict]:

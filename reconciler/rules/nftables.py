@@ -141,6 +141,7 @@ class NftablesBackend:
     def __init__(self, netns: str | None = None, runner=None) -> None:
         self.netns = netns
         self._runner = runner or self._run
+        self._random_fully: bool | None = None   # asked once
 
     def _run(self, argv: Sequence[str], stdin: str | None) -> subprocess.CompletedProcess:
         cmd = list(argv)
@@ -174,10 +175,11 @@ class NftablesBackend:
 
     def random_fully(self) -> bool:
         """flanneld's probe: does a ``masquerade fully-random`` rule pass ``nft --check``?"""
-        probe = ("table ip frc-probe {\n\tchain p {\n\t\ttype nat hook postrouting priority srcnat;\n"
-                 "\t\tip saddr != 127.0.0.1 masquerade fully-random\n\t}\n}\n")
-        proc = self._runner(["nft", "-c", "-f", "-"], probe)
-        return proc.returncode == 0
+        if self._random_fully is None:
+            probe = ("table ip frc-probe {\n\tchain p {\n\t\ttype nat hook postrouting priority srcnat;\n"
+                     "\t\tip saddr != 127.0.0.1 masquerade fully-random\n\t}\n}\n")
+            self._random_fully = self._runner(["nft", "-c", "-f", "-"], probe).returncode == 0
+        return self._random_fully
 
     def apply(self, writes: Sequence[NftWrite]) -> None:
         """One ``nft -f -`` transaction; raises ``ToolError`` with nft's message."""
