@@ -378,3 +378,15 @@ def test_plan_touches_only_ours_and_one_apply_converges(ours, foreign, flags, nf
     kernel.restore(text)
     assert kernel.foreign() == before
     assert make_rule_plan(desired, live()).in_sync
+
+
+def test_rules_package_surface_and_a_pure_core():
+    import types
+
+    import reconciler.rules as rules
+    from reconciler.rules import desired, model, plan
+
+    public = sorted(n for n, v in vars(rules).items() if not n.startswith("_") and not isinstance(v, types.ModuleType))
+    assert rules.__all__ == public
+    for mod in (desired, model, plan):   # the pure half runs no tool
+        assert "subprocess" not in vars(mod) and "shutil" not in vars(mod)

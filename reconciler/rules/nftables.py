@@ -52,7 +52,8 @@ def expr_text(expr: Sequence[dict]) -> str:
     """One rule's ``nft -j`` expressions as ``nft list`` words (for flanneld's vocabulary)."""
     words: list[str] = []
     for e in expr:
-        (name, arg), = e.items() if isinstance(e, dict) and len(e) == 1 else ((None, e),)
+        # Every expression is a one-key object: {"match": {...}}, {"accept": null}, ...
+        name, arg = next(iter(e.items())) if isinstance(e, dict) and len(e) == 1 else (None, e)
         if name == "match" and isinstance(arg, dict):
             left = _left(arg.get("left"))
             op = arg.get("op", "==")

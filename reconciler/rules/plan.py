@@ -161,11 +161,10 @@ def jump_ops(want: IptChain | None, have: IptChain | None) -> tuple[list[IptRule
     return deletes, adds
 
 
-def _jump_changes(want: IptChain | None, have: IptChain | None, group) -> tuple[list[RuleChange], bool]:
+def _jump_changes(want: IptChain | None, have: IptChain | None, group) -> list[RuleChange]:
     deletes, adds = jump_ops(want, have)
     changes = [RuleChange("delete", r, None, (), group) for r in deletes]
-    changes += [RuleChange("create", r, None, (), group) for r in adds]
-    return changes, bool(changes)
+    return changes + [RuleChange("create", r, None, (), group) for r in adds]
 
 
 def _ipt_plan(desired: RuleSet, live: LiveRules) -> tuple[list[RuleChange], list[IptWrite]]:
@@ -190,14 +189,14 @@ def _ipt_plan(desired: RuleSet, live: LiveRules) -> tuple[list[RuleChange], list
             else:
                 chain_changes += _seq_changes(want.rules, have.rules, lambda r: r.spec, group)
                 rewrite = bool(chain_changes)
-            jump_changes, jumps_differ = _jump_changes(want, have, group)
+            jump_changes = _jump_changes(want, have, group)
             referenced = (xt, key[0], key[1], key[2]) in live.referenced
             if want is None and not referenced:
                 chain_changes.append(RuleChange("delete", have, None, (), group))
             # Read as they happen: stale jumps go first, new jumps come last.
             changes += [c for c in jump_changes if c.op == "delete"] + chain_changes
             changes += [c for c in jump_changes if c.op == "create"]
-            if rewrite or jumps_differ or (want is None and not referenced):
+            if rewrite or jump_changes or (want is None and not referenced):
                 writes.append(IptWrite(xt, want, have, rewrite, referenced))
     return changes, writes
 

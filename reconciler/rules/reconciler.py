@@ -13,8 +13,6 @@ backend the host does not use.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
-
 from ..config import NetworkConfig
 from ..leases import Lease
 from ..plan import OpResult
@@ -151,8 +149,3 @@ class RuleReconciler:
             results.append(OpResult(c, err is None) if err is None
                            else OpResult(c, False, None, f"{c.obj.describe()}: {err}"))
         return results
-
-
-def summarize(results: Sequence[OpResult]) -> tuple[int, int]:
-    ok = sum(1 for r in results if r.ok)
-    return ok, len(results) - ok
