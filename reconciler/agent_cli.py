@@ -9,12 +9,6 @@ import threading
 __all__ = ["add_commands"]
 
 
-def _bool_env(name: str) -> bool:
-    import os
-
-    return os.environ.get("FLANNELD_" + name, "").lower() in ("1", "true", "yes")
-
-
 def add_commands(sub, add_source_args, add_node_args) -> None:
     """Register the agent's subcommands on the main parser."""
     import os
@@ -29,12 +23,10 @@ def add_commands(sub, add_source_args, add_node_args) -> None:
     pr.add_argument("--healthz-port", type=int, default=int(os.environ.get("FLANNELD_HEALTHZ_PORT", "0")),
                     help="serve /healthz and /readyz on this port (0: off)")
     pr.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this port (0: off)")
-    pr.add_argument("--ip-masq", action="store_true", default=_bool_env("IP_MASQ"),
-                    help="masquerade traffic leaving the network (FLANNEL-POSTRTG) and record it in subnet.env "
-                         "as FLANNEL_IPMASQ, so the CNI plugin leaves masquerading to us")
     from .rules.commands import add_rule_args
 
-    add_rule_args(pr, ip_masq=False, resync=True)
+    # --ip-masq (also recorded in subnet.env as FLANNEL_IPMASQ), the forward rules, the resync.
+    add_rule_args(pr, ip_masq=True, resync=True)
     pr.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     pr.set_defaults(handler=cmd_run)
 

@@ -45,12 +45,13 @@ def add_rule_args(p: argparse.ArgumentParser, *, ip_masq: bool = True, resync: b
     """flanneld's traffic flags (names and defaults as flanneld's), also read from ``FLANNELD_*``."""
     g = p.add_argument_group("packet filter rules (flanneld's FLANNEL-FWD / FLANNEL-POSTRTG)")
     if ip_masq:
-        g.add_argument("--ip-masq", type=go_bool, nargs="?", const=True, default=_env_bool("IP_MASQ", False),
-                       help="masquerade traffic leaving the overlay network (default false)")
-    g.add_argument("--iptables-forward-rules", type=go_bool, nargs="?", const=True,
+        g.add_argument("--ip-masq", type=go_bool, nargs="?", const=True, metavar="BOOL", default=_env_bool("IP_MASQ", False),
+                       help="masquerade traffic leaving the overlay network (FLANNEL-POSTRTG), and say so in "
+                            "subnet.env (FLANNEL_IPMASQ) so the CNI plugin leaves masquerading to us (default false)")
+    g.add_argument("--iptables-forward-rules", type=go_bool, nargs="?", const=True, metavar="BOOL",
                    default=_env_bool("IPTABLES_FORWARD_RULES", True),
                    help="accept forwarded traffic to and from the network (default true; =false to disable)")
-    g.add_argument("--ip-masq-fully-random-disable", type=go_bool, nargs="?", const=True,
+    g.add_argument("--ip-masq-fully-random-disable", type=go_bool, nargs="?", const=True, metavar="BOOL",
                    default=_env_bool("IP_MASQ_FULLY_RANDOM_DISABLE", False),
                    help="masquerade without --random-fully (default false)")
     if resync:
