@@ -304,3 +304,17 @@ def test_dual_stack_writes_the_ipv6_twins(netns, mode):
                 '-j MASQUERADE --random-fully') in v6
         assert '-A FLANNEL-FWD -d fd00:64::/56 -m comment --comment "flanneld forward" -j ACCEPT' in v6
         assert ours(save(netns, xt)) == FWD + MASQ        # and the IPv4 set beside it
+
+
+@pytest.mark.parametrize("mode", [m for m in MODES if m != "nftables"])
+def test_a_stale_jump_with_quotes_in_its_comment_goes_and_the_foreign_twin_stays(netns, mode):
+    """The one place a rule read from the kernel is written back (``-D``): quoted as iptables-save does."""
+    xt = xt_of(mode)
+    run(netns, f"iptables-{xt}", "-N", "FLANNEL-FWD")
+    run(netns, f"iptables-{xt}", "-A", "FORWARD", "-m", "comment", "--comment", 'old "flanneld" \\ run',
+        "-j", "FLANNEL-FWD")
+    run(netns, f"iptables-{xt}", "-A", "FORWARD", "-m", "comment", "--comment", 'old "flanneld" \\ run',
+        "-j", "ACCEPT")
+    converge(reconciler(netns, mode), mode, RuleFlags())
+    assert ours(save(netns, xt)) == FWD
+    assert '-A FORWARD -m comment --comment "old \\"flanneld\\" \\\\ run" -j ACCEPT' in save(netns, xt)

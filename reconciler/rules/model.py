@@ -57,9 +57,18 @@ class RuleFlags:
     masq_fully_random_disable: bool = False  # --ip-masq-fully-random-disable
 
 
+def _quote(token: str) -> str:
+    if token and not any(c in token for c in ' "\\\'\t'):
+        return token
+    # iptables-save's quoting (libxtables ``xtables_save_string``): double quotes, with
+    # backslash before '"' and '\\', which iptables-restore undoes.  A jump rule read
+    # back from the kernel is written again (``-D``) only in this form.
+    return '"' + token.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def quote_spec(spec: tuple[str, ...]) -> str:
-    """A rule spec in ``iptables-save`` spelling: an argument with a space is double-quoted."""
-    return " ".join(f'"{t}"' if (" " in t or not t) else t for t in spec)
+    """A rule spec in ``iptables-save`` spelling: arguments with blanks or quotes are double-quoted."""
+    return " ".join(_quote(t) for t in spec)
 
 
 @dataclass(frozen=True, slots=True)
