@@ -10,7 +10,9 @@ import subprocess
 from dataclasses import replace
 from ipaddress import IPv6Network
 
-from reconciler.rules import (IptablesBackend, LiveRules, NftablesBackend, RuleFlags, RuleReconciler,
+import pytest
+
+from reconciler.rules import (IptablesBackend, LiveRules, NftablesBackend, RuleFlags, RuleReconciler, ToolError,
                               br_netfilter_warnings, desired_rules, forward_drop_warning, make_rule_plan,
                               nft_script, parse_save, parse_tables, restore_input)
 from reconciler.rules.nftables import expr_text
@@ -390,3 +392,16 @@ def test_rules_package_surface_and_a_pure_core():
     assert rules.__all__ == public
     for mod in (desired, model, plan):   # the pure half runs no tool
         assert "subprocess" not in vars(mod) and "shutil" not in vars(mod)
+
+
+def test_an_unreadable_unused_backend_does_not_stop_the_rules(monkeypatch):
+    monkeypatch.setattr(IptablesBackend, "available", lambda self, xt: True)
+    monkeypatch.setattr("shutil.which", lambda name: "/usr/sbin/" + name)
+    tools = FakeTools({("iptables-legacy-save",): (1, ""), ("ip6tables-legacy-save",): (1, "")})
+    rr = RuleReconciler(IptablesBackend(runner=tools, xt="nft"), NftablesBackend(runner=tools))
+    plan = rr.plan(desired_rules(config(), own(), RuleFlags()))
+    assert plan.summary() == {"create": 4, "update": 0, "delete": 0}
+    tools = FakeTools({("iptables-nft-save", "-t", "filter"): (1, "")})
+    rr = RuleReconciler(IptablesBackend(runner=tools, xt="nft"), NftablesBackend(runner=tools))
+    with pytest.raises(ToolError, match="iptables-nft-save -t filter failed"):
+        rr.plan(desired_rules(config(), own(), RuleFlags()))

@@ -251,6 +251,8 @@ class IptablesBackend:
         refs: set = set()
         policies: dict = {}
         for fam in families:
+            if shutil.which(tool_name(fam, xt, "save")) is None:
+                continue  # no ip6tables here: nothing of ours can be in it (writing it would say so)
             if xt == "nft":
                 # nf_tables reads a table without creating it.
                 text = self.save(fam, xt, "filter") + self.save(fam, xt, "nat")

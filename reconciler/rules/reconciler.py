@@ -107,7 +107,12 @@ class RuleReconciler:
             raise ToolError("iptables is not installed (Debian package iptables)")
         xt = self.iptables.xt if backends else ""
         for b in backends:
-            chains, r, policies = self.iptables.read(b)
+            try:
+                chains, r, policies = self.iptables.read(b)
+            except ToolError:
+                if b == xt:
+                    raise
+                continue  # the backend we do not use cannot be read (no kernel support): nothing to clean
             ipt[b] = chains
             refs |= r
             if b == xt:
