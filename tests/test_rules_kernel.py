@@ -318,3 +318,11 @@ def test_a_stale_jump_with_quotes_in_its_comment_goes_and_the_foreign_twin_stays
     converge(reconciler(netns, mode), mode, RuleFlags())
     assert ours(save(netns, xt)) == FWD
     assert '-A FORWARD -m comment --comment "old \\"flanneld\\" \\\\ run" -j ACCEPT' in save(netns, xt)
+
+
+def test_nftables_mode_reads_an_iptables_drop_policy_and_warns(netns):
+    run(netns, "iptables-nft", "-P", "FORWARD", "DROP")
+    rr = reconciler(netns, "nftables")
+    converge(rr, "nftables", RuleFlags())
+    assert "cannot override" in rr.forward_warning(cfg("nftables"))
+    assert rr.forward_warning(cfg("iptables-nft")) is None
