@@ -9,12 +9,6 @@ import threading
 __all__ = ["add_commands"]
 
 
-def _bool_env(name: str) -> bool:
-    import os
-
-    return os.environ.get("FLANNELD_" + name, "").lower() in ("1", "true", "yes")
-
-
 def add_commands(sub, add_source_args, add_node_args) -> None:
     """Register the agent's subcommands on the main parser."""
     import os
@@ -29,8 +23,10 @@ def add_commands(sub, add_source_args, add_node_args) -> None:
     pr.add_argument("--healthz-port", type=int, default=int(os.environ.get("FLANNELD_HEALTHZ_PORT", "0")),
                     help="serve /healthz and /readyz on this port (0: off)")
     pr.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this port (0: off)")
-    pr.add_argument("--ip-masq", action="store_true", default=_bool_env("IP_MASQ"),
-                    help="recorded in subnet.env as FLANNEL_IPMASQ (the agent itself writes no iptables rules)")
+    from .rules.commands import add_rule_args
+
+    # --ip-masq (also recorded in subnet.env as FLANNEL_IPMASQ), the forward rules, the resync.
+    add_rule_args(pr, ip_masq=True, resync=True)
     pr.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     pr.set_defaults(handler=cmd_run)
 
@@ -68,6 +64,8 @@ def cmd_run(args) -> int:
         subnet_file=args.subnet_file, resync_interval=args.resync_interval, healthz_ip=args.healthz_ip,
         healthz_port=args.healthz_port, metrics_port=args.metrics_port, ip_masq=args.ip_masq,
         public_ipv6=_public_ipv6(args),
+        forward_rules=args.iptables_forward_rules, masq_fully_random_disable=args.ip_masq_fully_random_disable,
+        iptables_resync=args.iptables_resync,
     )
     if args.leases_file:
         raise SystemExit("error: run reads etcd; --leases-file is for plan/apply/show")
@@ -81,7 +79,10 @@ def cmd_run(args) -> int:
         # socket and stops it with SIGTERM; that child must not inherit ours.
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        Agent(store, backend, opts).run(stop)
+        from .rules import IptablesBackend, NftablesBackend, RuleReconciler
+
+        rules = RuleReconciler(IptablesBackend(args.netns), NftablesBackend(args.netns))
+        Agent(store, backend, opts, rules=rules).run(stop)
     return 0
 
 

@@ -26,6 +26,7 @@ from .netlink.common import UnderlaySpec, compile_iface_regex
 from .ownership import BRIDGE_NAME
 from .reconcile import Cycle, compute_cycle, dump_live, on_link_predicate
 from .render import describe, plan_json, plan_text, show_rows, show_text, status_json
+from .rules.commands import add_rule_args, cli_rule_plan, rule_show_rows
 
 __all__ = ["main", "build_parser"]
 
@@ -93,16 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_args(pp)
     _add_node_args(pp, offline_ok=True)
     pp.add_argument("--output", choices=("text", "json"), default="text")
+    add_rule_args(pp)
 
     pa = sub.add_parser("apply", help="converge the kernel once and print what was done")
     _add_source_args(pa)
     _add_node_args(pa, offline_ok=False)
     pa.add_argument("--output", choices=("text", "json"), default="text")
+    add_rule_args(pa)
 
     ps = sub.add_parser("show", help="desired objects beside their live state (exit 2 if any is not ok)")
     _add_source_args(ps)
     _add_node_args(ps, offline_ok=True)
     ps.add_argument("--output", choices=("text", "json"), default="text")
+    add_rule_args(ps)
 
     from . import agent_cli  # the daemon, snapshot and demo commands live apart
 
@@ -283,12 +287,15 @@ def cmd_plan(args) -> int:
         with open_backend(args) as backend:
             cycle = compute(args, snap, backend)
     _warn_skipped(cycle)
+    _, rules, _, note = cli_rule_plan(args, cycle, kernel=not (args.live_file or args.offline))
+    _note(note)
+    plan = _with_rules(cycle.plan, rules)
     if args.output == "json":
-        print(json.dumps(plan_json(cycle.plan, cycle.node_json(), cycle.skipped), indent=2))
+        print(json.dumps(plan_json(plan, cycle.node_json(), cycle.skipped), indent=2))
     else:
-        print(plan_text(cycle.plan, colour=_colour(),
+        print(plan_text(plan, colour=_colour(),
                         header=_header(cycle)), end="")
-    return 0 if cycle.plan.in_sync else 2
+    return 0 if plan.in_sync else 2
 
 
 def cmd_apply(args) -> int:
@@ -299,11 +306,16 @@ def cmd_apply(args) -> int:
         cycle = compute(args, snap, backend)
         _warn_skipped(cycle)
         results = apply_plan(backend, cycle.plan, cycle.desired)
+    _, rules, rr, note = cli_rule_plan(args, cycle, kernel=True)
+    _note(note)
+    if rr is not None:
+        results = list(results) + rr.apply(rules)
+    plan = _with_rules(cycle.plan, rules)
     bad = [r for r in results if not r.ok]
     if args.output == "json":
-        print(json.dumps(plan_json(cycle.plan, cycle.node_json(), cycle.skipped, results), indent=2))
+        print(json.dumps(plan_json(plan, cycle.node_json(), cycle.skipped, results), indent=2))
     else:
-        print(plan_text(cycle.plan, results, colour=_colour(),
+        print(plan_text(plan, results, colour=_colour(),
                         header=_header(cycle)), end="")
     for r in bad:
         print(f"error: {r.message}", file=sys.stderr)
@@ -323,11 +335,26 @@ def cmd_show(args) -> int:
             cycle = compute(args, snap, backend)
     _warn_skipped(cycle)
     rows = show_rows(cycle.desired, cycle.live, cycle.plan)
+    desired_rules, rules, rr, note = cli_rule_plan(args, cycle, kernel=not args.live_file)
+    _note(note)
+    rows += rule_show_rows(desired_rules, rules, rr.last_live.xt if rr is not None else "")
     if args.output == "json":
         print(json.dumps({"node": cycle.node_json(), "objects": status_json(rows)}, indent=2))
     else:
         print(show_text(rows, colour=_colour()), end="")
     return 0 if all(r[0] == "ok" for r in rows) else 2
+
+
+def _with_rules(plan, rules):
+    """The netlink plan followed by the rule changes (kind ``rule``), for rendering and exit codes."""
+    from .plan import Plan
+
+    return Plan(tuple(plan.changes) + tuple(rules.changes), plan.conflicts)
+
+
+def _note(note: str | None) -> None:
+    if note:
+        print(f"note: {note}", file=sys.stderr)
 
 
 COMMANDS = {"plan": cmd_plan, "apply": cmd_apply, "show": cmd_show}

@@ -83,6 +83,14 @@ class AgentOptions:
     healthz_port: int = 0
     metrics_port: int = 0
     ip_masq: bool = False
+    # --- packet filter rules (reconciler/rules, docs/traffic-rules.md) ---
+    #: flanneld's --iptables-forward-rules (default true).
+    forward_rules: bool = True
+    #: flanneld's --ip-masq-fully-random-disable.
+    masq_fully_random_disable: bool = False
+    #: flanneld's --iptables-resync: seconds between rule checks (besides every cycle).
+    iptables_resync: float = 5.0
+    #: Events arriving within this window are folded into one cycle.
     #: Events arriving within this window are folded into one cycle (0: none; a
     #: busy worker folds whatever queued up meanwhile anyway).
     coalesce: float = 0.0
@@ -138,7 +146,7 @@ class Agent:
 
     def __init__(self, store, backend, opts: AgentOptions, *, clock: Callable[[], float] = time.monotonic,
                  rng: random.Random | None = None, metrics: Metrics | None = None,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None, rules=None) -> None:
         self.store = store
         self.backend = backend
         self.opts = opts
@@ -175,6 +183,12 @@ class Agent:
         self._retry_at: float | None = None
         self._retry_delay = opts.retry_min
         self._kernel_events = False
+        # Packet filter rules: a RuleReconciler, or None (rules not managed,
+        # as in tests whose backend is not a real kernel).
+        self.rules = rules
+        self._rules_lock = threading.Lock()
+        self._rules_lease = None
+        self._rules_error: str | None = None
 
     # ------------------------------------------------------------- start-up
     def start(self, stop: threading.Event) -> None:
@@ -332,6 +346,8 @@ class Agent:
             subscribed.set()
         else:
             subscribed.set()
+        if self.rules is not None:
+            threads.append(threading.Thread(target=self._rules_loop, args=(stop,), name="rules", daemon=True))
         for t in threads:
             t.start()
         # Subscribe before the first dump, so that nothing falls between them.
@@ -584,6 +600,7 @@ class Agent:
             plan = Plan(tuple(c for c in plan if c.op != "delete" or c.kind == "link"), plan.conflicts)
         results = apply_plan(self.backend, plan, self.desired.state) if plan.changes else []
         self.tracker.settle(plan, results, held)
+        self._sync_rules(self.desired.own)  # rules: a pipeline of its own (reconciler/rules)
         failed = [r for r in results if not r.ok]
         for r in results:
             self.metrics.inc("flannel_reconciler_operations_total", kind=r.change.kind, op=r.change.op,
@@ -633,6 +650,62 @@ class Agent:
                                       tuple(self.index.skips()) if changed or full else
                                       (self.last_cycle.skipped if self.last_cycle else ()), dumped, duration)
         return self.last_cycle
+
+    # ---------------------------------------------------------------- rules
+    def _sync_rules(self, own_lease) -> None:
+        """Plan and apply our packet filter rules (docs/traffic-rules.md).
+
+        Runs after every cycle's netlink apply and every ``iptables_resync``
+        seconds in between (``_rules_loop``), like flanneld's 5-second
+        check, so a rule deleted by hand is back within one resync.  A
+        failure is logged and retried; it never stops the netlink side.
+        """
+        if self.rules is None or own_lease is None:
+            return
+        from .rules import RuleFlags
+
+        flags = RuleFlags(forward_rules=self.opts.forward_rules, ip_masq=self.opts.ip_masq,
+                          masq_fully_random_disable=self.opts.masq_fully_random_disable)
+        with self._rules_lock:
+            first = self._rules_lease is None
+            self._rules_lease = own_lease
+            if first:
+                for w in self.rules.startup_warnings(self.config):
+                    log.warning("%s", w)
+            try:
+                plan = self.rules.plan(self.rules.desired(self.config, own_lease, flags))
+            except ReconcilerError as exc:
+                if str(exc) != self._rules_error:  # once per distinct problem, not every 5 s
+                    log.error("rules: %s; retrying", exc)
+                self._rules_error = str(exc)
+                return
+            self._rules_error = None
+            warning = self.rules.forward_warning(self.config)
+            if warning and first:
+                log.warning("%s", warning)
+            if plan.in_sync:
+                return
+            results = self.rules.apply(plan)
+        failed = [r for r in results if not r.ok]
+        for r in results:
+            self.metrics.inc("flannel_reconciler_operations_total", kind="rule", op=r.change.op,
+                             result="ok" if r.ok else "error")
+            if r.ok:
+                log.info("rules: %s %s", {"create": "+", "update": "~", "delete": "-"}[r.change.op],
+                         r.change.obj.describe())
+        for r in failed:
+            log.error("failed: %s", r.message)
+        s = plan.summary()
+        log.info("rules create=%d update=%d delete=%d failed=%d", s["create"], s["update"], s["delete"],
+                 len(failed))
+
+    def _rules_loop(self, stop: threading.Event) -> None:
+        # flanneld checks its rules every --iptables-resync seconds.
+        while not stop.wait(max(0.5, self.opts.iptables_resync)):
+            try:
+                self._sync_rules(self._rules_lease)
+            except Exception:  # the loop must survive anything one check throws
+                log.exception("rules check failed")
 
     def _schedule_retry(self) -> None:
         """Failed or held-back changes stay dirty; look at them again after a growing pause."""

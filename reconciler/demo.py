@@ -4,12 +4,15 @@ The steps, each printed under a short heading:
 
 1. check the prerequisites (root, etcd, the CNI plugins, ip, ping, iptables);
 2. start a private etcd on 127.0.0.1 and write the network config;
-3. build N node namespaces on a bridged veth underlay (eth0 = 198.18.0.i/24);
-4. start the agent in each node (``python -m reconciler run --netns ...``);
+3. build N node namespaces on a bridged veth underlay (eth0 = 198.18.0.i/24),
+   each with the FORWARD policy DROP, as Docker leaves it;
+4. start the agent in each node (``python -m reconciler run --netns ... --ip-masq``);
 5. attach one pod per node with the real CNI bridge plugin, configured as
    flannel's CNI plugin configures it from that node's ``subnet.env``;
-6. show each node's lease and its ``plan`` (in sync: exit 0);
-7. ping every pod from every other pod and print the matrix.
+6. show each node's lease, its ``plan`` (in sync: exit 0) and its rules;
+7. ping every pod from every other pod and print the matrix, then ping an
+   outside host (the underlay's hub, which has no route to the pods) from a
+   pod: only a masqueraded ping comes back.
 
 ``--ipv6`` runs the same cluster dual stack: fd00:100:64::/48 beside the
 IPv4 network, fd00:198:18::i on each node's eth0, pods with an address of
@@ -43,7 +46,7 @@ from typing import Iterator, Sequence, TextIO
 
 from .lab import cni as lab_cni
 from .lab import etcd as lab_etcd
-from .lab.netns import DEMO_PREFIX, Node, delete_netns, enable_ipv6, netns, netns_exists, run, underlay
+from .lab.netns import DEMO_PREFIX, GATEWAY, Node, delete_netns, enable_ipv6, netns, netns_exists, run, underlay
 
 __all__ = ["AgentFailed", "AgentProcess", "CONFIG", "MAX_NODES", "MIN_NODES", "prerequisite_problems", "run_demo"]
 
@@ -295,14 +298,17 @@ class _Demo:
         net = self.namespaces.enter_context(underlay(self.count, prefix=DEMO_PREFIX, ipv6=self.ipv6))
         self.hub, self.nodes = net.hub, net.nodes
         for i, node in enumerate(self.nodes, 1):
-            self.say(f"  node {i}: netns {node.ns}, {node.dev} {node.cidr}" + (f" {node.ip6}/64" if node.ip6 else ""))
-        self.say(f"  (all on bridge br0 in netns {self.hub})")
+            # Docker's FORWARD policy: without the agent's FLANNEL-FWD accepts, pods are cut off.
+            run(node.ns, "iptables", "-P", "FORWARD", "DROP")
+            self.say(f"  node {i}: netns {node.ns}, {node.dev} {node.cidr}" + (f" {node.ip6}/64" if node.ip6 else "")
+                     + ", iptables FORWARD policy DROP")
+        self.say(f"  (all on bridge br0 in netns {self.hub}, {GATEWAY}: the outside host, no route to the pods)")
 
     def start_agents(self) -> None:
         self.heading("The agent on every node")
         for i, node in enumerate(self.nodes, 1):
             agent = AgentProcess(node.ns, self.workdir / f"node-{i}", ["--etcd-endpoints", self.etcd.endpoint],
-                                 iface=node.dev, resync_interval=5)
+                                 iface=node.dev, resync_interval=5, extra_args=["--ip-masq"])
             self.agents.append(agent.start())
         self.say(f"  started {len(self.agents)} agents; waiting (at most {READY_TIMEOUT:g}s) until each is ready")
         wait_all_ready(self.agents, READY_TIMEOUT)
@@ -338,6 +344,7 @@ class _Demo:
             verdict = {0: "in sync", 2: "changes pending"}.get(rc, "error")
             self.say(f"    -> exit {rc}: {verdict}")
             in_sync &= rc == 0
+            self._print_rules(node)
         return in_sync
 
     def _print_leases(self) -> None:
@@ -370,8 +377,19 @@ class _Demo:
             for kv in sorted(kvs, key=lambda kv: kv.key):
                 self.say(f"    {kv.key} = {kv.value}")
 
-    def _plan_args(self, node: Node) -> list[str]:
-        return ["plan", "--netns", node.ns, "--iface", node.dev, "--etcd-endpoints", self.etcd.endpoint]
+    def _plan_args(self, node: Node, command: str = "plan") -> list[str]:
+        return [command, "--netns", node.ns, "--iface", node.dev, "--etcd-endpoints", self.etcd.endpoint,
+                "--ip-masq"]
+
+    def _print_rules(self, node: Node) -> None:
+        """The packet filter rules of the node, as ``show`` lists them (kind ``rule``)."""
+        proc = subprocess.run([sys.executable, "-m", "reconciler", *self._plan_args(node, "show")],
+                              capture_output=True, text=True, env=child_env(), timeout=60)
+        rules = [line for line in proc.stdout.splitlines() if line.startswith("[") and "]" in line
+                 and line.split("]", 1)[1].lstrip().startswith("rule ")]
+        self.say(f"    rules ({len(rules)}, from: python -m reconciler show ...):")
+        for line in rules:
+            self.say(f"      {line}")
 
     def _settled_plan(self, node: Node) -> tuple[int, str]:
         """Run ``plan`` until it says in sync or ``SYNC_TIMEOUT`` passes: the
@@ -388,11 +406,20 @@ class _Demo:
     def ping_matrix(self) -> bool:
         self.heading("Pod-to-pod pings" + (" (IPv4, then IPv6)" if self.ipv6 else ""))
         if not self.ipv6:
-            return self._matrix(lambda pod: pod.ip, "")
-        self.say("  IPv4 (ping):")
-        ok = self._matrix(lambda pod: pod.ip, "IPv4: ")
-        self.say("  IPv6 (ping -6):")
-        return self._matrix(lambda pod: pod.ip6, "IPv6: ") and ok
+            ok = self._matrix(lambda pod: pod.ip, "")
+        else:
+            self.say("  IPv4 (ping):")
+            ok = self._matrix(lambda pod: pod.ip, "IPv4: ")
+            self.say("  IPv6 (ping -6):")
+            ok = self._matrix(lambda pod: pod.ip6, "IPv6: ") and ok
+        return self._ping_outside() and ok
+
+    def _ping_outside(self) -> bool:
+        pod = self.pods[0]
+        outside = _ping(pod.ns, GATEWAY)
+        self.say(f"  pod 1 -> outside host {GATEWAY} (no route back to the pods): "
+                 + ("ok, masqueraded by FLANNEL-POSTRTG" if outside else "FAIL"))
+        return outside
 
     def _matrix(self, address, label: str) -> bool:
         pairs = [(a, b) for a in self.pods for b in self.pods if a is not b]

@@ -27,6 +27,8 @@ __all__ = [
 _SIGN = {"create": "+", "update": "~", "delete": "-"}
 _COLOUR = {"create": "\033[32m", "update": "\033[33m", "delete": "\033[31m"}
 _RESET = "\033[0m"
+#: The netlink kinds, then the packet filter rules (kind ``rule``, reconciler/rules).
+_RENDER_KINDS = KINDS + ("rule",)
 
 
 def describe(obj: KernelObject) -> str:
@@ -70,6 +72,8 @@ def describe(obj: KernelObject) -> str:
         return f"neigh {obj.ip} lladdr {obj.mac} dev {obj.dev} nud permanent"
     if isinstance(obj, Fdb):
         return f"fdb {obj.mac} dev {obj.dev} dst {obj.dst} self permanent"
+    if getattr(obj, "KIND", None) == "rule":  # packet filter rules describe themselves (reconciler/rules)
+        return obj.describe()
     return repr(obj)
 
 
@@ -99,12 +103,12 @@ def plan_text(
 
     With ``results`` (after ``apply``) each line ends in ``ok`` or the error.
     """
-    by_kind: dict[str, list[tuple[Change, OpResult | None]]] = {k: [] for k in KINDS}
+    by_kind: dict[str, list[tuple[Change, OpResult | None]]] = {k: [] for k in _RENDER_KINDS}
     res = list(results) if results is not None else [None] * len(plan)
     for c, r in zip(plan, res):
         by_kind[c.kind].append((c, r))
     lines = [header] if header else []
-    for kind in KINDS:
+    for kind in _RENDER_KINDS:
         rows = by_kind[kind]
         if not rows:
             continue

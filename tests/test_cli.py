@@ -27,7 +27,12 @@ fdb:
 route:
   + route 100.64.2.0/24 via 100.64.2.0 dev flannel.1 onlink
   + route 100.64.3.0/24 via 100.64.3.0 dev flannel.1 onlink
-Plan: 10 to create, 0 to update, 0 to delete.
+rule:
+  + rule iptables -t filter chain FLANNEL-FWD
+  + rule iptables -t filter -A FLANNEL-FWD -s 100.64.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT
+  + rule iptables -t filter -A FLANNEL-FWD -d 100.64.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT
+  + rule iptables -t filter -A FORWARD -m comment --comment "flanneld forward" -j FLANNEL-FWD
+Plan: 14 to create, 0 to update, 0 to delete.
 """
 
 
@@ -50,7 +55,7 @@ def test_plan_json_schema(capsys):
     assert set(doc) == {"in_sync", "node", "changes", "summary", "skipped", "conflicts"}
     assert doc["in_sync"] is False
     assert doc["node"] == {"public_ip": "198.18.0.2", "subnet": "100.64.2.0/24"}
-    assert doc["summary"] == {"create": 10, "update": 0, "delete": 0}
+    assert doc["summary"] == {"create": 14, "update": 0, "delete": 0}
     link = next(c["object"] for c in doc["changes"] if c["kind"] == "link" and c["object"]["type"] == "vxlan")
     assert link == {"name": "flannel.1", "type": "vxlan", "mtu": 8950, "mac": "0a:58:64:40:02:00", "up": True,
                     "vni": 1, "local": "198.18.0.2", "port": 8472, "learning": False}
@@ -60,6 +65,7 @@ def test_plan_json_schema(capsys):
         ("link", frozenset({"name", "type", "mtu", "mac", "up", "vni", "local", "port", "learning"})),
         ("address", frozenset({"dev", "cidr"})), ("route", frozenset({"dst", "gateway", "dev", "onlink"})),
         ("neigh", frozenset({"dev", "ip", "mac"})), ("fdb", frozenset({"dev", "mac", "dst"})),
+        ("rule", frozenset({"backend", "table", "chain"})), ("rule", frozenset({"backend", "table", "chain", "rule"})),
     }
     assert all(c["op"] == "create" and "live" not in c for c in doc["changes"])
 
@@ -82,8 +88,12 @@ def _live_file(tmp_path, capsys, public_ip="198.18.0.1") -> Path:
 
 def test_converged_live_file_plans_nothing_and_exits_0(tmp_path, capsys):
     live = _live_file(tmp_path, capsys)
-    code, out, _ = run(capsys, "plan", "--leases-file", EXAMPLE, "--public-ip", "198.18.0.1", "--live-file", str(live))
+    code, out, _ = run(capsys, "plan", "--leases-file", EXAMPLE, "--public-ip", "198.18.0.1", "--live-file", str(live),
+                       "--iptables-forward-rules=false")
     assert code == 0 and out.endswith("In sync: no changes.\n")
+    # A live file has no rules: flanneld's default FORWARD accepts are planned against none present.
+    code, out, _ = run(capsys, "plan", "--leases-file", EXAMPLE, "--public-ip", "198.18.0.1", "--live-file", str(live))
+    assert code == 2 and out.endswith("rule:\n" + GOLDEN.split("rule:\n")[1].replace("14 to create", "4 to create"))
 
 
 def test_drifted_live_file_shows_desired_and_live(tmp_path, capsys):
@@ -92,13 +102,15 @@ def test_drifted_live_file_shows_desired_and_live(tmp_path, capsys):
     data["links"] = [dict(l, mtu=1500) if l["name"] == "flannel.1" else l for l in data["links"]]
     data["routes"].append({"dst": "100.64.9.0/24", "gateway": "100.64.9.0", "dev": "flannel.1", "onlink": True})
     live.write_text(json.dumps(data))
-    code, out, _ = run(capsys, "plan", "--leases-file", EXAMPLE, "--public-ip", "198.18.0.1", "--live-file", str(live))
+    code, out, _ = run(capsys, "plan", "--leases-file", EXAMPLE, "--public-ip", "198.18.0.1", "--live-file", str(live),
+                       "--iptables-forward-rules=false")
     assert code == 2
     assert "  ~ link flannel.1 type vxlan id 1 local 198.18.0.1 dstport 8472 nolearning mtu 1500 " in out
     assert ": mtu desired 1450, live 1500\n" in out
     assert "  - route 100.64.9.0/24 via 100.64.9.0 dev flannel.1 onlink\n" in out
     assert out.endswith("Plan: 0 to create, 1 to update, 1 to delete.\n")
-    code, out, _ = run(capsys, "show", "--leases-file", EXAMPLE, "--public-ip", "198.18.0.1", "--live-file", str(live))
+    code, out, _ = run(capsys, "show", "--leases-file", EXAMPLE, "--public-ip", "198.18.0.1", "--live-file", str(live),
+                       "--iptables-forward-rules=false")
     assert code == 2
     assert "[drift]    link flannel.1" in out and "(mtu desired 1450, live 1500)" in out
     assert "[stale]    route 100.64.9.0/24 via 100.64.9.0 dev flannel.1 onlink" in out
@@ -166,3 +178,19 @@ def test_python_dash_m_entry_point():
     proc = subprocess.run([sys.executable, "-m", "reconciler", "plan", "--leases-file", EXAMPLE,
                            "--public-ip", "198.18.0.1", "--offline"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stdout == GOLDEN
+
+
+def test_rule_flags_like_flanneld(capsys):
+    """--ip-masq adds FLANNEL-POSTRTG; Go-style booleans; a bad value is one error line, exit 2 (argparse)."""
+    code, out, _ = run(capsys, "plan", "--leases-file", EXAMPLE, "--public-ip", "198.18.0.1", "--offline",
+                       "--ip-masq", "--ip-masq-fully-random-disable", "--output", "json")
+    rules = [c["object"] for c in json.loads(out)["changes"] if c["kind"] == "rule"]
+    assert {"backend": "iptables", "table": "nat", "chain": "FLANNEL-POSTRTG",
+            "rule": '-s 100.64.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "flanneld masq" -j MASQUERADE'} in rules
+    assert len(rules) == 12
+    code, out, _ = run(capsys, "plan", "--leases-file", EXAMPLE, "--public-ip", "198.18.0.1", "--offline",
+                       "--iptables-forward-rules=false")
+    assert "rule:" not in out
+    with pytest.raises(SystemExit):
+        main(["plan", "--leases-file", EXAMPLE, "--offline", "--iptables-forward-rules=maybe"])
+    assert "invalid boolean value 'maybe'" in capsys.readouterr().err

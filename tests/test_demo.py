@@ -70,6 +70,12 @@ def test_the_demo_builds_a_cluster_whose_pods_all_talk(root_and_etcd, capsys):
     # The matrix: a header, one row per pod, a summary.
     assert re.search(r"from \\ to\s+pod 1\s+pod 2\n\s+pod 1\s+-\s+ok\n\s+pod 2\s+ok\s+-\n", out), out
     assert "2/2 pod pairs reachable" in out
+    # FORWARD DROP on every node, rules in every node's listing, and a pod out through masquerading.
+    assert out.count("iptables FORWARD policy DROP") == 2, out
+    assert len(re.findall(r'\[ok\]\s+rule iptables-(nft|legacy) -t filter -A FORWARD -m comment --comment '
+                          r'"flanneld forward" -j FLANNEL-FWD', out)) == 2, out
+    assert out.count("rules (12, from: python -m reconciler show ...)") == 2, out
+    assert "pod 1 -> outside host 198.18.0.254 (no route back to the pods): ok, masqueraded" in out
     # Each lease shows a subnet of the network and a MAC.
     assert len(re.findall(r"^\s+\d\s+198\.18\.0\.\d\s+100\.64\.\d+\.0/24\s+([0-9a-f]{2}:){5}[0-9a-f]{2}\s+100\.64\.",
                           out, re.M)) == 2, out

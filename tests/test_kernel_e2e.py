@@ -166,9 +166,10 @@ def test_apply_on_an_empty_node_builds_exactly_flannels_state(node, leases, caps
     assert set(doc) == {"in_sync", "node", "changes", "summary", "skipped", "conflicts", "failed"}
     assert doc["node"] == {"public_ip": "198.18.0.1", "subnet": "100.64.1.0/24"}
     assert doc["in_sync"] is False and doc["failed"] == 0 and doc["skipped"] == [] and doc["conflicts"] == []
-    assert doc["summary"] == {"create": 10, "update": 0, "delete": 0}
+    # Ten kernel objects, then flanneld's default FORWARD accepts (chain, two rules, jump; docs/traffic-rules.md).
+    assert doc["summary"] == {"create": 14, "update": 0, "delete": 0}
     assert [c["kind"] for c in doc["changes"]] == ["link"] * 2 + ["address"] * 2 + ["neigh"] * 2 + ["fdb"] * 2 + \
-        ["route"] * 2
+        ["route"] * 2 + ["rule"] * 4
     for c in doc["changes"]:
         assert set(c) == {"op", "kind", "object", "result"} and c["op"] == "create"
         assert c["result"] == {"ok": True, "errno": None, "message": ""}
@@ -184,7 +185,7 @@ def test_apply_on_an_empty_node_builds_exactly_flannels_state(node, leases, caps
     assert (rc, out.splitlines()[-1]) == (0, "In sync: no changes."), out + err
     rc, out, err = cli(capsys, "show", *node_args(leases, node.ns))
     assert rc == 0, out + err
-    assert out.splitlines()[-1] == "10 ok, 0 missing, 0 drift, 0 stale, 0 conflict"
+    assert out.splitlines()[-1] == "14 ok, 0 missing, 0 drift, 0 stale, 0 conflict"
     assert observed(node.ns) == expected(1, THREE)          # plan and show wrote nothing
 
 
