@@ -315,6 +315,27 @@ def test_a_lost_answer_is_reported_failed_never_trusted(installed, monkeypatch):
     assert all(state.get("neigh", n.key) == n for n in neighs)
 
 
+def test_the_batch_goes_through_the_compiled_encoder_when_accelerated(installed, accelerate, monkeypatch):
+    """accelerated: _fastpath.encode_batch/match_acks encode and match the batch; else wire's.  Same outcome."""
+    calls = []
+    for module, name in ((_fastpath, "compiled"), (wire, "pure")):
+        for fn in ("encode_batch", "match_acks"):
+            real = getattr(module, fn)
+            if real is not None:
+                monkeypatch.setattr(module, fn, lambda *a, _real=real, _tag=(name, fn): calls.append(_tag) or _real(*a))
+    objs = [Neigh("flannel.1", "100.64.30.0", "0a:58:64:40:1e:00"), Fdb("flannel.1", "0a:58:64:40:1e:00", host3),
+            Route("100.64.30.0/24", "100.64.30.0", "flannel.1", onlink=True, protocol=73),
+            Address("cni0", "fd00:64:1::1/64"),
+            Neigh("flannel.1", "fd00:64:30::", "0a:58:64:40:1e:00")]
+    results = installed.apply(creates(*objs))
+    assert [r.message for r in results if not r.ok] == []
+    used = "compiled" if accelerate else "pure"
+    assert set(calls) == {(used, "encode_batch"), (used, "match_acks")}
+    assert calls.count((used, "encode_batch")) == 1                  # one batch for the five changes
+    state = installed.dump(DEVICES)
+    assert [o for o in objs if state.get(o.KIND, o.key) != o] == []
+
+
 def test_names_are_resolved_by_one_link_dump_per_apply(installed, monkeypatch):
     calls = []
     real = installed._refresh_links
