@@ -12,8 +12,8 @@ Three yardsticks, every one in throwaway namespaces:
   correlation, no ENOBUFS), a failing change in the middle of a batch,
   NLM_F_DUMP_INTR injected through a wrapped ``recv``.
 
-Every test runs with the pure decoders and with the compiled ones; the
-compiled case is skipped only when the extension is not built *and* ``CI``
+Every test runs with the pure codec and with the compiled one (encoder and
+decoders); the compiled case is skipped only when the extension is not built *and* ``CI``
 is unset (CI builds it: a missing build fails there).
 
 The story is test_netlink_reference.py's: node 1 (198.18.0.1, 100.64.1.0/24)
