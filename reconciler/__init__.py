@@ -44,4 +44,12 @@ __all__ = [
     "parse_network_config",
     "validate_leases",
 ]
-__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # __version__ is computed on first use (reconciler/version.py), so importing the core stays cheap.
+    if name == "__version__":
+        from .version import version
+
+        return version()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

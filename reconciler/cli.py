@@ -31,6 +31,7 @@ from .rules.commands import add_rule_args, cli_rule_plan, rule_show_rows
 __all__ = ["main", "build_parser"]
 
 DEFAULT_PREFIX = "/coreos.com/network"
+NETLINK_BACKENDS = ("batched", "pyroute2")
 DEFAULT_ENDPOINTS = "http://127.0.0.1:4001,http://127.0.0.1:2379"
 EXAMPLE_SNAPSHOT = Path(__file__).with_name("examples") / "cluster-3-nodes.json"
 
@@ -74,13 +75,37 @@ def _add_node_args(p: argparse.ArgumentParser, offline_ok: bool) -> None:
     g.add_argument("--underlay-mtu", type=int, default=None,
                    help="underlay MTU; wins over the config's Backend.MTU and the kernel (offline default 1500)")
     g.add_argument("--netns", help="read and write the kernel inside this network namespace (must exist)")
-    g.add_argument("--netlink-backend", choices=("pyroute2", "batched"), default="pyroute2",
-                   help="pyroute2 (the reference, default) or batched (raw rtnetlink in batches, "
-                        "Cython-accelerated dumps when built)")
+    g.add_argument("--netlink-backend", choices=NETLINK_BACKENDS, default=_env("netlink-backend", "batched"),
+                   help="batched (default: raw rtnetlink in batches, Cython-accelerated encoding and dumps "
+                        "when built) or pyroute2 (the reference)")
     if offline_ok:
         g.add_argument("--live-file", help="compare against this live-state JSON instead of the kernel")
         g.add_argument("--offline", action="store_true",
                        help="compare against an empty kernel (no netlink access): what a new node would get")
+
+
+def version_text() -> str:
+    """``flannel-reconciler 0.2.0 (netlink: batched, Cython fast path)``: the version and the default
+    netlink path, as ``--netlink-backend``/``FLANNELD_NETLINK_BACKEND`` and the build make it."""
+    from . import __version__
+
+    backend = _env("netlink-backend", "batched")
+    if backend == "batched":
+        import _fastpath
+
+        backend += ", Cython fast path" if _fastpath.AVAILABLE else ", pure Python"
+    return f"flannel-reconciler {__version__} (netlink: {backend})"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: like argparse's own, but the text (which imports ``_fastpath``) is made only when asked."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="flannel-reconciler",
         description="Declarative node agent for Flannel's VXLAN overlay.",
     )
+    p.add_argument("--version", action=_VersionAction, help="print the version and the netlink path, and exit")
     sub = p.add_subparsers(dest="command", required=True)
 
     pp = sub.add_parser("plan", help="dry run: show the changes apply would make (exit 2 if any)")
@@ -167,7 +193,10 @@ def _is_ip(s: str) -> bool:
 
 
 def open_backend(args):
-    if getattr(args, "netlink_backend", "pyroute2") == "batched":
+    kind = getattr(args, "netlink_backend", "batched")
+    if kind not in NETLINK_BACKENDS:        # argparse checks the flag, not a default from the environment
+        raise ReconcilerError(f"FLANNELD_NETLINK_BACKEND={kind!r}: must be one of {', '.join(NETLINK_BACKENDS)}")
+    if kind == "batched":
         from .netlink.batched import BatchedBackend
 
         return BatchedBackend(netns=args.netns)

@@ -194,3 +194,72 @@ def test_rule_flags_like_flanneld(capsys):
     with pytest.raises(SystemExit):
         main(["plan", "--leases-file", EXAMPLE, "--offline", "--iptables-forward-rules=maybe"])
     assert "invalid boolean value 'maybe'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ --version
+
+def _version_of(env: dict) -> str:
+    """``python3 -m reconciler --version`` in a subprocess with ``env`` added (stdout; exit 0, no stderr)."""
+    import os
+    import subprocess
+    import sys
+
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("FLANNEL_RECONCILER_NO_CYTHON", "FLANNELD_NETLINK_BACKEND")}
+    proc = subprocess.run([sys.executable, "-m", "reconciler", "--version"], env={**base, **env}, capture_output=True,
+                          text=True, timeout=60, cwd=Path(__file__).resolve().parent.parent)
+    assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
+    return proc.stdout
+
+
+def _pyproject_version() -> str:
+    import tomllib
+
+    return tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]["version"]
+
+
+def test_version_is_the_project_version():
+    import reconciler
+
+    assert reconciler.__version__ == _pyproject_version() == "0.2.0"
+
+
+def test_version_flag_works_without_a_subcommand(capsys, monkeypatch):
+    import _fastpath
+
+    monkeypatch.delenv("FLANNELD_NETLINK_BACKEND", raising=False)
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    out, err = capsys.readouterr()
+    assert (exc.value.code, err) == (0, "")
+    path = "Cython fast path" if _fastpath.AVAILABLE else "pure Python"
+    assert out == f"flannel-reconciler 0.2.0 (netlink: batched, {path})\n"
+
+
+def test_version_says_pure_python_when_the_fast_path_is_off():
+    want = "flannel-reconciler 0.2.0 (netlink: batched, pure Python)\n"
+    assert _version_of({"FLANNEL_RECONCILER_NO_CYTHON": "1"}) == want
+
+
+def test_version_says_cython_when_the_fast_path_is_built():
+    import os
+
+    import _fastpath
+
+    if not _fastpath.AVAILABLE:
+        if os.environ.get("CI"):
+            pytest.fail("the _fastpath extension is not built (CI must build it)")
+        pytest.skip("the _fastpath extension is not built (python setup.py build_ext --inplace)")
+    assert _version_of({}) == "flannel-reconciler 0.2.0 (netlink: batched, Cython fast path)\n"
+    assert _version_of({"FLANNELD_NETLINK_BACKEND": "pyroute2"}) == "flannel-reconciler 0.2.0 (netlink: pyroute2)\n"
+
+
+def test_netlink_backend_defaults_to_batched(monkeypatch):
+    from reconciler.cli import build_parser
+
+    monkeypatch.delenv("FLANNELD_NETLINK_BACKEND", raising=False)
+    argv = ["plan", "--leases-file", EXAMPLE, "--offline", "--public-ip", "198.18.0.1"]
+    assert build_parser().parse_args(argv).netlink_backend == "batched"
+    assert build_parser().parse_args(argv + ["--netlink-backend", "pyroute2"]).netlink_backend == "pyroute2"
+    monkeypatch.setenv("FLANNELD_NETLINK_BACKEND", "pyroute2")
+    assert build_parser().parse_args(argv).netlink_backend == "pyroute2"

@@ -429,12 +429,34 @@ def test_the_installed_entry_point_refuses_a_missing_namespace(leases):
     assert not netns_exists(name)
 
 
-def test_the_batched_backend_builds_the_same_node_through_the_cli(node, leases, capsys):
-    rc, out, err = cli(capsys, "apply", *node_args(leases, node.ns), "--netlink-backend", "batched")
+@pytest.mark.parametrize("writer, reader", [("batched", "pyroute2"), ("pyroute2", "batched")])
+def test_each_backend_builds_the_same_node_through_the_cli(node, leases, capsys, writer, reader):
+    """batched (the default) and pyroute2 (the reference): what one writes, the other reads as in sync."""
+    rc, out, err = cli(capsys, "apply", *node_args(leases, node.ns), "--netlink-backend", writer)
     assert rc == 0, out + err
     assert observed(node.ns) == expected(1, THREE)
-    rc, out, err = cli(capsys, "plan", *node_args(leases, node.ns))  # read back by the reference
+    rc, out, err = cli(capsys, "plan", *node_args(leases, node.ns), "--netlink-backend", reader)
     assert rc == 0, out + err
+
+
+def test_the_default_backend_is_batched_and_the_environment_can_choose(node, leases, capsys, monkeypatch):
+    from reconciler.cli import build_parser, open_backend
+    from reconciler.netlink.batched import BatchedBackend
+    from reconciler.netlink.reference import PyrouteBackend
+
+    for env, want in ((None, BatchedBackend), ("pyroute2", PyrouteBackend), ("batched", BatchedBackend)):
+        if env is None:
+            monkeypatch.delenv("FLANNELD_NETLINK_BACKEND", raising=False)
+        else:
+            monkeypatch.setenv("FLANNELD_NETLINK_BACKEND", env)
+        args = build_parser().parse_args(["apply", *node_args(leases, node.ns)])
+        with open_backend(args) as backend:
+            assert type(backend) is want
+    monkeypatch.setenv("FLANNELD_NETLINK_BACKEND", "netlink2")
+    rc, out, err = cli(capsys, "apply", *node_args(leases, node.ns))
+    assert (rc, out) == (1, "")
+    assert err == "error: FLANNELD_NETLINK_BACKEND='netlink2': must be one of batched, pyroute2\n"
+    assert "flannel.1" not in observed(node.ns)["devices"]      # nothing written
 
 
 def test_an_underlay_mtu_larger_than_the_interface_is_refused_up_front(node, leases, capsys):

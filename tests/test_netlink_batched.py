@@ -12,8 +12,8 @@ Three yardsticks, every one in throwaway namespaces:
   correlation, no ENOBUFS), a failing change in the middle of a batch,
   NLM_F_DUMP_INTR injected through a wrapped ``recv``.
 
-Every test runs with the pure decoders and with the compiled ones; the
-compiled case is skipped only when the extension is not built *and* ``CI``
+Every test runs with the pure codec and with the compiled one (encoder and
+decoders); the compiled case is skipped only when the extension is not built *and* ``CI``
 is unset (CI builds it: a missing build fails there).
 
 The story is test_netlink_reference.py's: node 1 (198.18.0.1, 100.64.1.0/24)
@@ -315,6 +315,27 @@ def test_a_lost_answer_is_reported_failed_never_trusted(installed, monkeypatch):
     assert all(state.get("neigh", n.key) == n for n in neighs)
 
 
+def test_the_batch_goes_through_the_compiled_encoder_when_accelerated(installed, accelerate, monkeypatch):
+    """accelerated: _fastpath.encode_batch/match_acks encode and match the batch; else wire's.  Same outcome."""
+    calls = []
+    for module, name in ((_fastpath, "compiled"), (wire, "pure")):
+        for fn in ("encode_batch", "match_acks"):
+            real = getattr(module, fn)
+            if real is not None:
+                monkeypatch.setattr(module, fn, lambda *a, _real=real, _tag=(name, fn): calls.append(_tag) or _real(*a))
+    objs = [Neigh("flannel.1", "100.64.30.0", "0a:58:64:40:1e:00"), Fdb("flannel.1", "0a:58:64:40:1e:00", host3),
+            Route("100.64.30.0/24", "100.64.30.0", "flannel.1", onlink=True, protocol=73),
+            Address("cni0", "fd00:64:1::1/64"),
+            Neigh("flannel.1", "fd00:64:30::", "0a:58:64:40:1e:00")]
+    results = installed.apply(creates(*objs))
+    assert [r.message for r in results if not r.ok] == []
+    used = "compiled" if accelerate else "pure"
+    assert set(calls) == {(used, "encode_batch"), (used, "match_acks")}
+    assert calls.count((used, "encode_batch")) == 1                  # one batch for the five changes
+    state = installed.dump(DEVICES)
+    assert [o for o in objs if state.get(o.KIND, o.key) != o] == []
+
+
 def test_names_are_resolved_by_one_link_dump_per_apply(installed, monkeypatch):
     calls = []
     real = installed._refresh_links
@@ -322,6 +343,30 @@ def test_names_are_resolved_by_one_link_dump_per_apply(installed, monkeypatch):
     neighs = [Neigh("flannel.1", f"100.64.{n}.0", f"0a:58:64:40:{n:02x}:00") for n in range(10, 210)]
     assert all(r.ok for r in installed.apply(creates(*neighs)))
     assert len(calls) == 1
+
+
+def test_link_events_come_through_the_batched_backend_too(backend, node):
+    """The agent's link trigger (daemon: ``watch_links``) works with the default backend."""
+    import threading
+    import time
+
+    seen: list = []
+    stop = threading.Event()
+    t = threading.Thread(target=backend.watch_links, args=({"flannel.1"}, seen.append, stop), daemon=True)
+    t.start()
+    run(node.ns, "ip", "link", "add", "flannel.1", "type", "bridge")
+    run(node.ns, "ip", "link", "add", "other0", "type", "bridge")
+    deadline = time.monotonic() + 15            # the watcher binds asynchronously: keep making events
+    mtu = 1400
+    while len(seen) < 2 and time.monotonic() < deadline:
+        mtu = 1300 if mtu == 1400 else 1400
+        run(node.ns, "ip", "link", "set", "other0", "mtu", str(mtu))
+        run(node.ns, "ip", "link", "set", "flannel.1", "mtu", str(mtu))
+        time.sleep(0.1)
+    stop.set()
+    t.join(timeout=5)
+    assert not t.is_alive()
+    assert len(seen) >= 2 and set(seen) == {"flannel.1"}
 
 
 # ---------------------------------------------------------------- namespaces

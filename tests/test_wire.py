@@ -8,6 +8,9 @@
 * The compiled decoders (``_fastpath``) against the pure ones, on random
   well-formed dumps and on truncated and garbage input: same values, or the
   same ``DecodeError``; never anything else.
+* The batch encoder (``wire.encode_batch``, ``match_acks``): a batch is the
+  single-message encoders' bytes in chunks; the compiled twin gives the same
+  bytes on random ops (IPv4 and IPv6) and the same per-op errors on odd ones.
 """
 from __future__ import annotations
 
@@ -579,3 +582,204 @@ def test_random_acks_agree(seq, codes, capped, text):
     assert wire.decode_acks(buf) == want
     if _fastpath.AVAILABLE:
         assert _fastpath.DECODERS["acks"](buf) == want
+
+
+# ============================================================ batch encoding
+# wire.encode_batch / match_acks (the specification) and _fastpath's compiled twins.
+
+def _single(seq: int, op: tuple) -> bytes:
+    """The message of one op through the single-message encoders held to pyroute2 above."""
+    kind, delete, *f = op
+    if kind == "route":
+        route = Route(f[0], f[1], "x", f[2], f[3])
+        return (wire.encode_delroute if delete else wire.encode_newroute)(seq, route, f[4])
+    if kind == "neigh":
+        return wire.encode_delneigh(seq, f[0], f[2]) if delete else wire.encode_newneigh(seq, f[0], f[1], f[2])
+    if kind == "fdb":
+        return (wire.encode_delfdb if delete else wire.encode_newfdb)(seq, *f)
+    return (wire.encode_deladdr if delete else wire.encode_newaddr)(seq, *f)
+
+
+def _outcome(encode, ops, seq0, chunk_bytes):
+    """An encoder's answer in comparable form: the chunks and, per failed op, (position, class, text)."""
+    try:
+        chunks, failed = encode(ops, seq0, chunk_bytes)
+    except Exception as exc:        # noqa: BLE001 - compared, not swallowed
+        return ("raised", type(exc), str(exc))
+    return chunks, [(i, type(e), str(e)) for i, e in failed]
+
+
+def _encoders():
+    yield wire.encode_batch
+    if _fastpath.AVAILABLE:
+        yield _fastpath.encode_batch
+
+
+@st.composite
+def valid_ops(draw) -> tuple:
+    kind = draw(st.sampled_from(["route", "neigh", "fdb", "address"]))
+    delete = draw(st.booleans())
+    v6 = draw(st.booleans())
+    index = draw(st.sampled_from([1, 3, 4, 2 ** 31 - 1]))
+    if kind == "route":
+        route = draw(routes())
+        return ("route", delete, route.dst, route.gateway, route.onlink, route.metric,
+                draw(st.none() | st.sampled_from([0, 3, 2 ** 32 - 1])))
+    ip = draw(ipv6s if v6 else ipv4s)
+    if kind == "neigh":
+        return ("neigh", delete, ip, draw(macs | macs.map(str.upper)), index)
+    if kind == "fdb":
+        return ("fdb", delete, draw(macs), ip, index)
+    return ("address", delete, f"{ip}/{draw(st.integers(0, 128 if v6 else 32))}", index)
+
+
+@SETTINGS
+@given(ops=st.lists(valid_ops(), max_size=40), seq0=st.integers(1, 2 ** 32 - 41),
+       chunk_bytes=st.sampled_from([0, 1, 48, 100, 256, 1024, 32 * 1024]))
+def test_batches_are_the_single_messages_in_chunks(ops, seq0, chunk_bytes):
+    """A batch is exactly the messages of the single encoders, seq0, seq0 + 1, ..., cut at chunk_bytes."""
+    for encode in _encoders():
+        chunks, failed = encode(ops, seq0, chunk_bytes)
+        assert failed == []
+        assert [s for _, seqs in chunks for s in seqs] == list(range(seq0, seq0 + len(ops)))
+        assert b"".join(data for data, _ in chunks) == b"".join(_single(seq0 + i, op) for i, op in enumerate(ops))
+        for data, seqs in chunks:
+            assert data == b"".join(_single(s, ops[s - seq0]) for s in seqs)
+            assert len(data) <= chunk_bytes or len(seqs) == 1
+        for (data, _), (following, _) in zip(chunks, chunks[1:]):   # cut only where the next message won't fit
+            assert len(data) + struct.unpack_from("=I", following)[0] > chunk_bytes
+
+
+@SETTINGS
+@given(ops=st.lists(valid_ops(), max_size=40), seq0=st.integers(1, 2 ** 32 - 41),
+       chunk_bytes=st.integers(0, 4096))
+def test_compiled_batches_are_the_pure_bytes(ops, seq0, chunk_bytes):
+    _needs_fastpath()
+    assert _fastpath.encode_batch(ops, seq0, chunk_bytes) == wire.encode_batch(ops, seq0, chunk_bytes)
+
+
+# Spellings around the edges of what inet_pton / ipaddress / bytes.fromhex accept.
+ODD_TEXT = ["", "/", "1.2.3", "1.2.3.4.5", "01.2.3.4", "1.2.3.04", "1.2.3.256", " 1.2.3.4", "1.2.3.4 ", "1..3.4",
+            "１.2.3.4", "1.2.3.4/", "1.2.3.0/024", "1.2.3.0/00", "1.2.3.0/33", "1.2.3.1/24", "1.2.3.4/32",
+            "1.2.3.4/0", "0.0.0.0/0", "1.2.3.4//24", "fd00::1", "fd00::/8", "fd00::1/64", "fd00::1/129",
+            "::ffff:1.2.3.4", "fe80::1%eth0", "FD00::1", "fd00:::1", "0a:58:64:40:02:00", "0A:58:64:40:02:0F",
+            "0a:58:64:40:02", "0a:58:64:40:02:00:00", "0a-58-64-40-02-00", "0a:58:64:40: 2:0 ", "zz:58:64:40:02:00",
+            "0a:58:64:40:02:0", "0a5864400200"]
+odd_text = st.sampled_from(ODD_TEXT) | st.text(alphabet="0123456789abcdefABCDEF.:/% ", max_size=20)
+odd_int = st.sampled_from([0, 1, 3, 2 ** 31 - 1, 2 ** 31, 2 ** 32 - 1, 2 ** 32, -1, -2 ** 31, -2 ** 31 - 1, True,
+                           None, 3.0, "3"])
+odd_field = odd_text | odd_int | st.booleans()
+
+
+@st.composite
+def odd_ops(draw):
+    """Ops with any field replaced by something odd: a wrong spelling, type, range, length or kind."""
+    op = list(draw(valid_ops()))
+    for _ in range(draw(st.integers(0, 3))):
+        pos = draw(st.integers(0, len(op) - 1))
+        op[pos] = draw(odd_field if pos >= 1 else st.sampled_from(["route", "neigh", "fdb", "address", "link", 7]))
+    shape = draw(st.sampled_from(["tuple"] * 6 + ["short", "long", "list"]))
+    if shape == "short":
+        return tuple(op[:-1])
+    if shape == "long":
+        return tuple(op) + (None,)
+    return op if shape == "list" else tuple(op)
+
+
+@SETTINGS
+@given(ops=st.lists(odd_ops() | valid_ops(), max_size=12), seq0=st.integers(1, 2 ** 32 - 13),
+       chunk_bytes=st.sampled_from([0, 64, 32 * 1024]))
+def test_malformed_ops_fail_the_same_in_both_encoders(ops, seq0, chunk_bytes):
+    """Same chunks for the good ops, and for each bad one the same position, error class and words."""
+    _needs_fastpath()
+    assert _outcome(_fastpath.encode_batch, ops, seq0, chunk_bytes) == _outcome(wire.encode_batch, ops, seq0,
+                                                                                 chunk_bytes)
+
+
+BASE_OPS = [("route", False, "100.64.2.0/24", "100.64.2.0", True, 100, 3), ("neigh", False, "100.64.2.0",
+                                                                              "0a:58:64:40:02:00", 3),
+            ("fdb", False, "0a:58:64:40:02:00", "198.18.0.2", 3), ("address", False, "100.64.1.1/24", 4)]
+
+
+def test_every_odd_value_in_every_field_fails_or_passes_the_same():
+    """Exhaustive over the edge spellings and numbers: each one in each field of each kind, create and delete."""
+    _needs_fastpath()
+    ops = []
+    for base in BASE_OPS:
+        for delete in (False, True):
+            for pos in range(2, len(base)):
+                for value in ODD_TEXT + [0, 1, 2 ** 31 - 1, 2 ** 31, 2 ** 32 - 1, 2 ** 32, -1, -2 ** 31,
+                                         -2 ** 31 - 1, True, False, None, 3.0, "3"]:
+                    ops.append(base[:1] + (delete,) + base[2:pos] + (value,) + base[pos + 1:])
+    assert len(ops) > 900
+    for op in ops:
+        assert _outcome(_fastpath.encode_batch, [op], 7, 512) == _outcome(wire.encode_batch, [op], 7, 512), op
+    pure = _outcome(wire.encode_batch, ops, 1, 512)
+    assert 0 < len(pure[1]) < len(ops)        # some fail, some pass: nothing aborts the batch
+    assert _outcome(_fastpath.encode_batch, ops, 1, 512) == pure
+
+
+@pytest.mark.parametrize("encode", ["pure", "compiled"])
+def test_a_bad_op_is_reported_and_the_others_go_on(encode):
+    if encode == "compiled":
+        _needs_fastpath()
+    batch = wire.encode_batch if encode == "pure" else _fastpath.encode_batch
+    ops = [("neigh", False, "100.64.2.0", "0a:58:64:40:02:00", 3),
+           ("route", False, "100.64.4.1/24", None, False, 0, 3),
+           ("route", False, "100.64.4.0/24", "fd00::1", False, 0, 3),
+           ("fdb", False, "0a:58:64:40:02:zz", "198.18.0.2", 3),
+           ("neigh", True, "100.64.2.0", None, 2 ** 31),
+           ("link", False, "flannel.1"),
+           ("address", True, "fd00:64:1::1/64", 4)]
+    chunks, failed = batch(ops, 10, 32 * 1024)
+    assert [(i, type(e).__name__, str(e)) for i, e in failed] == [
+        (1, "ValueError", "100.64.4.1/24 has host bits set"),
+        (2, "ValueError", "gateway fd00::1 is not of the family of 100.64.4.0/24"),
+        (3, "ValueError", "non-hexadecimal number found in fromhex() arg at position 10"),
+        (4, "error", "'i' format requires -2147483648 <= number <= 2147483647"),
+        (5, "ValueError", "unknown kind 'link'")]
+    assert chunks == [(_single(10, ops[0]) + _single(16, ops[6]), [10, 16])]
+    with pytest.raises(ValueError, match="do not fit in nlmsg_seq"):
+        batch(ops, 2 ** 32 - 3, 1024)
+    with pytest.raises(ValueError, match="do not fit in nlmsg_seq"):
+        batch(ops, 0, 1024)
+
+
+def _ack(seq: int, code: int, text: str = "") -> bytes:
+    tlv = rta(1, text.encode() + b"\0") if text else b""
+    return nlmsg(2, struct.pack("=i", code) + struct.pack("=IHHII", 16, 28, 0x505, seq, 0) + tlv,
+                 flags=0x100 | (0x200 if tlv else 0), seq=seq)
+
+
+@SETTINGS
+@given(seq0=st.integers(1, 2 ** 32 - 100), count=st.integers(0, 50),
+       answers=st.lists(st.tuples(st.integers(-5, 60), st.sampled_from([0, -2, -3, -17, -101]),
+                                  st.sampled_from(["", "Nexthop has invalid gateway"])), max_size=20))
+def test_acks_are_matched_to_positions(seq0, count, answers):
+    buf = b"".join(_ack((seq0 + d) & 0xFFFFFFFF, code, text) for d, code, text in answers)
+    want = [(d, -code, text or None) for d, code, text in answers if 0 <= d < count]
+    assert wire.match_acks(buf, seq0, count) == want
+    if _fastpath.AVAILABLE:
+        assert _fastpath.match_acks(buf, seq0, count) == want
+        for broken in (buf[:-3], buf + b"\x01"):
+            outcomes = []
+            for match in (wire.match_acks, _fastpath.match_acks):
+                try:
+                    outcomes.append(match(broken, seq0, count))
+                except wire.DecodeError as exc:
+                    outcomes.append(str(exc))
+            assert outcomes[0] == outcomes[1]
+
+
+def test_the_fast_path_can_be_switched_off():
+    """FLANNEL_RECONCILER_NO_CYTHON=1: no compiled code is used, and the pure path does the work."""
+    import subprocess
+    import sys
+
+    code = ("import _fastpath\n"
+            "from reconciler.netlink import wire\n"
+            "assert (_fastpath.AVAILABLE, _fastpath.encode_batch, _fastpath.DECODERS) == (False, None, None)\n"
+            "print(len(wire.encode_batch([('neigh', False, '100.64.2.0', '0a:58:64:40:02:00', 3)], 1, 64)[0]))\n")
+    env = {**os.environ, "FLANNEL_RECONCILER_NO_CYTHON": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout == "1\n"

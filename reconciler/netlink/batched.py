@@ -4,8 +4,9 @@ Same contract as ``PyrouteBackend`` (``reconciler.netlink``), same dump
 contents, same replace/delete semantics and the same error messages, held
 to it by ``tests/test_netlink_batched.py`` against the real kernel.  The
 codec is ``wire.py`` (pure Python); with ``accelerate=True`` and the
-extension built, the hot decoders come from ``_fastpath`` instead, which
-gives identical values (``tests/test_wire.py``).
+extension built, the hot decoders and the batch encoder (``encode_batch``,
+``match_acks``) come from ``_fastpath`` instead, which gives identical
+values and identical bytes (``tests/test_wire.py``).
 
 Wire-level decisions (``docs/kernel-facts.md`` section 3):
 
@@ -42,23 +43,27 @@ Wire-level decisions (``docs/kernel-facts.md`` section 3):
   then used from the caller's thread.  A missing namespace is refused
   (``NamespaceNotFound``), never created.
 
-Measured on the development machine (2 vCPU, Linux 6.18, four runs of
+Measured on the development machine (2 vCPU, Linux 6.18, runs of
 ``benchmarks/bench_kernel.py``: one namespace, 5,000 remote nodes; ratios to
-iproute2's batch mode measured in the same run; lower is faster):
+iproute2's batch mode measured in the same run; lower is faster; the
+encoder alone against the pure encoder):
 
-=======================================  =============  ===============
-variant                                  cold install   dump + decode
-=======================================  =============  ===============
-``ip -batch``/``bridge -batch``, ``-j``  1 (0.87-1.3 s) 1 (84-150 ms)
-PyrouteBackend, one call per object      6.3-8.8        19-22
-BatchedBackend, pure decoders            0.6-1.0        1.05-1.6
-BatchedBackend, compiled decoders        0.8-1.1        0.32-0.74
-=======================================  =============  ===============
+=======================================  =============  ===============  ===========
+variant                                  cold install   dump + decode    encode only
+=======================================  =============  ===============  ===========
+``ip -batch``/``bridge -batch``, ``-j``  1 (0.6-1.9 s)  1 (84-162 ms)    -
+PyrouteBackend, one call per object      6.3-12         15-34            -
+BatchedBackend, pure Python              0.6-1.02       1.05-2.6         1
+BatchedBackend, compiled                 0.5-1.2        0.32-1.6         0.02-0.04
+=======================================  =============  ===============  ===========
 
 The cold install (15,000 requests) is kernel-bound: the onlink routes share
 one ``fib_info`` bucket (docs/kernel-facts.md section 1), so batching matches
-``ip -batch`` and no decoder can beat it; the spread is run-to-run noise.
-The dump is where Python costs: the compiled decoders are 5-7x faster than
+``ip -batch`` and neither the compiled encoder (25-45x faster than the pure
+one: 15,000 requests in about 2 ms instead of 40-130 ms) nor the decoders
+can beat it; the spread is run-to-run noise on a shared machine.  What is
+left in Python is one ``recv`` per ACK (docs/fastpath.md).  The dump is
+where Python costs: the compiled decoders are 5-7x faster than
 the pure ones on the same bytes (5,000 routes 63 -> 13 ms, neighbours 42 ->
 7 ms, FDB 40 -> 7 ms, 15,000 ACKs 16 -> 2.4 ms), most of what remains being
 the construction of the model values.
@@ -318,72 +323,109 @@ class BatchedBackend(UnderlayLookup):
         """
         results: list[OpResult | None] = [None] * len(changes)
         self._index = None          # devices may have come and gone since the last call
-        pending: list[tuple[int, int, bytes]] = []      # (position, seq, message)
+        pending: list[int] = []     # positions of the changes batched since the last link change
         for i, change in enumerate(changes):
             if change.kind == "link":
                 self._flush(changes, pending, results)
                 pending = []
                 results[i] = self._apply_link(change)
                 continue
-            seq = self._seq()
+            pending.append(i)
+        self._flush(changes, pending, results)
+        return results  # type: ignore[return-value]
+
+    def _encode(self, change: Change) -> tuple:
+        """The op tuple of ``wire.encode_batch`` for a change, device names resolved to ifindexes.
+
+        ``_NoDevice`` or ``NetlinkError`` (the link dump behind the name cache)
+        when a device cannot be resolved; the fields themselves are checked by
+        the encoder.
+        """
+        o, delete = change.obj, change.op == "delete"
+        kind = o.KIND
+        if kind == "route":
+            oif = self._ifindex(o.dev) if o.dev is not None else None
+            return ("route", delete, o.dst, o.gateway, o.onlink, o.metric, oif)
+        if kind == "neigh":
+            return ("neigh", delete, o.ip, o.mac, self._ifindex(o.dev))
+        if kind == "fdb":
+            return ("fdb", delete, o.mac, o.dst, self._ifindex(o.dev))
+        if kind == "address":
+            return ("address", delete, o.cidr, self._ifindex(o.dev))
+        raise ValueError(f"unknown kind {kind!r}")
+
+    def _flush(self, changes: Sequence[Change], pending: list[int], results: list[OpResult | None]) -> None:
+        """Encode the changes at ``pending`` as one batch, send it in chunks, read each chunk's answers
+        before the next, fill ``results``.
+
+        The encoder is the compiled one when ``accelerated``, else ``wire``'s;
+        both give the same bytes and the same per-op errors.
+        """
+        codec = _fastpath if self.accelerated else wire
+        ops: list[tuple] = []
+        where: list[int] = []           # ops[k] is the change at changes[where[k]]
+        for i in pending:
+            change = changes[i]
             try:
-                pending.append((i, seq, self._encode(change, seq)))
+                ops.append(self._encode(change))
             except _NoDevice as exc:
                 if change.op == "delete":
                     results[i] = OpResult(change, ok=True, message="already gone")
                 else:
                     results[i] = OpResult(change, ok=False, errno=E.ENODEV,
                                           message=f"{describe(change)}: Cannot find device \"{exc.name}\" (ENODEV)")
+                continue
             except NetlinkError as exc:     # the link dump behind the name cache failed
                 results[i] = OpResult(change, ok=False, errno=exc.errno, message=f"{describe(change)}: {exc}")
-            except (ValueError, TypeError, struct.error, OSError) as exc:   # malformed address, MAC, ...
-                results[i] = OpResult(change, ok=False, errno=E.EINVAL,
-                                      message=f"{describe(change)}: {exc} (EINVAL)")
-        self._flush(changes, pending, results)
-        return results  # type: ignore[return-value]
-
-    def _encode(self, change: Change, seq: int) -> bytes:
-        o, delete = change.obj, change.op == "delete"
-        kind = o.KIND
-        if kind == "route":
-            oif = self._ifindex(o.dev) if o.dev is not None else None
-            return (wire.encode_delroute if delete else wire.encode_newroute)(seq, o, oif)
-        if kind == "neigh":
-            idx = self._ifindex(o.dev)
-            return wire.encode_delneigh(seq, o.ip, idx) if delete else wire.encode_newneigh(seq, o.ip, o.mac, idx)
-        if kind == "fdb":
-            idx = self._ifindex(o.dev)
-            return (wire.encode_delfdb if delete else wire.encode_newfdb)(seq, o.mac, o.dst, idx)
-        if kind == "address":
-            return (wire.encode_deladdr if delete else wire.encode_newaddr)(seq, o.cidr, self._ifindex(o.dev))
-        raise ValueError(f"unknown kind {kind!r}")
-
-    def _flush(self, changes: Sequence[Change], pending: list[tuple[int, int, bytes]],
-               results: list[OpResult | None]) -> None:
-        """Send ``pending`` in chunks, read each chunk's answers before the next, fill ``results``."""
-        start = 0
-        while start < len(pending):
-            size, stop = 0, start
-            while stop < len(pending) and (stop == start or size + len(pending[stop][2]) <= self._chunk_bytes):
-                size += len(pending[stop][2])
-                stop += 1
-            chunk = pending[start:stop]
-            start = stop
-            waiting = {seq: i for i, seq, _ in chunk}
+                continue
+            except (ValueError, TypeError, struct.error, OSError) as exc:   # an unknown kind
+                results[i] = OpResult(change, ok=False, errno=E.EINVAL, message=f"{describe(change)}: {exc} (EINVAL)")
+                continue
+            where.append(i)
+        if not ops:
+            return
+        seq0 = self._seq_block(len(ops))
+        chunks, failed = codec.encode_batch(ops, seq0, self._chunk_bytes)
+        for k, exc in failed:               # malformed address, MAC, ...
+            change = changes[where[k]]
+            results[where[k]] = OpResult(change, ok=False, errno=E.EINVAL,
+                                         message=f"{describe(change)}: {exc} (EINVAL)")
+        for data, seqs in chunks:
+            waiting = {seq - seq0 for seq in seqs}
             try:
-                self._send(b"".join(m for _, _, m in chunk))
+                self._send(data)
                 while waiting:
-                    for seq, code, text in self._decode_acks(self._recv()):
-                        i = waiting.pop(seq, None)
-                        if i is not None:
-                            results[i] = self._result(changes[i], code, text)
+                    for k, code, text in codec.match_acks(self._recv(), seq0, len(ops)):
+                        if k in waiting:
+                            waiting.discard(k)
+                            results[where[k]] = self._result(changes[where[k]], code, text)
             except (OSError, wire.DecodeError) as exc:
                 code = _oserrno(exc) if isinstance(exc, OSError) else E.EPROTO
                 why = "answer lost" if code in (E.ENOBUFS, E.ETIMEDOUT, E.EPROTO) else "request failed"
-                for i in waiting.values():
-                    results[i] = OpResult(changes[i], ok=False, errno=code,
-                                          message=f"{describe(changes[i])}: {why}, state unknown: "
-                                                  f"{_errtext(code, None)}")
+                for k in waiting:
+                    results[where[k]] = OpResult(changes[where[k]], ok=False, errno=code,
+                                                 message=f"{describe(changes[where[k]])}: {why}, state unknown: "
+                                                         f"{_errtext(code, None)}")
+
+    def _seq_block(self, count: int) -> int:
+        """The first of ``count`` consecutive sequence numbers, reserved for one batch (never 0, never wrapping)."""
+        seq0 = next(self._seqs) & 0xFFFFFFFF or next(self._seqs)
+        if seq0 + count - 1 > 0xFFFFFFFF:
+            seq0 = 1
+        self._seqs = itertools.count(seq0 + count)
+        return seq0
+
+    def watch_links(self, devices, callback, stop) -> None:
+        """Link events on ``devices`` in this backend's namespace until ``stop`` (a ``threading.Event``)
+        is set: ``callback(name)``, ``callback(None)`` when events were lost.
+
+        The same watcher as ``PyrouteBackend.watch_links`` (``events.watch_links``),
+        so that the agent keeps its link trigger with either backend.  Blocks:
+        run it on a thread of its own (it joins the namespace).
+        """
+        from .events import watch_links
+
+        watch_links(self._netns_file, devices, callback, stop)
 
     @staticmethod
     def _result(change: Change, code: int, text: str | None) -> OpResult:
