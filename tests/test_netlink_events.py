@@ -118,12 +118,17 @@ def _tracker(accelerate: bool = False, state: KernelState | None = None) -> Even
     return t
 
 
-@pytest.fixture(params=[False, True], ids=["pure", "accelerated"])
-def accelerate(request) -> bool:
-    if request.param and not _fastpath.AVAILABLE:
+def _needs_fastpath() -> None:
+    if not _fastpath.AVAILABLE:
         if os.environ.get("CI"):
             pytest.fail("the _fastpath extension is not built (CI must build it)")
         pytest.skip("the _fastpath extension is not built (python setup.py build_ext --inplace)")
+
+
+@pytest.fixture(params=[False, True], ids=["pure", "accelerated"])
+def accelerate(request) -> bool:
+    if request.param:
+        _needs_fastpath()
     return request.param
 
 
@@ -312,3 +317,262 @@ def test_model_watch_kernel_blocks_until_stopped_and_delivers_meanwhile():
     assert not t.is_alive()
     k.del_neigh("flannel.1", PEER_NEIGH.ip)
     assert len(got) == 1                                # unsubscribed on the way out
+
+
+# ------------------------------------------------ the real kernel (root)
+# A node in a fresh namespace (veth underlay, flannel.1, cni0, two peers,
+# IPv6 too); a change is made behind the watcher's back with iproute2, then
+# a marker (a permanent neighbour on cni0, added and deleted) is written:
+# notifications arrive in order, so once the marker's deletion is seen,
+# everything the change caused has been seen too.
+PEERS = (2, 3)
+BASE = [
+    "ip link add veth0 type veth peer name veth1",
+    "ip addr add 198.18.0.1/24 dev veth0",
+    "ip link set veth0 up",
+    "ip link set veth1 up",
+    "ip link add flannel.1 address 0a:58:64:40:01:00 type vxlan id 1 local 198.18.0.1 dstport 8472 nolearning "
+    "dev veth0",
+    "ip addr add 100.64.1.0/32 dev flannel.1",
+    "ip -6 addr add fd00:64:1::/128 dev flannel.1 nodad",
+    "ip link set flannel.1 up",
+    "ip link add cni0 type bridge",
+    "ip addr add 100.64.1.1/24 dev cni0",
+    "ip link set cni0 up",
+    "ip -6 route replace fd00:64:2::/64 dev flannel.1 proto 73",
+    "ip -6 neigh replace fd00:64:2:: lladdr 0a:58:64:40:02:00 dev flannel.1 nud permanent",
+] + [cmd for i in PEERS for cmd in (
+    f"ip neigh replace 100.64.{i}.0 lladdr 0a:58:64:40:0{i}:00 dev flannel.1 nud permanent",
+    f"bridge fdb replace 0a:58:64:40:0{i}:00 dev flannel.1 dst 198.18.0.{i} self permanent",
+    f"ip route replace 100.64.{i}.0/24 via 100.64.{i}.0 dev flannel.1 onlink proto 73",
+)]
+
+#: name -> (commands, (op, kind, key) that must be among the events)
+SCENARIOS = {
+    "route-del": (["ip route del 100.64.2.0/24"], ("del", "route", ("100.64.2.0/24", 0))),
+    "route6-del": (["ip -6 route del fd00:64:2::/64 dev flannel.1"], ("del", "route", ("fd00:64:2::/64", 1024))),
+    "route-changed": (["ip route replace 100.64.2.0/24 via 100.64.3.0 dev flannel.1 onlink"],
+                      ("set", "route", ("100.64.2.0/24", 0))),
+    "route-blackholed": (["ip route replace blackhole 100.64.2.0/24"], ("del", "route", ("100.64.2.0/24", 0))),
+    "neigh-learned": (["ip neigh replace 100.64.2.0 lladdr 0a:58:64:40:02:00 dev flannel.1 nud reachable"],
+                      ("del", "neigh", ("flannel.1", "100.64.2.0"))),
+    "neigh-del": (["ip neigh del 100.64.3.0 dev flannel.1"], ("del", "neigh", ("flannel.1", "100.64.3.0"))),
+    "fdb-del": (["bridge fdb del 0a:58:64:40:02:00 dev flannel.1 dst 198.18.0.2 self"],
+                ("del", "fdb", ("flannel.1", "0a:58:64:40:02:00"))),
+    "fdb-changed": (["bridge fdb replace 0a:58:64:40:02:00 dev flannel.1 dst 198.18.0.9 self permanent"],
+                    ("set", "fdb", ("flannel.1", "0a:58:64:40:02:00"))),
+    "link-mtu": (["ip link set flannel.1 mtu 1400"], ("set", "link", "flannel.1")),
+    "link-address": (["ip link set flannel.1 address 0a:58:64:40:01:99"],
+                     ("del", "neigh", ("flannel.1", "100.64.2.0"))),
+    "link-down": (["ip link set flannel.1 down"], ("del", "route", ("100.64.3.0/24", 0))),
+    "link-del": (["ip link del flannel.1"], ("del", "route", ("100.64.2.0/24", 0))),
+    "link-recreated": (["ip link del flannel.1", BASE[4], "ip link set flannel.1 up"], ("set", "link", "flannel.1")),
+    "addr-del": (["ip addr del 100.64.1.0/32 dev flannel.1"], ("del", "route", ("100.64.2.0/24", 0))),
+    "cni-addr-del": (["ip addr del 100.64.1.1/24 dev cni0"], ("del", "address", ("cni0", "100.64.1.1/24"))),
+    "addr-added": (["ip addr add 100.64.1.7/24 dev cni0"], ("set", "address", ("cni0", "100.64.1.7/24"))),
+}
+
+FOREIGN = [
+    "ip route add 198.19.5.0/24 via 198.18.0.254 dev veth0",                        # outside, not ours
+    "ip route add 100.64.9.0/24 via 100.64.9.0 dev flannel.1 onlink table 100",     # another table
+    "ip neigh replace 100.64.1.77 lladdr 02:00:00:00:00:77 dev cni0 nud reachable",  # learned, on ours
+    "ip neigh replace 198.18.0.99 lladdr 02:00:00:00:00:99 dev veth0 nud permanent",  # another device
+    "bridge fdb add 02:00:00:00:00:78 dev flannel.1 dst 198.18.0.78 self dynamic",   # not permanent
+    "ip addr add 198.18.1.1/24 dev veth0",
+    "ip link set veth1 mtu 1400",
+]
+
+
+def _node(ns: str) -> None:
+    from tests.netns import run
+
+    for cmd in BASE:
+        run(ns, *cmd.split())
+
+
+class _Watch:
+    """A watcher on a thread of its own, collecting its batches."""
+
+    def __init__(self, target) -> None:
+        self.batches: list = []
+        self.error: BaseException | None = None
+        self.stop, self.ready = threading.Event(), threading.Event()
+
+        def body() -> None:
+            try:
+                target(self.batches.append, self.stop, self.ready)
+            except BaseException as exc:    # surfaced by the test
+                self.error = exc
+                self.ready.set()
+
+        self.thread = threading.Thread(target=body, daemon=True)
+        self.thread.start()
+        assert self.ready.wait(30), "the watcher never subscribed"
+        assert self.error is None, self.error
+
+    def events(self) -> list[KernelEvent]:
+        return [e for b in list(self.batches) if b is not None for e in b]
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(30)
+        assert not self.thread.is_alive()
+        assert self.error is None, self.error
+
+
+_markers = iter(range(200, 250))
+
+
+def _settle(ns: str, *watches: _Watch) -> None:
+    """Write and remove a marker neighbour; return once every watcher has seen it go."""
+    from tests.netns import run
+
+    n = next(_markers)
+    ip = f"100.64.1.{n}"
+    run(ns, "ip", "neigh", "replace", ip, "lladdr", f"02:00:00:00:fe:{n:02x}", "dev", "cni0", "nud", "permanent")
+    run(ns, "ip", "neigh", "del", ip, "dev", "cni0")
+    gone = KernelEvent("del", Neigh("cni0", ip, f"02:00:00:00:fe:{n:02x}"))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not all(gone in w.events() or w.error for w in watches):
+        time.sleep(0.02)
+    for w in watches:
+        assert w.error is None, w.error
+        assert gone in w.events(), "the marker never arrived"
+
+
+def _is_marker(e: KernelEvent) -> bool:
+    return e.obj.KIND == "neigh" and e.obj.dev == "cni0"
+
+
+def _backend(name: str, ns: str):
+    from reconciler.netlink.batched import BatchedBackend
+    from reconciler.netlink.reference import PyrouteBackend
+
+    return PyrouteBackend(ns) if name == "pyroute2" else BatchedBackend(ns)
+
+
+def _watch_backend(b) -> _Watch:
+    return _Watch(lambda cb, stop, ready: b.watch_kernel(DEVICES, NETWORKS, cb, stop, ready))
+
+
+@pytest.mark.parametrize("backend", ["pyroute2", "batched"])
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_a_change_behind_our_back_arrives_as_dump_equal_events(netns, backend, scenario):
+    from tests.netns import run
+
+    commands, expected = SCENARIOS[scenario]
+    _node(netns)
+    with _backend(backend, netns) as b:
+        w = _watch_backend(b)
+        try:
+            before = b.dump(DEVICES, NETWORKS)
+            for cmd in commands:
+                run(netns, *cmd.split())
+            _settle(netns, w)
+            after = b.dump(DEVICES, NETWORKS)
+        finally:
+            w.close()
+    events = w.events()
+    assert None not in w.batches
+    assert expected in {(e.op, e.obj.KIND, e.obj.key) for e in events}, events
+    # The last word on each key is the truth: a set equals the dump, a del is absent from it.
+    last = {(e.obj.KIND, e.obj.key): e for e in events}
+    for (kind, key), e in last.items():
+        if e.op == "set":
+            assert after.get(kind, key) == e.obj, e
+        else:
+            assert after.get(kind, key) is None, e
+    # And the events carry a view from the old dump to the new one.
+    assert replay(before, events) == after
+
+
+@pytest.mark.parametrize("backend", ["pyroute2", "batched"])
+def test_foreign_changes_make_no_events(netns, backend):
+    from tests.netns import run
+
+    _node(netns)
+    with _backend(backend, netns) as b:
+        w = _watch_backend(b)
+        try:
+            for cmd in FOREIGN:
+                run(netns, *cmd.split())
+            _settle(netns, w)
+        finally:
+            w.close()
+    assert [e for e in w.events() if not _is_marker(e)] == []
+    assert None not in w.batches
+
+
+def test_a_renamed_device_asks_for_a_resync(netns):
+    from tests.netns import run
+
+    _node(netns)
+    with _backend("batched", netns) as b:
+        w = _watch_backend(b)
+        try:
+            run(netns, "ip", "link", "set", "flannel.1", "down")
+            run(netns, "ip", "link", "set", "flannel.1", "name", "flannel.9")
+            _settle(netns, w)
+        finally:
+            w.close()
+    assert None in w.batches
+    assert ("del", "flannel.1") in {(e.op, e.obj.key) for e in w.events() if e.obj.KIND == "link"}
+
+
+def test_pure_and_compiled_decoders_give_identical_events(netns):
+    from reconciler.netlink.common import netns_path
+    from reconciler.netlink.events import watch_kernel
+    from tests.netns import run
+
+    _needs_fastpath()
+    _node(netns)
+    path = netns_path(netns)
+    watches = [_Watch(lambda cb, stop, ready, a=a: watch_kernel(path, DEVICES, NETWORKS, cb, stop, ready,
+                                                                 accelerate=a)) for a in (False, True)]
+    try:
+        for cmd in FOREIGN[:4]:
+            run(netns, *cmd.split())
+        for name in ("route-changed", "neigh-learned", "fdb-changed", "link-mtu", "link-address", "route6-del",
+                     "link-down", "addr-del", "link-del"):
+            for cmd in SCENARIOS[name][0]:
+                run(netns, *cmd.split())
+        _settle(netns, *watches)
+    finally:
+        for w in watches:
+            w.close()
+    pure, compiled = (w.events() for w in watches)
+    assert len(pure) > 10
+    assert pure == compiled
+
+
+def test_lost_notifications_ask_for_a_resync(netns, monkeypatch):
+    """A receive queue too small for a burst: the kernel drops notifications (ENOBUFS), the watcher says None,
+    seeds itself again and goes on."""
+    from reconciler.netlink import events
+    from tests.netns import run
+
+    monkeypatch.setattr(events, "RCVBUF_BYTES", 1)      # the kernel rounds it up to its minimum
+    _node(netns)
+    burst = "".join(f"neigh replace 100.64.{i // 250}.{i % 250 + 1} lladdr 02:00:00:00:{i // 250:02x}:{i % 250:02x} "
+                    f"dev flannel.1 nud permanent\n" for i in range(1000))
+    with _backend("batched", netns) as b:
+        w = _watch_backend(b)
+        try:
+            for _ in range(20):                         # each burst is 1,000 notifications at once
+                run(netns, "ip", "-batch", "-", input=burst)
+                if None in w.batches:
+                    break
+            _settle(netns, w)
+            assert None in w.batches
+            # Seeded again after the loss, the watcher still tracks the kernel.
+            seen = len(w.batches)
+            mid = b.dump(DEVICES, NETWORKS)
+            run(netns, "ip", "route", "del", "100.64.2.0/24")
+            _settle(netns, w)
+            after = b.dump(DEVICES, NETWORKS)
+        finally:
+            w.close()
+    later = w.batches[seen:]
+    assert None not in later
+    assert KernelEvent("del", PEER_ROUTE) in [e for batch in later for e in batch]
+    assert replay(mid, [e for batch in later for e in batch]) == after
