@@ -64,7 +64,7 @@ from contextlib import contextmanager
 from typing import Callable, Collection, Sequence
 
 from reconciler.errors import DumpInterrupted, NetlinkError
-from reconciler.model import RTPROT_RECONCILER, Address, Fdb, KernelState, Link, Neigh, Route
+from reconciler.model import KINDS, RTPROT_RECONCILER, Address, Fdb, KernelState, Link, Neigh, Route
 from reconciler.netlink import Underlay
 from reconciler.netlink.kernel_events import KernelEvent
 from reconciler.plan import Change, OpResult
@@ -490,8 +490,6 @@ class ModelKernel:
 def events_between(old: KernelState, new: KernelState) -> list[KernelEvent]:
     """The events that turn ``old`` into ``new``: deletions (route, fdb, neigh, address, link),
     then sets (link, address, neigh, fdb, route), only where something changed."""
-    from reconciler.model import KINDS
-
     out: list[KernelEvent] = []
     for kind in reversed(KINDS):
         now = new.of(kind)

@@ -27,7 +27,7 @@ import struct
 import threading
 from typing import Callable, Collection
 
-from ..errors import NetlinkError
+from ..errors import DumpInterrupted, NetlinkError
 from . import wire
 from .common import enter_netns
 from .kernel_events import RTMGRP_ALL, EventTracker, KernelEvent
@@ -189,8 +189,10 @@ def watch_kernel(netns_path: str | None, devices: Collection[str], networks: Col
                     got, again = tracker.feed(data, dump)
                     events += got
                     resync = resync or again
-            except wire.DecodeError:
-                resync = True                   # broken framing: trust nothing, resync
+            except (wire.DecodeError, DumpInterrupted):
+                # Broken framing, or a re-check dump that kept being
+                # interrupted: what follows cannot be trusted, resync.
+                resync = True
             if events:
                 callback(events)
             if resync:

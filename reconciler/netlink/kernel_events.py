@@ -39,9 +39,9 @@ from dataclasses import dataclass, replace
 from socket import AF_BRIDGE, AF_INET, AF_INET6
 from typing import Callable, Collection, Iterable, Literal
 
-from ..model import Address, Fdb, KernelObject, KernelState, Link, Neigh, Route
+from ..model import Address, KernelObject, KernelState
 from . import wire
-from .wire_base import (IFF_UP, NDMSG, NTF_PROXY, RT_TABLE_MAIN, RTA_DST, RTA_PRIORITY, RTA_TABLE, RTM_DELADDR,
+from .wire_base import (NDMSG, NTF_PROXY, RT_TABLE_MAIN, RTA_DST, RTA_PRIORITY, RTA_TABLE, RTM_DELADDR,
                         RTM_DELLINK, RTM_DELNEIGH, RTM_DELROUTE, RTM_F_CLONED, RTM_NEWADDR, RTM_NEWLINK,
                         RTM_NEWNEIGH, RTM_NEWROUTE, RTMSG, _attrs, _messages)
 from .wire_decode import ip_text
