@@ -1,11 +1,31 @@
-"""Link events: the decoder on crafted bytes, and the watcher in a real namespace."""
+"""Netlink events.
+
+* ``watch_links``: the link-name decoder on crafted bytes, the watcher in a namespace;
+* ``EventTracker`` (the pure half of ``watch_kernel``) on crafted notifications;
+* the model kernel's events (replayed onto the old dump they give the new one);
+* ``watch_kernel`` on the real kernel, both backends: changes made with iproute2
+  behind its back arrive as events equal to the dump, foreign ones not at all.
+"""
 from __future__ import annotations
 
+import errno
+import itertools
+import os
 import struct
 import threading
 import time
+from dataclasses import replace
 
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import _fastpath
+from reconciler.model import KernelState, Link, Neigh, Route
+from reconciler.netlink import wire
 from reconciler.netlink.events import RTM_DELLINK, RTM_NEWLINK, link_names
+from reconciler.netlink.kernel_events import EventTracker, KernelEvent
+from tests.model_kernel import ModelKernel, events_between, replay
 
 
 def _link_msg(mtype: int, name: str | None) -> bytes:
@@ -59,20 +79,6 @@ def test_watcher_reports_changes_to_our_devices_only(netns):
 # ============================================================ kernel events
 # The pure tracker on crafted notifications (no root needed).  The messages
 # are the wire encoders' requests: a notification has the same layout.
-import errno  # noqa: E402
-import itertools  # noqa: E402
-import os  # noqa: E402
-from dataclasses import replace  # noqa: E402
-
-import pytest  # noqa: E402
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-import _fastpath  # noqa: E402
-from reconciler.model import KernelState, Link, Neigh, Route  # noqa: E402
-from reconciler.netlink import wire  # noqa: E402
-from reconciler.netlink.kernel_events import EventTracker, KernelEvent  # noqa: E402
-from tests.model_kernel import ModelKernel, events_between, replay  # noqa: E402
 
 DEVICES = ("cni0", "flannel.1")
 NETWORKS = ("100.64.0.0/10", "fd00:64::/48")
@@ -256,7 +262,8 @@ def _drift_ops(k: ModelKernel):
     }
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=max(200, int(os.environ.get("PROPERTY_EXAMPLES", "200"))), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.sampled_from(sorted(_drift_ops(ModelKernel()))), st.integers(2, 6)), max_size=25))
 def test_model_events_replayed_on_the_old_dump_give_the_new_dump(ops):
     k = _model()
