@@ -7,8 +7,8 @@ decoding and filtering are ``kernel_events.EventTracker``'s (pure), this
 module is the socket, the namespace and the dumps around it.  See
 ``docs/netlink-events.md``.
 
-``watch_links`` is the older, smaller signal: a plain ``AF_NETLINK`` socket subscribed to ``RTMGRP_LINK`` (what
-``ip monitor link`` listens to).  Only the interface name of each
+``watch_links`` is the older, smaller signal: a plain ``AF_NETLINK``
+socket subscribed to ``RTMGRP_LINK`` (what ``ip monitor link`` listens to).  Only the interface name of each
 ``RTM_NEWLINK``/``RTM_DELLINK`` is decoded: the loop is level-triggered, so
 an event only says "our device changed, diff again", never what to do.
 
@@ -157,6 +157,7 @@ def watch_kernel(netns_path: str | None, devices: Collection[str], networks: Col
 
         def seed() -> None:
             state = dump()
+            # The link dump behind that state (every link, for the ifindex map).
             tracker.seed(state, dumper._links.values())
 
         seed()
