@@ -31,6 +31,22 @@ Two surfaces, kept apart:
   directly, the way an administrator or another program would, and
   ``everything()`` to compare whole kernels.
 
+Events (``watch_kernel`` / ``subscribe``): every state change -- through
+``apply()`` (one batch per change) or a test-side helper (one batch per
+call), side effects included (a deleted device takes its addresses,
+routes, neighbours and FDB entries; down drops routes and neighbours; a new
+MAC flushes neighbours) -- is delivered to each subscriber as the list of
+``KernelEvent`` values that turns its previous view (what ``dump(devices,
+networks)`` showed) into the new one: deletions first (route, fdb, neigh,
+address, link), then sets (link, address, neigh, fdb, route).  Delivery is
+synchronous, on the thread that made the change, under the model's lock, so
+a Hypothesis run is deterministic; only real changes are reported (the real
+monitor may also repeat an unchanged value: ``set`` is idempotent either
+way).  The named fault ``inject("events", errno.ENOBUFS)`` drops the next
+batch: its subscribers get ``callback(None)`` instead, as the real monitor
+does when the kernel drops notifications.  Writing the dicts directly
+(``kernel.routes = ...``) bypasses events, as a test that wants silence may.
+
 Faults are named and injected: ``inject("route", errno.EINVAL)`` fails the
 next route write; ``persistent=True`` keeps failing until ``clear_faults``.
 ``fired`` records every fault that actually triggered, so a test can assert
@@ -44,12 +60,14 @@ import ipaddress
 import itertools
 import threading
 from dataclasses import dataclass, replace
-from typing import Collection, Sequence
+from contextlib import contextmanager
+from typing import Callable, Collection, Sequence
 
 from reconciler.errors import DumpInterrupted, NetlinkError
-from reconciler.model import RTPROT_RECONCILER, Address, Fdb, KernelState, Link, Neigh, Route
+from reconciler.model import KINDS, RTPROT_RECONCILER, Address, Fdb, KernelState, Link, Neigh, Route
 from reconciler.netlink import Underlay
 from reconciler.netlink.common import UnderlaySpec
+from reconciler.netlink.kernel_events import KernelEvent
 from reconciler.plan import Change, OpResult
 
 RTPROT_BOOT = 3
@@ -59,7 +77,7 @@ MAIN = 254
 
 @dataclass
 class _Fault:
-    kind: str              # "link" | "address" | "route" | "neigh" | "fdb" | "dump"
+    kind: str              # "link" | "address" | "route" | "neigh" | "fdb" | "dump" | "events"
     errno: int
     op: str | None = None  # restrict to "create" / "update" / "delete"
     persistent: bool = False
@@ -95,6 +113,24 @@ def _locked(method):
     return wrapper
 
 
+def _mutates(method):
+    """A test-side change: under the lock, and one event batch for its subscribers."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._rtnl, self._change():
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+@dataclass
+class _Subscriber:
+    devices: frozenset
+    networks: tuple
+    callback: Callable
+
+
 class ModelKernel:
     def __init__(self) -> None:
         self._rtnl = threading.RLock()
@@ -110,6 +146,8 @@ class ModelKernel:
         #: prove no already-correct object was touched.
         self.writes: list[tuple[str, str, object]] = []
         self.dumps = 0
+        self._subscribers: list[_Subscriber] = []
+        self._depth = 0                     # nesting of _change(): only the outermost reports
 
     # ------------------------------------------------------------------ faults
     @_locked
@@ -130,23 +168,23 @@ class ModelKernel:
         return None
 
     # ------------------------------------------------------- test-side helpers
-    @_locked
+    @_mutates
     def add_link(self, link: Link, master: str | None = None) -> None:
         self.links[link.name] = LinkEntry(link, next(self._next_index), master)
 
-    @_locked
+    @_mutates
     def add_address(self, dev: str, cidr: str) -> None:
         self.addresses.add((dev, cidr))
 
-    @_locked
+    @_mutates
     def add_route(self, route: Route, table: int = MAIN) -> None:
         self.routes[(table, route.dst, route.metric)] = route
 
-    @_locked
+    @_mutates
     def add_neigh(self, neigh: Neigh, permanent: bool = True) -> None:
         self.neighs[neigh.key] = NeighEntry(neigh, permanent)
 
-    @_locked
+    @_mutates
     def add_fdb(self, fdb: Fdb, self_permanent: bool = True) -> None:
         self.fdbs[fdb.key] = FdbEntry(fdb, self_permanent)
 
@@ -212,10 +250,14 @@ class ModelKernel:
     @_locked
     def dump(self, devices: Collection[str], networks: Collection[str] = ()) -> KernelState:
         self.dumps += 1
-        nets = [ipaddress.ip_network(n) for n in networks]
         code = self._fault("dump", None)
         if code is not None:
             raise DumpInterrupted(code, "dump interrupted (NLM_F_DUMP_INTR) too many times")
+        return self._view(devices, networks)
+
+    def _view(self, devices: Collection[str], networks: Collection[str] = ()) -> KernelState:
+        """What a dump shows (no counting, no faults): also the subscribers' view."""
+        nets = [ipaddress.ip_network(n) for n in networks]
         devices = set(devices)
         state = KernelState()
         for name in devices:
@@ -247,7 +289,8 @@ class ModelKernel:
         for c in changes:
             code = self._fault(c.kind, c.op)
             if code is None:
-                code = getattr(self, f"_{c.kind}_{'delete' if c.op == 'delete' else 'write'}")(c)
+                with self._change():
+                    code = getattr(self, f"_{c.kind}_{'delete' if c.op == 'delete' else 'write'}")(c)
             if code is None:
                 self.writes.append((c.op, c.kind, c.obj.key))
                 out.append(OpResult(c, ok=True))
@@ -291,7 +334,7 @@ class ModelKernel:
         self.remove_link(c.obj.name)
         return None
 
-    @_locked
+    @_mutates
     def remove_link(self, name: str) -> None:
         """Delete a device the way the kernel does: with everything on it."""
         del self.links[name]
@@ -370,3 +413,114 @@ class ModelKernel:
         if self.fdbs.pop(c.obj.key, None) is None:
             return E.ENOENT
         return None
+
+    # --------------------------------------------------- drift, as iproute2 would
+    # Someone else's changes, with the kernel's side effects (and events).
+    @_mutates
+    def set_link(self, name: str, *, mtu: int | None = None, mac: str | None = None,
+                 up: bool | None = None) -> None:
+        """``ip link set NAME [mtu N] [address MAC] [up|down]``: down drops routes and
+        neighbours, a new MAC flushes neighbours (as ``apply`` does)."""
+        have = self.links[name].link
+        self._link_write(Change("update", replace(have, mtu=mtu, mac=mac, up=up), have))
+
+    @_mutates
+    def del_address(self, dev: str, cidr: str) -> None:
+        """``ip addr del CIDR dev DEV``: the last IPv4 address takes IPv4 routes and ARP with it."""
+        self._address_delete(Change("delete", Address(dev, cidr)))
+
+    @_mutates
+    def del_route(self, dst: str, metric: int = 0, table: int = MAIN) -> None:
+        """``ip route del DST metric N table T``."""
+        self.routes.pop((table, dst, metric), None)
+
+    @_mutates
+    def del_neigh(self, dev: str, ip: str) -> None:
+        """``ip neigh del IP dev DEV``."""
+        self.neighs.pop((dev, ip), None)
+
+    @_mutates
+    def del_fdb(self, dev: str, mac: str) -> None:
+        """``bridge fdb del MAC dev DEV self``."""
+        self.fdbs.pop((dev, mac), None)
+
+    # ----------------------------------------------------------------- events
+    @_locked
+    def subscribe(self, devices: Collection[str], networks: Collection[str],
+                  callback: Callable[[list[KernelEvent] | None], None]) -> Callable[[], None]:
+        """Deliver the events of every later change to ``callback``; returns the unsubscribe function."""
+        sub = _Subscriber(frozenset(devices), tuple(networks), callback)
+        self._subscribers.append(sub)
+
+        def unsubscribe() -> None:
+            with self._rtnl:
+                if sub in self._subscribers:
+                    self._subscribers.remove(sub)
+
+        return unsubscribe
+
+    def watch_kernel(self, devices: Collection[str], networks: Collection[str],
+                     callback: Callable[[list[KernelEvent] | None], None], stop: threading.Event,
+                     ready: threading.Event | None = None, poll: float = 0.5) -> None:
+        """The backend method: subscribed until ``stop`` is set (``ready`` once subscribed).
+
+        The events themselves are delivered synchronously by the thread that
+        makes each change, not by the thread blocked here.
+        """
+        unsubscribe = self.subscribe(devices, networks, callback)
+        try:
+            if ready is not None:
+                ready.set()
+            while not stop.wait(poll):
+                pass
+        finally:
+            unsubscribe()
+
+    @contextmanager
+    def _change(self):
+        """One state change: its subscribers' views before and after, diffed into one batch."""
+        with self._rtnl:
+            if self._depth or not self._subscribers:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            subs = list(self._subscribers)
+            before = [self._view(s.devices, s.networks) for s in subs]
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                batches = [(s, events_between(old, self._view(s.devices, s.networks)))
+                           for s, old in zip(subs, before)]
+                batches = [(s, ev) for s, ev in batches if ev]
+                dropped = bool(batches) and self._fault("events", None) is not None
+                for s, ev in batches:
+                    s.callback(None if dropped else ev)
+
+
+def events_between(old: KernelState, new: KernelState) -> list[KernelEvent]:
+    """The events that turn ``old`` into ``new``: deletions (route, fdb, neigh, address, link),
+    then sets (link, address, neigh, fdb, route), only where something changed."""
+    out: list[KernelEvent] = []
+    for kind in reversed(KINDS):
+        now = new.of(kind)
+        out += [KernelEvent("del", o) for key, o in old.of(kind).items() if key not in now]
+    for kind in KINDS:
+        was = old.of(kind)
+        out += [KernelEvent("set", o) for key, o in new.of(kind).items() if was.get(key) != o]
+    return out
+
+
+def replay(state: KernelState, events: Sequence[KernelEvent]) -> KernelState:
+    """``state`` with ``events`` applied in order (a copy): how a consumer keeps its view."""
+    out = KernelState(state)
+    for ev in events:
+        if ev.op == "set":
+            out.add(ev.obj)
+        else:
+            out.discard(ev.obj)
+    return out

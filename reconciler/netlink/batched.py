@@ -569,5 +569,16 @@ class BatchedBackend(UnderlayLookup):
     def __repr__(self) -> str:
         return f"BatchedBackend(netns={self._netns!r}, accelerated={self.accelerated})"
 
+    def watch_kernel(self, devices, networks, callback, stop, ready=None) -> None:
+        """Kernel events on what ``dump(devices, networks)`` shows, in this backend's namespace,
+        until ``stop`` is set: see ``events.watch_kernel`` (the one implementation).
+
+        Blocks: run it on a thread of its own (it joins the namespace, which
+        moves only the calling thread).
+        """
+        from .events import watch_kernel
+
+        watch_kernel(self._netns_file, devices, networks, callback, stop, ready, accelerate=self.accelerated)
+
 
 
