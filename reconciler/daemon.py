@@ -180,6 +180,7 @@ class Agent:
         self._skip_counts: collections.Counter = collections.Counter()
         self._own_ip_dups: set[str] = set()
         self._pin_changes: set[str] = set()
+        self._folded_revision = 0     # the last etcd revision folded into the index
         self._retry_at: float | None = None
         self._retry_delay = opts.retry_min
         self._kernel_events = False
@@ -324,7 +325,7 @@ class Agent:
         base = self.store.subnets_prefix
         kvs = [kv for kv in snap.kvs if kv.key.startswith(base)]
         self._revision = snap.revision
-        self._lease_q.append(("list", kvs, self.clock()))
+        self._lease_q.append(("list", kvs, self.clock(), snap.revision))
         self._listed = True
         self._heard_from_etcd()
         self._mark("relist")
@@ -508,10 +509,14 @@ class Agent:
             item = q.popleft()
             if item[0] == "list":
                 changed |= self.index.replace_all(item[1])
+                revision = item[3] if len(item) > 3 else None
             else:
                 ev = item[1]
                 changed |= self.index.put(ev.kv) if ev.type == "put" else self.index.delete(ev.kv.key)
+                revision = ev.revision
             oldest = item[2] if oldest is None else min(oldest, item[2])
+            if revision:
+                self._folded_revision = max(self._folded_revision, revision)
         return changed, oldest
 
     def _drain_kernel(self) -> int:
@@ -637,6 +642,8 @@ class Agent:
         if oldest is not None and results:
             self.metrics.observe("flannel_reconciler_etcd_to_kernel_seconds", self.clock() - oldest)
         self.metrics.observe("flannel_reconciler_cycle_duration_seconds", duration)
+        # Set last: once it shows a revision, everything that revision caused is done (and counted).
+        self.metrics.set("flannel_reconciler_lease_revision", self._folded_revision)
         self.metrics.inc("flannel_reconciler_cycles_total", trigger=tr, outcome="failed" if failed else "ok")
         s = plan.summary()
         level = logging.INFO if (plan.changes or failed or full) else logging.DEBUG
