@@ -54,10 +54,21 @@ class OpResult:
 #: route and neighbour there -- and finally neighbour and FDB entries before
 #: the route that needs them (so the kernel never has to resolve the onlink
 #: gateway).
+#:
+#: Nexthop objects (the ``nexthop`` route layout) are written after the
+#: neighbour and FDB entry their gateway needs and before the routes that
+#: use them.  They are deleted *last*, after the routes were written: the
+#: kernel deletes every route using a nexthop when the nexthop goes, so a
+#: route being moved off it (a layout switch) must be re-pointed first or it
+#: would vanish until the next write.  Stale routes are deleted first as
+#: always, so by the time its nexthop goes nothing forwards through it, and
+#: its neighbour and FDB entry going before it is harmless
+#: (docs/route-layouts.md has the kernel behaviour, checked with ``ip``).
 _STEPS = (
     ("delete", "route"), ("delete", "fdb"), ("delete", "neigh"), ("delete", "link"),
     ("write", "link"), ("write", "address"), ("delete", "address"),
-    ("write", "neigh"), ("write", "fdb"), ("write", "route"),
+    ("write", "neigh"), ("write", "fdb"), ("write", "nexthop"), ("write", "route"),
+    ("delete", "nexthop"),
 )
 
 
@@ -145,7 +156,10 @@ def make_plan(desired, live, foreign_routes=None) -> Plan:
     * changing a device's MAC flushes its neighbour table, permanent entries
       included: its neighbours are written again after the change;
     * an address's ``proto kernel`` connected route vanishes with the
-      address, so it blocks no route we want when that address is deleted.
+      address, so it blocks no route we want when that address is deleted;
+    * deleting a device drops the nexthop objects on it, and with them the
+      routes that use them; a route whose nexthop is re-created (device
+      re-creation) is written again.
     """
     writes: dict[str, list[Change]] = {k: [] for k in KINDS}
     deletes: dict[str, list[Change]] = {k: [] for k in KINDS}
@@ -191,7 +205,11 @@ def make_plan(desired, live, foreign_routes=None) -> Plan:
 
     conflicts: list[Conflict] = []
     foreign_routes = foreign_routes or {}
-    for kind in ("address", "neigh", "fdb", "route"):
+    # Routes through a nexthop on a vanishing device vanish with it (the
+    # kernel deletes a nexthop's routes together with the nexthop).
+    gone_nhids = {nh.id for nh in live.of("nexthop").values() if nh.dev in gone_devices}
+
+    for kind in ("address", "neigh", "fdb", "nexthop", "route"):
         live_objs = live.of(kind)
         desired_objs = desired.of(kind)
         for key, want in desired_objs.items():
@@ -203,6 +221,8 @@ def make_plan(desired, live, foreign_routes=None) -> Plan:
                         conflicts.append(Conflict(want, foreign))
                     continue
             have = live_objs.get(key)
+            if have is not None and kind == "route" and have.nhid in gone_nhids:
+                have = None
             if have is not None and vanishes(kind, have):
                 have = None  # the kernel drops it as a side effect of a change above
             if have is None:
@@ -210,7 +230,8 @@ def make_plan(desired, live, foreign_routes=None) -> Plan:
             elif attr_diff(want, have):
                 writes[kind].append(Change("update", want, have))
         for key, have in live_objs.items():
-            if key not in desired_objs and not vanishes(kind, have):
+            if key not in desired_objs and not vanishes(kind, have) and not (
+                    kind == "route" and have.nhid in gone_nhids):
                 deletes[kind].append(Change("delete", have))
 
     ordered: list[Change] = []

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Sequence
 
 from .leases import Skipped
-from .model import KINDS, Address, Fdb, KernelObject, KernelState, Link, Neigh, Route, attr_diff
+from .model import KINDS, Address, Fdb, KernelObject, KernelState, Link, Neigh, Nexthop, Route, attr_diff
 from .plan import Change, OpResult, Plan
 
 __all__ = [
@@ -57,6 +57,8 @@ def describe(obj: KernelObject) -> str:
         return f"address {obj.cidr} dev {obj.dev}"
     if isinstance(obj, Route):
         s = f"route {obj.dst}"
+        if obj.nhid:
+            s += f" nhid {obj.nhid}"
         if obj.gateway is not None:
             s += f" via {obj.gateway}"
         if obj.dev is not None:
@@ -70,6 +72,15 @@ def describe(obj: KernelObject) -> str:
         return f"neigh {obj.ip} lladdr {obj.mac} dev {obj.dev} nud permanent"
     if isinstance(obj, Fdb):
         return f"fdb {obj.mac} dev {obj.dev} dst {obj.dst} self permanent"
+    if isinstance(obj, Nexthop):
+        s = f"nexthop id {obj.id}"
+        if obj.gateway is not None:
+            s += f" via {obj.gateway}"
+        if obj.dev is not None:
+            s += f" dev {obj.dev}"
+        if obj.onlink:
+            s += " onlink"
+        return s
     return repr(obj)
 
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass, replace
 from hypothesis import strategies as st
 
 from reconciler.leases import RawKV
-from reconciler.model import RTPROT_RECONCILER, Address, Fdb, KernelState, Link, Neigh, Route
+from reconciler.model import RTPROT_RECONCILER, Address, Fdb, KernelState, Link, Neigh, Nexthop, Route
+from reconciler.ownership import NEXTHOP_ID_BASE
 from tests.model_kernel import MAIN, RTPROT_BOOT, ModelKernel
 
 PREFIX = "/coreos.com/network"
@@ -114,6 +115,10 @@ def _drift(draw, obj):
         return replace(obj, mac="02:de:ad:00:00:01")
     if isinstance(obj, Fdb):
         return replace(obj, dst="198.18.0.253")
+    if isinstance(obj, Nexthop):
+        return replace(obj, gateway="100.64.0.9")
+    if isinstance(obj, Route) and obj.nhid:
+        return obj      # its drift is the other layout's route (live_kernels)
     if isinstance(obj, Route):
         return draw(st.sampled_from([replace(obj, gateway="100.64.0.9"), replace(obj, onlink=not obj.onlink),
                                      replace(obj, protocol=RTPROT_BOOT)]))
@@ -133,9 +138,18 @@ def live_kernels(draw, desired: KernelState, vxlan_dev: str) -> ModelKernel:
             continue
         obj = _drift(draw, link) if fate == "drift" else link
         k.add_link(replace(obj, mac=obj.mac or "02:00:00:00:b0:01", underlay=obj.underlay if obj.type == "vxlan" else None))
-    for kind in ("address", "neigh", "fdb", "route"):
+    for kind in ("address", "neigh", "fdb", "nexthop", "route"):
         for obj in desired.of(kind).values():
             dev = obj.dev
+            if kind == "route" and obj.nhid:
+                nh = desired.get("nexthop", obj.nhid)
+                dev = nh.dev
+                if obj.nhid not in k.nexthops:
+                    # The kernel holds no route through a missing nexthop; the
+                    # other layout's route (an onlink one) may sit at its key.
+                    if dev in k.links and k.links[dev].link.up is not False and draw(st.booleans()):
+                        k.add_route(Route(obj.dst, nh.gateway, dev, True, obj.metric, RTPROT_RECONCILER))
+                    continue
             if dev is not None and dev not in k.links:
                 continue  # the kernel cannot hold entries on a missing device
             fate = draw(st.sampled_from(["right", "right", "missing", "drift"]))
@@ -164,6 +178,13 @@ def live_kernels(draw, desired: KernelState, vxlan_dev: str) -> ModelKernel:
         k.add_route(Route("100.64.202.0/24", "100.127.0.202", vxlan_dev, True, 0, RTPROT_BOOT), table=100)
         k.add_neigh(Neigh(vxlan_dev, "100.64.203.0", "02:00:00:00:cb:00"), permanent=False)
         k.add_fdb(Fdb(vxlan_dev, "02:00:00:00:cc:00", "198.18.0.250"), self_permanent=False)
+        # Nexthops: a stale one of ours (a peer that left, with its route),
+        # and a foreign one below our id range, on our device.
+        if draw(st.booleans()):
+            k.add_nexthop(Nexthop(NEXTHOP_ID_BASE + 201, "100.64.201.0", vxlan_dev, True, RTPROT_RECONCILER))
+            k.add_route(Route("100.64.201.0/24", None, None, None, 0, RTPROT_RECONCILER,
+                              nhid=NEXTHOP_ID_BASE + 201))
+        k.add_nexthop(Nexthop(7, "100.127.0.207", vxlan_dev, True))
     if "cni0" in k.links:
         if draw(st.booleans()):
             k.add_address("cni0", "100.64.222.1/24")       # stale: our old subnet
@@ -192,6 +213,10 @@ def live_kernels(draw, desired: KernelState, vxlan_dev: str) -> ModelKernel:
 def _raw_add(k: ModelKernel, obj) -> None:
     if isinstance(obj, Address):
         k.add_address(obj.dev, obj.cidr)
+    elif isinstance(obj, Nexthop):
+        k.add_nexthop(obj)
+    elif isinstance(obj, Route) and obj.nhid:
+        k.add_route(replace(obj, protocol=RTPROT_RECONCILER))
     elif isinstance(obj, Route):
         proto = obj.protocol if obj.protocol is not None else RTPROT_RECONCILER
         dev = obj.dev if obj.dev is not None else UNDERLAY
