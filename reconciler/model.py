@@ -195,6 +195,12 @@ class Route(_Base):
             out["nhid"] = self.nhid
         return out
 
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]):
+        # A route through a nexthop has no gateway or device: the full-fidelity
+        # form leaves them out, as every None.
+        return _Base.from_json.__func__(cls, {"gateway": None, "dev": None, **obj})
+
 
 @dataclass(frozen=True, slots=True)
 class Neigh(_Base):
