@@ -61,6 +61,7 @@ def cmd_run(args) -> int:
         public_ip=args.public_ip, iface=args.iface, underlay_mtu=args.underlay_mtu,
         subnet_file=args.subnet_file, resync_interval=args.resync_interval, healthz_ip=args.healthz_ip,
         healthz_port=args.healthz_port, metrics_port=args.metrics_port, ip_masq=args.ip_masq,
+        route_layout=args.route_layout,
     )
     if args.leases_file:
         raise SystemExit("error: run reads etcd; --leases-file is for plan/apply/show")

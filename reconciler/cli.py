@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .config import NetworkConfig, parse_network_config, require_vxlan
-from .desired import NodeParams, underlay_mtu
+from .desired import ROUTE_LAYOUTS, NodeParams, underlay_mtu
 from .errors import ConfigError, ReconcilerError
 from .leases import LeaseSnapshot, parse_snapshot
 from .model import KernelState
@@ -62,6 +62,9 @@ def _add_node_args(p: argparse.ArgumentParser, offline_ok: bool) -> None:
     g.add_argument("--netlink-backend", choices=("pyroute2", "batched"), default="pyroute2",
                    help="pyroute2 (the reference, default) or batched (raw rtnetlink in batches, "
                         "Cython-accelerated dumps when built)")
+    g.add_argument("--route-layout", choices=ROUTE_LAYOUTS, default=_env("route-layout", "onlink"),
+                   help="onlink (flanneld's: one onlink gateway route per peer, the default) or nexthop "
+                        "(routes through nexthop objects: linear to install past 10,000 nodes, kernel 5.3+)")
     if offline_ok:
         g.add_argument("--live-file", help="compare against this live-state JSON instead of the kernel")
         g.add_argument("--offline", action="store_true",
@@ -175,7 +178,8 @@ def node_params(args, config: NetworkConfig, backend=None) -> tuple[NodeParams, 
         name = args.iface
     else:
         name = None
-    params = NodeParams(public_ip=public_ip, underlay_mtu=mtu, underlay=name)
+    params = NodeParams(public_ip=public_ip, underlay_mtu=mtu, underlay=name,
+                        route_layout=getattr(args, "route_layout", "onlink"))
     return params, (underlay.prefixes if underlay else ())
 
 

@@ -58,6 +58,8 @@ class AgentOptions:
     healthz_port: int = 0
     metrics_port: int = 0
     ip_masq: bool = False
+    #: ``onlink`` or ``nexthop`` (``desired.ROUTE_LAYOUTS``).
+    route_layout: str = "onlink"
     #: Events arriving within this window are folded into one cycle.
     coalesce: float = 0.05
     #: /healthz fails when no cycle finished for this long (default: 3 resyncs, at least 60 s).
@@ -144,7 +146,8 @@ class Agent:
         underlay = self.backend.underlay(self.opts.iface)
         public_ip = self.opts.public_ip or underlay.address
         mtu = underlay_mtu(self.opts.underlay_mtu, self.config.mtu, (underlay.name, underlay.mtu))
-        self.node = NodeParams(public_ip=public_ip, underlay_mtu=mtu, underlay=underlay.name)
+        self.node = NodeParams(public_ip=public_ip, underlay_mtu=mtu, underlay=underlay.name,
+                               route_layout=self.opts.route_layout)
         self._on_link = on_link_predicate(underlay.prefixes)
 
         def acquire():
