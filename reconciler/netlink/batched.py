@@ -295,6 +295,8 @@ class BatchedBackend(UnderlayLookup):
             buf = self._dump(lambda seq: wire.encode_getroute(seq, fam), "route")
             for route in self._decode_routes(buf, self._names, ours, nets):
                 state.add(route)
+        for nh in wire.decode_nexthops(self._dump(wire.encode_getnexthop, "nexthop"), ours):
+            state.add(nh)
         return state
 
     def _address_msgs(self, idx: int, families=(AF_INET, AF_INET6)) -> list[wire.AddrMsg]:
@@ -345,6 +347,12 @@ class BatchedBackend(UnderlayLookup):
     def _encode(self, change: Change, seq: int) -> bytes:
         o, delete = change.obj, change.op == "delete"
         kind = o.KIND
+        if kind == "nexthop":
+            if delete:
+                return wire.encode_delnexthop(seq, o.id)
+            return wire.encode_newnexthop(seq, o.id, o.gateway, self._ifindex(o.dev), bool(o.onlink))
+        if kind == "route" and o.nhid:
+            return (wire.encode_delroute_nh if delete else wire.encode_newroute_nh)(seq, o)
         if kind == "route":
             oif = self._ifindex(o.dev) if o.dev is not None else None
             return (wire.encode_delroute if delete else wire.encode_newroute)(seq, o, oif)
