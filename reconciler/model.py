@@ -197,9 +197,11 @@ class Route(_Base):
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]):
-        # A route through a nexthop has no gateway or device: the full-fidelity
-        # form leaves them out, as every None.
-        return _Base.from_json.__func__(cls, {"gateway": None, "dev": None, **obj})
+        # A route through a nexthop may have no gateway or device (the
+        # full-fidelity form leaves out every None); any other route names both.
+        if obj.get("nhid"):
+            obj = {"gateway": None, "dev": None, **obj}
+        return _Base.from_json.__func__(cls, obj)
 
 
 @dataclass(frozen=True, slots=True)

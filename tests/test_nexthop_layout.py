@@ -335,3 +335,32 @@ def test_switch_example_both_ways_on_the_model_kernel():
     assert {r.nhid for r in k.routes.values()} == {0}
     assert (Neigh("flannel.1", "100.64.2.0", mac2) in [e.neigh for e in k.neighs.values()]
             and Fdb("flannel.1", mac3, "198.18.0.3") in [e.fdb for e in k.fdbs.values()])
+
+
+# ------------------------------------------------------------------- CLI
+
+def test_offline_plan_with_the_nexthop_layout(capsys):
+    from reconciler.cli import EXAMPLE_SNAPSHOT, main
+
+    code = main(["plan", "--leases-file", str(EXAMPLE_SNAPSHOT), "--public-ip", "198.18.0.1", "--offline",
+                 "--route-layout", "nexthop"])
+    out, err = capsys.readouterr()
+    assert code == 2 and err == ""
+    assert out.endswith(
+        "nexthop:\n"
+        f"  + nexthop id {ID2} via 100.64.2.0 dev flannel.1 onlink\n"
+        f"  + nexthop id {ID3} via 100.64.3.0 dev flannel.1 onlink\n"
+        "route:\n"
+        f"  + route 100.64.2.0/24 nhid {ID2}\n"
+        f"  + route 100.64.3.0/24 nhid {ID3}\n"
+        "Plan: 12 to create, 0 to update, 0 to delete.\n")
+
+
+def test_a_bad_layout_from_the_environment_is_one_error_line(capsys, monkeypatch):
+    from reconciler.cli import EXAMPLE_SNAPSHOT, main
+
+    monkeypatch.setenv("FLANNELD_ROUTE_LAYOUT", "ecmp")
+    code = main(["plan", "--leases-file", str(EXAMPLE_SNAPSHOT), "--public-ip", "198.18.0.1", "--offline"])
+    out, err = capsys.readouterr()
+    assert code == 1 and out == ""
+    assert err == "error: route layout 'ecmp': must be one of onlink, nexthop\n"
