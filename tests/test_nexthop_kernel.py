@@ -168,3 +168,23 @@ def test_two_nodes_ping_over_vxlan_with_the_nexthop_layout(underlay_factory, tmp
     ping = run(a.ns, "ping", "-c", "3", "-i", "0.2", "-W", "2", "-I", "100.64.1.0",
                "100.64.2.0", check=False)
     assert ping.returncode == 0, ping.stdout + ping.stderr
+
+
+def test_ipv6_routes_through_onlink_nexthops(backend):
+    """IPv6 needs nothing special: ``ip -6 nexthop`` takes an onlink gateway as IPv4 does."""
+    ns, b = backend
+    vx6 = Link("flannel-v6.1", "vxlan", mtu=1450, mac="0a:58:64:40:01:06", up=True, vni=1, local="fd00:18::1",
+               port=8472, learning=False, gbp=False)
+    nhid = NEXTHOP_ID_BASE + (1 << 20) + 2
+    changes = [Change("create", vx6),
+               Change("create", Nexthop(nhid, "fd00:64:0:2::", "flannel-v6.1", True)),
+               Change("create", Route("fd00:64:0:2::/64", None, None, None, metric=1024, nhid=nhid))]
+    assert [r.message for r in b.apply(changes) if not r.ok] == []
+    routes = {r["dst"]: r for r in ip_json(ns, "-6 route show proto 73")}
+    assert routes["fd00:64:0:2::/64"]["nhid"] == nhid and routes["fd00:64:0:2::/64"]["metric"] == 1024
+    dump = b.dump(("flannel-v6.1",), ("fd00:64::/56",))
+    assert dump.get("nexthop", nhid) == Nexthop(nhid, "fd00:64:0:2::", "flannel-v6.1", True, RTPROT_RECONCILER)
+    assert dump.get("route", ("fd00:64:0:2::/64", 1024)).nhid == nhid
+    live = dump.get("route", ("fd00:64:0:2::/64", 1024))
+    assert [r.ok for r in b.apply([Change("delete", live), Change("delete", dump.get("nexthop", nhid))])] == [True] * 2
+    assert ip_json(ns, "-6 route show proto 73") == [] and ip_json(ns, "nexthop show") == []
