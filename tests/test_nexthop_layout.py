@@ -364,3 +364,25 @@ def test_a_bad_layout_from_the_environment_is_one_error_line(capsys, monkeypatch
     out, err = capsys.readouterr()
     assert code == 1 and out == ""
     assert err == "error: route layout 'ecmp': must be one of onlink, nexthop\n"
+
+
+# ------------------------------------------------------------------ agent
+
+from tests.test_daemon import CONFIG, MAC2, MAC3, node_kernel, put_peer, start_agent, wait_for  # noqa: E402,F401
+
+
+def test_the_agent_runs_the_nexthop_layout_and_follows_a_peer_leaving(etcd_store, start_agent):  # noqa: F811
+    store = etcd_store
+    store.put_config(CONFIG)
+    key2 = put_peer(store, "100.64.2.0-24", "198.18.0.2", MAC2)
+    put_peer(store, "100.64.3.0-24", "198.18.0.3", MAC3)
+    kernel = node_kernel()
+    start_agent(store, kernel, route_layout="nexthop").ready()
+    assert {ID2, ID3} <= set(kernel.nexthops)
+    routes = {r.dst: r for r in kernel.routes.values()}
+    assert routes["100.64.2.0/24"].nhid == ID2 and routes["100.64.3.0/24"].nhid == ID3
+
+    store.delete(key2)
+    wait_for(lambda: ID2 not in kernel.nexthops, what="the nexthop of the peer that left removed")
+    assert "100.64.2.0/24" not in {r.dst for r in kernel.routes.values()}
+    assert ID3 in kernel.nexthops
