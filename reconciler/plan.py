@@ -96,9 +96,10 @@ def _connected_prefix(cidr: str) -> str | None:
 class Conflict:
     """A desired object whose kernel key is held by a foreign object.
 
-    Today only routes: a route of the main table for a peer's subnet that is
-    not ours (an administrator's static route, flanneld's DirectRouting
-    route via the underlay).  ``replace`` would silently take it over; the
+    A route of the main table for a peer's subnet that is not ours (an
+    administrator's static route, flanneld's DirectRouting route via the
+    underlay), or a nexthop id of our range held by a nexthop that is not
+    ours (and the route that would go through it).  ``replace`` would silently take it over; the
     ownership promise says we never change what is not ours, so the plan
     leaves it and reports it instead.
     """
@@ -134,7 +135,7 @@ class Plan:
         return iter(self.changes)
 
 
-def make_plan(desired, live, foreign_routes=None) -> Plan:
+def make_plan(desired, live, foreign_routes=None, foreign_nexthops=None) -> Plan:
     """The minimal ordered changes turning ``live`` into ``desired``.
 
     ``live`` must already be filtered by the ownership policy: every live
@@ -146,6 +147,12 @@ def make_plan(desired, live, foreign_routes=None) -> Plan:
     desired route whose key is held by a foreign route is satisfied if the
     foreign route already forwards the same way, and is a ``Conflict``
     otherwise; either way it is never written.
+
+    ``foreign_nexthops`` maps nexthop ids to foreign nexthops holding them
+    (an id of our range on another device, a blackhole, a group).
+    ``ip nexthop replace`` would take it over silently, so a desired
+    nexthop there is a ``Conflict`` and is never written, and neither is a
+    route through it (it would forward through the foreign one).
 
     Kernel side effects the plan accounts for, each seen on Linux 6.18:
 
@@ -205,6 +212,7 @@ def make_plan(desired, live, foreign_routes=None) -> Plan:
 
     conflicts: list[Conflict] = []
     foreign_routes = foreign_routes or {}
+    foreign_nexthops = foreign_nexthops or {}
     # Routes through a nexthop on a vanishing device vanish with it (the
     # kernel deletes a nexthop's routes together with the nexthop).
     gone_nhids = {nh.id for nh in live.of("nexthop").values() if nh.dev in gone_devices}
@@ -213,6 +221,12 @@ def make_plan(desired, live, foreign_routes=None) -> Plan:
         live_objs = live.of(kind)
         desired_objs = desired.of(kind)
         for key, want in desired_objs.items():
+            if kind == "nexthop" and key in foreign_nexthops and key not in live_objs:
+                conflicts.append(Conflict(want, foreign_nexthops[key]))
+                continue
+            if kind == "route" and want.nhid in foreign_nexthops and want.nhid not in live.of("nexthop"):
+                conflicts.append(Conflict(want, foreign_nexthops[want.nhid]))
+                continue
             if kind == "route" and key in foreign_routes and key not in live_objs:
                 foreign = foreign_routes[key]
                 dying = foreign.protocol == RTPROT_KERNEL and (foreign.dev, foreign.dst) in dying_connected
@@ -238,5 +252,5 @@ def make_plan(desired, live, foreign_routes=None) -> Plan:
     for op, kind in _STEPS:
         batch = deletes[kind] if op == "delete" else writes[kind]
         ordered.extend(sorted(batch, key=lambda c: _sort_key(c.obj)))
-    conflicts.sort(key=lambda c: _sort_key(c.desired))
+    conflicts.sort(key=lambda c: (KINDS.index(c.desired.KIND), _sort_key(c.desired)))
     return Plan(tuple(ordered), tuple(conflicts))

@@ -128,7 +128,9 @@ def plan_text(
                 line = f"{_COLOUR[c.op]}{line}{_RESET}"
             lines.append("  " + line)
     if plan.conflicts:
-        lines.append("conflicts (left alone: the kernel key is held by a route that is not ours):")
+        lines.append("conflicts (left alone: the kernel key is held by a route that is not ours):"
+                     if all(c.foreign.KIND == "route" for c in plan.conflicts) else
+                     "conflicts (left alone: the kernel key is held by an object that is not ours):")
         for c in plan.conflicts:
             line = f"! {describe(c.desired)}: held by foreign {describe(c.foreign)} proto {c.foreign.protocol}"
             lines.append("  " + (f"\033[35m{line}{_RESET}" if colour else line))

@@ -242,9 +242,8 @@ class ModelKernel:
         for f in self.fdbs.values():
             if f.self_permanent and f.fdb.dev in devices:
                 state.add(f.fdb)
-        for nh in self.nexthops.values():
-            if nh.dev in devices:
-                state.add(nh)
+        for nh in self.nexthops.values():       # every nexthop, as the backends
+            state.add(nh)
         return state
 
     @_locked

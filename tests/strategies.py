@@ -200,6 +200,10 @@ def live_kernels(draw, desired: KernelState, vxlan_dev: str) -> ModelKernel:
     if wanted and draw(st.integers(0, 3)) == 0:
         r = draw(st.sampled_from(wanted))
         k.add_route(Route(r.dst, "198.18.0.77", UNDERLAY, False, r.metric, 4))
+    # A nexthop of somebody else's at an id we want (on the underlay): a conflict.
+    free_ids = sorted(i for i in desired.of("nexthop") if i not in k.nexthops)
+    if free_ids and draw(st.integers(0, 3)) == 0:
+        k.add_nexthop(Nexthop(draw(st.sampled_from(free_ids)), "198.18.0.77", UNDERLAY, False, 4))
     # Foreign elsewhere: a route into the network via the underlay, not ours.
     k.add_route(Route("100.64.230.0/24", "198.18.0.99", UNDERLAY, False, 0, RTPROT_BOOT))
     k.add_route(Route("198.19.0.0/16", "198.18.0.1", UNDERLAY, False, 0, RTPROT_BOOT))

@@ -129,10 +129,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
-@pytest.mark.parametrize("backend_name", ["pyroute2", "batched"])
-def test_two_nodes_ping_over_vxlan_with_the_nexthop_layout(underlay_factory, tmp_path, backend_name):
-    net = underlay_factory(2)
-    a, b = net.nodes
+def _leases_file(tmp_path, a_ip: str, b_ip: str):
     leases = {
         "prefix": "/coreos.com/network",
         "revision": 3,
@@ -140,15 +137,38 @@ def test_two_nodes_ping_over_vxlan_with_the_nexthop_layout(underlay_factory, tmp
             {"key": "/coreos.com/network/config",
              "value": json.dumps({"Network": "100.64.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan"}})},
             {"key": "/coreos.com/network/subnets/100.64.1.0-24",
-             "value": json.dumps({"PublicIP": a.ip, "BackendType": "vxlan",
+             "value": json.dumps({"PublicIP": a_ip, "BackendType": "vxlan",
                                   "BackendData": {"VNI": 1, "VtepMAC": "0a:58:64:40:01:00"}})},
             {"key": "/coreos.com/network/subnets/100.64.2.0-24",
-             "value": json.dumps({"PublicIP": b.ip, "BackendType": "vxlan",
+             "value": json.dumps({"PublicIP": b_ip, "BackendType": "vxlan",
                                   "BackendData": {"VNI": 1, "VtepMAC": "0a:58:64:40:02:00"}})},
         ],
     }
     path = tmp_path / "leases.json"
     path.write_text(json.dumps(leases))
+    return path
+
+
+@pytest.mark.parametrize("backend_name", ["pyroute2", "batched"])
+def test_a_foreign_nexthop_at_our_id_is_left_alone(underlay_factory, tmp_path, backend_name):
+    a, b = underlay_factory(2).nodes
+    path = _leases_file(tmp_path, a.ip, b.ip)
+    run(a.ns, "ip", "nexthop", "add", "id", str(NEXTHOP_ID_BASE + 2), "blackhole")
+    out = _cli("apply", "--leases-file", str(path), "--netns", a.ns, "--public-ip", a.ip, "--iface", "eth0",
+               "--route-layout", "nexthop", "--netlink-backend", backend_name)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert f"error: conflict: nexthop id {NEXTHOP_ID_BASE + 2} via 100.64.2.0 dev flannel.1 onlink is held by " \
+           f"foreign nexthop id {NEXTHOP_ID_BASE + 2}" in out.stderr
+    nhs = _nexthops(a.ns)
+    assert nhs[NEXTHOP_ID_BASE + 2].get("blackhole") is not None or "gateway" not in nhs[NEXTHOP_ID_BASE + 2]
+    assert "100.64.2.0/24" not in _routes(a.ns)
+
+
+@pytest.mark.parametrize("backend_name", ["pyroute2", "batched"])
+def test_two_nodes_ping_over_vxlan_with_the_nexthop_layout(underlay_factory, tmp_path, backend_name):
+    net = underlay_factory(2)
+    a, b = net.nodes
+    path = _leases_file(tmp_path, a.ip, b.ip)
     for node in (a, b):
         out = _cli("apply", "--leases-file", str(path), "--netns", node.ns, "--public-ip", node.ip,
                    "--iface", "eth0", "--route-layout", "nexthop", "--netlink-backend", backend_name)

@@ -19,7 +19,7 @@ from reconciler.config import parse_network_config
 from reconciler.desired import NodeParams, check_route_layout, desired_state, nexthop_id
 from reconciler.errors import ReconcilerError
 from reconciler.leases import validate_leases
-from reconciler.model import RTPROT_RECONCILER, Fdb, KernelState, Link, Neigh, Nexthop, Route
+from reconciler.model import RTPROT_RECONCILER, Fdb, KernelState, Link, Neigh, Nexthop, Route, attr_diff
 from reconciler.ownership import NEXTHOP_ID_BASE, NEXTHOP_ID_SPAN, FlannelOwnership, owned_nexthop_id
 from reconciler.plan import Change, make_plan
 from reconciler.reconcile import compute_cycle, dump_live
@@ -131,6 +131,38 @@ def test_a_recreated_device_takes_nexthops_and_their_routes_with_it():
     kinds = [(c.op, c.kind) for c in plan]
     assert ("create", "nexthop") in kinds and ("create", "route") in kinds
     assert ("delete", "nexthop") not in kinds and ("delete", "route") not in kinds
+
+
+def test_a_foreign_nexthop_at_our_id_is_a_conflict_never_taken_over():
+    desired = desired_state(config(), three_leases(), NH)
+    live = KernelState(o for o in desired if o.KIND in ("link", "address", "neigh", "fdb"))
+    foreign = Nexthop(ID2, "198.18.0.254", UNDERLAY, False, 4)        # someone else's, on the underlay
+    plan = make_plan(desired, live, foreign_nexthops={ID2: foreign})
+    assert [(c.kind, c.obj.key) for c in plan] == [("nexthop", ID3), ("route", ("100.64.3.0/24", 0))]
+    assert [(c.desired.KIND, c.foreign) for c in plan.conflicts] == [("nexthop", foreign), ("route", foreign)]
+    text = plan_text(plan)
+    assert "held by an object that is not ours" in text
+    assert f"! nexthop id {ID2} via 100.64.2.0 dev flannel.1 onlink: held by foreign nexthop id {ID2} " \
+           f"via 198.18.0.254 dev eth0 proto 4" in text
+    rows = show_rows(desired, live, plan)
+    assert ("conflict", f"route 100.64.2.0/24 nhid {ID2}",
+            f"held by foreign nexthop id {ID2} via 198.18.0.254 dev eth0") in rows
+
+
+def test_compute_cycle_finds_foreign_nexthops_in_our_range_only():
+    from reconciler.leases import RawKV
+    from tests.strategies import lease_value
+
+    kvs = [RawKV(f"{PREFIX}/config", '{"Network":"100.64.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}}'),
+           RawKV(f"{PREFIX}/subnets/100.64.1.0-24", lease_value(host1, "0a:58:64:40:01:00", 1)),
+           RawKV(f"{PREFIX}/subnets/100.64.2.0-24", lease_value(host2, mac2, 1))]
+    dump = KernelState([Nexthop(ID2, None, None, False, 0),                   # a blackhole at our id
+                        Nexthop(9, "198.18.0.9", UNDERLAY, False, 4)])        # below our range
+    cfg = parse_network_config(kvs[0].value)
+    cycle = compute_cycle(cfg, kvs, PREFIX, NH, dump)
+    assert [(c.desired.KIND, c.foreign.id) for c in cycle.plan.conflicts] == [("nexthop", ID2), ("route", ID2)]
+    assert not any(c.kind in ("nexthop", "route") for c in cycle.plan)
+    assert not any(c.op == "delete" for c in cycle.plan)
 
 
 # ----------------------------------------------------------------- apply
@@ -252,6 +284,30 @@ def _foreign_routes(kernel: ModelKernel, policy) -> dict:
     return {k: r for k, r in kernel.routes.items() if k[0] != 254 or not policy.owns(r)}
 
 
+def _assert_converged_around_foreign_nexthops(first, again, dump) -> None:
+    """``assert_converged`` when a foreign nexthop holds an id we want: that nexthop and the route
+    through it are conflicts, reported every time and never written; a route of ours already at
+    that route's key (the onlink layout's) is left as it is, since it still forwards."""
+    assert not again.plan.changes, again.plan
+    assert again.plan.conflicts == first.plan.conflicts
+    event("a foreign nexthop holds an id we want")
+    blocked = {(c.desired.KIND, c.desired.key) for c in first.plan.conflicts}
+    satisfied_by_foreign = 0
+    for obj in first.desired:
+        if (obj.KIND, obj.key) in blocked:
+            continue
+        have = again.live.get(obj.KIND, obj.key)
+        if have is None and obj.KIND == "route":       # a foreign route that forwards the same way
+            held = dump.get("route", obj.key)
+            assert held is not None and not attr_diff(obj, held), obj
+            satisfied_by_foreign += 1
+            continue
+        assert have is not None and not attr_diff(obj, have), (obj, have)
+    kept = sum(1 for kind, key in blocked if again.live.get(kind, key) is not None)
+    assert all(kind == "route" for kind, key in blocked if again.live.get(kind, key) is not None)
+    assert len(again.live) == len(first.desired) - len(blocked) - satisfied_by_foreign + kept
+
+
 @SETTINGS
 @given(cluster=clusters(ipv6=True), data=st.data())
 def test_nexthop_layout_converges_safely_and_minimally(cluster, data):
@@ -271,7 +327,11 @@ def test_nexthop_layout_converges_safely_and_minimally(cluster, data):
     touched = {(kind, key) for _op, kind, key in kernel.writes}
     assert not (already_right(cycle) & touched)
     dump = dump_live(kernel, cfg)
-    assert_converged(cycle, compute_cycle(cfg, cluster.kvs, PREFIX, node, dump, cluster.on_link), dump)
+    again = compute_cycle(cfg, cluster.kvs, PREFIX, node, dump, cluster.on_link)
+    if any(c.foreign.KIND == "nexthop" for c in cycle.plan.conflicts):
+        _assert_converged_around_foreign_nexthops(cycle, again, dump)
+    else:
+        assert_converged(cycle, again, dump)
     assert _foreign_nexthops(kernel, policy, recreated) == foreign_nh
     assert {k: r for k, r in _foreign_routes(kernel, policy).items() if r.dev not in policy.devices} == \
         {k: r for k, r in foreign_routes.items() if r.dev not in policy.devices}
@@ -310,7 +370,10 @@ def test_switching_layouts_converges_without_losing_a_route(cluster, first, data
     assert all(r.ok for r in apply_plan(kernel, b.plan, b.desired))
     dump = dump_live(kernel, cfg)
     again = compute_cycle(cfg, cluster.kvs, PREFIX, node_b, dump, cluster.on_link)
-    assert_converged(b, again, dump)
+    if any(c.foreign.KIND == "nexthop" for c in b.plan.conflicts):
+        _assert_converged_around_foreign_nexthops(b, again, dump)
+    else:
+        assert_converged(b, again, dump)
     assert _foreign_nexthops(kernel, policy) == foreign_nh
     if second == "onlink":
         assert not any(policy.owns(nh) for nh in kernel.nexthops.values())

@@ -655,9 +655,9 @@ def nexthop_msg(nhid=None, oif=None, gateway=None, family=AF_INET, flags=4, prot
     return nlmsg(104, struct.pack("=BBBBI", family, 0, proto, 0, flags) + attrs + extra)
 
 
-def reference_nexthops(buf: bytes, ours) -> list:
+def reference_nexthops(buf: bytes, names) -> list:
     return [v for m in rtnl_marshal().parse(buf) if m["header"]["type"] == 104
-            for v in [PyrouteBackend._parse_nexthop(m, ours)] if v is not None]
+            for v in [PyrouteBackend._parse_nexthop(m, names)] if v is not None]
 
 
 def test_a_nexthop_dump_decodes_as_the_reference_parses_it():
@@ -668,16 +668,22 @@ def test_a_nexthop_dump_decodes_as_the_reference_parses_it():
         nexthop_msg(7, 3, ip4("100.127.0.7"), flags=0, proto=3),                        # foreign id, same device
         nexthop_msg(9, 3, socket.inet_pton(AF_INET6, "fd00::9"), family=AF_INET6),      # v6
         nexthop_msg(10, 2, ip4("198.18.0.254")),                                        # another device
-        nexthop_msg(11, group=struct.pack("=IHH", 7, 1, 0)),                            # a group
-        nexthop_msg(12, blackhole=True),                                                # a blackhole
-        nexthop_msg(13, 3, b"\x01\x02\x03"),                                            # malformed gateway
-        nexthop_msg(None, 3, ip4("100.64.3.0")),                                        # no id
+        nexthop_msg(11, group=struct.pack("=IHH", 7, 1, 0), proto=0),                   # a group: its id alone
+        nexthop_msg(12, blackhole=True, flags=0, proto=0),                              # a blackhole: its id alone
+        nexthop_msg(13, 3, b"\x01\x02\x03"),                                            # malformed gateway: id alone
+        nexthop_msg(None, 3, ip4("100.64.3.0")),                                        # no id: skipped
     ]) + DONE
-    got = wire.decode_nexthops(buf, OURS)
-    assert got == reference_nexthops(buf, OURS)
+    got = wire.decode_nexthops(buf, NAMES)
+    assert got == reference_nexthops(buf, NAMES)
     assert got == [Nexthop(0x464C0002, "100.64.2.0", "flannel.1", True, 73),
                    Nexthop(7, "100.127.0.7", "flannel.1", False, 3),
-                   Nexthop(9, "fd00::9", "flannel.1", True, 73)]
+                   Nexthop(9, "fd00::9", "flannel.1", True, 73),
+                   Nexthop(10, "198.18.0.254", "eth0", True, 73),
+                   Nexthop(11, None, None, False, 0), Nexthop(12, None, None, False, 0),
+                   Nexthop(13, None, None, False, 73)]
+    # An attribute that overruns its message: skipped, as the route decoder skips such a route.
+    broken = nexthop_msg(14, 3, ip4("100.64.4.0"), extra=b"\x28\x00\x01\x00") + DONE
+    assert wire.decode_nexthops(broken, NAMES) == []
 
 
 def test_a_route_through_a_nexthop_decodes_its_nhid(decoders):

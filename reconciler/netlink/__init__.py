@@ -23,9 +23,10 @@ The contract, which ``tests/`` checks for every backend:
     ``networks`` (CIDR strings; routes carry their ``protocol``, so foreign
     routes at the keys we want can be recognised and left alone); the
     ``NUD_PERMANENT`` neighbours and the ``NTF_SELF`` permanent FDB
-    entries on those links; the nexthop objects on those links (single
-    nexthops: groups and blackholes have no device and are left out).  A
-    route through a nexthop carries its ``nhid``.  IPv6 link-local addresses and routes
+    entries on those links; every nexthop object of the namespace (a group
+    or blackhole as its id alone, gateway and device None), so that one
+    holding an id we want is seen and left alone.  A route through a
+    nexthop carries its ``nhid``.  IPv6 link-local addresses and routes
     (fe80::/64) are left out.  Ownership (which of these we may change) is
     decided afterwards by ``reconciler.ownership``, not here.  A dump the
     kernel flags as interrupted is retried and never returned half-done;

@@ -295,7 +295,7 @@ class BatchedBackend(UnderlayLookup):
             buf = self._dump(lambda seq: wire.encode_getroute(seq, fam), "route")
             for route in self._decode_routes(buf, self._names, ours, nets):
                 state.add(route)
-        for nh in wire.decode_nexthops(self._dump(wire.encode_getnexthop, "nexthop"), ours):
+        for nh in wire.decode_nexthops(self._dump(wire.encode_getnexthop, "nexthop"), self._names):
             state.add(nh)
         return state
 

@@ -237,23 +237,22 @@ class PyrouteBackend(UnderlayLookup):
                 if route is not None:
                     state.add(route)
         for m in self._dump(_nexthop_dump_msg, RTM_GETNEXTHOP, "nexthop"):
-            nh = self._parse_nexthop(m, ours)
+            nh = self._parse_nexthop(m, self._names)
             if nh is not None:
                 state.add(nh)
         return state
 
     @staticmethod
-    def _parse_nexthop(msg, ours: dict[int, str]) -> Nexthop | None:
-        """``ip nexthop show dev X`` for our devices: single nexthops only (no groups, no blackholes)."""
-        oif, nhid, gw = msg.get("NHA_OIF"), msg.get("NHA_ID"), msg.get("NHA_GATEWAY")
-        if oif not in ours or not nhid or msg.get("NHA_GROUP") or msg.get("NHA_BLACKHOLE"):
+    def _parse_nexthop(msg, names: dict[int, str]) -> Nexthop | None:
+        """``ip nexthop show``: every nexthop; a group or blackhole (or one whose gateway does
+        not parse) as its id alone, so that a foreign one at an id we want is still seen."""
+        nhid, oif, gw = msg.get("NHA_ID"), msg.get("NHA_OIF"), msg.get("NHA_GATEWAY")
+        if not nhid:
             return None
-        gateway = None
-        if gw is not None:
-            if len(gw) not in (4, 16):
-                return None
-            gateway = str(ipaddress.ip_address(gw))
-        return Nexthop(id=nhid, gateway=gateway, dev=ours[oif], onlink=bool(msg["flags"] & RTNH_F_ONLINK),
+        if msg.get("NHA_GROUP") or msg.get("NHA_BLACKHOLE") or (gw is not None and len(gw) not in (4, 16)):
+            return Nexthop(id=nhid, gateway=None, dev=None, protocol=msg["protocol"])
+        return Nexthop(id=nhid, gateway=str(ipaddress.ip_address(gw)) if gw is not None else None,
+                       dev=names.get(oif) if oif else None, onlink=bool(msg["flags"] & RTNH_F_ONLINK),
                        protocol=msg["protocol"])
 
     def _parse_link(self, msg) -> Link:

@@ -339,10 +339,10 @@ def decode_default_routes(buf) -> list[tuple[int, int]]:
 
 # ----------------------------------------------------------- nexthop objects
 
-def decode_nexthops(buf, ours: dict) -> list:
-    """Single nexthops on a device in ``ours`` (ifindex -> name) of a ``RTM_GETNEXTHOP`` dump,
-    as ``PyrouteBackend._parse_nexthop`` makes them: groups, blackholes and nexthops of other
-    devices are left out, and so is a message with a malformed attribute."""
+def decode_nexthops(buf, names: dict) -> list:
+    """Every nexthop of a ``RTM_GETNEXTHOP`` dump, as ``PyrouteBackend._parse_nexthop`` makes
+    them (``names``: ifindex -> name): a group or blackhole, or one whose gateway is malformed,
+    as its id alone; a message without an id, or with a malformed attribute list, is skipped."""
     from ..model import Nexthop
     from .wire_base import NHA_BLACKHOLE, NHA_GATEWAY, NHA_GROUP, NHA_ID, NHA_OIF, NHMSG, RTM_NEWNEXTHOP
 
@@ -352,17 +352,16 @@ def decode_nexthops(buf, ours: dict) -> list:
             continue
         _family, _scope, protocol, _resvd, flags = NHMSG.unpack_from(buf, off + 16)
         attrs = _attrs(buf, off + 24, end)
-        if attrs is None or NHA_GROUP in attrs or NHA_BLACKHOLE in attrs:
+        if attrs is None:
             continue
         nhid, oif = _u32_of(buf, attrs.get(NHA_ID)), _u32_of(buf, attrs.get(NHA_OIF))
-        if not nhid or oif not in ours:
+        if not nhid:
             continue
-        gateway = None
         span = attrs.get(NHA_GATEWAY)
-        if span is not None:
-            if span[1] - span[0] not in (4, 16):
-                continue
-            gateway = ip_text(bytes(buf[span[0]:span[1]]))
-        out.append(Nexthop(id=nhid, gateway=gateway, dev=ours[oif], onlink=bool(flags & RTNH_F_ONLINK),
-                           protocol=protocol))
+        if NHA_GROUP in attrs or NHA_BLACKHOLE in attrs or (span is not None and span[1] - span[0] not in (4, 16)):
+            out.append(Nexthop(id=nhid, gateway=None, dev=None, protocol=protocol))
+            continue
+        gateway = ip_text(bytes(buf[span[0]:span[1]])) if span is not None else None
+        out.append(Nexthop(id=nhid, gateway=gateway, dev=names.get(oif) if oif else None,
+                           onlink=bool(flags & RTNH_F_ONLINK), protocol=protocol))
     return out
