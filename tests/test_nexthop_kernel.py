@@ -15,10 +15,10 @@ import pytest
 
 from reconciler.apply import apply_plan
 from reconciler.desired import NodeParams, desired_state
-from reconciler.model import RTPROT_RECONCILER, KernelState, Link, Nexthop, Route
+from reconciler.model import RTPROT_RECONCILER, Link, Nexthop, Route
 from reconciler.ownership import NEXTHOP_ID_BASE, FlannelOwnership
 from reconciler.plan import Change, make_plan
-from tests.fixtures import config, host1, mac1, three_leases
+from tests.fixtures import config, host1, three_leases
 from tests.netns import ip_json, run
 
 pytestmark = pytest.mark.root

@@ -25,7 +25,7 @@ from reconciler.plan import Change, make_plan
 from reconciler.reconcile import compute_cycle, dump_live
 from reconciler.render import describe, plan_text, show_rows
 from tests.contract import already_right, assert_converged, side_effects
-from tests.fixtures import NETWORK, config, host1, host2, mac2, mac3, subnet2, subnet3, three_leases
+from tests.fixtures import NETWORK, config, host1, host2, mac2, mac3, subnet2, three_leases
 from tests.model_kernel import ModelKernel
 from tests.strategies import PREFIX, UNDERLAY, clusters, live_kernels
 
