@@ -41,6 +41,7 @@ cdef enum:
     RTA_PRIORITY = 6
     RTA_MULTIPATH = 9
     RTA_TABLE = 15
+    RTA_NH_ID = 30
     RT_TABLE_MAIN = 254
     RTN_UNICAST = 1
     RTNH_F_ONLINK = 4
@@ -160,7 +161,7 @@ def decode_routes(buf, names, ours, nets=()):
     cdef Py_ssize_t start[NATTR]
     cdef Py_ssize_t stop[NATTR]
     cdef unsigned int family, dst_len, table, proto, rtype, k, nv4
-    cdef uint32_t flags, metric, oif, value, mask
+    cdef uint32_t flags, metric, oif, value, mask, nhid
     cdef bint has_oif, keep
     cdef unsigned char packed[4]
     cdef uint32_t* v4addr = NULL
@@ -259,8 +260,13 @@ def decode_routes(buf, names, ours, nets=()):
                 if net == FE80_64:
                     continue
                 text = str(net)
+            nhid = 0
+            if start[RTA_NH_ID] >= 0:
+                if stop[RTA_NH_ID] - start[RTA_NH_ID] != 4:
+                    continue
+                nhid = rd32(p + start[RTA_NH_ID])
             out.append(Route(text, gateway, names.get(oif_obj) if oif else None,
-                             bool(flags & RTNH_F_ONLINK), metric, proto))
+                             bool(flags & RTNH_F_ONLINK), metric, proto, nhid))
     finally:
         free(v4addr)
         free(v4mask)

@@ -43,7 +43,7 @@ import pytest
 
 import _fastpath
 from reconciler.lab.netns import delete_netns, run, unique_name
-from reconciler.model import RTPROT_RECONCILER, Fdb, Link, Neigh, Route
+from reconciler.model import RTPROT_RECONCILER, Fdb, Link, Neigh, Nexthop, Route
 from reconciler.netlink.batched import BatchedBackend
 from reconciler.netlink.reference import PyrouteBackend
 from reconciler.plan import Change
@@ -233,6 +233,54 @@ def test_dump_batched(benchmark, populated, accelerate):
         with PyrouteBackend(populated) as reference:
             assert state == reference.dump(DEVICES, NETWORKS)
     assert counts(state) == (N, N, N)
+
+
+# ------------------------------------------- cold install, nexthop layout
+# ``--route-layout nexthop``: the same neighbours and FDB entries, then one
+# nexthop object per node and routes by ``nhid`` (docs/route-layouts.md).
+# The kernel hashes these routes by nexthop id, so the route half stops
+# being quadratic; the ratio is still to the onlink iproute2 baseline.
+
+NH_VARIANTS = ("iproute2 batch, nexthop layout", "BatchedBackend accelerated, nexthop layout")
+VARIANTS = VARIANTS + NH_VARIANTS
+NH_BASE = 0x464C0000
+NH_CHANGES = ([Change("create", n) for n, _, _ in REMOTES] + [Change("create", f) for _, f, _ in REMOTES]
+              + [Change("create", Nexthop(NH_BASE + i, r.gateway, "flannel.1", True))
+                 for i, (_, _, r) in enumerate(REMOTES, 1)]
+              + [Change("create", Route(r.dst, None, None, None, nhid=NH_BASE + i))
+                 for i, (_, _, r) in enumerate(REMOTES, 1)])
+
+
+def ip_batch_install_nexthops(ns: str) -> None:
+    neigh = "".join(f"neigh replace {n.ip} lladdr {n.mac} dev flannel.1 nud permanent\n" for n, _, _ in REMOTES)
+    fdb = "".join(f"fdb replace {f.mac} dev flannel.1 dst {f.dst} self permanent\n" for _, f, _ in REMOTES)
+    nhs = "".join(f"nexthop replace id {NH_BASE + i} via {r.gateway} dev flannel.1 onlink proto 73\n"
+                  for i, (_, _, r) in enumerate(REMOTES, 1))
+    routes = "".join(f"route replace {r.dst} nhid {NH_BASE + i} proto 73\n" for i, (_, _, r) in enumerate(REMOTES, 1))
+    subprocess.run(["ip", "-n", ns, "-batch", "-"], input=neigh, text=True, check=True)
+    subprocess.run(["bridge", "-n", ns, "-batch", "-"], input=fdb, text=True, check=True)
+    subprocess.run(["ip", "-n", ns, "-batch", "-"], input=nhs + routes, text=True, check=True)
+
+
+def _cold_nexthops(benchmark, namespaces, variant: str, install) -> None:
+    _cold(benchmark, namespaces, variant, install)
+    nhs = json.loads(run(namespaces[-1], "ip", "-j", "nexthop", "show", "dev", "flannel.1").stdout)
+    routes = json.loads(run(namespaces[-1], "ip", "-j", "route", "show", "proto", "73").stdout)
+    assert len(nhs) == N and sum(1 for r in routes if r.get("nhid")) == N
+
+
+def test_cold_install_ip_batch_nexthop_layout(benchmark, namespaces):
+    _cold_nexthops(benchmark, namespaces, NH_VARIANTS[0], ip_batch_install_nexthops)
+
+
+def test_cold_install_batched_nexthop_layout(benchmark, namespaces):
+    if not _fastpath.AVAILABLE:
+        pytest.skip("the _fastpath extension is not built")
+
+    def install(ns):
+        with BatchedBackend(ns) as b:
+            assert all(r.ok for r in b.apply(NH_CHANGES))
+    _cold_nexthops(benchmark, namespaces, NH_VARIANTS[1], install)
 
 
 # ----------------------------------------------------------------- report

@@ -66,6 +66,7 @@ def cmd_run(args) -> int:
         public_ipv6=_public_ipv6(args),
         forward_rules=args.iptables_forward_rules, masq_fully_random_disable=args.ip_masq_fully_random_disable,
         iptables_resync=args.iptables_resync,
+        route_layout=args.route_layout,
     )
     if args.leases_file:
         raise SystemExit("error: run reads etcd; --leases-file is for plan/apply/show")

@@ -16,7 +16,13 @@ Dependency rules, and why:
 * a route is not written when its neighbour or its FDB entry failed: an
   onlink route whose gateway has no permanent neighbour makes the kernel ARP
   on the overlay, which nobody answers (flannel's old "L3 miss" era), so
-  traffic would black-hole instead of failing visibly.
+  traffic would black-hole instead of failing visibly;
+* the same holds for a nexthop object (``nexthop`` route layout) and its
+  neighbour and FDB entry, and a route is not written when its nexthop
+  failed (the kernel would refuse it: "Nexthop id does not exist");
+* a stale nexthop is not deleted while a route that used it failed to move
+  off it: the kernel deletes a nexthop's routes with it, so the old, still
+  working route would go too.
 
 A failed change is simply left undone: the next cycle's plan contains it
 again, so retrying is the reconcile loop's job, not this module's.
@@ -35,9 +41,10 @@ __all__ = ["apply_plan", "failed"]
 _PHASES = {
     ("delete", "route"): 0, ("delete", "fdb"): 0, ("delete", "neigh"): 0, ("delete", "link"): 0,
     ("write", "link"): 1, ("write", "address"): 2, ("delete", "address"): 3,
-    ("write", "neigh"): 4, ("write", "fdb"): 4, ("write", "route"): 5,
+    ("write", "neigh"): 4, ("write", "fdb"): 4, ("write", "nexthop"): 5, ("write", "route"): 6,
+    ("delete", "nexthop"): 7,
 }
-_NPHASES = 6
+_NPHASES = 8
 
 
 def _phase(change: Change) -> int:
@@ -55,6 +62,8 @@ def apply_plan(backend, plan: Plan, desired: KernelState | None = None) -> list[
     failed_addr_devs: set[str] = set()
     failed_neigh: set[tuple[str, str]] = set()
     failed_fdb: set[tuple[str, str]] = set()
+    # Nexthop ids whose write failed, and the ids that failed route moves still use.
+    failed_nh: set[int] = set()
     # The MAC a route's gateway resolves to: from this plan, else from the desired
     # state, looked up per route (building the map from all of desired would make
     # every small incremental plan cost the whole cluster).
@@ -76,10 +85,10 @@ def apply_plan(backend, plan: Plan, desired: KernelState | None = None) -> list[
         for i, c in enumerate(changes):
             if _phase(c) != phase:
                 continue
-            reason = _blocked(c, failed_devs, failed_addr_devs, failed_neigh, failed_fdb, neigh_mac)
+            reason = _blocked(c, failed_devs, failed_addr_devs, failed_neigh, failed_fdb, neigh_mac, failed_nh)
             if reason:
                 results[i] = OpResult(c, ok=False, message=reason, skipped=True)
-                _note_failure(c, failed_devs, failed_addr_devs, failed_neigh, failed_fdb)
+                _note_failure(c, failed_devs, failed_addr_devs, failed_neigh, failed_fdb, failed_nh)
             else:
                 batch.append((i, c))
         if not batch:
@@ -90,12 +99,17 @@ def apply_plan(backend, plan: Plan, desired: KernelState | None = None) -> list[
         for (i, c), res in zip(batch, outcome):
             results[i] = res
             if not res.ok and c.op != "delete":
-                _note_failure(c, failed_devs, failed_addr_devs, failed_neigh, failed_fdb)
+                _note_failure(c, failed_devs, failed_addr_devs, failed_neigh, failed_fdb, failed_nh)
     return [results[i] for i in range(len(changes))]
 
 
-def _note_failure(c: Change, devs: set, addr_devs: set, neighs: set, fdbs: set) -> None:
-    if c.kind == "link" and c.op == "create":
+def _note_failure(c: Change, devs: set, addr_devs: set, neighs: set, fdbs: set, nhs: set) -> None:
+    if c.kind == "nexthop":
+        nhs.add(c.obj.id)
+    elif c.kind == "route" and c.live is not None and c.live.nhid:
+        # The route still forwards through its old nexthop: keep that one.
+        nhs.add(c.live.nhid)
+    elif c.kind == "link" and c.op == "create":
         devs.add(c.obj.name)
     elif c.kind == "address":
         addr_devs.add(c.obj.dev)
@@ -105,18 +119,24 @@ def _note_failure(c: Change, devs: set, addr_devs: set, neighs: set, fdbs: set) 
         fdbs.add(c.obj.key)
 
 
-def _blocked(c: Change, devs: set, addr_devs: set, neighs: set, fdbs: set, neigh_mac) -> str:
+def _blocked(c: Change, devs: set, addr_devs: set, neighs: set, fdbs: set, neigh_mac,
+             nhs: set = frozenset()) -> str:
     if c.op == "delete":
         if c.kind == "address" and c.obj.dev in addr_devs:
             return (f"not attempted: the new address on {c.obj.dev} failed, and removing the old one "
                     f"could leave no IPv4 address (the kernel would flush its routes and neighbours)")
+        if c.kind == "nexthop" and c.obj.id in nhs:
+            return (f"not attempted: a route using nexthop {c.obj.id} could not be moved off it, and "
+                    f"deleting the nexthop would delete that route too")
         return ""
     if c.kind == "link":
         return ""
     dev = c.obj.dev
     if dev in devs:
         return f"not attempted: device {dev} could not be created"
-    if c.kind == "route" and c.obj.gateway is not None and dev is not None:
+    if c.kind == "route" and c.obj.nhid and c.obj.nhid in nhs:
+        return f"not attempted: nexthop {c.obj.nhid} failed"
+    if c.kind in ("route", "nexthop") and c.obj.gateway is not None and dev is not None:
         nkey = (dev, c.obj.gateway)
         if nkey in neighs:
             return f"not attempted: neighbour {c.obj.gateway} dev {dev} failed"

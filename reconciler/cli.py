@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .config import NetworkConfig, parse_network_config, require_ipv4, require_vxlan
-from .desired import NodeParams, underlay_mtu
+from .desired import ROUTE_LAYOUTS, NodeParams, underlay_mtu
 from .errors import ConfigError, ReconcilerError
 from .leases import LeaseSnapshot, parse_snapshot
 from .model import KernelState
@@ -78,6 +78,9 @@ def _add_node_args(p: argparse.ArgumentParser, offline_ok: bool) -> None:
     g.add_argument("--netlink-backend", choices=NETLINK_BACKENDS, default=_env("netlink-backend", "batched"),
                    help="batched (default: raw rtnetlink in batches, Cython-accelerated encoding and dumps "
                         "when built) or pyroute2 (the reference)")
+    g.add_argument("--route-layout", choices=ROUTE_LAYOUTS, default=_env("route-layout", "onlink"),
+                   help="onlink (flanneld's: one onlink gateway route per peer, the default) or nexthop "
+                        "(routes through nexthop objects: linear to install past 10,000 nodes, kernel 5.3+)")
     if offline_ok:
         g.add_argument("--live-file", help="compare against this live-state JSON instead of the kernel")
         g.add_argument("--offline", action="store_true",
@@ -250,7 +253,8 @@ def node_params(args, config: NetworkConfig, backend=None) -> tuple[NodeParams, 
     else:
         name = None
     params = NodeParams(public_ip=public_ip, underlay_mtu=mtu, underlay=name, bridge=bridge_name(args),
-                        public_ipv6=public_ipv6 if config.enable_ipv6 else None)
+                        public_ipv6=public_ipv6 if config.enable_ipv6 else None,
+                        route_layout=getattr(args, "route_layout", "onlink"))
     return params, ((underlay.prefixes + underlay.prefixes6) if underlay else ())
 
 

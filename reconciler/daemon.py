@@ -90,6 +90,8 @@ class AgentOptions:
     masq_fully_random_disable: bool = False
     #: flanneld's --iptables-resync: seconds between rule checks (besides every cycle).
     iptables_resync: float = 5.0
+    #: ``onlink`` or ``nexthop`` (``desired.ROUTE_LAYOUTS``).
+    route_layout: str = "onlink"
     #: Events arriving within this window are folded into one cycle.
     #: Events arriving within this window are folded into one cycle (0: none; a
     #: busy worker folds whatever queued up meanwhile anyway).
@@ -204,7 +206,7 @@ class Agent:
             public_ipv6 = self.opts.public_ipv6 or underlay.address6
         mtu = underlay_mtu(self.opts.underlay_mtu, self.config.mtu, (underlay.name, underlay.mtu))
         self.node = NodeParams(public_ip=public_ip, underlay_mtu=mtu, underlay=underlay.name, bridge=self.opts.bridge,
-                               public_ipv6=public_ipv6)
+                               public_ipv6=public_ipv6, route_layout=self.opts.route_layout)
         log.info("underlay %s (%s), mtu %d; bridge %s", underlay.name, underlay.address, underlay.mtu,
                  self.opts.bridge or "left to the CNI plugin (--no-bridge)")
         self._on_link = on_link_predicate(underlay.prefixes + underlay.prefixes6)

@@ -26,6 +26,12 @@ What a node needs (docs/flannel-formats.md section 4):
 * Dual stack: the same on ``flannel-v6.<VNI>`` for the v6 parts (its MTU is
   underlay - 70, the kernel's cap for VXLAN over IPv6); DirectRouting is
   decided per family, by the peer's PublicIPv6 (docs/dual-stack.md).
+* ``route_layout="nexthop"`` (opt-in, for clusters past about 10,000
+  nodes): the route goes through a nexthop object with the same onlink
+  gateway, neighbour and FDB entry unchanged (docs/route-layouts.md)::
+
+      nexthop id <N> via <subnet addr> dev flannel.1 onlink
+      route   <subnet> nhid <N>
 """
 from __future__ import annotations
 
@@ -35,11 +41,17 @@ from typing import Callable, Iterable
 from .config import NetworkConfig
 from .errors import ReconcilerError
 from .leases import Lease
-from .model import Address, Fdb, KernelObject, KernelState, Link, Neigh, Route
-from .ownership import BRIDGE_NAME
+from .model import Address, Fdb, KernelObject, KernelState, Link, Neigh, Nexthop, Route
+from .ownership import BRIDGE_NAME, NEXTHOP_ID_BASE, NEXTHOP_ID_SPAN
 
-__all__ = ["NodeParams", "NoOwnLease", "VXLAN6_OVERHEAD", "VXLAN_OVERHEAD", "desired_state", "find_own_lease",
-           "flannel_mtu", "node_objects", "peer_objects", "underlay_mtu", "wants_v6"]
+__all__ = ["NodeParams", "NoOwnLease", "ROUTE_LAYOUTS", "VXLAN6_OVERHEAD", "VXLAN_OVERHEAD", "check_route_layout",
+           "desired_state", "find_own_lease", "flannel_mtu", "nexthop_id", "node_objects", "peer_objects",
+           "underlay_mtu", "wants_v6"]
+
+#: ``onlink``: flanneld's layout, one onlink gateway route per peer (the
+#: default, so mixed clusters look the same on every node).  ``nexthop``: the
+#: same forwarding through nexthop objects, linear to install past 10,000 peers.
+ROUTE_LAYOUTS = ("onlink", "nexthop")
 
 #: Outer Ethernet (14) + IPv4 (20) + UDP (8) + VXLAN (8) headers.
 VXLAN_OVERHEAD = 50
@@ -63,7 +75,8 @@ class NodeParams:
     ``underlay`` is the name of the external interface (``IFLA_VXLAN_LINK``);
     ``None`` means unknown (an offline plan) and is then not compared.
     ``local`` is the VXLAN source address; flanneld >= 0.27.4 uses the
-    PublicIP, which is the default here.
+    PublicIP, which is the default here.  ``route_layout`` is one of
+    ``ROUTE_LAYOUTS``.
     """
 
     public_ip: str
@@ -73,6 +86,7 @@ class NodeParams:
     public_ipv6: str | None = None
     #: The pod bridge we create; None (``--no-bridge``): the CNI plugin's, not ours.
     bridge: str | None = BRIDGE_NAME
+    route_layout: str = "onlink"
 
 
 def flannel_mtu(underlay_mtu: int) -> int:
@@ -106,6 +120,62 @@ def find_own_lease(leases: Iterable[Lease], public_ip: str) -> Lease:
 
 def _never(_ip: str) -> bool:
     return False
+
+
+def _subnet_count(network, subnet_len: int | None) -> int:
+    return 1 << ((subnet_len or network.max_prefixlen) - network.prefixlen)
+
+
+def check_route_layout(config: NetworkConfig, node: NodeParams) -> None:
+    """Refuse a route layout this config cannot have, naming why.
+
+    The nexthop layout gives every possible subnet of ``Network`` its own
+    nexthop id, ``NEXTHOP_ID_SPAN`` per family; a config with more subnets
+    than that (an IPv4 /8 cut into /29s, an IPv6 /32 into /64s) is refused
+    rather than given ids that could collide.
+    """
+    if node.route_layout not in ROUTE_LAYOUTS:
+        raise ReconcilerError(f"route layout {node.route_layout!r}: must be one of {', '.join(ROUTE_LAYOUTS)}")
+    if node.route_layout != "nexthop":
+        return
+    for label, net, plen in (("Network", config.network, config.subnet_len),
+                             ("IPv6Network", config.ipv6_network, config.ipv6_subnet_len)):
+        if net is None:
+            continue
+        count = _subnet_count(net, plen)
+        if count > NEXTHOP_ID_SPAN:
+            raise ReconcilerError(
+                f"--route-layout nexthop: {label} {net} holds {count:,} subnets of /{plen}, more than the "
+                f"{NEXTHOP_ID_SPAN:,} nexthop ids reserved per address family; use --route-layout onlink")
+
+
+def nexthop_id(network, subnet) -> int:
+    """The nexthop id of a peer's subnet: ``NEXTHOP_ID_BASE`` + (``NEXTHOP_ID_SPAN`` for IPv6)
+    + the subnet's index inside ``network``.  The same on every node, and across restarts.
+
+    ``subnet`` must lie inside ``network`` (``validate_leases`` guarantees it)
+    and the index must fit (``check_route_layout``); ``ReconcilerError`` otherwise.
+    """
+    if network is None:
+        raise ReconcilerError(f"subnet {subnet}: no nexthop id without a cluster network of its family")
+    shift = subnet.max_prefixlen - subnet.prefixlen
+    index = (int(subnet.network_address) - int(network.network_address)) >> shift
+    if not 0 <= index < NEXTHOP_ID_SPAN or not subnet.subnet_of(network):
+        raise ReconcilerError(f"subnet {subnet}: no nexthop id inside {network} (index {index})")
+    return NEXTHOP_ID_BASE + (NEXTHOP_ID_SPAN if subnet.version == 6 else 0) + index
+
+
+def _gateway_route(node: NodeParams, network, subnet, gw: str, dev: str, metric: int = 0
+                   ) -> tuple[KernelObject, ...]:
+    """The route of one peer subnet through its onlink gateway, in the node's route layout."""
+    if node.route_layout == "nexthop":
+        nhid = nexthop_id(network, subnet)
+        return (Nexthop(id=nhid, gateway=gw, dev=dev, onlink=True),
+                # No gateway or device of its own (the kernel refuses both beside
+                # nhid); onlink None: the dump repeats the nexthop's flags or not,
+                # depending on net.ipv4.nexthop_compat_mode.
+                Route(dst=str(subnet), gateway=None, dev=None, onlink=None, metric=metric, nhid=nhid))
+    return (Route(dst=str(subnet), gateway=gw, dev=dev, onlink=True, metric=metric),)
 
 
 def node_objects(config: NetworkConfig, node: NodeParams, own: Lease) -> tuple[KernelObject, ...]:
@@ -165,7 +235,7 @@ def peer_objects(
     elif lease.vtep_mac is not None:
         out.append(Neigh(dev, gw, lease.vtep_mac))
         out.append(Fdb(dev, lease.vtep_mac, lease.public_ip))
-        out.append(Route(dst=str(lease.subnet), gateway=gw, dev=dev, onlink=True))
+        out.extend(_gateway_route(node, config.network, lease.subnet, gw, dev))
     if not v6 or lease.ipv6_subnet is None or not lease.public_ipv6:
         return tuple(out)
     if config.direct_routing and on_link(lease.public_ipv6):
@@ -177,8 +247,7 @@ def peer_objects(
         gw6 = str(lease.ipv6_subnet.network_address)
         out.append(Neigh(dev6, gw6, lease.v6_vtep_mac))
         out.append(Fdb(dev6, lease.v6_vtep_mac, lease.public_ipv6))
-        out.append(Route(dst=str(lease.ipv6_subnet), gateway=gw6, dev=dev6, onlink=True,
-                         metric=IPV6_DEFAULT_METRIC))
+        out.extend(_gateway_route(node, config.ipv6_network, lease.ipv6_subnet, gw6, dev6, IPV6_DEFAULT_METRIC))
     return tuple(out)
 
 
@@ -198,6 +267,7 @@ def desired_state(
     every other lease: the incremental path builds the same state one lease
     at a time.
     """
+    check_route_layout(config, node)
     leases = list(leases)
     own = find_own_lease(leases, node.public_ip)
     state = KernelState(node_objects(config, node, own))

@@ -30,6 +30,8 @@ route      (dst, metric)         main table, tos 0: the kernel's (table, dst, to
 neigh      (dev, ip)             the ARP/NDP table is keyed on (ifindex, IP)
 fdb        (dev, mac)            a unicast MAC on a VXLAN device is one entry;
                                  ``replace`` swaps its ``dst``
+nexthop    id                    nexthop objects (``ip nexthop``) live in one
+                                 per-namespace id space, whatever their family
 =========  ====================  =================================================
 """
 from __future__ import annotations
@@ -45,6 +47,7 @@ __all__ = [
     "KINDS",
     "Link",
     "Neigh",
+    "Nexthop",
     "Route",
     "attr_diff",
     "RTPROT_KERNEL",
@@ -151,6 +154,15 @@ class Address(_Base):
 class Route(_Base):
     """A unicast route in the main table: ``ip route replace <dst> via <gateway> dev <dev> [onlink]``.
 
+    ``nhid`` is the nexthop object the route forwards through
+    (``ip route replace <dst> nhid N``, the ``nexthop`` route layout); 0 means
+    none, as the kernel never hands out id 0.  It is always compared, so a
+    route that still uses a nexthop object drifts from a desired onlink route
+    (and the other way round).  A route through a nexthop object has no
+    gateway or device of its own: the desired one says ``None`` for both
+    (don't care), and the kernel's dump repeats the nexthop's gateway and
+    device only with ``net.ipv4.nexthop_compat_mode=1`` (docs/route-layouts.md).
+
     ``protocol`` is what the kernel reports (``rtm_protocol``).  It is read
     for the ownership decision but not compared: a route flanneld left
     (``proto boot``) with the right next hop is adopted as it is, because
@@ -162,12 +174,13 @@ class Route(_Base):
     dst: str
     gateway: str | None
     dev: str | None
-    onlink: bool = False
+    onlink: bool | None = False
     metric: int = 0
     protocol: int | None = None
+    nhid: int = 0
 
     KIND: ClassVar[str] = "route"
-    COMPARED: ClassVar[tuple[str, ...]] = ("gateway", "dev", "onlink")
+    COMPARED: ClassVar[tuple[str, ...]] = ("gateway", "dev", "onlink", "nhid")
     JSON_FIELDS: ClassVar[tuple[str, ...]] = ("dst", "gateway", "dev", "onlink")
 
     @property
@@ -178,7 +191,17 @@ class Route(_Base):
         out = {f: getattr(self, f) for f in self.JSON_FIELDS}
         if self.metric not in (0, 1024):
             out["metric"] = self.metric
+        if self.nhid:
+            out["nhid"] = self.nhid
         return out
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]):
+        # A route through a nexthop may have no gateway or device (the
+        # full-fidelity form leaves out every None); any other route names both.
+        if obj.get("nhid"):
+            obj = {"gateway": None, "dev": None, **obj}
+        return _Base.from_json.__func__(cls, obj)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,13 +245,42 @@ class Fdb(_Base):
         return (self.dev, self.mac)
 
 
-KernelObject = Union[Link, Address, Route, Neigh, Fdb]
+@dataclass(frozen=True, slots=True)
+class Nexthop(_Base):
+    """A nexthop object: ``ip nexthop replace id <id> via <gateway> dev <dev> onlink``.
+
+    The ``nexthop`` route layout routes each peer's subnet through one of
+    these (``route <subnet> nhid <id>``) instead of an onlink gateway of its
+    own: the kernel hashes such routes by nexthop id, so installing them
+    stays linear past 10,000 peers (docs/route-layouts.md).  The gateway is
+    the same peer subnet address the onlink route uses, so the neighbour
+    and FDB entries are unchanged.  ``protocol`` is read, never compared.
+    """
+
+    id: int
+    gateway: str | None
+    dev: str | None
+    onlink: bool = False
+    protocol: int | None = None
+
+    KIND: ClassVar[str] = "nexthop"
+    COMPARED: ClassVar[tuple[str, ...]] = ("gateway", "dev", "onlink")
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = ("id", "gateway", "dev", "onlink")
+
+    @property
+    def key(self) -> int:
+        return self.id
+
+
+KernelObject = Union[Link, Address, Route, Neigh, Fdb, Nexthop]
 
 #: The kinds in dependency order: a later kind may need an earlier one to
-#: exist (an address needs its device, a route needs its neighbour and FDB
-#: entry).  Creation walks this order, deletion walks it backwards.
-KINDS: tuple[str, ...] = ("link", "address", "neigh", "fdb", "route")
-CLASSES: dict[str, type] = {"link": Link, "address": Address, "route": Route, "neigh": Neigh, "fdb": Fdb}
+#: exist (an address needs its device, a nexthop its neighbour and FDB entry,
+#: a route its neighbour and FDB entry or its nexthop).  Creation walks this
+#: order, deletion walks it backwards (``plan._STEPS`` has the exceptions).
+KINDS: tuple[str, ...] = ("link", "address", "neigh", "fdb", "nexthop", "route")
+CLASSES: dict[str, type] = {"link": Link, "address": Address, "route": Route, "neigh": Neigh, "fdb": Fdb,
+                            "nexthop": Nexthop}
 
 
 def attr_diff(desired: KernelObject, live: KernelObject) -> dict[str, tuple[Any, Any]]:
@@ -293,9 +345,11 @@ class KernelState:
     def filter(self, keep) -> "KernelState":
         return KernelState(o for o in self if keep(o))
 
-    # JSON form: {"links": [...], "addresses": [...], "routes": [...], "neighs": [...], "fdb": [...]}
+    # JSON form: {"links": [...], "addresses": [...], "routes": [...], "neighs": [...], "fdb": [...],
+    # "nexthops": [...]}
     JSON_SECTIONS: ClassVar[dict[str, str]] = {
         "link": "links", "address": "addresses", "route": "routes", "neigh": "neighs", "fdb": "fdb",
+        "nexthop": "nexthops",
     }
 
     def to_json(self) -> dict[str, list[dict[str, Any]]]:

@@ -19,7 +19,13 @@ The agent owns, and only owns:
   are never ours: the kernel keeps them in step with the addresses;
 * permanent neighbour entries and ``self`` permanent FDB entries on the
   VXLAN devices (the backend only reports permanent ones; the kernel's own
-  reachable/stale entries are not ours and never enter the dump).
+  reachable/stale entries are not ours and never enter the dump);
+* nexthop objects whose id lies in our range (``NEXTHOP_ID_BASE`` and the
+  ``2 * NEXTHOP_ID_SPAN`` ids after it) *and* that sit on a VXLAN device.
+  The ids are a pure function of a peer's subnet (``desired.nexthop_id``),
+  the same on every node and across restarts; docs/route-layouts.md says
+  which ids they are.  They are owned whatever the route layout in use, so
+  switching back to ``onlink`` removes them.
 
 A learned (reachable, stale, ...) neighbour entry that sits at the key of
 a neighbour we want is the kernel's ARP cache, not anybody's state: writing
@@ -38,11 +44,27 @@ import ipaddress
 from typing import Protocol
 
 from .config import NetworkConfig
-from .model import RTPROT_KERNEL, RTPROT_RECONCILER, Address, Fdb, KernelObject, KernelState, Link, Neigh, Route
+from .model import (RTPROT_KERNEL, RTPROT_RECONCILER, Address, Fdb, KernelObject, KernelState, Link, Neigh, Nexthop,
+                    Route)
 
-__all__ = ["BRIDGE_NAME", "FlannelOwnership", "OwnershipPolicy", "RTPROT_KERNEL"]
+__all__ = ["BRIDGE_NAME", "FlannelOwnership", "NEXTHOP_ID_BASE", "NEXTHOP_ID_SPAN", "OwnershipPolicy",
+           "RTPROT_KERNEL", "owned_nexthop_id"]
 
 BRIDGE_NAME = "cni0"
+
+#: First nexthop id of ours: 0x464C0000 ("FL" in ASCII, then two zero bytes),
+#: far above the small ids iproute2 users and FRR's zebra hand out.
+NEXTHOP_ID_BASE = 0x464C0000
+#: Ids per address family: IPv4 peers take ``BASE + index``, IPv6 peers
+#: ``BASE + SPAN + index``, where index is the peer subnet's position inside
+#: ``Network`` (``IPv6Network``).  2**20 subnets is far past any flannel
+#: cluster (a /8 with /28 leases); a config with more is refused up front.
+NEXTHOP_ID_SPAN = 1 << 20
+
+
+def owned_nexthop_id(nhid: int) -> bool:
+    """Is ``nhid`` inside the range our nexthop ids come from?"""
+    return NEXTHOP_ID_BASE <= nhid < NEXTHOP_ID_BASE + 2 * NEXTHOP_ID_SPAN
 
 
 class OwnershipPolicy(Protocol):
@@ -99,6 +121,8 @@ class FlannelOwnership:
             return on_ours and self.inside_network(obj.dst)
         if isinstance(obj, (Neigh, Fdb)):
             return obj.dev in self.vxlan_devices
+        if isinstance(obj, Nexthop):
+            return obj.dev in self.vxlan_devices and owned_nexthop_id(obj.id)
         return False
 
     def filter(self, live: KernelState) -> KernelState:

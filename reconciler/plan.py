@@ -54,10 +54,21 @@ class OpResult:
 #: route and neighbour there -- and finally neighbour and FDB entries before
 #: the route that needs them (so the kernel never has to resolve the onlink
 #: gateway).
+#:
+#: Nexthop objects (the ``nexthop`` route layout) are written after the
+#: neighbour and FDB entry their gateway needs and before the routes that
+#: use them.  They are deleted *last*, after the routes were written: the
+#: kernel deletes every route using a nexthop when the nexthop goes, so a
+#: route being moved off it (a layout switch) must be re-pointed first or it
+#: would vanish until the next write.  Stale routes are deleted first as
+#: always, so by the time its nexthop goes nothing forwards through it, and
+#: its neighbour and FDB entry going before it is harmless
+#: (docs/route-layouts.md has the kernel behaviour, checked with ``ip``).
 _STEPS = (
     ("delete", "route"), ("delete", "fdb"), ("delete", "neigh"), ("delete", "link"),
     ("write", "link"), ("write", "address"), ("delete", "address"),
-    ("write", "neigh"), ("write", "fdb"), ("write", "route"),
+    ("write", "neigh"), ("write", "fdb"), ("write", "nexthop"), ("write", "route"),
+    ("delete", "nexthop"),
 )
 
 
@@ -85,9 +96,10 @@ def _connected_prefix(cidr: str) -> str | None:
 class Conflict:
     """A desired object whose kernel key is held by a foreign object.
 
-    Today only routes: a route of the main table for a peer's subnet that is
-    not ours (an administrator's static route, flanneld's DirectRouting
-    route via the underlay).  ``replace`` would silently take it over; the
+    A route of the main table for a peer's subnet that is not ours (an
+    administrator's static route, flanneld's DirectRouting route via the
+    underlay), or a nexthop id of our range held by a nexthop that is not
+    ours (and the route that would go through it).  ``replace`` would silently take it over; the
     ownership promise says we never change what is not ours, so the plan
     leaves it and reports it instead.
     """
@@ -123,7 +135,7 @@ class Plan:
         return iter(self.changes)
 
 
-def make_plan(desired, live, foreign_routes=None) -> Plan:
+def make_plan(desired, live, foreign_routes=None, foreign_nexthops=None) -> Plan:
     """The minimal ordered changes turning ``live`` into ``desired``.
 
     ``live`` must already be filtered by the ownership policy: every live
@@ -136,6 +148,12 @@ def make_plan(desired, live, foreign_routes=None) -> Plan:
     foreign route already forwards the same way, and is a ``Conflict``
     otherwise; either way it is never written.
 
+    ``foreign_nexthops`` maps nexthop ids to foreign nexthops holding them
+    (an id of our range on another device, a blackhole, a group).
+    ``ip nexthop replace`` would take it over silently, so a desired
+    nexthop there is a ``Conflict`` and is never written, and neither is a
+    route through it (it would forward through the foreign one).
+
     Kernel side effects the plan accounts for, each seen on Linux 6.18:
 
     * deleting a device (or re-creating it, when immutable attributes such as
@@ -145,7 +163,10 @@ def make_plan(desired, live, foreign_routes=None) -> Plan:
     * changing a device's MAC flushes its neighbour table, permanent entries
       included: its neighbours are written again after the change;
     * an address's ``proto kernel`` connected route vanishes with the
-      address, so it blocks no route we want when that address is deleted.
+      address, so it blocks no route we want when that address is deleted;
+    * deleting a device drops the nexthop objects on it, and with them the
+      routes that use them; a route whose nexthop is re-created (device
+      re-creation) is written again.
     """
     writes: dict[str, list[Change]] = {k: [] for k in KINDS}
     deletes: dict[str, list[Change]] = {k: [] for k in KINDS}
@@ -191,10 +212,21 @@ def make_plan(desired, live, foreign_routes=None) -> Plan:
 
     conflicts: list[Conflict] = []
     foreign_routes = foreign_routes or {}
-    for kind in ("address", "neigh", "fdb", "route"):
+    foreign_nexthops = foreign_nexthops or {}
+    # Routes through a nexthop on a vanishing device vanish with it (the
+    # kernel deletes a nexthop's routes together with the nexthop).
+    gone_nhids = {nh.id for nh in live.of("nexthop").values() if nh.dev in gone_devices}
+
+    for kind in ("address", "neigh", "fdb", "nexthop", "route"):
         live_objs = live.of(kind)
         desired_objs = desired.of(kind)
         for key, want in desired_objs.items():
+            if kind == "nexthop" and key in foreign_nexthops and key not in live_objs:
+                conflicts.append(Conflict(want, foreign_nexthops[key]))
+                continue
+            if kind == "route" and want.nhid in foreign_nexthops and want.nhid not in live.of("nexthop"):
+                conflicts.append(Conflict(want, foreign_nexthops[want.nhid]))
+                continue
             if kind == "route" and key in foreign_routes and key not in live_objs:
                 foreign = foreign_routes[key]
                 dying = foreign.protocol == RTPROT_KERNEL and (foreign.dev, foreign.dst) in dying_connected
@@ -203,6 +235,8 @@ def make_plan(desired, live, foreign_routes=None) -> Plan:
                         conflicts.append(Conflict(want, foreign))
                     continue
             have = live_objs.get(key)
+            if have is not None and kind == "route" and have.nhid in gone_nhids:
+                have = None
             if have is not None and vanishes(kind, have):
                 have = None  # the kernel drops it as a side effect of a change above
             if have is None:
@@ -210,12 +244,13 @@ def make_plan(desired, live, foreign_routes=None) -> Plan:
             elif attr_diff(want, have):
                 writes[kind].append(Change("update", want, have))
         for key, have in live_objs.items():
-            if key not in desired_objs and not vanishes(kind, have):
+            if key not in desired_objs and not vanishes(kind, have) and not (
+                    kind == "route" and have.nhid in gone_nhids):
                 deletes[kind].append(Change("delete", have))
 
     ordered: list[Change] = []
     for op, kind in _STEPS:
         batch = deletes[kind] if op == "delete" else writes[kind]
         ordered.extend(sorted(batch, key=lambda c: _sort_key(c.obj)))
-    conflicts.sort(key=lambda c: _sort_key(c.desired))
+    conflicts.sort(key=lambda c: (KINDS.index(c.desired.KIND), _sort_key(c.desired)))
     return Plan(tuple(ordered), tuple(conflicts))

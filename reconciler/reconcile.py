@@ -29,7 +29,7 @@ from .config import NetworkConfig
 from .desired import NodeParams, desired_state, find_own_lease
 from .leases import Lease, RawKV, Skipped, validate_leases
 from .model import KernelState
-from .ownership import FlannelOwnership
+from .ownership import FlannelOwnership, owned_nexthop_id
 from .plan import Plan, make_plan
 
 __all__ = ["Cycle", "compute_cycle", "dump_live", "on_link_predicate", "owned_devices"]
@@ -105,11 +105,14 @@ def compute_cycle(
     policy = FlannelOwnership(config, node.bridge)
     live = KernelState()
     foreign_routes = {}
+    foreign_nexthops = {}
     for obj in live_dump:
         if policy.owns(obj):
             live.add(obj)
         elif obj.KIND == "route" and policy.inside_network(obj.dst):
             foreign_routes[obj.key] = obj
+        elif obj.KIND == "nexthop" and owned_nexthop_id(obj.id):
+            foreign_nexthops[obj.id] = obj
     return Cycle(
         config=config,
         node=node,
@@ -118,5 +121,5 @@ def compute_cycle(
         skipped=tuple(skipped),
         desired=desired,
         live=live,
-        plan=make_plan(desired, live, foreign_routes),
+        plan=make_plan(desired, live, foreign_routes, foreign_nexthops),
     )

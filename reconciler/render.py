@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Sequence
 
 from .leases import Skipped
-from .model import KINDS, Address, Fdb, KernelObject, KernelState, Link, Neigh, Route, attr_diff
+from .model import KINDS, Address, Fdb, KernelObject, KernelState, Link, Neigh, Nexthop, Route, attr_diff
 from .plan import Change, OpResult, Plan
 
 __all__ = [
@@ -59,6 +59,8 @@ def describe(obj: KernelObject) -> str:
         return f"address {obj.cidr} dev {obj.dev}"
     if isinstance(obj, Route):
         s = f"route {obj.dst}"
+        if obj.nhid:
+            s += f" nhid {obj.nhid}"
         if obj.gateway is not None:
             s += f" via {obj.gateway}"
         if obj.dev is not None:
@@ -74,6 +76,15 @@ def describe(obj: KernelObject) -> str:
         return f"fdb {obj.mac} dev {obj.dev} dst {obj.dst} self permanent"
     if getattr(obj, "KIND", None) == "rule":  # packet filter rules describe themselves (reconciler/rules)
         return obj.describe()
+    if isinstance(obj, Nexthop):
+        s = f"nexthop id {obj.id}"
+        if obj.gateway is not None:
+            s += f" via {obj.gateway}"
+        if obj.dev is not None:
+            s += f" dev {obj.dev}"
+        if obj.onlink:
+            s += " onlink"
+        return s
     return repr(obj)
 
 
@@ -121,7 +132,9 @@ def plan_text(
                 line = f"{_COLOUR[c.op]}{line}{_RESET}"
             lines.append("  " + line)
     if plan.conflicts:
-        lines.append("conflicts (left alone: the kernel key is held by a route that is not ours):")
+        lines.append("conflicts (left alone: the kernel key is held by a route that is not ours):"
+                     if all(c.foreign.KIND == "route" for c in plan.conflicts) else
+                     "conflicts (left alone: the kernel key is held by an object that is not ours):")
         for c in plan.conflicts:
             line = f"! {describe(c.desired)}: held by foreign {describe(c.foreign)} proto {c.foreign.protocol}"
             lines.append("  " + (f"\033[35m{line}{_RESET}" if colour else line))

@@ -21,7 +21,16 @@ checked with iproute2 on Linux 6.18 (docs/kernel-facts.md section 5):
   a connected prefix is ENETUNREACH; deleting a missing route is ESRCH, a
   missing neighbour or FDB entry ENOENT (both count as done under the
   contract);
-* routes live in tables; only the main table is dumped.
+* routes live in tables; only the main table is dumped;
+* nexthop objects (docs/route-layouts.md): ``replace`` creates or
+  overwrites (the routes using it follow), a nexthop on a missing device is
+  ENODEV, on a down device ENETDOWN; a route with an ``nhid`` that does not
+  exist is EINVAL ("Nexthop id does not exist"), and one with a gateway or
+  device beside its ``nhid`` EINVAL too; deleting a missing nexthop is
+  ENOENT; deleting a nexthop deletes the routes that use it, and a device
+  going down or away takes its nexthops (and so their routes) with it; a
+  route through a nexthop is dumped with the nexthop's gateway, device and
+  onlink flag (``net.ipv4.nexthop_compat_mode=1``, the default).
 
 Two surfaces, kept apart:
 
@@ -64,7 +73,7 @@ from contextlib import contextmanager
 from typing import Callable, Collection, Sequence
 
 from reconciler.errors import DumpInterrupted, NetlinkError
-from reconciler.model import KINDS, RTPROT_RECONCILER, Address, Fdb, KernelState, Link, Neigh, Route
+from reconciler.model import KINDS, RTPROT_RECONCILER, Address, Fdb, KernelState, Link, Neigh, Nexthop, Route
 from reconciler.netlink import Underlay
 from reconciler.netlink.common import UnderlaySpec
 from reconciler.netlink.kernel_events import KernelEvent
@@ -140,6 +149,7 @@ class ModelKernel:
         self.routes: dict[tuple[int, str, int], Route] = {}     # (table, dst, metric)
         self.neighs: dict[tuple[str, str], NeighEntry] = {}
         self.fdbs: dict[tuple[str, str], FdbEntry] = {}
+        self.nexthops: dict[int, Nexthop] = {}
         self._faults: list[_Fault] = []
         self.fired: list[str] = []
         #: Every write the API carried out: (op, kind, key).  Tests use it to
@@ -188,6 +198,10 @@ class ModelKernel:
     def add_fdb(self, fdb: Fdb, self_permanent: bool = True) -> None:
         self.fdbs[fdb.key] = FdbEntry(fdb, self_permanent)
 
+    @_locked
+    def add_nexthop(self, nh: Nexthop) -> None:
+        self.nexthops[nh.id] = nh
+
     def ifindex(self, name: str) -> int | None:
         e = self.links.get(name)
         return e.ifindex if e else None
@@ -202,6 +216,7 @@ class ModelKernel:
             "connected": set(self._connected_routes()),
             "neighs": {k: (v.neigh, v.permanent) for k, v in self.neighs.items()},
             "fdbs": {k: (v.fdb, v.self_permanent) for k, v in self.fdbs.items()},
+            "nexthops": dict(self.nexthops),
         }
 
     # ------------------------------------------------------------ backend API
@@ -270,6 +285,9 @@ class ModelKernel:
         for (table, _dst, _m), r in self.routes.items():
             dst = ipaddress.ip_network(r.dst)
             inside = any(dst.version == n.version and dst.subnet_of(n) for n in nets)
+            nh = self.nexthops.get(r.nhid) if r.nhid else None
+            if nh is not None:      # nexthop_compat_mode=1: the route repeats its nexthop
+                r = replace(r, gateway=nh.gateway, dev=nh.dev, onlink=nh.onlink)
             if table == MAIN and (r.dev in devices or r.protocol == RTPROT_RECONCILER or inside):
                 state.add(r)
         for r in self._connected_routes():
@@ -281,6 +299,8 @@ class ModelKernel:
         for f in self.fdbs.values():
             if f.self_permanent and f.fdb.dev in devices:
                 state.add(f.fdb)
+        for nh in self.nexthops.values():       # every nexthop, as the backends
+            state.add(nh)
         return state
 
     @_locked
@@ -323,7 +343,14 @@ class ModelKernel:
         have.link = new
         return None
 
+    def _drop_nexthops_on(self, dev: str) -> None:
+        """A device going down or away takes its nexthops, and their routes, with it."""
+        gone = {i for i, nh in self.nexthops.items() if nh.dev == dev}
+        self.nexthops = {i: nh for i, nh in self.nexthops.items() if i not in gone}
+        self.routes = {k: r for k, r in self.routes.items() if r.nhid not in gone}
+
     def _link_down(self, name: str) -> None:
+        self._drop_nexthops_on(name)
         self.routes = {k: r for k, r in self.routes.items() if r.dev != name}
         self.neighs = {k: n for k, n in self.neighs.items() if n.neigh.dev != name}
         self.addresses = {(d, a) for d, a in self.addresses if d != name or ":" not in a}
@@ -338,6 +365,7 @@ class ModelKernel:
     def remove_link(self, name: str) -> None:
         """Delete a device the way the kernel does: with everything on it."""
         del self.links[name]
+        self._drop_nexthops_on(name)
         self.addresses = {(d, a) for d, a in self.addresses if d != name}
         self.routes = {k: r for k, r in self.routes.items() if r.dev != name}
         self.neighs = {k: n for k, n in self.neighs.items() if n.neigh.dev != name}
@@ -367,6 +395,11 @@ class ModelKernel:
     # routes
     def _route_write(self, c: Change) -> int | None:
         r: Route = c.obj
+        if r.nhid:
+            if r.gateway is not None or r.dev is not None or r.nhid not in self.nexthops:
+                return E.EINVAL
+            self.routes[(MAIN, r.dst, r.metric)] = replace(r, onlink=False, protocol=RTPROT_RECONCILER)
+            return None
         dev = r.dev
         if dev is not None:
             e = self.links.get(dev)
@@ -387,6 +420,23 @@ class ModelKernel:
     def _route_delete(self, c: Change) -> int | None:
         if self.routes.pop((MAIN, c.obj.dst, c.obj.metric), None) is None:
             return E.ESRCH
+        return None
+
+    # nexthops
+    def _nexthop_write(self, c: Change) -> int | None:
+        nh: Nexthop = c.obj
+        e = self.links.get(nh.dev)
+        if e is None:
+            return E.ENODEV
+        if not e.link.up:
+            return E.ENETDOWN
+        self.nexthops[nh.id] = replace(nh, protocol=RTPROT_RECONCILER)
+        return None
+
+    def _nexthop_delete(self, c: Change) -> int | None:
+        if self.nexthops.pop(c.obj.id, None) is None:
+            return E.ENOENT
+        self.routes = {k: r for k, r in self.routes.items() if r.nhid != c.obj.id}
         return None
 
     # neighbours

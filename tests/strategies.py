@@ -14,7 +14,8 @@ from dataclasses import dataclass, replace
 from hypothesis import strategies as st
 
 from reconciler.leases import RawKV
-from reconciler.model import RTPROT_RECONCILER, Address, Fdb, KernelState, Link, Neigh, Route
+from reconciler.model import RTPROT_RECONCILER, Address, Fdb, KernelState, Link, Neigh, Nexthop, Route
+from reconciler.ownership import NEXTHOP_ID_BASE
 from tests.model_kernel import MAIN, RTPROT_BOOT, ModelKernel
 
 PREFIX = "/coreos.com/network"
@@ -57,7 +58,8 @@ def clusters(draw, ipv6: bool = False) -> Cluster:
     port = draw(st.sampled_from([0, 4789]))
     direct = draw(st.booleans())
     n = draw(st.integers(1, 9))
-    subnet_ids = draw(st.lists(st.integers(1, 254), min_size=n, max_size=n, unique=True))
+    # Below 200: 100.64.200-203.0 and .222.0 are the stale and foreign entries live_kernels adds.
+    subnet_ids = draw(st.lists(st.integers(1, 199), min_size=n, max_size=n, unique=True))
     hosts = draw(st.lists(st.integers(1, 250), min_size=n, max_size=n, unique=True))
     # A small MAC pool now and then, so VtepMAC conflicts happen.
     pool = draw(st.lists(macs, min_size=1, max_size=n + 2, unique=True))
@@ -124,6 +126,10 @@ def _drift(draw, obj):
         return replace(obj, mac="02:de:ad:00:00:01")
     if isinstance(obj, Fdb):
         return replace(obj, dst="fd00:18::fd" if _v6(obj.dst) else "198.18.0.253")
+    if isinstance(obj, Nexthop):
+        return replace(obj, gateway="100.64.0.9")
+    if isinstance(obj, Route) and obj.nhid:
+        return obj      # its drift is the other layout's route (live_kernels)
     if isinstance(obj, Route):
         gateway = "fd00:64:0:ff::9" if _v6(obj.dst) else "100.64.0.9"
         return draw(st.sampled_from([replace(obj, gateway=gateway), replace(obj, onlink=not obj.onlink),
@@ -145,9 +151,18 @@ def live_kernels(draw, desired: KernelState, vxlan_dev: str) -> ModelKernel:
             continue
         obj = _drift(draw, link) if fate == "drift" else link
         k.add_link(replace(obj, mac=obj.mac or "02:00:00:00:b0:01", underlay=obj.underlay if obj.type == "vxlan" else None))
-    for kind in ("address", "neigh", "fdb", "route"):
+    for kind in ("address", "neigh", "fdb", "nexthop", "route"):
         for obj in desired.of(kind).values():
             dev = obj.dev
+            if kind == "route" and obj.nhid:
+                nh = desired.get("nexthop", obj.nhid)
+                dev = nh.dev
+                if obj.nhid not in k.nexthops:
+                    # The kernel holds no route through a missing nexthop; the
+                    # other layout's route (an onlink one) may sit at its key.
+                    if dev in k.links and k.links[dev].link.up is not False and draw(st.booleans()):
+                        k.add_route(Route(obj.dst, nh.gateway, dev, True, obj.metric, RTPROT_RECONCILER))
+                    continue
             if dev is not None and dev not in k.links:
                 continue  # the kernel cannot hold entries on a missing device
             fate = draw(st.sampled_from(["right", "right", "missing", "drift"]))
@@ -176,6 +191,13 @@ def live_kernels(draw, desired: KernelState, vxlan_dev: str) -> ModelKernel:
         k.add_route(Route("100.64.202.0/24", "100.127.0.202", vxlan_dev, True, 0, RTPROT_BOOT), table=100)
         k.add_neigh(Neigh(vxlan_dev, "100.64.203.0", "02:00:00:00:cb:00"), permanent=False)
         k.add_fdb(Fdb(vxlan_dev, "02:00:00:00:cc:00", "198.18.0.250"), self_permanent=False)
+        # Nexthops: a stale one of ours (a peer that left, with its route),
+        # and a foreign one below our id range, on our device.
+        if draw(st.booleans()):
+            k.add_nexthop(Nexthop(NEXTHOP_ID_BASE + 201, "100.64.201.0", vxlan_dev, True, RTPROT_RECONCILER))
+            k.add_route(Route("100.64.201.0/24", None, None, None, 0, RTPROT_RECONCILER,
+                              nhid=NEXTHOP_ID_BASE + 201))
+        k.add_nexthop(Nexthop(7, "100.127.0.207", vxlan_dev, True))
     v6_dev = vxlan_dev.replace("flannel.", "flannel-v6.", 1)
     if v6_dev in k.links and k.links[v6_dev].link.up:
         if draw(st.booleans()):   # an IPv6 peer that left
@@ -197,6 +219,10 @@ def live_kernels(draw, desired: KernelState, vxlan_dev: str) -> ModelKernel:
     if wanted and draw(st.integers(0, 3)) == 0:
         r = draw(st.sampled_from(wanted))
         k.add_route(Route(r.dst, "fd00:18::4d" if _v6(r.dst) else "198.18.0.77", UNDERLAY, False, r.metric, 4))
+    # A nexthop of somebody else's at an id we want (on the underlay): a conflict.
+    free_ids = sorted(i for i in desired.of("nexthop") if i not in k.nexthops)
+    if free_ids and draw(st.integers(0, 3)) == 0:
+        k.add_nexthop(Nexthop(draw(st.sampled_from(free_ids)), "198.18.0.77", UNDERLAY, False, 4))
     # Foreign elsewhere: a route into the network via the underlay, not ours.
     k.add_route(Route("100.64.230.0/24", "198.18.0.99", UNDERLAY, False, 0, RTPROT_BOOT))
     k.add_route(Route("198.19.0.0/16", "198.18.0.1", UNDERLAY, False, 0, RTPROT_BOOT))
@@ -210,6 +236,10 @@ def live_kernels(draw, desired: KernelState, vxlan_dev: str) -> ModelKernel:
 def _raw_add(k: ModelKernel, obj) -> None:
     if isinstance(obj, Address):
         k.add_address(obj.dev, obj.cidr)
+    elif isinstance(obj, Nexthop):
+        k.add_nexthop(obj)
+    elif isinstance(obj, Route) and obj.nhid:
+        k.add_route(replace(obj, protocol=RTPROT_RECONCILER))
     elif isinstance(obj, Route):
         proto = obj.protocol if obj.protocol is not None else RTPROT_RECONCILER
         dev = obj.dev if obj.dev is not None else UNDERLAY

@@ -110,7 +110,14 @@ def replay(model: ModelKernel, ns: str) -> None:
             "permanent" if e.self_permanent else "static")
     connected = [(dev, ipaddress.ip_interface(cidr).network) for dev, cidr in model.addresses
                  if model.links[dev].link.up]
+    for nh in model.nexthops.values():
+        run(ns, "ip", "nexthop", "add", "id", str(nh.id), "via", nh.gateway, "dev", nh.dev,
+            *(["onlink"] if nh.onlink else []), *(["proto", str(nh.protocol)] if nh.protocol else []))
     for (table, dst, metric), r in model.routes.items():
+        if r.nhid:
+            run(ns, "ip", "route", "add", dst, "nhid", str(r.nhid), *(["metric", str(metric)] if metric else []),
+                "table", str(table), "proto", str(r.protocol))
+            continue
         gateway, onlink = r.gateway, r.onlink
         if gateway is not None and not onlink and not any(
                 dev == r.dev and ipaddress.ip_address(gateway) in net for dev, net in connected):

@@ -27,6 +27,7 @@ from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 import _fastpath
 from reconciler.model import RTPROT_RECONCILER, Address, Fdb, Link, Neigh, Route
 from reconciler.netlink import reference, wire
+from reconciler.netlink.pyroute_msgs import rtnl_marshal
 from reconciler.netlink.reference import PyrouteBackend
 
 SETTINGS = settings(max_examples=int(os.environ.get("WIRE_EXAMPLES", "200")), deadline=None,
@@ -294,7 +295,7 @@ def test_malformed_fields_fail_with_the_reference_words(bad):
 
 def route_msg(family=AF_INET, dst=None, dst_len=24, gateway=None, oif=None, priority=None, table=254,
               table_attr=None, proto=RTPROT_RECONCILER, scope=0, rtype=1, flags=0, multipath=None,
-              extra=b"") -> bytes:
+              extra=b"", nhid=None) -> bytes:
     attrs = b""
     if table_attr is not None:
         attrs += rta(15, struct.pack("=I", table_attr))
@@ -308,6 +309,8 @@ def route_msg(family=AF_INET, dst=None, dst_len=24, gateway=None, oif=None, prio
         attrs += rta(4, struct.pack("=I", oif))
     if multipath is not None:
         attrs += rta(9, multipath)
+    if nhid is not None:        # RTA_NH_ID: an int, or raw (malformed) bytes
+        attrs += rta(30, struct.pack("=I", nhid) if isinstance(nhid, int) else nhid)
     body = struct.pack("=BBBBBBBBI", family, dst_len, 0, 0, table, proto, scope, rtype, flags) + attrs + extra
     return nlmsg(24, body)
 
@@ -324,7 +327,7 @@ def neigh_msg(family=AF_INET, ifindex=3, state=0x80, flags=0, dst=None, lladdr=N
 def reference_routes(buf: bytes, ours, nets) -> list[Route]:
     ref = reference_backend()
     out = []
-    for msg in MarshalRtnl().parse(buf):
+    for msg in rtnl_marshal().parse(buf):
         if msg["header"]["type"] == 24:
             r = ref._parse_route(msg, ours, nets)
             if r is not None:
@@ -490,7 +493,8 @@ def random_route(draw) -> bytes:
         table_attr=draw(st.sampled_from([None, None, 254, 254, 0, 100])),
         proto=draw(st.sampled_from([2, 3, 4, 73, 186])), scope=draw(st.sampled_from([0, 253])),
         rtype=draw(st.sampled_from([1, 1, 1, 1, 2, 3])), flags=draw(st.sampled_from([0, 4, 4, 0, 0x200, 4 | 0x200])),
-        multipath=draw(st.sampled_from([None] * 5 + [struct.pack("=HBBi", 8, 0, 0, 3)])))
+        multipath=draw(st.sampled_from([None] * 5 + [struct.pack("=HBBi", 8, 0, 0, 3)])),
+        nhid=draw(st.sampled_from([None, None, None, 1, 0x464C0002, 0xFFFFFFFF])))
 
 
 @st.composite
@@ -783,3 +787,116 @@ def test_the_fast_path_can_be_switched_off():
     env = {**os.environ, "FLANNEL_RECONCILER_NO_CYTHON": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout == "1\n"
+
+
+# ============================================ nexthop objects (route layout)
+
+NH_IDS = st.sampled_from([1, 0x464C0002, 0x464C0000 + (1 << 20) + 5, 2 ** 32 - 1])
+
+
+@SETTINGS
+@given(nhid=NH_IDS, gw=ipv4s | ipv6s, dev=st.sampled_from(["eth0", "flannel.1"]), onlink=st.booleans(),
+       delete=st.booleans(), seq=st.integers(0, 2 ** 32 - 1))
+def test_nexthops_encode_as_the_reference(nhid, gw, dev, onlink, delete, seq):
+    from reconciler.model import Nexthop
+    from reconciler.netlink.pyroute_msgs import nexthop_msg
+
+    nh = Nexthop(nhid, gw, dev, onlink)
+    want = pyroute_bytes(nexthop_msg(nh, delete, INDEX.__getitem__), 105 if delete else 104,
+                         5 if delete else 0x505, seq)
+    got = wire.encode_delnexthop(seq, nhid) if delete else wire.encode_newnexthop(seq, nhid, gw, INDEX[dev], onlink)
+    assert got == want
+
+
+def test_nexthop_replace_by_hand():
+    got = wire.encode_newnexthop(9, 0x464C0002, "100.64.2.0", 3, True)
+    assert got == bytes.fromhex(
+        "30000000" "6800" "0505" "09000000" "00000000"       # len 48, RTM_NEWNEXTHOP, replace, seq 9
+        "02" "00" "49" "00" "04000000"                       # AF_INET, scope 0, proto 73, RTNH_F_ONLINK
+        "0800" "0100" "02004c46"                             # NHA_ID
+        "0800" "0500" "03000000"                             # NHA_OIF 3
+        "0800" "0600" "64400200")                            # NHA_GATEWAY 100.64.2.0
+    assert wire.encode_delnexthop(1, 5) == bytes.fromhex(
+        "20000000" "6900" "0500" "01000000" "00000000" "00000000" "00000000" "0800" "0100" "05000000")
+
+
+@SETTINGS
+@given(route=routes(), nhid=NH_IDS, delete=st.booleans(), seq=st.integers(0, 2 ** 32 - 1))
+def test_routes_through_a_nexthop_encode_as_the_reference(route, nhid, delete, seq):
+    from dataclasses import replace
+
+    route = replace(route, nhid=nhid)
+    want = pyroute_bytes(reference_backend()._route_msg(route, delete), 25 if delete else 24,
+                         5 if delete else 0x505, seq)
+    got = (wire.encode_delroute_nh if delete else wire.encode_newroute_nh)(seq, route)
+    assert got == want
+    from reconciler.netlink.wire_base import _attrs
+
+    attrs = _attrs(got, 28, len(got))
+    assert got[attrs[30][0]:attrs[30][1]] == struct.pack("=I", nhid)    # RTA_NH_ID
+    assert set(attrs) <= {1, 6, 30}     # RTA_DST, RTA_PRIORITY: never a gateway or device beside it
+
+
+def test_the_nexthop_dump_request_is_the_reference_request():
+    from reconciler.netlink.pyroute_msgs import _nexthop_dump_msg
+
+    assert wire.encode_getnexthop(1) == pyroute_bytes(_nexthop_dump_msg(), 106, 0x301, 1)
+
+
+def nexthop_msg(nhid=None, oif=None, gateway=None, family=AF_INET, flags=4, proto=73, group=None,
+                blackhole=False, extra=b"") -> bytes:
+    attrs = b""
+    if nhid is not None:
+        attrs += rta(1, struct.pack("=I", nhid))
+    if group is not None:
+        attrs += rta(2, group)
+    if blackhole:
+        attrs += rta(4, b"")
+    if oif is not None:
+        attrs += rta(5, struct.pack("=I", oif))
+    if gateway is not None:
+        attrs += rta(6, gateway)
+    return nlmsg(104, struct.pack("=BBBBI", family, 0, proto, 0, flags) + attrs + extra)
+
+
+def reference_nexthops(buf: bytes, names) -> list:
+    return [v for m in rtnl_marshal().parse(buf) if m["header"]["type"] == 104
+            for v in [PyrouteBackend._parse_nexthop(m, names)] if v is not None]
+
+
+def test_a_nexthop_dump_decodes_as_the_reference_parses_it():
+    from reconciler.model import Nexthop
+
+    buf = b"".join([
+        nexthop_msg(0x464C0002, 3, ip4("100.64.2.0")),                                  # ours
+        nexthop_msg(7, 3, ip4("100.127.0.7"), flags=0, proto=3),                        # foreign id, same device
+        nexthop_msg(9, 3, socket.inet_pton(AF_INET6, "fd00::9"), family=AF_INET6),      # v6
+        nexthop_msg(10, 2, ip4("198.18.0.254")),                                        # another device
+        nexthop_msg(11, group=struct.pack("=IHH", 7, 1, 0), proto=0),                   # a group: its id alone
+        nexthop_msg(12, blackhole=True, flags=0, proto=0),                              # a blackhole: its id alone
+        nexthop_msg(13, 3, b"\x01\x02\x03"),                                            # malformed gateway: id alone
+        nexthop_msg(None, 3, ip4("100.64.3.0")),                                        # no id: skipped
+    ]) + DONE
+    got = wire.decode_nexthops(buf, NAMES)
+    assert got == reference_nexthops(buf, NAMES)
+    assert got == [Nexthop(0x464C0002, "100.64.2.0", "flannel.1", True, 73),
+                   Nexthop(7, "100.127.0.7", "flannel.1", False, 3),
+                   Nexthop(9, "fd00::9", "flannel.1", True, 73),
+                   Nexthop(10, "198.18.0.254", "eth0", True, 73),
+                   Nexthop(11, None, None, False, 0), Nexthop(12, None, None, False, 0),
+                   Nexthop(13, None, None, False, 73)]
+    # An attribute that overruns its message: skipped, as the route decoder skips such a route.
+    broken = nexthop_msg(14, 3, ip4("100.64.4.0"), extra=b"\x28\x00\x01\x00") + DONE
+    assert wire.decode_nexthops(broken, NAMES) == []
+
+
+def test_a_route_through_a_nexthop_decodes_its_nhid(decoders):
+    buf = b"".join([
+        route_msg(dst=ip4("100.64.2.0"), gateway=ip4("100.64.2.0"), oif=3, flags=4, nhid=0x464C0002),  # compat mode
+        route_msg(dst=ip4("100.64.3.0"), nhid=0x464C0003),                     # compat mode off: nhid alone
+        route_msg(dst=ip4("100.64.4.0"), oif=3, nhid=b"\x01\x02"),             # malformed RTA_NH_ID: skipped
+    ]) + DONE
+    got = decoders["route"](buf, NAMES, OURS, NETS)
+    assert got == reference_routes(buf, OURS, NETS)[:2]
+    assert [(r.dst, r.nhid, r.gateway, r.dev) for r in got] == [
+        ("100.64.2.0/24", 0x464C0002, "100.64.2.0", "flannel.1"), ("100.64.3.0/24", 0x464C0003, None, None)]

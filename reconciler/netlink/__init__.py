@@ -23,7 +23,10 @@ The contract, which ``tests/`` checks for every backend:
     ``networks`` (CIDR strings; routes carry their ``protocol``, so foreign
     routes at the keys we want can be recognised and left alone); the
     ``NUD_PERMANENT`` neighbours and the ``NTF_SELF`` permanent FDB
-    entries on those links.  IPv6 link-local addresses and routes
+    entries on those links; every nexthop object of the namespace (a group
+    or blackhole as its id alone, gateway and device None), so that one
+    holding an id we want is seen and left alone.  A route through a
+    nexthop carries its ``nhid``.  IPv6 link-local addresses and routes
     (fe80::/64) are left out.  Ownership (which of these we may change) is
     decided afterwards by ``reconciler.ownership``, not here.  A dump the
     kernel flags as interrupted is retried and never returned half-done;
@@ -36,7 +39,10 @@ The contract, which ``tests/`` checks for every backend:
     (``NLM_F_CREATE|NLM_F_REPLACE``); a ``delete`` of something already
     gone (ENOENT, ESRCH, ENODEV) succeeds.  A link ``update`` changes MTU,
     MAC and admin state in place; a link ``create`` makes a new device.
-    Routes are written with protocol ``RTPROT_RECONCILER``.
+    Routes are written with protocol ``RTPROT_RECONCILER``.  A route with
+    an ``nhid`` is written and deleted by destination, metric and nhid alone
+    (no gateway, no device); a nexthop is written with ``replace`` and
+    deleted by id (the kernel deletes the routes through it too).
 
 ``underlay(spec)``
     Describe the underlay interface: ``spec`` is a name, an IPv4 address,

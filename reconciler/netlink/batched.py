@@ -135,6 +135,11 @@ def _oserrno(exc: OSError) -> int:
 
 
 
+def _nexthop_layout(change: Change) -> bool:
+    """A nexthop object, or a route through one: encoded by ``BatchedBackend._encode_raw``."""
+    return change.kind == "nexthop" or (change.kind == "route" and bool(getattr(change.obj, "nhid", 0)))
+
+
 class BatchedBackend(UnderlayLookup):
     """``NetlinkBackend`` over one raw rtnetlink socket, optionally inside a named namespace.
 
@@ -300,6 +305,8 @@ class BatchedBackend(UnderlayLookup):
             buf = self._dump(lambda seq: wire.encode_getroute(seq, fam), "route")
             for route in self._decode_routes(buf, self._names, ours, nets):
                 state.add(route)
+        for nh in wire.decode_nexthops(self._dump(wire.encode_getnexthop, "nexthop"), self._names):
+            state.add(nh)
         return state
 
     def _address_msgs(self, idx: int, families=(AF_INET, AF_INET6)) -> list[wire.AddrMsg]:
@@ -324,15 +331,78 @@ class BatchedBackend(UnderlayLookup):
         results: list[OpResult | None] = [None] * len(changes)
         self._index = None          # devices may have come and gone since the last call
         pending: list[int] = []     # positions of the changes batched since the last link change
+        raw = False                 # whether ``pending`` holds nexthop-layout changes (their own encoder)
         for i, change in enumerate(changes):
             if change.kind == "link":
-                self._flush(changes, pending, results)
+                self._flush_any(changes, pending, results, raw)
                 pending = []
                 results[i] = self._apply_link(change)
                 continue
+            is_raw = _nexthop_layout(change)
+            if pending and is_raw != raw:   # keep the order: one run of each encoder at a time
+                self._flush_any(changes, pending, results, raw)
+                pending = []
+            raw = is_raw
             pending.append(i)
-        self._flush(changes, pending, results)
+        self._flush_any(changes, pending, results, raw)
         return results  # type: ignore[return-value]
+
+    def _flush_any(self, changes, pending: list[int], results, raw: bool) -> None:
+        (self._flush_raw if raw else self._flush)(changes, pending, results)
+
+    def _encode_raw(self, change: Change, seq: int) -> bytes:
+        """Nexthop objects and routes through them (the ``nexthop`` route layout, docs/route-layouts.md):
+        encoded one by one by ``wire`` (pure Python), then batched like the rest."""
+        o, delete = change.obj, change.op == "delete"
+        if o.KIND == "nexthop":
+            if delete:
+                return wire.encode_delnexthop(seq, o.id)
+            return wire.encode_newnexthop(seq, o.id, o.gateway, self._ifindex(o.dev), bool(o.onlink))
+        return (wire.encode_delroute_nh if delete else wire.encode_newroute_nh)(seq, o)
+
+    def _flush_raw(self, changes: Sequence[Change], pending: list[int], results: list[OpResult | None]) -> None:
+        """``_flush`` for the changes ``encode_batch`` does not know: encode each, then send in chunks."""
+        if not pending:
+            return
+        seq0 = self._seq_block(len(pending))
+        msgs: list[tuple[int, bytes]] = []          # (k, message): changes[pending[k]]
+        for k, i in enumerate(pending):
+            change = changes[i]
+            try:
+                msgs.append((k, self._encode_raw(change, seq0 + k)))
+            except _NoDevice as exc:
+                if change.op == "delete":
+                    results[i] = OpResult(change, ok=True, message="already gone")
+                else:
+                    results[i] = OpResult(change, ok=False, errno=E.ENODEV,
+                                          message=f"{describe(change)}: Cannot find device \"{exc.name}\" (ENODEV)")
+            except NetlinkError as exc:
+                results[i] = OpResult(change, ok=False, errno=exc.errno, message=f"{describe(change)}: {exc}")
+            except (ValueError, TypeError, AttributeError, struct.error, OSError) as exc:
+                results[i] = OpResult(change, ok=False, errno=E.EINVAL, message=f"{describe(change)}: {exc} (EINVAL)")
+        start = 0
+        while start < len(msgs):
+            size, stop = 0, start
+            while stop < len(msgs) and (stop == start or size + len(msgs[stop][1]) <= self._chunk_bytes):
+                size += len(msgs[stop][1])
+                stop += 1
+            chunk = msgs[start:stop]
+            start = stop
+            waiting = {k for k, _ in chunk}
+            try:
+                self._send(b"".join(m for _, m in chunk))
+                while waiting:
+                    for k, code, text in wire.match_acks(self._recv(), seq0, len(pending)):
+                        if k in waiting:
+                            waiting.discard(k)
+                            results[pending[k]] = self._result(changes[pending[k]], code, text)
+            except (OSError, wire.DecodeError) as exc:
+                code = _oserrno(exc) if isinstance(exc, OSError) else E.EPROTO
+                why = "answer lost" if code in (E.ENOBUFS, E.ETIMEDOUT, E.EPROTO) else "request failed"
+                for k in waiting:
+                    results[pending[k]] = OpResult(changes[pending[k]], ok=False, errno=code,
+                                                   message=f"{describe(changes[pending[k]])}: {why}, state unknown: "
+                                                           f"{_errtext(code, None)}")
 
     def _encode(self, change: Change) -> tuple:
         """The op tuple of ``wire.encode_batch`` for a change, device names resolved to ifindexes.

@@ -113,6 +113,19 @@ def describe(change: Change) -> str:
         return " ".join(words)
     if o.KIND == "address":
         return f"addr {'del' if op == 'delete' else 'replace'} {o.cidr} dev {o.dev}"
+    if o.KIND == "nexthop":
+        if op == "delete":
+            return f"nexthop del id {o.id}"
+        words = [f"nexthop replace id {o.id}"]
+        words += [f"via {o.gateway}"] if o.gateway else []
+        words += [f"dev {o.dev}"] if o.dev else []
+        words += ["onlink"] if o.onlink else []
+        return " ".join(words)
+    if o.KIND == "route" and o.nhid:
+        # A route through a nexthop object is written and deleted by its nhid alone.
+        words = [f"route {'del' if op == 'delete' else 'replace'} {o.dst} nhid {o.nhid}"]
+        words += [f"metric {o.metric}"] if o.metric else []
+        return " ".join(words)
     if o.KIND == "route":
         words = [f"route {'del' if op == 'delete' else 'replace'} {o.dst}"]
         words += [f"via {o.gateway}"] if o.gateway else []

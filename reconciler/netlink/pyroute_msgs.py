@@ -15,12 +15,14 @@ import ipaddress
 from socket import AF_BRIDGE, AF_INET, AF_INET6
 from typing import Callable
 
+from pyroute2.netlink import nlmsg
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.ndmsg import NTF_SELF, NUD_PERMANENT, ndmsg
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-from ..model import RTPROT_RECONCILER, Address, Fdb, Link, Neigh, Route
+from ..model import RTPROT_RECONCILER, Address, Fdb, Link, Neigh, Nexthop, Route
 
 # Kernel constants, in rtnetlink.h / if.h spelling (more, for the dumps, in reference.py).
 RT_TABLE_MAIN = 254
@@ -28,6 +30,46 @@ RTN_UNICAST = 1
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
 RTNH_F_ONLINK = 0x4
 IFF_UP = 0x1
+# linux/rtnetlink.h, linux/nexthop.h: pyroute2 0.9.7 knows neither nexthop objects nor RTA_NH_ID.
+RTM_NEWROUTE, RTM_NEWNEXTHOP, RTM_DELNEXTHOP, RTM_GETNEXTHOP = 24, 104, 105, 106
+RTA_NH_ID = 30
+
+
+# ------------------------------------------------------- nexthop messages
+
+class nhmsg(nlmsg):
+    """``struct nhmsg`` and the ``NHA_*`` attributes we read or write (linux/nexthop.h)."""
+
+    prefix = "NHA_"
+    fields = (("family", "B"), ("scope", "B"), ("protocol", "B"), ("resvd", "B"), ("flags", "I"))
+    # pyroute2 caches the compiled attribute table on the class, and a subclass
+    # inherits its parent's cache once that is built: start each class clean.
+    _nlmsg_base__compiled_nla = False
+    nla_map = ((0, "NHA_UNSPEC", "none"), (1, "NHA_ID", "uint32"), (2, "NHA_GROUP", "cdata"),
+               (3, "NHA_GROUP_TYPE", "uint16"), (4, "NHA_BLACKHOLE", "flag"), (5, "NHA_OIF", "uint32"),
+               (6, "NHA_GATEWAY", "cdata"))
+
+
+class rtmsg_nh(rtmsg):
+    """pyroute2's ``rtmsg`` plus ``RTA_NH_ID`` (30): a route through a nexthop object."""
+
+    _nlmsg_base__compiled_nla = False     # see nhmsg
+
+    nla_map = tuple((i, name, kind) for i, (name, kind) in enumerate(rtmsg.nla_map)) + \
+        ((RTA_NH_ID, "RTA_NH_ID", "uint32"),)
+
+
+def rtnl_marshal(marshal: MarshalRtnl | None = None) -> MarshalRtnl:
+    """A rtnetlink parser that also reads nexthop messages and ``RTA_NH_ID`` in routes.
+
+    The message map is copied, never changed in place: it is pyroute2's class attribute.
+    """
+    marshal = marshal or MarshalRtnl()
+    msg_map = dict(marshal.msg_map)
+    msg_map[RTM_NEWROUTE] = rtmsg_nh
+    msg_map[RTM_NEWNEXTHOP] = nhmsg
+    marshal.msg_map = msg_map
+    return marshal
 
 
 # --------------------------------------------------------------- operations
@@ -95,6 +137,8 @@ def address_msg(addr: Address, ifindex: Callable[[str], int]) -> ifaddrmsg:
 
 def route_msg(route: Route, delete: bool, ifindex: Callable[[str], int]) -> rtmsg:
     """``ip route replace|del DST [via GW] [dev DEV] ...``, table main."""
+    if route.nhid:
+        return route_nh_msg(route, delete)
     net = ipaddress.ip_network(route.dst)
     msg = rtmsg()
     msg["family"] = AF_INET6 if net.version == 6 else AF_INET
@@ -119,6 +163,47 @@ def route_msg(route: Route, delete: bool, ifindex: Callable[[str], int]) -> rtms
         msg["scope"] = RT_SCOPE_UNIVERSE if route.gateway else RT_SCOPE_LINK
         msg["flags"] = RTNH_F_ONLINK if route.onlink else 0
     msg["attrs"] = attrs
+    return msg
+
+
+def route_nh_msg(route: Route, delete: bool) -> rtmsg_nh:
+    """``ip route replace|del DST nhid N [metric M]``, table main.
+
+    Neither gateway nor device: the kernel refuses them beside a nexthop id
+    ("Nexthop specification and nexthop id are mutually exclusive"), and a
+    delete that names them misses the route (ESRCH, which would pass for
+    "already gone") although the dump shows them (docs/route-layouts.md).
+    """
+    net = ipaddress.ip_network(route.dst)
+    msg = rtmsg_nh()
+    msg["family"] = AF_INET6 if net.version == 6 else AF_INET
+    msg["dst_len"] = net.prefixlen
+    msg["table"] = RT_TABLE_MAIN
+    attrs = [["RTA_DST", str(net.network_address)]]
+    if route.metric:
+        attrs.append(["RTA_PRIORITY", route.metric])
+    attrs.append(["RTA_NH_ID", route.nhid])
+    if delete:
+        msg["scope"] = RT_SCOPE_NOWHERE
+    else:
+        msg["proto"] = RTPROT_RECONCILER
+        msg["type"] = RTN_UNICAST
+        msg["scope"] = RT_SCOPE_UNIVERSE
+    msg["attrs"] = attrs
+    return msg
+
+
+def nexthop_msg(nh: Nexthop, delete: bool, ifindex: Callable[[str], int]) -> nhmsg:
+    """``ip nexthop replace id N via GW dev DEV [onlink] proto 73`` / ``ip nexthop del id N``."""
+    msg = nhmsg()
+    if delete:
+        msg["attrs"] = [["NHA_ID", nh.id]]     # family, scope, protocol, flags 0: as iproute2
+        return msg
+    gw = ipaddress.ip_address(nh.gateway)
+    msg["family"] = AF_INET6 if gw.version == 6 else AF_INET
+    msg["protocol"] = RTPROT_RECONCILER
+    msg["flags"] = RTNH_F_ONLINK if nh.onlink else 0
+    msg["attrs"] = [["NHA_ID", nh.id], ["NHA_OIF", ifindex(nh.dev)], ["NHA_GATEWAY", gw.packed]]
     return msg
 
 
@@ -166,6 +251,11 @@ def _route_dump_msg(family: int) -> rtmsg:
     msg["table"] = RT_TABLE_MAIN
     msg["type"] = RTN_UNICAST
     return msg
+
+
+def _nexthop_dump_msg() -> nhmsg:
+    """``ip nexthop show``: every nexthop of every family (the header must be all zeros)."""
+    return nhmsg()
 
 
 def _addr_dump_msg(family: int, idx: int) -> ifaddrmsg:

@@ -59,13 +59,15 @@ from pyroute2.netlink.rtnl.ndmsg import NTF_PROXY, NTF_SELF, NUD_PERMANENT, ndms
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from ..errors import DumpInterrupted, NamespaceNotFound, NetlinkError, is_gone
-from ..model import RTPROT_RECONCILER, Address, Fdb, KernelState, Link, Neigh, Route
+from ..model import RTPROT_RECONCILER, Address, Fdb, KernelState, Link, Neigh, Nexthop, Route
 from ..plan import Change, OpResult
 from .common import DeviceVanished as _DeviceVanished
 from .common import UnderlayLookup, describe, in_netns, netns_path
 from .pyroute_msgs import (IFF_UP, RT_TABLE_MAIN, RTN_UNICAST, RTNH_F_ONLINK, _addr_dump_msg, _addr_flags, _cidr_of,
                            _ip, _local_of, _ndmsg, _route_dump_msg, _route_get_msg, address_msg, fdb_msg,
                            link_create_msg, link_set_msg, link_up_msg, neigh_msg, route_msg)
+from .pyroute_msgs import (RTM_DELNEXTHOP, RTM_GETNEXTHOP, RTM_NEWNEXTHOP, _nexthop_dump_msg, nexthop_msg,
+                           rtnl_marshal)
 
 __all__ = ["PyrouteBackend"]
 
@@ -124,6 +126,7 @@ class PyrouteBackend(UnderlayLookup):
             self._sock = AsyncIPRSocket(netns=netns, flags=0, strict_check=True, ext_ack=True, groups=0)
             self._loop = self._sock.event_loop
             self._loop.run_until_complete(self._sock.setup_endpoint())
+            rtnl_marshal(self._sock.marshal)     # nexthop messages, RTA_NH_ID
         except FileNotFoundError as exc:        # removed between the check and the open
             raise NamespaceNotFound(E.ENOENT, f"network namespace {netns!r} does not exist") from exc
         except (OSError, _PrNetlinkError) as exc:
@@ -233,7 +236,24 @@ class PyrouteBackend(UnderlayLookup):
                 route = self._parse_route(r, ours, nets)
                 if route is not None:
                     state.add(route)
+        for m in self._dump(_nexthop_dump_msg, RTM_GETNEXTHOP, "nexthop"):
+            nh = self._parse_nexthop(m, self._names)
+            if nh is not None:
+                state.add(nh)
         return state
+
+    @staticmethod
+    def _parse_nexthop(msg, names: dict[int, str]) -> Nexthop | None:
+        """``ip nexthop show``: every nexthop; a group or blackhole (or one whose gateway does
+        not parse) as its id alone, so that a foreign one at an id we want is still seen."""
+        nhid, oif, gw = msg.get("NHA_ID"), msg.get("NHA_OIF"), msg.get("NHA_GATEWAY")
+        if not nhid:
+            return None
+        if msg.get("NHA_GROUP") or msg.get("NHA_BLACKHOLE") or (gw is not None and len(gw) not in (4, 16)):
+            return Nexthop(id=nhid, gateway=None, dev=None, protocol=msg["protocol"])
+        return Nexthop(id=nhid, gateway=str(ipaddress.ip_address(gw)) if gw is not None else None,
+                       dev=names.get(oif) if oif else None, onlink=bool(msg["flags"] & RTNH_F_ONLINK),
+                       protocol=msg["protocol"])
 
     def _parse_link(self, msg) -> Link:
         info = msg.get("IFLA_LINKINFO")
@@ -289,7 +309,7 @@ class PyrouteBackend(UnderlayLookup):
         return Route(dst=str(net), gateway=_ip(gw) if gw else None,
                      dev=self._names.get(oif) if oif else None,
                      onlink=bool(msg["flags"] & RTNH_F_ONLINK),
-                     metric=msg.get("RTA_PRIORITY") or 0, protocol=msg["proto"])
+                     metric=msg.get("RTA_PRIORITY") or 0, protocol=msg["proto"], nhid=msg.get("RTA_NH_ID") or 0)
 
     @staticmethod
     def _parse_neigh(msg, idx: int, name: str) -> Neigh | None:
@@ -446,6 +466,17 @@ class PyrouteBackend(UnderlayLookup):
     def _route_delete(self, change: Change) -> None:
         """``ip route del DST [via GW] [dev DEV] [metric N]``: RTM_DELROUTE (ESRCH when already gone)."""
         self._request(self._route_msg(change.obj, delete=True), rtnl.RTM_DELROUTE, F_ACK)
+
+    # nexthops
+    def _nexthop_write(self, change: Change) -> None:
+        """``ip nexthop replace id N via GW dev DEV onlink proto 73``: RTM_NEWNEXTHOP,
+        NLM_F_CREATE|NLM_F_REPLACE (the routes through it follow a replace)."""
+        self._request(nexthop_msg(change.obj, False, self._ifindex), RTM_NEWNEXTHOP, F_REPLACE)
+
+    def _nexthop_delete(self, change: Change) -> None:
+        """``ip nexthop del id N``: RTM_DELNEXTHOP (ENOENT when already gone).  The kernel deletes
+        the routes through it too: the plan moves or deletes them first."""
+        self._request(nexthop_msg(change.obj, True, self._ifindex), RTM_DELNEXTHOP, F_ACK)
 
     # neighbours
     def _neigh_msg(self, neigh: Neigh, delete: bool) -> ndmsg:

@@ -74,21 +74,27 @@ __all__ = [
     "decode_fdb",
     "decode_links",
     "decode_neighs",
+    "decode_nexthops",
     "decode_routes",
     "encode_deladdr",
     "encode_delfdb",
     "encode_dellink",
     "encode_delneigh",
+    "encode_delnexthop",
     "encode_delroute",
+    "encode_delroute_nh",
     "encode_getaddr",
     "encode_getlink",
     "encode_getneigh",
+    "encode_getnexthop",
     "encode_getroute",
     "encode_newaddr",
     "encode_newfdb",
     "encode_newlink",
     "encode_newneigh",
+    "encode_newnexthop",
     "encode_newroute",
+    "encode_newroute_nh",
     "encode_setlink",
     "encode_setlink_up",
     "ENCODE_ERRORS",
@@ -529,3 +535,55 @@ def decode_route_get(buf) -> tuple[int, str | None] | None:
         if oif is not None:
             return oif, src
     return None
+
+
+# ========================================================== nexthop objects
+# The ``nexthop`` route layout (docs/route-layouts.md): byte for byte what the
+# reference sends (``pyroute_msgs.nexthop_msg``, ``route_nh_msg``).
+
+from .wire_base import NHA_GATEWAY, NHA_ID, NHA_OIF, NHMSG, RTA_NH_ID, RTM_DELNEXTHOP, RTM_GETNEXTHOP, \
+    RTM_NEWNEXTHOP  # noqa: E402
+from .wire_decode import decode_nexthops  # noqa: E402,F401
+
+
+def _route_nh_body(route: Route, delete: bool) -> bytes:
+    family, packed, plen = network_packed(route.dst)
+    attrs = _attr(RTA_DST, packed)
+    if route.metric:
+        attrs += _u32(RTA_PRIORITY, route.metric)
+    attrs += _u32(RTA_NH_ID, route.nhid)
+    if delete:
+        head = RTMSG.pack(family, plen, 0, 0, RT_TABLE_MAIN, 0, RT_SCOPE_NOWHERE, 0, 0)
+    else:
+        head = RTMSG.pack(family, plen, 0, 0, RT_TABLE_MAIN, RTPROT_RECONCILER, RT_SCOPE_UNIVERSE, RTN_UNICAST, 0)
+    return head + attrs
+
+
+def encode_newroute_nh(seq: int, route: Route) -> bytes:
+    """``ip route replace DST nhid N [metric M] proto 73 table main``: RTM_NEWROUTE,
+    NLM_F_CREATE|NLM_F_REPLACE.  No gateway, no device: the kernel refuses them beside a nexthop id."""
+    return _message(RTM_NEWROUTE, F_REPLACE, seq, _route_nh_body(route, False))
+
+
+def encode_delroute_nh(seq: int, route: Route) -> bytes:
+    """``ip route del DST nhid N [metric M] table main``: RTM_DELROUTE, NLM_F_ACK.  By nhid: naming
+    the gateway and device the dump shows would miss the route (ESRCH, taken for "already gone")."""
+    return _message(RTM_DELROUTE, F_ACK, seq, _route_nh_body(route, True))
+
+
+def encode_newnexthop(seq: int, nhid: int, gateway: str, oif: int, onlink: bool) -> bytes:
+    """``ip nexthop replace id N via GW dev X [onlink] proto 73``: RTM_NEWNEXTHOP, NLM_F_CREATE|NLM_F_REPLACE."""
+    family, gw = ip_packed(gateway)
+    body = NHMSG.pack(family, 0, RTPROT_RECONCILER, 0, RTNH_F_ONLINK if onlink else 0) + _u32(NHA_ID, nhid) + \
+        _u32(NHA_OIF, oif) + _attr(NHA_GATEWAY, gw)
+    return _message(RTM_NEWNEXTHOP, F_REPLACE, seq, body)
+
+
+def encode_delnexthop(seq: int, nhid: int) -> bytes:
+    """``ip nexthop del id N``: RTM_DELNEXTHOP, NLM_F_ACK (ENOENT when already gone; the routes through it go too)."""
+    return _message(RTM_DELNEXTHOP, F_ACK, seq, NHMSG.pack(0, 0, 0, 0, 0) + _u32(NHA_ID, nhid))
+
+
+def encode_getnexthop(seq: int) -> bytes:
+    """``ip nexthop show``: RTM_GETNEXTHOP, NLM_F_DUMP, every family (the header must be all zeros)."""
+    return _message(RTM_GETNEXTHOP, F_DUMP, seq, NHMSG.pack(0, 0, 0, 0, 0))

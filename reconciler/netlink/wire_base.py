@@ -108,3 +108,11 @@ def _messages(buf):
             raise DecodeError(f"netlink message at offset {off} claims {mlen} bytes, {n - off} left")
         yield mtype, mflags, seq, off, off + mlen
         off += (mlen + 3) & ~3
+
+
+# ----------------------------------------------------- nexthop objects
+# linux/rtnetlink.h, linux/nexthop.h (the ``nexthop`` route layout)
+RTM_NEWNEXTHOP, RTM_DELNEXTHOP, RTM_GETNEXTHOP = 104, 105, 106
+RTA_NH_ID = 30
+NHA_ID, NHA_GROUP, NHA_BLACKHOLE, NHA_OIF, NHA_GATEWAY = 1, 2, 4, 5, 6
+NHMSG = struct.Struct("=BBBBI")          # family, scope, protocol, resvd, flags

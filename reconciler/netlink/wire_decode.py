@@ -22,6 +22,7 @@ from .wire_base import (IFA_ADDRESS, IFA_FLAGS, IFA_LOCAL, IFADDRMSG, IFF_UP, IF
                         RTA_GATEWAY, RTA_MULTIPATH, RTA_OIF, RTA_PRIORITY, RTA_TABLE, RTM_F_CLONED, RTM_NEWADDR,
                         RTM_NEWLINK, RTM_NEWNEIGH, RTM_NEWROUTE, RTMSG, RTN_UNICAST, _RTNEXTHOP, RTNH_F_ONLINK, _U32,
                         VXLAN_DEFAULT_PORT, _attrs, _messages)
+from .wire_base import RTA_NH_ID
 
 __all__ = [
     "AddrMsg",
@@ -32,6 +33,7 @@ __all__ = [
     "decode_fdb",
     "decode_links",
     "decode_neighs",
+    "decode_nexthops",
     "decode_routes",
     "ip_text",
     "link_value",
@@ -140,8 +142,14 @@ def decode_routes(buf, names: dict, ours: Collection[int], nets: Iterable = ()) 
             if net == _FE80_64:
                 continue
             text = str(net)
+        nhid = 0
+        span = attrs.get(RTA_NH_ID)
+        if span is not None:
+            if span[1] - span[0] != 4:
+                continue
+            nhid = u32(buf, span[0])[0]
         out.append(Route(dst=text, gateway=gateway, dev=names.get(oif) if oif else None,
-                         onlink=bool(flags & RTNH_F_ONLINK), metric=metric, protocol=proto))
+                         onlink=bool(flags & RTNH_F_ONLINK), metric=metric, protocol=proto, nhid=nhid))
     return out
 
 
@@ -326,4 +334,34 @@ def decode_default_routes(buf) -> list[tuple[int, int]]:
             oif = _RTNEXTHOP.unpack_from(buf, span[0])[3]
         if oif is not None:
             out.append((_u32_of(buf, attrs.get(RTA_PRIORITY)) or 0, oif))
+    return out
+
+
+# ----------------------------------------------------------- nexthop objects
+
+def decode_nexthops(buf, names: dict) -> list:
+    """Every nexthop of a ``RTM_GETNEXTHOP`` dump, as ``PyrouteBackend._parse_nexthop`` makes
+    them (``names``: ifindex -> name): a group or blackhole, or one whose gateway is malformed,
+    as its id alone; a message without an id, or with a malformed attribute list, is skipped."""
+    from ..model import Nexthop
+    from .wire_base import NHA_BLACKHOLE, NHA_GATEWAY, NHA_GROUP, NHA_ID, NHA_OIF, NHMSG, RTM_NEWNEXTHOP
+
+    out = []
+    for mtype, _f, _s, off, end in _messages(buf):
+        if mtype != RTM_NEWNEXTHOP or end - off < 24:
+            continue
+        _family, _scope, protocol, _resvd, flags = NHMSG.unpack_from(buf, off + 16)
+        attrs = _attrs(buf, off + 24, end)
+        if attrs is None:
+            continue
+        nhid, oif = _u32_of(buf, attrs.get(NHA_ID)), _u32_of(buf, attrs.get(NHA_OIF))
+        if not nhid:
+            continue
+        span = attrs.get(NHA_GATEWAY)
+        if NHA_GROUP in attrs or NHA_BLACKHOLE in attrs or (span is not None and span[1] - span[0] not in (4, 16)):
+            out.append(Nexthop(id=nhid, gateway=None, dev=None, protocol=protocol))
+            continue
+        gateway = ip_text(bytes(buf[span[0]:span[1]])) if span is not None else None
+        out.append(Nexthop(id=nhid, gateway=gateway, dev=names.get(oif) if oif else None,
+                           onlink=bool(flags & RTNH_F_ONLINK), protocol=protocol))
     return out
