@@ -6,47 +6,44 @@ import signal
 import sys
 import threading
 
+from .errors import ReconcilerError
+
 __all__ = ["add_commands"]
 
 
-def _bool_env(name: str) -> bool:
-    import os
+def _demo_nodes(text: str) -> int:
+    import argparse
 
-    return os.environ.get("FLANNELD_" + name, "").lower() in ("1", "true", "yes")
+    from .flags import int_range
+
+    try:
+        return int_range(1, 50, "the number of demo nodes")(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_commands(sub, add_source_args, add_node_args) -> None:
-    """Register the agent's subcommands on the main parser."""
-    import os
+def add_commands(sub) -> None:
+    """Register the agent's subcommands on the main parser (their options: ``flags.py``)."""
+    from . import flags
 
-    pr = sub.add_parser("run", help="the node agent: acquire a lease, then reconcile on every change")
-    add_source_args(pr)
-    add_node_args(pr, offline_ok=False)
-    pr.add_argument("--subnet-file", default=os.environ.get("FLANNELD_SUBNET_FILE", "/run/flannel/subnet.env"))
-    pr.add_argument("--resync-interval", type=float, default=30.0,
-                    help="seconds between full resyncs, jittered by 10%% (default 30)")
-    pr.add_argument("--healthz-ip", default=os.environ.get("FLANNELD_HEALTHZ_IP", "0.0.0.0"))
-    pr.add_argument("--healthz-port", type=int, default=int(os.environ.get("FLANNELD_HEALTHZ_PORT", "0")),
-                    help="serve /healthz and /readyz on this port (0: off)")
-    pr.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this port (0: off)")
-    pr.add_argument("--ip-masq", action="store_true", default=_bool_env("IP_MASQ"),
-                    help="recorded in subnet.env as FLANNEL_IPMASQ (the agent itself writes no iptables rules)")
-    pr.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    pr = sub.add_parser("run", help="the node agent: acquire a lease, then reconcile on every change",
+                        allow_abbrev=False)
+    flags.add_to_parser(pr, "run")
     pr.set_defaults(handler=cmd_run)
 
-    ps = sub.add_parser("snapshot", help="write the etcd state as a --leases-file snapshot")
-    add_source_args(ps)
-    ps.add_argument("-o", "--output-file", help="write here instead of standard output")
+    ps = sub.add_parser("snapshot", help="write the etcd state as a --leases-file snapshot", allow_abbrev=False)
+    flags.add_to_parser(ps, "snapshot")
     ps.set_defaults(handler=cmd_snapshot)
 
-    pd = sub.add_parser("demo", help="a private etcd, N nodes as network namespaces, pods, and a ping matrix")
-    pd.add_argument("--nodes", type=int, default=3)
+    pd = sub.add_parser("demo", help="a private etcd, N nodes as network namespaces, pods, and a ping matrix",
+                        allow_abbrev=False)
+    pd.add_argument("--nodes", type=_demo_nodes, default=3, help="how many nodes (1..50, default 3)")
     pd.add_argument("--keep", action="store_true", help="leave the demo running until Ctrl-C")
     pd.set_defaults(handler=cmd_demo)
 
 
 def cmd_run(args) -> int:
-    from .cli import open_backend, open_store
+    from .cli import check_underlay_address, first_iface, open_backend, open_store
     from .daemon import Agent, AgentOptions
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -58,13 +55,14 @@ def cmd_run(args) -> int:
         stop.set()
 
     opts = AgentOptions(
-        public_ip=args.public_ip, iface=args.iface, underlay_mtu=args.underlay_mtu,
+        public_ip=args.public_ip, iface=first_iface(args), underlay_mtu=args.underlay_mtu,
         subnet_file=args.subnet_file, resync_interval=args.resync_interval, healthz_ip=args.healthz_ip,
         healthz_port=args.healthz_port, metrics_port=args.metrics_port, ip_masq=args.ip_masq,
     )
-    if args.leases_file:
-        raise SystemExit("error: run reads etcd; --leases-file is for plan/apply/show")
     with open_store(args) as store, open_backend(args) as backend:
+        # The operator's mistakes are refused before the agent starts; the
+        # agent itself logs and retries and never exits.
+        check_underlay_address(args, backend.underlay(first_iface(args)))
         # Installed only now: pyroute2 forks a helper to open a namespace
         # socket and stops it with SIGTERM; that child must not inherit ours.
         signal.signal(signal.SIGTERM, on_signal)
@@ -79,8 +77,11 @@ def cmd_snapshot(args) -> int:
 
     text = snapshot_to_json(load_snapshot(args))
     if args.output_file:
-        with open(args.output_file, "w") as f:
-            f.write(text)
+        try:
+            with open(args.output_file, "w") as f:
+                f.write(text)
+        except OSError as exc:
+            raise ReconcilerError(f"cannot write -o {args.output_file}: {exc.strerror}") from None
     else:
         sys.stdout.write(text)
     return 0

@@ -2,11 +2,13 @@
 
 Exit status, like ``terraform plan -detailed-exitcode``:
 0 in sync (or applied cleanly), 2 changes pending (``plan``/``show``),
-1 error (bad input, unreachable etcd, a failed operation in ``apply``).
+1 error (bad input, a usage error, unreachable etcd, a failed operation in
+``apply``).
 
-Every flanneld-compatible flag can also come from the environment as
-``FLANNELD_<FLAG>`` (``--etcd-endpoints`` -> ``FLANNELD_ETCD_ENDPOINTS``),
-as with flanneld.
+The options are defined in ``flags.py``: every one can also come from the
+environment as ``FLANNELD_<FLAG>`` (``--etcd-endpoints`` ->
+``FLANNELD_ETCD_ENDPOINTS``), and flanneld's one-dash Go forms are accepted
+(``docs/flags.md``).
 """
 from __future__ import annotations
 
@@ -14,9 +16,11 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
+from . import flags
 from .config import NetworkConfig, parse_network_config, require_vxlan
 from .desired import NodeParams, underlay_mtu
 from .errors import ConfigError, ReconcilerError
@@ -25,85 +29,79 @@ from .model import KernelState
 from .reconcile import Cycle, compute_cycle, dump_live, on_link_predicate
 from .render import describe, plan_json, plan_text, show_rows, show_text, status_json
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "parse_args"]
 
-DEFAULT_PREFIX = "/coreos.com/network"
-DEFAULT_ENDPOINTS = "http://127.0.0.1:4001,http://127.0.0.1:2379"
+DEFAULT_PREFIX = flags.DEFAULT_PREFIX
+DEFAULT_ENDPOINTS = flags.DEFAULT_ENDPOINTS
 EXAMPLE_SNAPSHOT = Path(__file__).with_name("examples") / "cluster-3-nodes.json"
 
 
-def _env(name: str, default=None):
-    return os.environ.get("FLANNELD_" + name.upper().replace("-", "_"), default)
+class UsageError(ReconcilerError):
+    """argparse's complaint (unknown option, missing value), as one line."""
 
 
-def _add_source_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("lease source (a snapshot file, or etcd)")
-    g.add_argument("--leases-file", help="read config and leases from a snapshot file instead of etcd")
-    g.add_argument("--etcd-endpoints", default=_env("etcd-endpoints", DEFAULT_ENDPOINTS),
-                   help="comma-separated etcd URLs (default %(default)s)")
-    g.add_argument("--etcd-prefix", default=_env("etcd-prefix", DEFAULT_PREFIX))
-    g.add_argument("--etcd-cafile", default=_env("etcd-cafile"))
-    g.add_argument("--etcd-certfile", default=_env("etcd-certfile"))
-    g.add_argument("--etcd-keyfile", default=_env("etcd-keyfile"))
-    g.add_argument("--etcd-username", default=_env("etcd-username"))
-    g.add_argument("--etcd-password", default=_env("etcd-password"))
-    g.add_argument("--etcd-timeout", type=float, default=5.0, help="seconds per etcd call (default 5)")
-
-
-def _add_node_args(p: argparse.ArgumentParser, offline_ok: bool) -> None:
-    g = p.add_argument_group("this node")
-    g.add_argument("--public-ip", default=_env("public-ip"),
-                   help="this node's PublicIP (default: the underlay interface's address)")
-    g.add_argument("--iface", default=_env("iface"),
-                   help="underlay interface, by name or IPv4 address (default: the default-route interface)")
-    g.add_argument("--underlay-mtu", type=int, default=None,
-                   help="underlay MTU; wins over the config's Backend.MTU and the kernel (offline default 1500)")
-    g.add_argument("--netns", help="read and write the kernel inside this network namespace (must exist)")
-    g.add_argument("--netlink-backend", choices=("pyroute2", "batched"), default="pyroute2",
-                   help="pyroute2 (the reference, default) or batched (raw rtnetlink in batches, "
-                        "Cython-accelerated dumps when built)")
-    if offline_ok:
-        g.add_argument("--live-file", help="compare against this live-state JSON instead of the kernel")
-        g.add_argument("--offline", action="store_true",
-                       help="compare against an empty kernel (no netlink access): what a new node would get")
+class _Parser(argparse.ArgumentParser):
+    # An unknown option must not exit 2: for ``plan`` that means "changes
+    # pending" to a script.  It is an operator error like any other: exit 1.
+    def error(self, message: str):
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="flannel-reconciler",
         description="Declarative node agent for Flannel's VXLAN overlay.",
+        epilog="Every option also comes from the environment as FLANNELD_<OPTION> (docs/flags.md); "
+               "flanneld's one-dash forms (-etcd-endpoints=URL) are accepted.",
+        allow_abbrev=False,
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    pp = sub.add_parser("plan", help="dry run: show the changes apply would make (exit 2 if any)")
-    _add_source_args(pp)
-    _add_node_args(pp, offline_ok=True)
-    pp.add_argument("--output", choices=("text", "json"), default="text")
+    pp = sub.add_parser("plan", help="dry run: show the changes apply would make (exit 2 if any)",
+                        allow_abbrev=False)
+    flags.add_to_parser(pp, "plan")
 
-    pa = sub.add_parser("apply", help="converge the kernel once and print what was done")
-    _add_source_args(pa)
-    _add_node_args(pa, offline_ok=False)
-    pa.add_argument("--output", choices=("text", "json"), default="text")
+    pa = sub.add_parser("apply", help="converge the kernel once and print what was done", allow_abbrev=False)
+    flags.add_to_parser(pa, "apply")
 
-    ps = sub.add_parser("show", help="desired objects beside their live state (exit 2 if any is not ok)")
-    _add_source_args(ps)
-    _add_node_args(ps, offline_ok=True)
-    ps.add_argument("--output", choices=("text", "json"), default="text")
+    ps = sub.add_parser("show", help="desired objects beside their live state (exit 2 if any is not ok)",
+                        allow_abbrev=False)
+    flags.add_to_parser(ps, "show")
 
     from . import agent_cli  # the daemon, snapshot and demo commands live apart
 
-    agent_cli.add_commands(sub, _add_source_args, _add_node_args)
+    agent_cli.add_commands(sub)
     return p
+
+
+def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> argparse.Namespace:
+    """argv (Go's forms too) and ``FLANNELD_*`` -> checked values.  Raises ``ReconcilerError``;
+    ``SystemExit(0)`` after ``--help``."""
+    args = build_parser().parse_args(flags.go_style_argv(argv))
+    if args.command in flags.AGENT:
+        values = flags.resolve(args.command, vars(args), os.environ if environ is None else environ)
+        for dest, value in values.items():
+            setattr(args, dest, value)
+    return args
 
 
 # --- inputs -----------------------------------------------------------------
 
+def read_input_file(flag: str, path: str) -> str:
+    """A JSON input file's text; binary content is refused naming the flag."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ReconcilerError(f"cannot read {flag} {path}: {exc.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ReconcilerError(f"{flag} {path}: not UTF-8 text (byte {exc.start}): a JSON file is expected") from None
+
+
 def load_snapshot(args) -> LeaseSnapshot:
     if args.leases_file:
-        try:
-            text = Path(args.leases_file).read_text()
-        except OSError as exc:
-            raise ReconcilerError(f"cannot read --leases-file {args.leases_file}: {exc.strerror}") from None
+        text = read_input_file("--leases-file", args.leases_file)
         try:
             return parse_snapshot(text)
         except ValueError as exc:
@@ -116,7 +114,7 @@ def open_store(args):
     from .etcd import EtcdStore
 
     return EtcdStore(
-        [e.strip() for e in args.etcd_endpoints.split(",") if e.strip()],
+        list(args.etcd_endpoints),
         prefix=args.etcd_prefix,
         ca_file=args.etcd_cafile,
         cert_file=args.etcd_certfile,
@@ -157,6 +155,23 @@ def open_backend(args):
     return PyrouteBackend(netns=args.netns)
 
 
+def first_iface(args) -> str | None:
+    """The underlay named by ``--iface``: the first one given (flanneld tries them in order)."""
+    return args.iface[0] if args.iface else None
+
+
+def check_underlay_address(args, underlay) -> str:
+    """The PublicIP: ``--public-ip``, else the underlay's address, which must be one peers can reach."""
+    if args.public_ip:
+        return args.public_ip
+    try:
+        return flags.public_ipv4(underlay.address)
+    except ValueError as exc:
+        named = f"--iface {first_iface(args)}" if args.iface else f"the default-route interface {underlay.name}"
+        raise ReconcilerError(f"{named}: its address {underlay.address} is {exc}; "
+                              "name the underlay interface with --iface or give --public-ip") from None
+
+
 def node_params(args, config: NetworkConfig, backend=None) -> tuple[NodeParams, tuple[str, ...]]:
     """This node's parameters and the underlay's connected prefixes.
 
@@ -164,15 +179,15 @@ def node_params(args, config: NetworkConfig, backend=None) -> tuple[NodeParams, 
     """
     underlay = None
     if backend is not None:
-        underlay = backend.underlay(args.iface)
-    public_ip = args.public_ip or (underlay.address if underlay else None)
+        underlay = backend.underlay(first_iface(args))
+    public_ip = check_underlay_address(args, underlay) if underlay else args.public_ip
     if not public_ip:
         raise ReconcilerError("--public-ip is required when the kernel is not read (offline plan)")
     mtu = underlay_mtu(args.underlay_mtu, config.mtu, (underlay.name, underlay.mtu) if underlay else None)
     if underlay is not None:
         name = underlay.name
-    elif args.iface and not _is_ip(args.iface):
-        name = args.iface
+    elif first_iface(args) and not _is_ip(first_iface(args)):
+        name = first_iface(args)
     else:
         name = None
     params = NodeParams(public_ip=public_ip, underlay_mtu=mtu, underlay=name)
@@ -188,12 +203,13 @@ def compute(args, snap: LeaseSnapshot, backend=None, live: KernelState | None = 
 
 
 def _read_live_file(path: str) -> KernelState:
+    text = read_input_file("--live-file", path)
     try:
-        data = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise ReconcilerError(f"cannot read --live-file {path}: {exc.strerror}") from None
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ReconcilerError(f"--live-file {path}: not JSON: {exc}") from None
+    except RecursionError:
+        raise ReconcilerError(f"--live-file {path}: nested too deeply to be a live state") from None
     try:
         return KernelState.from_json(data)
     except ValueError as exc:
@@ -271,20 +287,45 @@ def cmd_show(args) -> int:
 COMMANDS = {"plan": cmd_plan, "apply": cmd_apply, "show": cmd_show}
 
 
+def _os_message(exc: OSError) -> str:
+    if exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return exc.strerror or str(exc)
+
+
+def _fail(message: str, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    print("error: " + flags.one_line(message), file=sys.stderr)
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The one operator-error path: every bad flag, variable or file is one
+    ``error: ...`` line and exit 1; anything else is a bug, also one line
+    (the traceback only with ``--log-level debug``)."""
     # gRPC's C core prints its own lines for TLS and connection failures; the
     # etcd seam already turns those into one clear error, so silence the core.
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    handler = COMMANDS.get(args.command) or args.handler
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = False
     try:
+        try:
+            args = parse_args(argv)
+        except SystemExit as exc:  # --help printed
+            return exc.code if isinstance(exc.code, int) else 0
+        debug = getattr(args, "log_level", None) == "debug"
+        handler = COMMANDS.get(args.command) or args.handler
         return handler(args)
-    except ReconcilerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except (ReconcilerError, ValueError) as exc:
+        return _fail(str(exc), debug)
+    except OSError as exc:
+        return _fail(_os_message(exc), debug)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence, named as a bug
+        return _fail(f"internal error: {type(exc).__name__}: {exc} "
+                     "(a bug; run with --log-level debug for the traceback)", debug)
 
 
 if __name__ == "__main__":  # pragma: no cover
