@@ -201,7 +201,7 @@ class HTTPEndpoint:
 
 
 def serve_http(host: str, port: int, routes: dict[str, Callable[[], tuple[int, str, str]]],
-               retry: float = BIND_RETRY) -> HTTPEndpoint:
+               retry: float | None = None) -> HTTPEndpoint:
     """Serve ``routes`` (path -> () -> (status, content type, body)) on a daemon thread;
     a port that cannot be bound yet is retried every ``retry`` seconds (``HTTPEndpoint``)."""
-    return HTTPEndpoint(host, port, routes, retry=retry)
+    return HTTPEndpoint(host, port, routes, retry=BIND_RETRY if retry is None else retry)
