@@ -366,7 +366,7 @@ FLAGS: tuple[Flag, ...] = (
          status="merging", kind="bool"),
     Flag("route-layout", "how the routes to peers are laid out", _optional(_nonempty), NODE,
          status="merging", metavar="LAYOUT"),
-    Flag("ip-masq", "recorded in subnet.env as FLANNEL_IPMASQ; masquerade traffic leaving the overlay",
+    Flag("ip-masq", "recorded in subnet.env as FLANNEL_IPMASQ for the CNI plugin (masquerading: docs/flags.md)",
          go_bool, NODE, default=False, kind="bool"),
     Flag("ip-masq-fully-random-disable", "do not use fully-random port mapping in the MASQUERADE rules",
          go_bool, NODE, default=False, status="merging", kind="bool"),

@@ -432,7 +432,9 @@ def test_flags_table_in_the_docs_lists_every_flanneld_flag(doc):
     text = (ROOT / doc).read_text()
     if doc == "README.md":
         text = text.split("\n## Flags", 1)[1].split("\n## ", 1)[0]
-    rows = {line.split("|")[1].strip().strip("`") for line in text.splitlines() if line.startswith("| `")}
-    names = {r.split()[0].lstrip("-") for r in rows}
+    import re
+
+    cells = [line.split("|")[1] for line in text.splitlines() if line.startswith("| `")]
+    names = {name for cell in cells for name in re.findall(r"`--?([a-z_-]+)`", cell)}
     assert set(FLANNELD_FLAGS) <= names
     assert {f.name for f in FLAGS} <= names or doc == "README.md"
