@@ -435,6 +435,6 @@ def test_flags_table_in_the_docs_lists_every_flanneld_flag(doc):
     import re
 
     cells = [line.split("|")[1] for line in text.splitlines() if line.startswith("| `")]
-    names = {name for cell in cells for name in re.findall(r"`--?([a-z_-]+)`", cell)}
+    names = {name for cell in cells for name in re.findall(r"`--?([a-z0-9_-]+)`", cell)}
     assert set(FLANNELD_FLAGS) <= names
     assert {f.name for f in FLAGS} <= names or doc == "README.md"
