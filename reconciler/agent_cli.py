@@ -14,10 +14,11 @@ __all__ = ["add_commands"]
 def _demo_nodes(text: str) -> int:
     import argparse
 
+    from .demo import MAX_NODES, MIN_NODES
     from .flags import int_range
 
     try:
-        return int_range(1, 50, "the number of demo nodes")(text)
+        return int_range(MIN_NODES, MAX_NODES, "the number of demo nodes")(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -37,7 +38,7 @@ def add_commands(sub) -> None:
 
     pd = sub.add_parser("demo", help="a private etcd, N nodes as network namespaces, pods, and a ping matrix",
                         allow_abbrev=False)
-    pd.add_argument("--nodes", type=_demo_nodes, default=3, help="how many nodes (1..50, default 3)")
+    pd.add_argument("--nodes", type=_demo_nodes, default=3, help="how many nodes (2..20, default 3)")
     pd.add_argument("--keep", action="store_true", help="leave the demo running until Ctrl-C")
     pd.set_defaults(handler=cmd_demo)
 

@@ -25,7 +25,7 @@ import ipaddress
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from .errors import ReconcilerError
