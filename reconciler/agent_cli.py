@@ -6,37 +6,37 @@ import signal
 import sys
 import threading
 
+from .errors import ReconcilerError
+
 __all__ = ["add_commands"]
 
 
-def add_commands(sub, add_source_args, add_node_args) -> None:
-    """Register the agent's subcommands on the main parser."""
-    import os
+def _demo_nodes(text: str) -> int:
+    import argparse
 
-    pr = sub.add_parser("run", help="the node agent: acquire a lease, then reconcile on every change")
-    add_source_args(pr)
-    add_node_args(pr, offline_ok=False)
-    pr.add_argument("--subnet-file", default=os.environ.get("FLANNELD_SUBNET_FILE", "/run/flannel/subnet.env"))
-    pr.add_argument("--resync-interval", type=float, default=30.0,
-                    help="seconds between full resyncs, jittered by 10%% (default 30)")
-    pr.add_argument("--healthz-ip", default=os.environ.get("FLANNELD_HEALTHZ_IP", "0.0.0.0"))
-    pr.add_argument("--healthz-port", type=int, default=int(os.environ.get("FLANNELD_HEALTHZ_PORT", "0")),
-                    help="serve /healthz and /readyz on this port (0: off)")
-    pr.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this port (0: off)")
-    from .rules.commands import add_rule_args
+    # The range is the demo's own check (run_demo), with its own message.
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
 
-    # --ip-masq (also recorded in subnet.env as FLANNEL_IPMASQ), the forward rules, the resync.
-    add_rule_args(pr, ip_masq=True, resync=True)
-    pr.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+def add_commands(sub) -> None:
+    """Register the agent's subcommands on the main parser (their options: ``flags.py``)."""
+    from . import flags
+
+    pr = sub.add_parser("run", help="the node agent: acquire a lease, then reconcile on every change",
+                        allow_abbrev=False)
+    flags.add_to_parser(pr, "run")
     pr.set_defaults(handler=cmd_run)
 
-    ps = sub.add_parser("snapshot", help="write the etcd state as a --leases-file snapshot")
-    add_source_args(ps)
-    ps.add_argument("-o", "--output-file", help="write here instead of standard output")
+    ps = sub.add_parser("snapshot", help="write the etcd state as a --leases-file snapshot", allow_abbrev=False)
+    flags.add_to_parser(ps, "snapshot")
     ps.set_defaults(handler=cmd_snapshot)
 
-    pd = sub.add_parser("demo", help="a private etcd, N nodes as network namespaces, pods, and a ping matrix")
-    pd.add_argument("--nodes", type=int, default=3)
+    pd = sub.add_parser("demo", help="a private etcd, N nodes as network namespaces, pods, and a ping matrix",
+                        allow_abbrev=False)
+    pd.add_argument("--nodes", type=_demo_nodes, default=3, help="how many nodes (2..20, default 3)")
     pd.add_argument("--keep", action="store_true", help="leave the demo running until Ctrl-C")
     pd.add_argument("--ipv6", action="store_true",
                     help="dual stack: an IPv6 network beside the IPv4 one, and a ping -6 matrix too")
@@ -44,7 +44,7 @@ def add_commands(sub, add_source_args, add_node_args) -> None:
 
 
 def cmd_run(args) -> int:
-    from .cli import _public_ipv6, open_backend, open_store
+    from .cli import _public_ipv6, check_underlay_address, open_backend, open_store
     from .daemon import Agent, AgentOptions
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -68,14 +68,15 @@ def cmd_run(args) -> int:
         iptables_resync=args.iptables_resync,
         route_layout=args.route_layout,
     )
-    if args.leases_file:
-        raise SystemExit("error: run reads etcd; --leases-file is for plan/apply/show")
     from .instance_lock import acquire_instance_lock
     from .netlink.common import netns_path
 
     # Before etcd or the kernel is touched: one agent per namespace and subnet file.
     lock = acquire_instance_lock(netns_path(args.netns) if args.netns else None, args.subnet_file)
     with lock, open_store(args) as store, open_backend(args) as backend:
+        # The operator's mistakes are refused before the agent starts; the
+        # agent itself logs and retries and never exits.
+        check_underlay_address(args, backend.underlay(spec))
         # Installed only now: pyroute2 forks a helper to open a namespace
         # socket and stops it with SIGTERM; that child must not inherit ours.
         signal.signal(signal.SIGTERM, on_signal)
@@ -93,8 +94,11 @@ def cmd_snapshot(args) -> int:
 
     text = snapshot_to_json(load_snapshot(args))
     if args.output_file:
-        with open(args.output_file, "w") as f:
-            f.write(text)
+        try:
+            with open(args.output_file, "w") as f:
+                f.write(text)
+        except OSError as exc:
+            raise ReconcilerError(f"cannot write -o {args.output_file}: {exc.strerror}") from None
     else:
         sys.stdout.write(text)
     return 0

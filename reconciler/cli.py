@@ -2,11 +2,13 @@
 
 Exit status, like ``terraform plan -detailed-exitcode``:
 0 in sync (or applied cleanly), 2 changes pending (``plan``/``show``),
-1 error (bad input, unreachable etcd, a failed operation in ``apply``).
+1 error (bad input, a usage error, unreachable etcd, a failed operation in
+``apply``).
 
-Every flanneld-compatible flag can also come from the environment as
-``FLANNELD_<FLAG>`` (``--etcd-endpoints`` -> ``FLANNELD_ETCD_ENDPOINTS``),
-as with flanneld.
+The options are defined in ``flags.py``: every one can also come from the
+environment as ``FLANNELD_<FLAG>`` (``--etcd-endpoints`` ->
+``FLANNELD_ETCD_ENDPOINTS``), and flanneld's one-dash Go forms are accepted
+(``docs/flags.md``).
 """
 from __future__ import annotations
 
@@ -14,11 +16,13 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
+from . import flags
 from .config import NetworkConfig, parse_network_config, require_ipv4, require_vxlan
-from .desired import ROUTE_LAYOUTS, NodeParams, underlay_mtu
+from .desired import NodeParams, underlay_mtu
 from .errors import ConfigError, ReconcilerError
 from .leases import LeaseSnapshot, parse_snapshot
 from .model import KernelState
@@ -26,65 +30,24 @@ from .netlink.common import UnderlaySpec, compile_iface_regex
 from .ownership import BRIDGE_NAME
 from .reconcile import Cycle, compute_cycle, dump_live, on_link_predicate
 from .render import describe, plan_json, plan_text, show_rows, show_text, status_json
-from .rules.commands import add_rule_args, cli_rule_plan, rule_show_rows
+from .rules.commands import cli_rule_plan, rule_show_rows
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "parse_args"]
 
-DEFAULT_PREFIX = "/coreos.com/network"
-NETLINK_BACKENDS = ("batched", "pyroute2")
-DEFAULT_ENDPOINTS = "http://127.0.0.1:4001,http://127.0.0.1:2379"
+DEFAULT_PREFIX = flags.DEFAULT_PREFIX
+DEFAULT_ENDPOINTS = flags.DEFAULT_ENDPOINTS
 EXAMPLE_SNAPSHOT = Path(__file__).with_name("examples") / "cluster-3-nodes.json"
 
 
-def _env(name: str, default=None):
-    return os.environ.get("FLANNELD_" + name.upper().replace("-", "_"), default)
+class UsageError(ReconcilerError):
+    """argparse's complaint (unknown option, missing value), as one line."""
 
 
-def _add_source_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("lease source (a snapshot file, or etcd)")
-    g.add_argument("--leases-file", help="read config and leases from a snapshot file instead of etcd")
-    g.add_argument("--etcd-endpoints", default=_env("etcd-endpoints", DEFAULT_ENDPOINTS),
-                   help="comma-separated etcd URLs (default %(default)s)")
-    g.add_argument("--etcd-prefix", default=_env("etcd-prefix", DEFAULT_PREFIX))
-    g.add_argument("--etcd-cafile", default=_env("etcd-cafile"))
-    g.add_argument("--etcd-certfile", default=_env("etcd-certfile"))
-    g.add_argument("--etcd-keyfile", default=_env("etcd-keyfile"))
-    g.add_argument("--etcd-username", default=_env("etcd-username"))
-    g.add_argument("--etcd-password", default=_env("etcd-password"))
-    g.add_argument("--etcd-timeout", type=float, default=5.0, help="seconds per etcd call (default 5)")
-
-
-def _add_node_args(p: argparse.ArgumentParser, offline_ok: bool) -> None:
-    g = p.add_argument_group("this node")
-    g.add_argument("--public-ip", default=_env("public-ip"),
-                   help="this node's PublicIP (default: the underlay interface's address)")
-    g.add_argument("--public-ipv6", default=_env("public-ipv6"),
-                   help="dual stack: this node's PublicIPv6 (default: the underlay interface's IPv6 address)")
-    g.add_argument("--iface", action="append", default=None,
-                   help="underlay interface, by name or IPv4 address; repeat to try several in order "
-                        "(default: the interface holding --public-ip, else the default-route interface)")
-    g.add_argument("--iface-regex", action="append", default=None,
-                   help="underlay: first interface whose IPv4 address, else name, matches; repeatable, "
-                        "tried after every --iface")
-    g.add_argument("--iface-can-reach", default=_env("iface-can-reach"),
-                   help="underlay: the interface of the route to this address (as `ip route get`)")
-    g.add_argument("--bridge", default=_env("bridge", BRIDGE_NAME),
-                   help="name of the pod bridge the agent creates and owns (default %(default)s)")
-    g.add_argument("--no-bridge", action="store_true", default=_env("no-bridge", "").lower() in ("1", "true"),
-                   help="leave the pod bridge to the CNI plugin (or Docker --bip): neither create nor own one")
-    g.add_argument("--underlay-mtu", type=int, default=None,
-                   help="underlay MTU; wins over the config's Backend.MTU and the kernel (offline default 1500)")
-    g.add_argument("--netns", help="read and write the kernel inside this network namespace (must exist)")
-    g.add_argument("--netlink-backend", choices=NETLINK_BACKENDS, default=_env("netlink-backend", "batched"),
-                   help="batched (default: raw rtnetlink in batches, Cython-accelerated encoding and dumps "
-                        "when built) or pyroute2 (the reference)")
-    g.add_argument("--route-layout", choices=ROUTE_LAYOUTS, default=_env("route-layout", "onlink"),
-                   help="onlink (flanneld's: one onlink gateway route per peer, the default) or nexthop "
-                        "(routes through nexthop objects: linear to install past 10,000 nodes, kernel 5.3+)")
-    if offline_ok:
-        g.add_argument("--live-file", help="compare against this live-state JSON instead of the kernel")
-        g.add_argument("--offline", action="store_true",
-                       help="compare against an empty kernel (no netlink access): what a new node would get")
+class _Parser(argparse.ArgumentParser):
+    # An unknown option must not exit 2: for ``plan`` that means "changes
+    # pending" to a script.  It is an operator error like any other: exit 1.
+    def error(self, message: str):
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 def version_text() -> str:
@@ -92,7 +55,7 @@ def version_text() -> str:
     netlink path, as ``--netlink-backend``/``FLANNELD_NETLINK_BACKEND`` and the build make it."""
     from . import __version__
 
-    backend = _env("netlink-backend", "batched")
+    backend = os.environ.get("FLANNELD_NETLINK_BACKEND") or "batched"
     if backend == "batched":
         import _fastpath
 
@@ -112,45 +75,61 @@ class _VersionAction(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="flannel-reconciler",
         description="Declarative node agent for Flannel's VXLAN overlay.",
+        epilog="Every option also comes from the environment as FLANNELD_<OPTION> (docs/flags.md); "
+               "flanneld's one-dash forms (-etcd-endpoints=URL) are accepted.",
+        allow_abbrev=False,
     )
     p.add_argument("--version", action=_VersionAction, help="print the version and the netlink path, and exit")
     sub = p.add_subparsers(dest="command", required=True)
 
-    pp = sub.add_parser("plan", help="dry run: show the changes apply would make (exit 2 if any)")
-    _add_source_args(pp)
-    _add_node_args(pp, offline_ok=True)
-    pp.add_argument("--output", choices=("text", "json"), default="text")
-    add_rule_args(pp)
+    pp = sub.add_parser("plan", help="dry run: show the changes apply would make (exit 2 if any)",
+                        allow_abbrev=False)
+    flags.add_to_parser(pp, "plan")
 
-    pa = sub.add_parser("apply", help="converge the kernel once and print what was done")
-    _add_source_args(pa)
-    _add_node_args(pa, offline_ok=False)
-    pa.add_argument("--output", choices=("text", "json"), default="text")
-    add_rule_args(pa)
+    pa = sub.add_parser("apply", help="converge the kernel once and print what was done", allow_abbrev=False)
+    flags.add_to_parser(pa, "apply")
 
-    ps = sub.add_parser("show", help="desired objects beside their live state (exit 2 if any is not ok)")
-    _add_source_args(ps)
-    _add_node_args(ps, offline_ok=True)
-    ps.add_argument("--output", choices=("text", "json"), default="text")
-    add_rule_args(ps)
+    ps = sub.add_parser("show", help="desired objects beside their live state (exit 2 if any is not ok)",
+                        allow_abbrev=False)
+    flags.add_to_parser(ps, "show")
 
     from . import agent_cli  # the daemon, snapshot and demo commands live apart
 
-    agent_cli.add_commands(sub, _add_source_args, _add_node_args)
+    agent_cli.add_commands(sub)
     return p
+
+
+def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> argparse.Namespace:
+    """argv (Go's forms too) and ``FLANNELD_*`` -> checked values.  Raises ``ReconcilerError``;
+    ``SystemExit(0)`` after ``--help``."""
+    args = build_parser().parse_args(flags.go_style_argv(argv))
+    if args.command in flags.AGENT:
+        values = flags.resolve(args.command, vars(args), os.environ if environ is None else environ)
+        for dest, value in values.items():
+            setattr(args, dest, value)
+    return args
 
 
 # --- inputs -----------------------------------------------------------------
 
+def read_input_file(flag: str, path: str) -> str:
+    """A JSON input file's text; binary content is refused naming the flag."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ReconcilerError(f"cannot read {flag} {path}: {exc.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ReconcilerError(f"{flag} {path}: not UTF-8 text (byte {exc.start}): a JSON file is expected") from None
+
+
 def load_snapshot(args) -> LeaseSnapshot:
     if args.leases_file:
-        try:
-            text = Path(args.leases_file).read_text()
-        except OSError as exc:
-            raise ReconcilerError(f"cannot read --leases-file {args.leases_file}: {exc.strerror}") from None
+        text = read_input_file("--leases-file", args.leases_file)
         try:
             return parse_snapshot(text)
         except ValueError as exc:
@@ -163,7 +142,7 @@ def open_store(args):
     from .etcd import EtcdStore
 
     return EtcdStore(
-        [e.strip() for e in args.etcd_endpoints.split(",") if e.strip()],
+        list(args.etcd_endpoints),
         prefix=args.etcd_prefix,
         ca_file=args.etcd_cafile,
         cert_file=args.etcd_certfile,
@@ -196,9 +175,7 @@ def _is_ip(s: str) -> bool:
 
 
 def open_backend(args):
-    kind = getattr(args, "netlink_backend", "batched")
-    if kind not in NETLINK_BACKENDS:        # argparse checks the flag, not a default from the environment
-        raise ReconcilerError(f"FLANNELD_NETLINK_BACKEND={kind!r}: must be one of {', '.join(NETLINK_BACKENDS)}")
+    kind = getattr(args, "netlink_backend", "batched")   # checked by flags.py, the variable too
     if kind == "batched":
         from .netlink.batched import BatchedBackend
 
@@ -209,10 +186,9 @@ def open_backend(args):
 
 
 def underlay_spec(args) -> UnderlaySpec:
-    """flanneld's interface flags as one ``UnderlaySpec`` (``FLANNELD_IFACE`` and
-    ``FLANNELD_IFACE_REGEX`` stand for one flag each when no flag is given)."""
-    ifaces = args.iface or ([_env("iface")] if _env("iface") else [])
-    regexes = getattr(args, "iface_regex", None) or ([_env("iface-regex")] if _env("iface-regex") else [])
+    """flanneld's interface flags as one ``UnderlaySpec`` (their ``FLANNELD_*`` variables: ``flags.py``)."""
+    ifaces = tuple(args.iface or ())
+    regexes = tuple(getattr(args, "iface_regex", None) or ())
     for pattern in regexes:
         compile_iface_regex(pattern)            # a bad pattern is refused before anything is read
     return UnderlaySpec(ifaces=tuple(ifaces), regexes=tuple(regexes),
@@ -229,6 +205,23 @@ def bridge_name(args) -> str | None:
     return name
 
 
+def first_iface(args) -> str | None:
+    """The underlay named by ``--iface``: the first one given (flanneld tries them in order)."""
+    return args.iface[0] if args.iface else None
+
+
+def check_underlay_address(args, underlay) -> str:
+    """The PublicIP: ``--public-ip``, else the underlay's address, which must be one peers can reach."""
+    if args.public_ip:
+        return args.public_ip
+    try:
+        return flags.public_ipv4(underlay.address)
+    except ValueError as exc:
+        named = f"--iface {first_iface(args)}" if args.iface else f"the default-route interface {underlay.name}"
+        raise ReconcilerError(f"{named}: its address {underlay.address} is {exc}; "
+                              "name the underlay interface with --iface or give --public-ip") from None
+
+
 def node_params(args, config: NetworkConfig, backend=None) -> tuple[NodeParams, tuple[str, ...]]:
     """This node's parameters and the underlay's connected prefixes.
 
@@ -238,7 +231,7 @@ def node_params(args, config: NetworkConfig, backend=None) -> tuple[NodeParams, 
     spec = underlay_spec(args)
     if backend is not None:
         underlay = backend.underlay(spec)
-    public_ip = args.public_ip or (underlay.address if underlay else None)
+    public_ip = check_underlay_address(args, underlay) if underlay else args.public_ip
     if not public_ip:
         raise ReconcilerError("--public-ip is required when the kernel is not read (offline plan)")
     public_ipv6 = _public_ipv6(args)
@@ -280,12 +273,13 @@ def compute(args, snap: LeaseSnapshot, backend=None, live: KernelState | None = 
 
 
 def _read_live_file(path: str) -> KernelState:
+    text = read_input_file("--live-file", path)
     try:
-        data = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise ReconcilerError(f"cannot read --live-file {path}: {exc.strerror}") from None
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ReconcilerError(f"--live-file {path}: not JSON: {exc}") from None
+    except RecursionError:
+        raise ReconcilerError(f"--live-file {path}: nested too deeply to be a live state") from None
     try:
         return KernelState.from_json(data)
     except ValueError as exc:
@@ -393,20 +387,45 @@ def _note(note: str | None) -> None:
 COMMANDS = {"plan": cmd_plan, "apply": cmd_apply, "show": cmd_show}
 
 
+def _os_message(exc: OSError) -> str:
+    if exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return exc.strerror or str(exc)
+
+
+def _fail(message: str, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    print("error: " + flags.one_line(message), file=sys.stderr)
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The one operator-error path: every bad flag, variable or file is one
+    ``error: ...`` line and exit 1; anything else is a bug, also one line
+    (the traceback only with ``--log-level debug``)."""
     # gRPC's C core prints its own lines for TLS and connection failures; the
     # etcd seam already turns those into one clear error, so silence the core.
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    handler = COMMANDS.get(args.command) or args.handler
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = False
     try:
+        try:
+            args = parse_args(argv)
+        except SystemExit as exc:  # --help printed
+            return exc.code if isinstance(exc.code, int) else 0
+        debug = getattr(args, "log_level", None) == "debug"
+        handler = COMMANDS.get(args.command) or args.handler
         return handler(args)
-    except ReconcilerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except (ReconcilerError, ValueError) as exc:
+        return _fail(str(exc), debug)
+    except OSError as exc:
+        return _fail(_os_message(exc), debug)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence, named as a bug
+        return _fail(f"internal error: {type(exc).__name__}: {exc} "
+                     "(a bug; run with --log-level debug for the traceback)", debug)
 
 
 if __name__ == "__main__":  # pragma: no cover

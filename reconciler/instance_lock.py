@@ -10,7 +10,9 @@ locks, and a second agent exits with a message naming the first:
   namespaces; two names bound to one namespace are the same);
 * one next to the subnet file (``<subnet-file>.lock``), since two agents in
   different namespaces writing one subnet.env would hand pods the wrong
-  subnet.
+  subnet.  Its directory is created as the subnet file's would be; when it
+  cannot be (read-only), this lock is skipped rather than fatal: an
+  unwritable subnet file is retried by the agent, never a reason to exit.
 
 ``flock`` locks die with their process, so a crashed agent never leaves a
 stale lock behind; the holder's pid is written into the file only to name it.
@@ -33,6 +35,8 @@ class InstanceLock:
 
     def __init__(self) -> None:
         self._fds: list[int] = []
+        #: Locks that could not be taken because their file could not be made (not held by anyone).
+        self.skipped: list[str] = []
 
     def release(self) -> None:
         for fd in self._fds:
@@ -45,10 +49,18 @@ class InstanceLock:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
-    def _take(self, path: str, what: str) -> None:
+    def _take(self, path: str, what: str, required: bool = True) -> None:
         try:
+            if not required:
+                os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
+            if not required:
+                # The subnet file's directory is not writable (yet): the agent
+                # retries writing subnet.env and must not die of it; the namespace
+                # lock still keeps a second agent out.
+                self.skipped.append(f"{path}: {exc.strerror}")
+                return
             raise ReconcilerError(f"cannot create the lock file {path} for {what}: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -91,7 +103,7 @@ def acquire_instance_lock(netns_path: str | None, subnet_file: str, lock_dir: st
         except OSError as exc:
             raise ReconcilerError(f"cannot create the lock directory {lock_dir}: {exc.strerror}") from None
         lock._take(os.path.join(lock_dir, f"netns-{inode}.lock"), where)
-        lock._take(f"{subnet_file}.lock", f"the subnet file {subnet_file}")
+        lock._take(f"{subnet_file}.lock", f"the subnet file {subnet_file}", required=False)
     except BaseException:
         lock.release()
         raise

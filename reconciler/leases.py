@@ -420,6 +420,8 @@ def parse_snapshot(text: str | bytes) -> LeaseSnapshot:
         data = json.loads(text)
     except ValueError as exc:
         raise ValueError(f"leases snapshot: not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError("leases snapshot: nested too deeply to be a snapshot") from None
     if not isinstance(data, dict):
         raise ValueError("leases snapshot: must be a JSON object")
     prefix = data.get("prefix")

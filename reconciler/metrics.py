@@ -16,13 +16,16 @@ ports are equal):
 """
 from __future__ import annotations
 
+import logging
 import re
+import socket
 import threading
 from bisect import bisect_left
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
-__all__ = ["CYCLE_BUCKETS", "LATENCY_BUCKETS", "Metrics", "build_info_labels", "serve_http", "skip_reason_label"]
+__all__ = ["CYCLE_BUCKETS", "HTTPEndpoint", "LATENCY_BUCKETS", "Metrics", "build_info_labels", "serve_http",
+           "skip_reason_label"]
 
 #: Seconds.  A converged cycle is one dump and an empty plan (milliseconds at
 #: 100 nodes, tens of ms at 5,000); a cold install at 5,000 nodes is about a
@@ -226,10 +229,20 @@ def _num(value: float) -> str:
     return repr(float(value)) if value != int(value) else str(int(value))
 
 
-def serve_http(host: str, port: int, routes: dict[str, Callable[[], tuple[int, str, str]]]) -> ThreadingHTTPServer:
-    """Serve ``routes`` (path -> () -> (status, content type, body)) on a daemon thread."""
 
+#: Seconds a connection may sit idle before its thread gives up on it, so
+#: that idle or half-open clients cannot pile up threads.
+READ_TIMEOUT = 10.0
+#: Seconds between attempts to bind a port that is taken.
+BIND_RETRY = 5.0
+
+
+def _handler(routes: dict[str, Callable[[], tuple[int, str, str]]]) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        # StreamRequestHandler applies it to the socket: a read that waits
+        # longer ends the connection (and its thread).
+        timeout = READ_TIMEOUT
+
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
             route = routes.get(self.path.split("?", 1)[0])
             if route is None:
@@ -246,7 +259,84 @@ def serve_http(host: str, port: int, routes: dict[str, Callable[[], tuple[int, s
         def log_message(self, *args) -> None:  # keep probes out of the agent's log
             pass
 
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name=f"http-{port}", daemon=True).start()
-    return server
+    return Handler
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # SO_REUSEADDR (HTTPServer's default too): a quick restart must not wait
+    # for the old connections' TIME_WAIT to bind again.
+    allow_reuse_address = True
+
+
+class HTTPEndpoint:
+    """An HTTP server that binds now, or keeps trying in the background.
+
+    A port held by something else (another agent, the old process still
+    shutting down) or an address not yet on the host must not stop the agent:
+    the reconcile loop matters more than its probes.  Each failed attempt is
+    logged, and ``bound`` tells whether the server is up.
+    """
+
+    def __init__(self, host: str, port: int, routes: dict[str, Callable[[], tuple[int, str, str]]],
+                 retry: float = BIND_RETRY, log: logging.Logger | None = None) -> None:
+        self.host, self.port, self.retry = host, port, retry
+        self._handler = _handler(routes)
+        self._log = log or logging.getLogger("flannel_reconciler")
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.server: ThreadingHTTPServer | None = None
+        self.last_error: str | None = None
+        if not self._try_bind():
+            threading.Thread(target=self._retry_loop, name=f"http-bind-{port}", daemon=True).start()
+
+    @property
+    def bound(self) -> bool:
+        return self.server is not None
+
+    @property
+    def server_address(self) -> tuple:
+        return self.server.server_address if self.server else (self.host, self.port)
+
+    def _try_bind(self) -> bool:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        cls = type("_Server", (_Server,), {"address_family": family})
+        try:
+            server = cls((self.host, self.port), self._handler)
+        except OSError as exc:
+            error = f"{exc.strerror or exc}"
+            # Said once per distinct reason, not every few seconds for hours.
+            level = logging.WARNING if error != self.last_error else logging.DEBUG
+            self.last_error = error
+            self._log.log(level, "http: cannot listen on %s port %d: %s; retrying every %gs",
+                          self.host, self.port, error, self.retry)
+            return False
+        with self._lock:
+            if self._stop.is_set():
+                server.server_close()
+                return True
+            self.server = server
+        self.last_error = None
+        threading.Thread(target=server.serve_forever, name=f"http-{self.port}", daemon=True).start()
+        return True
+
+    def _retry_loop(self) -> None:
+        while not self._stop.wait(self.retry):
+            if self._try_bind():
+                self._log.info("http: listening on %s port %d", self.host, self.port)
+                return
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._stop.set()
+            server, self.server = self.server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+
+def serve_http(host: str, port: int, routes: dict[str, Callable[[], tuple[int, str, str]]],
+               retry: float | None = None) -> HTTPEndpoint:
+    """Serve ``routes`` (path -> () -> (status, content type, body)) on a daemon thread;
+    a port that cannot be bound yet is retried every ``retry`` seconds (``HTTPEndpoint``)."""
+    return HTTPEndpoint(host, port, routes, retry=BIND_RETRY if retry is None else retry)

@@ -84,7 +84,23 @@ class _Base:
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]):
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in obj.items() if k in names})
+        kept = {k: v for k, v in obj.items() if k in names}
+        for f in fields(cls):
+            if f.name in kept:
+                _check_json_type(f.name, str(f.type), kept[f.name])
+        return cls(**kept)
+
+
+#: The JSON types a field's annotation allows (bool is not an int here,
+#: although Python says it is: ``"mtu": true`` is a mistake, not 1).
+_JSON_TYPES = {"str": (str,), "int": (int,), "bool": (bool,), "None": (type(None),)}
+
+
+def _check_json_type(name: str, annotation: str, value: Any) -> None:
+    allowed = tuple(t for part in annotation.split("|") for t in _JSON_TYPES[part.strip()])
+    if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+        want = " or ".join("null" if p.strip() == "None" else p.strip() for p in annotation.split("|"))
+        raise TypeError(f"{name} must be {want}, got {value!r}"[:200])
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,6 +384,8 @@ class KernelState:
     def from_json(cls, data: Mapping[str, Any]) -> "KernelState":
         """Parse the live-state file form (``--live-file``).  Raises ``ValueError`` naming the bad row."""
         state = cls()
+        if not isinstance(data, Mapping):
+            raise ValueError(f"live state: must be a JSON object of sections, got {type(data).__name__}")
         for kind, section in cls.JSON_SECTIONS.items():
             rows = data.get(section, [])
             if not isinstance(rows, list):

@@ -153,7 +153,7 @@ def test_unknown_node_and_unreadable_files_exit_1(tmp_path, capsys):
     code, _, err = run(capsys, "plan", "--leases-file", EXAMPLE, "--public-ip", "198.18.0.77", "--offline")
     assert code == 1 and "198.18.0.77" in err
     code, _, err = run(capsys, "plan", "--leases-file", str(tmp_path / "nope.json"), "--public-ip", "1.2.3.4")
-    assert code == 1 and "cannot read --leases-file" in err
+    assert code == 1 and err.startswith("error: --leases-file ") and err.endswith(": no such file\n")
     bad = tmp_path / "live.json"
     bad.write_text('{"routes": [{"dst": "100.64.9.0/24"}]}')
     code, _, err = run(capsys, "plan", "--leases-file", EXAMPLE, "--public-ip", "198.18.0.1", "--live-file", str(bad))
@@ -181,7 +181,7 @@ def test_python_dash_m_entry_point():
 
 
 def test_rule_flags_like_flanneld(capsys):
-    """--ip-masq adds FLANNEL-POSTRTG; Go-style booleans; a bad value is one error line, exit 2 (argparse)."""
+    """--ip-masq adds FLANNEL-POSTRTG; Go-style booleans; a bad value is one error line, exit 1."""
     code, out, _ = run(capsys, "plan", "--leases-file", EXAMPLE, "--public-ip", "198.18.0.1", "--offline",
                        "--ip-masq", "--ip-masq-fully-random-disable", "--output", "json")
     rules = [c["object"] for c in json.loads(out)["changes"] if c["kind"] == "rule"]
@@ -191,9 +191,8 @@ def test_rule_flags_like_flanneld(capsys):
     code, out, _ = run(capsys, "plan", "--leases-file", EXAMPLE, "--public-ip", "198.18.0.1", "--offline",
                        "--iptables-forward-rules=false")
     assert "rule:" not in out
-    with pytest.raises(SystemExit):
-        main(["plan", "--leases-file", EXAMPLE, "--offline", "--iptables-forward-rules=maybe"])
-    assert "invalid boolean value 'maybe'" in capsys.readouterr().err
+    assert main(["plan", "--leases-file", EXAMPLE, "--offline", "--iptables-forward-rules=maybe"]) == 1
+    assert "--iptables-forward-rules 'maybe': not a boolean" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ --version
@@ -228,10 +227,9 @@ def test_version_flag_works_without_a_subcommand(capsys, monkeypatch):
     import _fastpath
 
     monkeypatch.delenv("FLANNELD_NETLINK_BACKEND", raising=False)
-    with pytest.raises(SystemExit) as exc:
-        main(["--version"])
+    code = main(["--version"])
     out, err = capsys.readouterr()
-    assert (exc.value.code, err) == (0, "")
+    assert (code, err) == (0, "")
     path = "Cython fast path" if _fastpath.AVAILABLE else "pure Python"
     assert out == f"flannel-reconciler 0.2.0 (netlink: batched, {path})\n"
 
@@ -254,12 +252,10 @@ def test_version_says_cython_when_the_fast_path_is_built():
     assert _version_of({"FLANNELD_NETLINK_BACKEND": "pyroute2"}) == "flannel-reconciler 0.2.0 (netlink: pyroute2)\n"
 
 
-def test_netlink_backend_defaults_to_batched(monkeypatch):
-    from reconciler.cli import build_parser
+def test_netlink_backend_defaults_to_batched():
+    from reconciler.cli import parse_args
 
-    monkeypatch.delenv("FLANNELD_NETLINK_BACKEND", raising=False)
     argv = ["plan", "--leases-file", EXAMPLE, "--offline", "--public-ip", "198.18.0.1"]
-    assert build_parser().parse_args(argv).netlink_backend == "batched"
-    assert build_parser().parse_args(argv + ["--netlink-backend", "pyroute2"]).netlink_backend == "pyroute2"
-    monkeypatch.setenv("FLANNELD_NETLINK_BACKEND", "pyroute2")
-    assert build_parser().parse_args(argv).netlink_backend == "pyroute2"
+    assert parse_args(argv, environ={}).netlink_backend == "batched"
+    assert parse_args(argv + ["--netlink-backend", "pyroute2"], environ={}).netlink_backend == "pyroute2"
+    assert parse_args(argv, environ={"FLANNELD_NETLINK_BACKEND": "pyroute2"}).netlink_backend == "pyroute2"

@@ -102,12 +102,12 @@ def test_the_daemonset_runs_on_the_host_network_with_two_capabilities():
 
 
 def test_the_probes_ask_the_port_the_agent_serves_and_the_args_parse():
-    from reconciler.cli import build_parser
+    from reconciler.cli import parse_args
 
     c = _daemonset()["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value", "198.18.0.1") for e in c["env"]}
     args = [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], a) for a in c["args"]]
-    parsed = build_parser().parse_args(["run", *args])
+    parsed = parse_args(["run", *args], environ={})   # the flag table checks and types every value
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": parsed.healthz_port}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": parsed.healthz_port}
     assert parsed.metrics_port == parsed.healthz_port == c["ports"][0]["containerPort"]

@@ -62,3 +62,14 @@ def test_run_refuses_to_start_next_to_a_running_agent(tmp_path):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: another flannel-reconciler (pid ")
     assert "Traceback" not in out.stderr
+
+
+def test_an_unwritable_subnet_directory_skips_that_lock_only(tmp_path):
+    """The agent retries an unwritable subnet.env (issue #11 item 1): the lock must not make it fatal."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    lock = acquire_instance_lock(None, str(blocker / "sub" / "subnet.env"), lock_dir=str(tmp_path / "locks"))
+    try:
+        assert len(lock.skipped) == 1 and "subnet.env.lock" in lock.skipped[0]
+    finally:
+        lock.release()

@@ -52,12 +52,14 @@ def test_build_info_names_version_backend_and_fast_path():
 
     assert build_info_labels(BatchedBackend())["backend"] == "batched"
     assert build_info_labels(BatchedBackend())["fastpath"] == "true"
-    assert build_info_labels(PyrouteBackend()) == {"version": "0.1.0", "backend": "pyroute2", "fastpath": "false"}
+    from reconciler import __version__
+
+    assert build_info_labels(PyrouteBackend()) == {"version": __version__, "backend": "pyroute2", "fastpath": "false"}
     m = Metrics()
     m.set_build_info(**build_info_labels(PyrouteBackend()))
     m.set_build_info(**build_info_labels(BatchedBackend()))   # replaces, never two series
     lines = [ln for ln in m.render().splitlines() if ln.startswith("flannel_reconciler_build_info{")]
-    assert lines == ['flannel_reconciler_build_info{backend="batched",fastpath="true",version="0.1.0"} 1']
+    assert lines == [f'flannel_reconciler_build_info{{backend="batched",fastpath="true",version="{__version__}"}} 1']
 
 
 CFG = parse_network_config('{"Network":"100.64.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan","VNI":1}}')

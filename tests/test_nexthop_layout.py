@@ -426,7 +426,7 @@ def test_a_bad_layout_from_the_environment_is_one_error_line(capsys, monkeypatch
     code = main(["plan", "--leases-file", str(EXAMPLE_SNAPSHOT), "--public-ip", "198.18.0.1", "--offline"])
     out, err = capsys.readouterr()
     assert code == 1 and out == ""
-    assert err == "error: route layout 'ecmp': must be one of onlink, nexthop\n"
+    assert err == "error: FLANNELD_ROUTE_LAYOUT='ecmp': must be one of onlink, nexthop\n"
 
 
 # ------------------------------------------------------------------ agent
