@@ -440,7 +440,7 @@ def test_each_backend_builds_the_same_node_through_the_cli(node, leases, capsys,
 
 
 def test_the_default_backend_is_batched_and_the_environment_can_choose(node, leases, capsys, monkeypatch):
-    from reconciler.cli import build_parser, open_backend
+    from reconciler.cli import open_backend, parse_args
     from reconciler.netlink.batched import BatchedBackend
     from reconciler.netlink.reference import PyrouteBackend
 
@@ -449,7 +449,7 @@ def test_the_default_backend_is_batched_and_the_environment_can_choose(node, lea
             monkeypatch.delenv("FLANNELD_NETLINK_BACKEND", raising=False)
         else:
             monkeypatch.setenv("FLANNELD_NETLINK_BACKEND", env)
-        args = build_parser().parse_args(["apply", *node_args(leases, node.ns)])
+        args = parse_args(["apply", *node_args(leases, node.ns)])
         with open_backend(args) as backend:
             assert type(backend) is want
     monkeypatch.setenv("FLANNELD_NETLINK_BACKEND", "netlink2")
