@@ -5,7 +5,8 @@
 What flanneld's VXLAN backend does per lease event (docs/benchmarks.md,
 "The flanneld re-enactment"), and nothing more:
 
-* at start, one range read of ``<prefix>/subnets/`` and an add per lease;
+* at start, one range read of ``<prefix>/subnets/`` and an add per lease
+  (without flanneld's per-key ``TimeToLive`` calls: only the adds are timed);
 * per PUT: one etcd ``TimeToLive`` call for the key's lease (flanneld makes it
   to learn the expiry), then three netlink writes, each its own request
   answered by its own ACK, in flanneld's order: ``neigh replace`` (gateway ->
@@ -181,8 +182,7 @@ def main(argv=None) -> int:
                         lease = parse_lease(ev.kv.key[len(base):], ev.kv.value, ev.kv.lease)
                     except ReconcilerError:
                         continue
-                    if ev.kv.lease:
-                        store.time_to_live(ev.kv.lease)    # flanneld's per-PUT expiry lookup
+                    store.time_to_live(ev.kv.lease)    # flanneld's per-PUT expiry lookup (also for lease 0)
                     flannel.added(ev.kv.key, lease)
                 else:
                     flannel.removed(ev.kv.key)
