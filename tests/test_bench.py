@@ -23,7 +23,7 @@ from reconciler.bench.cluster import ADD_OFFSET, NETWORK, NODE_IP, layout, mac_f
 from reconciler.bench.monitor import decode
 from reconciler.bench.probe import Counters, parse_metrics
 from reconciler.bench.report import Figure, percentile, render_markdown, render_table
-from reconciler.bench.scenarios import churn_plan, resync_durations
+from reconciler.bench.scenarios import bound_of, churn_plan, resync_durations
 from reconciler.leases import parse_lease
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,6 +172,13 @@ def test_figure_targets_and_ratios():
     table = render_table(5000, [f, Figure("x", "dumps", None, "", target="== 0")])
     assert "5,000 nodes" in table and "20.0 ms" in table and "4.00x" in table and "n/a" in table
     assert "| churn | p50 | 20.0 ms | flanneld: 5.0 ms | 4.00x | <= 25 met |" in render_markdown(5000, [f])
+
+
+def test_bound_is_judged_against_the_kernel_floor_of_the_same_run():
+    assert bound_of(1.4, 1.0, "agent") == "kernel"
+    assert bound_of(1.6, 1.0, "agent") == "agent"
+    assert bound_of(9.0, 1.0, "client") == "client"
+    assert bound_of(None, 1.0, "agent") == "agent" and bound_of(1.0, None, "agent") == "agent"
 
 
 def test_parse_nodes():
