@@ -126,7 +126,7 @@ def _interrupt(signum, _frame):
 def run_bench(nodes: Sequence[int], backend: str = "pyroute2", out_dir: str = "bench-results",
               quick: bool = False, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Run every scenario for every size; 0 when all ran, 1 on an error, 130 on Ctrl-C."""
-    from .report import render_markdown, render_table, write_json, write_plots
+    from .report import render_table
     from .scenarios import ClusterRun, Options, Progress
 
     out, err = out or sys.stdout, err or sys.stderr
@@ -166,16 +166,10 @@ def run_bench(nodes: Sequence[int], backend: str = "pyroute2", out_dir: str = "b
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
             runs[n] = run.meta
-        _cross_size(runs)
-        machine["loadavg_end"] = os.getloadavg()
-        title = (f"{machine['date'][:10]}, {machine['cpus']} CPUs, Linux {machine['kernel']}, "
-                 f"--netlink-backend {backend}{', quick' if quick else ''}")
-        json_path = out_path / f"bench-{stamp}.json"
-        write_json(json_path, machine, {"nodes": list(nodes), "backend": backend, "quick": quick}, runs)
-        pngs = write_plots(out_path, {n: m["figures"] for n, m in runs.items()}, title)
+            # Written after every size, so a long run interrupted later keeps what it measured.
+            json_path, pngs = _write(out_path, stamp, machine, backend, quick, nodes, runs)
         for n, meta in runs.items():
             print(render_table(n, meta["figures"]), file=out)
-            (out_path / f"table-{n}.md").write_text(render_markdown(n, meta["figures"]))
         print(f"results: {json_path}; plots: {', '.join(str(p) for p in pngs)}", file=out)
         print(f"machine: {machine['cpus']} CPUs ({machine['cpu']}), load average "
               f"{' '.join(f'{x:.2f}' for x in machine['loadavg_start'])} at start, "
@@ -193,6 +187,21 @@ def run_bench(nodes: Sequence[int], backend: str = "pyroute2", out_dir: str = "b
     return rc
 
 
+def _write(out_path: Path, stamp: str, machine: dict, backend: str, quick: bool, nodes, runs: dict[int, dict]):
+    from .report import render_markdown, write_json, write_plots
+
+    _cross_size(runs)
+    machine["loadavg_end"] = os.getloadavg()
+    title = (f"{machine['date'][:10]}, {machine['cpus']} CPUs, Linux {machine['kernel']}, "
+             f"--netlink-backend {backend}{', quick' if quick else ''}")
+    json_path = out_path / f"bench-{stamp}.json"
+    write_json(json_path, machine, {"nodes": list(nodes), "backend": backend, "quick": quick}, runs)
+    pngs = write_plots(out_path, {n: m["figures"] for n, m in runs.items()}, title)
+    for n, meta in runs.items():
+        (out_path / f"table-{n}.md").write_text(render_markdown(n, meta["figures"]))
+    return json_path, pngs
+
+
 def _cross_size(runs: dict[int, dict]) -> None:
     """The scaling target: the p50 at the largest size against the 5,000-node p50."""
     from .report import Figure
@@ -202,7 +211,7 @@ def _cross_size(runs: dict[int, dict]) -> None:
         return
     base = next((f.value for f in runs[TARGET_N]["figures"] if f.name == "change latency p50"), None)
     for n, meta in runs.items():
-        if n <= TARGET_N:
+        if n <= TARGET_N or any(f.name.startswith("p50 against") for f in meta["figures"]):
             continue
         p50 = next((f.value for f in meta["figures"] if f.name == "change latency p50"), None)
         meta["figures"].append(Figure("lease churn", f"p50 against the {TARGET_N:,}-node p50", p50, "ms",
