@@ -22,7 +22,6 @@ import sys
 import time
 from typing import Sequence
 
-from ..lab.netns import run
 from .cluster import Remote
 
 __all__ = ["apply_whole_process", "installed", "iproute2_dumps", "iproute2_install", "pyroute2_install"]
@@ -103,6 +102,3 @@ def apply_whole_process(ns: str, leases_file: str, backend: str, env: dict) -> f
         raise RuntimeError(f"apply into {ns} exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
     return elapsed
 
-
-def route_count(ns: str) -> int:
-    return len(run(ns, "ip", "-o", "route", "show", "dev", DEV).stdout.splitlines())

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -26,7 +25,7 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 from ..lab.netns import delete_netns, run, unique_name
-from ..leases import RawKV, encode_lease_value
+from ..leases import encode_lease_value
 
 __all__ = ["BENCH_PREFIX", "Cluster", "NODE_IP", "PREFIX", "Remote", "layout", "node_namespace",
            "peer_namespace", "write_leases"]
@@ -141,10 +140,6 @@ def write_leases(store, cluster: Cluster, remotes: Sequence[Remote] | None = Non
         return dict(pool.map(one, remotes))
 
 
-def snapshot_kvs(store) -> list[RawKV]:
-    return list(store.snapshot().kvs)
-
-
 # --------------------------------------------------------------------------------------------
 # Namespaces
 # --------------------------------------------------------------------------------------------
@@ -180,12 +175,3 @@ def peer_namespace(tag: str = "peer", local: str = PEER_IP, mtu: int = 1450) -> 
         run(name, "ip", "addr", "add", "100.64.0.0/32", "dev", "flannel.1")
         yield name
 
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
