@@ -515,6 +515,9 @@ class ClusterRun:
     def finish(self) -> None:
         self.meta["monitor_overruns"] = {"agent": self.mon.overruns, "flanneld": self.peer_mon.overruns}
         self.meta["agent_exit_status"] = self.agent.stop()
+        # In scenario order (the flanneld re-enactment's start-up figure is known only when it stops).
+        order = [f.scenario for f in self.figures]
+        self.figures.sort(key=lambda f: order.index(f.scenario))
         self.meta["figures"] = self.figures
 
 
