@@ -22,7 +22,7 @@ from reconciler.bench import parse_nodes
 from reconciler.bench.cluster import ADD_OFFSET, NETWORK, NODE_IP, layout, mac_for
 from reconciler.bench.monitor import decode
 from reconciler.bench.probe import Counters, parse_metrics
-from reconciler.bench.report import Figure, percentile, render_markdown, render_table
+from reconciler.bench.report import Figure, percentile, read_json, render_markdown, render_table, write_json
 from reconciler.bench.scenarios import bound_of, churn_plan, resync_durations
 from reconciler.leases import parse_lease
 
@@ -172,6 +172,15 @@ def test_figure_targets_and_ratios():
     table = render_table(5000, [f, Figure("x", "dumps", None, "", target="== 0")])
     assert "5,000 nodes" in table and "20.0 ms" in table and "4.00x" in table and "n/a" in table
     assert "| churn | p50 | 20.0 ms | flanneld: 5.0 ms | 4.00x | <= 25 met |" in render_markdown(5000, [f])
+
+
+def test_results_file_round_trip(tmp_path):
+    figs = [Figure("churn", "p50", 20.0, "ms", baseline="flanneld", baseline_value=5.0, target="<= 25"),
+            Figure("no-op", "dumps", None, "", target="== 0", note="n/a")]
+    write_json(tmp_path / "r.json", {"cpus": 2}, {"backend": "batched"}, {5000: {"nodes": 5000, "figures": figs}})
+    doc, runs = read_json(tmp_path / "r.json")
+    assert runs == {5000: figs}
+    assert doc["runs"]["5000"]["figures"][0]["ratio"] == 4.0 and doc["runs"]["5000"]["figures"][0]["met"] is True
 
 
 def test_bound_is_judged_against_the_kernel_floor_of_the_same_run():

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-__all__ = ["Figure", "percentile", "render_table", "write_json", "write_plots", "summarise"]
+__all__ = ["Figure", "percentile", "read_json", "render_table", "write_json", "write_plots", "summarise"]
 
 
 @dataclass(frozen=True)
@@ -144,22 +144,22 @@ def write_plots(out: Path, runs: dict[int, list[Figure]], title: str) -> list[Pa
     import matplotlib.pyplot as plt
 
     made = []
-    plots = [
-        ("latency.png", "lease change, etcd put -> kernel", "milliseconds",
+    plots = [   # (file, heading, y label, log scale, lines); baselines are far below us: log scales
+        ("latency.png", "lease change, etcd put -> kernel", "milliseconds (log scale)", True,
          [("agent p50", "change latency p50", "value", 1, "o-"),
           ("agent p90", "change latency p90", "value", 1, "o--"),
           ("flanneld re-enactment p50", "change latency p50", "baseline_value", 1, "s-"),
           ("flanneld re-enactment p90", "change latency p90", "baseline_value", 1, "s--")]),
-        ("cold_start.png", "cold start: N-1 nodes' entries installed", "seconds",
+        ("cold_start.png", "cold start: N-1 nodes' entries installed", "seconds (log scale)", True,
          [("agent: start -> all routes", "agent start -> all routes", "value", 1, "o-"),
           ("apply (whole process)", "apply, whole process", "value", 1, "^-"),
           ("ip -batch + bridge -batch", "apply, whole process", "baseline_value", 1, "s-"),
           ("pyroute2, one call per object", "pyroute2 install", "value", 1, "d-")]),
-        ("rss.png", "agent memory (VmRSS)", "MiB",
+        ("rss.png", "agent memory (VmRSS)", "MiB", False,
          [("after convergence", "RSS after convergence", "value", 1, "o-"),
           ("after the changes", "RSS after changes", "value", 1, "s--")]),
     ]
-    for filename, heading, ylabel, lines in plots:
+    for filename, heading, ylabel, log, lines in plots:
         fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
         for label, name, field, scale, style in lines:
             xs, ys = _series(runs, name, field)
@@ -169,7 +169,10 @@ def write_plots(out: Path, runs: dict[int, list[Figure]], title: str) -> list[Pa
         ax.set_ylabel(ylabel)
         ax.set_title(f"{heading}\n{title}", fontsize=9)
         ax.grid(True, alpha=0.3)
-        ax.set_ylim(bottom=0)
+        if log:
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(bottom=0)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
         fig.tight_layout()
@@ -178,3 +181,44 @@ def write_plots(out: Path, runs: dict[int, list[Figure]], title: str) -> list[Pa
         plt.close(fig)
         made.append(path)
     return made
+
+
+def read_json(path: Path) -> tuple[dict, dict[int, list[Figure]]]:
+    """A results file back into (machine facts, size -> figures)."""
+    doc = json.loads(Path(path).read_text())
+    fields = set(Figure.__dataclass_fields__)
+    runs = {int(n): [Figure(**{k: v for k, v in f.items() if k in fields}) for f in meta["figures"]]
+            for n, meta in doc["runs"].items()}
+    return doc, runs
+
+
+def main(argv=None) -> int:
+    """``python -m reconciler.bench.report RESULTS.json [--out DIR]``: draw the plots and tables again."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m reconciler.bench.report")
+    p.add_argument("results", help="a bench-*.json file written by `python -m reconciler bench`")
+    p.add_argument("--out", help="where to write the PNGs and tables (default: next to the file)")
+    args = p.parse_args(argv)
+    try:
+        doc, runs = read_json(Path(args.results))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"error: {args.results}: not a bench results file ({exc})")
+        return 1
+    out = Path(args.out) if args.out else Path(args.results).parent
+    out.mkdir(parents=True, exist_ok=True)
+    m, a = doc["machine"], doc["args"]
+    title = (f"{m['date'][:10]}, {m['cpus']} CPUs, Linux {m['kernel']}, "
+             f"--netlink-backend {a['backend']}{', quick' if a.get('quick') else ''}")
+    for path in write_plots(out, runs, title):
+        print(path)
+    for n, figs in runs.items():
+        (out / f"table-{n}.md").write_text(render_markdown(n, figs))
+        print(render_table(n, figs))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
