@@ -63,6 +63,27 @@ def test_twenty_thousand_nodes_need_a_longer_subnet_len():
     assert "SubnetLen 26" in c.describe()
 
 
+@pytest.mark.parametrize("n", [1000, 20_000])
+def test_the_agent_would_take_every_lease(n):
+    """The config and the leases pass the agent's own validation: nothing skipped, no conflict."""
+    from reconciler.config import parse_network_config
+    from reconciler.leases import RawKV, validate_leases
+
+    c = layout(n)
+    kvs = [RawKV(f"/p/subnets/{r.key}", r.value(), lease=i + 1, mod_revision=i + 1) for i, r in enumerate(c.remotes)]
+    leases, skipped = validate_leases(parse_network_config(c.config), kvs, "/p")
+    assert len(leases) == n - 1 and skipped == []
+
+
+def test_report_rejects_a_file_that_is_not_results(tmp_path):
+    bad = tmp_path / "x.json"
+    bad.write_text("[]")
+    proc = subprocess.run([sys.executable, "-m", "reconciler.bench.report", str(bad)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 1 and proc.stderr.startswith(f"error: {bad}: not a bench results file")
+    assert "Traceback" not in proc.stderr
+
+
 def test_churn_plan_cycles_kinds_and_never_touches_a_removed_node():
     c = layout(1000)
     plan = churn_plan(c, 60)

@@ -195,6 +195,7 @@ def read_json(path: Path) -> tuple[dict, dict[int, list[Figure]]]:
 def main(argv=None) -> int:
     """``python -m reconciler.bench.report RESULTS.json [--out DIR]``: draw the plots and tables again."""
     import argparse
+    import sys
 
     p = argparse.ArgumentParser(prog="python -m reconciler.bench.report")
     p.add_argument("results", help="a bench-*.json file written by `python -m reconciler bench`")
@@ -203,7 +204,7 @@ def main(argv=None) -> int:
     try:
         doc, runs = read_json(Path(args.results))
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        print(f"error: {args.results}: not a bench results file ({exc})")
+        print(f"error: {args.results}: not a bench results file ({exc})", file=sys.stderr)
         return 1
     out = Path(args.out) if args.out else Path(args.results).parent
     out.mkdir(parents=True, exist_ok=True)
@@ -219,6 +220,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())
+    raise SystemExit(main())
