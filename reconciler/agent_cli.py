@@ -1,4 +1,4 @@
-"""The long-running and etcd-facing commands: ``run``, ``snapshot``, ``demo``."""
+"""The long-running and etcd-facing commands: ``run``, ``snapshot``, ``demo``, ``bench``."""
 from __future__ import annotations
 
 import logging
@@ -41,6 +41,16 @@ def add_commands(sub) -> None:
     pd.add_argument("--ipv6", action="store_true",
                     help="dual stack: an IPv6 network beside the IPv4 one, and a ping -6 matrix too")
     pd.set_defaults(handler=cmd_demo)
+
+    pb = sub.add_parser("bench", help="cluster-scale benchmarks: the real agent against a simulated cluster (root)")
+    pb.add_argument("--nodes", default="1000,5000",
+                    help="comma-separated cluster sizes (default %(default)s; e.g. 1000,5000,10000,20000)")
+    pb.add_argument("--backend", choices=("batched", "pyroute2"), default="batched",
+                    help="the agent's --netlink-backend (default %(default)s, the agent's own default)")
+    pb.add_argument("--out", default="bench-results", help="directory for the JSON file and the plots")
+    pb.add_argument("--quick", action="store_true",
+                    help="CI smoke mode: fewer changes, 5 s idle window and resync (every scenario still runs)")
+    pb.set_defaults(handler=cmd_bench)
 
 
 def cmd_run(args) -> int:
@@ -102,6 +112,17 @@ def cmd_snapshot(args) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import parse_nodes, run_bench
+
+    try:
+        nodes = parse_nodes(args.nodes)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return run_bench(nodes, backend=args.backend, out_dir=args.out, quick=args.quick)
 
 
 def cmd_demo(args) -> int:
