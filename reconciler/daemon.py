@@ -607,7 +607,11 @@ class Agent:
             plan = Plan(tuple(c for c in plan if c.op != "delete" or c.kind == "link"), plan.conflicts)
         results = apply_plan(self.backend, plan, self.desired.state) if plan.changes else []
         self.tracker.settle(plan, results, held)
-        self._sync_rules(self.desired.own)  # rules: a pipeline of its own (reconciler/rules)
+        if self.rules is not None and self.desired.own != self._rules_lease:
+            # Rules depend on our own lease and the config only: written here when our lease
+            # first appears or changes; checked every --iptables-resync seconds by their own
+            # thread.  Not on every lease event: reading them back costs subprocesses.
+            self._sync_rules(self.desired.own)
         failed = [r for r in results if not r.ok]
         for r in results:
             self.metrics.inc("flannel_reconciler_operations_total", kind=r.change.kind, op=r.change.op,
@@ -664,10 +668,10 @@ class Agent:
     def _sync_rules(self, own_lease) -> None:
         """Plan and apply our packet filter rules (docs/traffic-rules.md).
 
-        Runs after every cycle's netlink apply and every ``iptables_resync``
-        seconds in between (``_rules_loop``), like flanneld's 5-second
-        check, so a rule deleted by hand is back within one resync.  A
-        failure is logged and retried; it never stops the netlink side.
+        Runs when our lease first appears or changes (from the cycle) and
+        every ``iptables_resync`` seconds (``_rules_loop``), like flanneld's
+        5-second check, so a rule deleted by hand is back within one check.
+        A failure is logged and retried; it never stops the netlink side.
         """
         if self.rules is None or own_lease is None:
             return
