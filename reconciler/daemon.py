@@ -286,26 +286,14 @@ class Agent:
         every peer's permanent neighbour entry goes stale (flannel #1795,
         #1330); reusing the advertised MAC avoids that churn altogether.
         """
-        dev = self.config.device_name
-        live = self.backend.dump([dev]).get("link", dev)
-        if live is not None and live.type == "vxlan" and live.mac:
-            return live.mac
-        base = self.store.subnets_prefix
-        for kv in kvs:
-            if not kv.key.startswith(base):
-                continue
-            try:
-                lease = parse_lease(kv.key[len(base):], kv.value, kv.lease)
-            except ReconcilerError:
-                continue
-            if lease.public_ip == self.node.public_ip and lease.vtep_mac:
-                return lease.vtep_mac
-        return random_vtep_mac(self.rng)
+        return self._known_mac(kvs, self.config.device_name, lambda lease: lease.vtep_mac)
 
     def _choose_v6_vtep_mac(self, kvs) -> str:
         """``_choose_vtep_mac`` for ``flannel-v6.<VNI>``: its live MAC, else our
         lease's BackendV6Data.VtepMAC, else a new random one."""
-        dev = self.config.v6_device_name
+        return self._known_mac(kvs, self.config.v6_device_name, lambda lease: lease.v6_vtep_mac)
+
+    def _known_mac(self, kvs, dev: str, mac_of) -> str:
         live = self.backend.dump([dev]).get("link", dev)
         if live is not None and live.type == "vxlan" and live.mac:
             return live.mac
@@ -317,8 +305,8 @@ class Agent:
                 lease = parse_lease(kv.key[len(base):], kv.value, kv.lease)
             except ReconcilerError:
                 continue
-            if lease.public_ip == self.node.public_ip and lease.v6_vtep_mac:
-                return lease.v6_vtep_mac
+            if lease.public_ip == self.node.public_ip and mac_of(lease):
+                return mac_of(lease)
         return random_vtep_mac(self.rng)
 
     def _relist(self) -> None:

@@ -380,29 +380,37 @@ class BatchedBackend(UnderlayLookup):
                 results[i] = OpResult(change, ok=False, errno=exc.errno, message=f"{describe(change)}: {exc}")
             except (ValueError, TypeError, AttributeError, struct.error, OSError) as exc:
                 results[i] = OpResult(change, ok=False, errno=E.EINVAL, message=f"{describe(change)}: {exc} (EINVAL)")
+        chunks: list[tuple[bytes, list[int]]] = []
         start = 0
         while start < len(msgs):
             size, stop = 0, start
             while stop < len(msgs) and (stop == start or size + len(msgs[stop][1]) <= self._chunk_bytes):
                 size += len(msgs[stop][1])
                 stop += 1
-            chunk = msgs[start:stop]
+            chunks.append((b"".join(m for _, m in msgs[start:stop]), [k for k, _ in msgs[start:stop]]))
             start = stop
-            waiting = {k for k, _ in chunk}
+        self._exchange(chunks, seq0, len(pending), pending, changes, results, wire.match_acks)
+
+    def _exchange(self, chunks, seq0: int, count: int, where: Sequence[int], changes: Sequence[Change],
+                  results: list[OpResult | None], match_acks) -> None:
+        """Send each chunk (``(bytes, [k...])``: the batch positions it carries) and read its answers
+        before the next; the answer to position ``k`` is the result of ``changes[where[k]]``."""
+        for data, ks in chunks:
+            waiting = set(ks)
             try:
-                self._send(b"".join(m for _, m in chunk))
+                self._send(data)
                 while waiting:
-                    for k, code, text in wire.match_acks(self._recv(), seq0, len(pending)):
+                    for k, code, text in match_acks(self._recv(), seq0, count):
                         if k in waiting:
                             waiting.discard(k)
-                            results[pending[k]] = self._result(changes[pending[k]], code, text)
+                            results[where[k]] = self._result(changes[where[k]], code, text)
             except (OSError, wire.DecodeError) as exc:
                 code = _oserrno(exc) if isinstance(exc, OSError) else E.EPROTO
                 why = "answer lost" if code in (E.ENOBUFS, E.ETIMEDOUT, E.EPROTO) else "request failed"
                 for k in waiting:
-                    results[pending[k]] = OpResult(changes[pending[k]], ok=False, errno=code,
-                                                   message=f"{describe(changes[pending[k]])}: {why}, state unknown: "
-                                                           f"{_errtext(code, None)}")
+                    results[where[k]] = OpResult(changes[where[k]], ok=False, errno=code,
+                                                 message=f"{describe(changes[where[k]])}: {why}, state unknown: "
+                                                         f"{_errtext(code, None)}")
 
     def _encode(self, change: Change) -> tuple:
         """The op tuple of ``wire.encode_batch`` for a change, device names resolved to ifindexes.
@@ -460,22 +468,8 @@ class BatchedBackend(UnderlayLookup):
             change = changes[where[k]]
             results[where[k]] = OpResult(change, ok=False, errno=E.EINVAL,
                                          message=f"{describe(change)}: {exc} (EINVAL)")
-        for data, seqs in chunks:
-            waiting = {seq - seq0 for seq in seqs}
-            try:
-                self._send(data)
-                while waiting:
-                    for k, code, text in codec.match_acks(self._recv(), seq0, len(ops)):
-                        if k in waiting:
-                            waiting.discard(k)
-                            results[where[k]] = self._result(changes[where[k]], code, text)
-            except (OSError, wire.DecodeError) as exc:
-                code = _oserrno(exc) if isinstance(exc, OSError) else E.EPROTO
-                why = "answer lost" if code in (E.ENOBUFS, E.ETIMEDOUT, E.EPROTO) else "request failed"
-                for k in waiting:
-                    results[where[k]] = OpResult(changes[where[k]], ok=False, errno=code,
-                                                 message=f"{describe(changes[where[k]])}: {why}, state unknown: "
-                                                         f"{_errtext(code, None)}")
+        self._exchange([(data, [seq - seq0 for seq in seqs]) for data, seqs in chunks], seq0, len(ops), where,
+                       changes, results, codec.match_acks)
 
     def _seq_block(self, count: int) -> int:
         """The first of ``count`` consecutive sequence numbers, reserved for one batch (never 0, never wrapping)."""
