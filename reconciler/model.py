@@ -36,7 +36,7 @@ nexthop    id                    nexthop objects (``ip nexthop``) live in one
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Iterable, Iterator, Mapping, Union
 
 __all__ = [
@@ -192,7 +192,9 @@ class Route(_Base):
     dev: str | None
     onlink: bool | None = False
     metric: int = 0
-    protocol: int | None = None
+    # Not part of equality either: two routes that forward the same way are the
+    # same route to us, which lets a converged table compare equal at C speed.
+    protocol: int | None = field(default=None, compare=False)
     nhid: int = 0
 
     KIND: ClassVar[str] = "route"

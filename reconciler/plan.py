@@ -217,9 +217,15 @@ def make_plan(desired, live, foreign_routes=None, foreign_nexthops=None) -> Plan
     # kernel deletes a nexthop's routes together with the nexthop).
     gone_nhids = {nh.id for nh in live.of("nexthop").values() if nh.dev in gone_devices}
 
+    # Nothing vanishes as a side effect: a kind whose live and desired maps are
+    # equal (same keys, equal values) has nothing to write, delete or report.
+    # The common case of a resync, checked at C speed before any per-key work.
+    untouched = not gone_devices and not neigh_flushed and not gone_nhids
     for kind in ("address", "neigh", "fdb", "nexthop", "route"):
         live_objs = live.of(kind)
         desired_objs = desired.of(kind)
+        if untouched and live_objs == desired_objs:
+            continue
         for key, want in desired_objs.items():
             if kind == "nexthop" and key in foreign_nexthops and key not in live_objs:
                 conflicts.append(Conflict(want, foreign_nexthops[key]))
