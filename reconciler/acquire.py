@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from typing import TYPE_CHECKING, Iterable, Literal
 
+from .logtext import esc
 from .config import NetworkConfig, require_ipv4
 from .errors import ConfigError, EtcdError, LeaseError, ReconcilerError
 from .leases import Lease, RawKV, encode_lease_value, parse_lease, parse_subnet_key, subnet_key
@@ -166,7 +167,7 @@ def choose_subnet(config: NetworkConfig, leases: Iterable[Lease], public_ip: str
     delete = tuple(lease for lease in own if not compatible(lease) and not lease.is_reservation)
     for lease in own:
         if not compatible(lease):
-            log.info("lease %s for our PublicIP %s does not fit the config (%s, %s..%s%s)%s", lease.key, me,
+            log.info("lease %s for our PublicIP %s does not fit the config (%s, %s..%s%s)%s", esc(lease.key), me,
                      f"/{plen}", config.subnet_min, config.subnet_max,
                      f"; IPv6 /{config.ipv6_subnet_len}, {config.ipv6_subnet_min}..{config.ipv6_subnet_max}"
                      if dual else "; no IPv6",
@@ -298,13 +299,13 @@ def acquire_lease(store: "EtcdStore", config: NetworkConfig, public_ip: str, vte
         for stale in choice.delete:
             kv = kvs[base + stale.key]
             if store.delete_if_value(kv.key, kv.value):
-                log.info("deleted our lease %s: it does not fit the network config", kv.key)
+                log.info("deleted our lease %s: it does not fit the network config", esc(kv.key))
 
         if choice.lease is not None:
             got = _reclaim(store, kvs[base + choice.lease.key], choice.lease, value, ttl)
             if got is not None:
                 log.info("reusing %s %s for PublicIP %s", "reservation" if got.reservation else "lease",
-                         got.key, public_ip)
+                         esc(got.key), public_ip)
                 return got
             # It changed under us; if it vanished, the subnet we just held is the one to take again.
             previous, previous6 = choice.subnet, choice.ipv6_subnet
@@ -493,9 +494,9 @@ class LeaseKeeper:
                     self.current = replace(cur, lease_id=kv.lease, ttl=remaining)
                     return self.current
         if kv is None:
-            log.warning("our lease %s is gone: re-acquiring", cur.key)
+            log.warning("our lease %s is gone: re-acquiring", esc(cur.key))
         elif kv.value != cur.value:
-            log.warning("our lease %s changed (now %s): re-acquiring", cur.key, kv.value)
+            log.warning("our lease %s changed (now %s): re-acquiring", esc(cur.key), esc(kv.value))
         self.current = acquire_lease(self.store, self.config, self.public_ip, self.vtep_mac,
                                      cur.subnet, self.rng, self.ttl, public_ipv6=self.public_ipv6,
                                      v6_vtep_mac=self.v6_vtep_mac, previous_ipv6_subnet=cur.ipv6_subnet)

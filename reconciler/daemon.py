@@ -50,6 +50,7 @@ from .desired import NodeParams, underlay_mtu
 from .desired_index import DesiredIndex
 from .errors import EtcdAuthError, EtcdCompacted, EtcdError, ReconcilerError
 from .lease_index import LeaseIndex
+from .logtext import esc
 from .leases import RawKV, Skipped, parse_lease
 from .metrics import Metrics, build_info_labels, serve_http, skip_reason_label
 from .netlink.common import UnderlaySpec
@@ -65,8 +66,9 @@ __all__ = ["Agent", "AgentOptions", "CycleReport", "random_vtep_mac"]
 
 log = logging.getLogger("flannel_reconciler")
 
-#: Longest text taken from etcd into one log line.
-_LOG_VALUE_CHARS = 200
+#: Skipped leases logged one by one per window; the rest of a burst is one summary line per window.
+_SKIP_LINES = 20
+_SKIP_WINDOW = 10.0
 
 
 @dataclass
@@ -113,15 +115,6 @@ def random_vtep_mac(rng: random.Random) -> str:
     b = bytearray(rng.getrandbits(8) for _ in range(6))
     b[0] = (b[0] & 0xFE) | 0x02
     return ":".join(f"{x:02x}" for x in b)
-
-
-def esc(text: object, limit: int = _LOG_VALUE_CHARS) -> str:
-    """Text from etcd made safe for one log line: control characters escaped
-    (a key with a newline cannot forge a record), and cut to ``limit``."""
-    s = json.dumps(str(text), ensure_ascii=False)[1:-1]
-    if len(s) > limit:
-        s = f"{s[:limit]}...({len(s) - limit} more)"
-    return s
 
 
 @dataclass(frozen=True)
@@ -184,6 +177,9 @@ class Agent:
         self._skip_labels: dict[str, str] = {}
         self._skip_counts: collections.Counter = collections.Counter()
         self._own_ip_dups: set[str] = set()
+        self._skip_window = float("-inf")   # skip-log rate limit: window start, lines in it, the rest
+        self._skip_logged = 0
+        self._skip_suppressed: collections.Counter = collections.Counter()
         self._pin_changes: set[str] = set()
         self._folded_revision = 0     # the last etcd revision folded into the index
         self._retry_at: float | None = None
@@ -525,8 +521,13 @@ class Agent:
 
     def _report_leases(self, changed: set[str]) -> None:
         """Log a lease's standing when it changes (never again while it stays the same), and keep
-        the skip gauges, whose reason label is one of a few fixed words."""
-        for key in changed:
+        the skip gauges, whose reason label is one of a few fixed words.
+
+        At most ``_SKIP_LINES`` skipped leases are logged one by one per ``_SKIP_WINDOW``
+        seconds; the rest of a burst (someone writing thousands of junk keys) is counted and
+        said in one summary line per window, so etcd content cannot flood the log."""
+        now = self.clock()
+        for key in sorted(changed):
             old = self._skip_labels.pop(key, None)
             if old is not None:
                 self._skip_counts[old] -= 1
@@ -544,9 +545,17 @@ class Agent:
                               "(delete the one you do not want)", esc(key), self.node.public_ip,
                               esc(self.index.pinned))
                 else:
-                    log.warning("skipped lease %s: %s", esc(key), esc(skip.reason))
+                    if now - self._skip_window >= _SKIP_WINDOW:
+                        self._flush_skip_summary(now)
+                    if self._skip_logged < _SKIP_LINES:
+                        self._skip_logged += 1
+                        log.warning("skipped lease %s: %s", esc(key), esc(skip.reason))
+                    else:
+                        self._skip_suppressed[label] += 1
             elif old is not None and key in self.index.valid:
                 log.info("lease %s is valid again", esc(key))
+        if self._skip_suppressed and now - self._skip_window >= _SKIP_WINDOW:
+            self._flush_skip_summary(now)
         if changed:
             self.metrics.set("flannel_reconciler_own_public_ip_duplicates", len(self._own_ip_dups))
             self.metrics.set("flannel_reconciler_leases", len(self.index.valid))
@@ -554,6 +563,14 @@ class Agent:
             for label, n in self._skip_counts.items():
                 if n:
                     self.metrics.set("flannel_reconciler_leases_skipped", n, reason=label)
+
+    def _flush_skip_summary(self, now: float) -> None:
+        if self._skip_suppressed:
+            log.warning("skipped %d more leases in the last %.0fs (%s); not named one by one",
+                        sum(self._skip_suppressed.values()), now - self._skip_window,
+                        ", ".join(f"{k}={v}" for k, v in sorted(self._skip_suppressed.items())))
+            self._skip_suppressed.clear()
+        self._skip_window, self._skip_logged = now, 0
 
     def cycle(self, triggers: set[str]) -> CycleReport | None:
         """Fold in what changed, plan the dirty keys, apply.  Returns None when it could not run."""
@@ -622,6 +639,8 @@ class Agent:
         else:
             self._retry_delay = self.opts.retry_min
             self.metrics.set("flannel_reconciler_last_successful_sync_timestamp_seconds", time.time())
+        if full and self._skip_suppressed:
+            self._flush_skip_summary(self.clock())
         if full and self.index.skipped:
             log.info("%d leases skipped (%s)", len(self.index.skipped),
                      ", ".join(f"{k}={v}" for k, v in sorted(self._skip_counts.items()) if v))

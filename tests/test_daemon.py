@@ -59,8 +59,8 @@ class Running:
     def __init__(self, store, kernel, tmp_path, **opts):
         self.kernel = kernel
         self.stop = threading.Event()
-        self.opts = AgentOptions(iface="eth0", subnet_file=str(tmp_path / "subnet.env"),
-                                 resync_interval=0.3, coalesce=0.01, **opts)
+        opts = {"resync_interval": 0.3, "coalesce": 0.01, **opts}
+        self.opts = AgentOptions(iface="eth0", subnet_file=str(tmp_path / "subnet.env"), **opts)
         self.agent = Agent(store, kernel, self.opts)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -374,3 +374,41 @@ def test_one_rule_decides_which_lease_is_ours(etcd_store, start_agent, tmp_path)
     assert addrs == {"100.64.101.0/32", "100.64.101.1/24"}
     assert "FLANNEL_SUBNET=100.64.101.1/24\n" in (tmp_path / "subnet.env").read_text()
     assert agent.agent.metrics.get("flannel_reconciler_own_public_ip_duplicates") == 1
+
+
+def test_hostile_etcd_content_neither_floods_nor_forges_the_log(etcd_store, start_agent, caplog):
+    """Issue #11 items 6 and 7: 10,000 junk keys, a 1 MB bad value and a key with a newline.
+    The log grows by a bounded number of lines (not one per key per cycle), every line is one
+    line, no line carries the megabyte, and the skip metric keeps its fixed label set."""
+    import logging
+
+    from reconciler.metrics import SKIP_REASONS
+
+    store = etcd_store
+    store.put_config(CONFIG)
+    put_peer(store, "100.64.2.0-24", "198.18.0.2", MAC2)
+    agent = start_agent(store, node_kernel(), resync_interval=2.0)
+    agent.ready()
+    caplog.set_level(logging.INFO, logger="flannel_reconciler")
+    caplog.clear()
+    series_before = agent.agent.metrics.render().count("\n")
+    big = '{"PublicIP":"198.18.0.77","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"' + "a" * 1_000_000 + '"}}'
+    store.put(f"{store.subnets_prefix}100.64.77.0-24", big)
+    store.put(f"{store.subnets_prefix}x\nFORGED INFO all is well 100.64.78.0-24", "{}")
+    revision = 0
+    for i in range(10_000):
+        revision = store.put(f"{store.subnets_prefix}junk-{i}", "not json")
+    wait_for(lambda: agent.agent.metrics.get("flannel_reconciler_lease_revision") >= revision, timeout=120,
+             what="every junk key folded in")
+    time.sleep(4.5)   # two resyncs with all of it in the table
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) < 150, f"{len(messages)} log lines for 10,002 junk keys"
+    assert all("\n" not in m for m in messages), "a key forged a log line"
+    assert all(len(m) < 2_000 for m in messages), "the megabyte reached the log"
+    assert any("x\\nFORGED" in m for m in messages) or any("more leases" in m for m in messages)
+    assert any(m.startswith("skipped ") and "more leases" in m for m in messages)
+    text = agent.agent.metrics.render()
+    skipped_series = [ln for ln in text.splitlines() if ln.startswith("flannel_reconciler_leases_skipped{")]
+    assert 1 <= len(skipped_series) <= len(SKIP_REASONS)
+    assert text.count("\n") - series_before <= len(SKIP_REASONS) + 5
+    assert "100.64.2.0/24" in routes(agent.kernel)   # the good peer is still programmed
