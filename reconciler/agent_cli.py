@@ -59,6 +59,8 @@ def cmd_run(args) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
+    # --log-level debug is ours: pyroute2's own debug output is thousands of message dumps a second.
+    logging.getLogger("pyroute2").setLevel(max(logging.INFO, logging.getLogger().level))
     stop = threading.Event()
 
     def on_signal(signum, _frame):
@@ -76,7 +78,7 @@ def cmd_run(args) -> int:
         public_ipv6=_public_ipv6(args),
         forward_rules=args.iptables_forward_rules, masq_fully_random_disable=args.ip_masq_fully_random_disable,
         iptables_resync=args.iptables_resync,
-        route_layout=args.route_layout,
+        route_layout=args.route_layout, netns=args.netns,
     )
     from .instance_lock import acquire_instance_lock
     from .netlink.common import netns_path

@@ -35,6 +35,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import gc
+import os
 import json
 import logging
 import random
@@ -103,6 +104,8 @@ class AgentOptions:
     coalesce: float = 0.002
     #: /healthz fails when no cycle finished for this long (default: 3 resyncs, at least 60 s).
     liveness_window: float | None = None
+    #: The network namespace the agent programs (``--netns``), watched for deletion.
+    netns: str | None = None
     #: First and longest wait before failed operations are retried.
     retry_min: float = 0.5
     retry_max: float = 10.0
@@ -137,6 +140,8 @@ class _State:
     ready: bool = False
     last_cycle_end: float = 0.0
     check_own_lease: bool = False
+    #: Why the agent is of no use any more although its loop runs (its namespace was deleted).
+    broken: str | None = None
 
 
 class Agent:
@@ -182,6 +187,8 @@ class Agent:
         self._skip_suppressed: collections.Counter = collections.Counter()
         self._pin_changes: set[str] = set()
         self._folded_revision = 0     # the last etcd revision folded into the index
+        self._config_warned: str | None = None
+        self._netns_inode: int | None = None
         self._retry_at: float | None = None
         self._retry_delay = opts.retry_min
         self._kernel_events = False
@@ -209,6 +216,7 @@ class Agent:
         log.info("underlay %s (%s), mtu %d; bridge %s", underlay.name, underlay.address, underlay.mtu,
                  self.opts.bridge or "left to the CNI plugin (--no-bridge)")
         self._on_link = on_link_predicate(underlay.prefixes + underlay.prefixes6)
+        self._netns_inode = _netns_inode(self.opts.netns)
         self.index = LeaseIndex(self.config, self.store.prefix)
         self.desired = DesiredIndex(self.config, self.node, self._on_link)
         self.tracker = Tracker(FlannelOwnership(self.config, self.node.bridge))
@@ -465,8 +473,39 @@ class Agent:
                 self._retry_at = None
             if not triggers:
                 continue
+            if "resync" in triggers:
+                self._check_surroundings()
             self._keep_lease()
             self.cycle(triggers)
+
+    def _check_surroundings(self) -> None:
+        """Once per resync, what the agent read once at start-up and cannot follow by itself.
+
+        * The network config: flanneld and this agent read it at start-up only (a new
+          Network or VNI means new devices and leases); a change is said once, and
+          ``flannel_reconciler_config_changed`` turns 1, until the agent is restarted.
+        * The namespace (``--netns``): deleted, it lives on only through our sockets,
+          and nobody uses what we program there; /healthz turns 503 and it is logged
+          every resync, so an operator or the kubelet restarts us.
+        """
+        try:
+            raw = self.store.get_config()
+        except ReconcilerError:
+            raw = None      # the outage is reported by the etcd health signal
+        if raw is not None:
+            try:
+                changed = parse_network_config(raw) != self.config
+            except ReconcilerError as exc:
+                changed, raw = True, f"(unusable: {exc})"
+            if changed and raw != self._config_warned:
+                log.warning("the network config in etcd changed (now %s); it is read at start-up only, as "
+                            "flanneld does: restart the agent to apply it", esc(raw))
+                self._config_warned = raw
+            self.metrics.set("flannel_reconciler_config_changed", 1 if changed else 0)
+        if self.opts.netns is not None and _netns_inode(self.opts.netns, missing_ok=True) != self._netns_inode:
+            self.state.broken = (f"network namespace {self.opts.netns} was deleted or replaced: this agent "
+                                 f"programs a namespace nobody uses; restart it")
+            log.error("%s", self.state.broken)
 
     def _keep_lease(self) -> None:
         if self.keeper is None:
@@ -797,6 +836,8 @@ class Agent:
         return self.opts.liveness_window or max(60.0, 3 * self.opts.resync_interval)
 
     def _healthz(self):
+        if self.state.broken:
+            return 503, "text/plain", f"{self.state.broken}\n"
         age = self.clock() - self.state.last_cycle_end
         if self.state.last_cycle_end and age <= self._liveness_window():
             return 200, "text/plain", f"flannel-reconciler is running (last cycle {age:.1f}s ago)\n"
@@ -811,6 +852,20 @@ class Agent:
 
     def _metrics(self):
         return 200, "text/plain; version=0.0.4", self.metrics.render()
+
+
+def _netns_inode(name: str | None, missing_ok: bool = False) -> int | None:
+    """The inode of ``/var/run/netns/NAME`` (None: no namespace given, or gone when ``missing_ok``)."""
+    if name is None:
+        return None
+    from .netlink.common import NETNS_RUN_DIR
+
+    try:
+        return os.stat(os.path.join(NETNS_RUN_DIR, name)).st_ino
+    except OSError:
+        if missing_ok:
+            return None
+        raise
 
 
 def _trim_heap() -> None:

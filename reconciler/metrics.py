@@ -98,6 +98,8 @@ class Metrics:
             "histogram", "From a lease change read off the etcd watch to the end of the cycle that applied it."),
         "flannel_reconciler_build_info": (
             "gauge", "Always 1: the version, the netlink backend, and whether the compiled fast path is in use."),
+        "flannel_reconciler_config_changed": (
+            "gauge", "1 when the network config in etcd differs from the one the agent started with."),
         "flannel_reconciler_lease_revision": (
             "gauge", "The etcd revision of the last lease change folded into the agent's state."),
         "flannel_reconciler_own_public_ip_duplicates": (

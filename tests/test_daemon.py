@@ -412,3 +412,42 @@ def test_hostile_etcd_content_neither_floods_nor_forges_the_log(etcd_store, star
     assert 1 <= len(skipped_series) <= len(SKIP_REASONS)
     assert text.count("\n") - series_before <= len(SKIP_REASONS) + 5
     assert "100.64.2.0/24" in routes(agent.kernel)   # the good peer is still programmed
+
+
+def test_a_config_changed_in_etcd_is_said_once_and_counted(etcd_store, start_agent, caplog):
+    """Issue #11 item 10: the config is read at start-up (as flanneld); a change is not silent."""
+    import logging
+
+    store = etcd_store
+    store.put_config(CONFIG)
+    agent = start_agent(store, node_kernel())
+    agent.ready()
+    caplog.set_level(logging.WARNING, logger="flannel_reconciler")
+    store.put_config(CONFIG.replace('"SubnetLen":24', '"SubnetLen":25'))
+    wait_for(lambda: agent.agent.metrics.get("flannel_reconciler_config_changed") == 1, what="config change seen")
+    time.sleep(1.0)   # several resyncs: said once
+    said = [r.getMessage() for r in caplog.records if "network config in etcd changed" in r.getMessage()]
+    assert len(said) == 1 and "restart the agent" in said[0]
+    store.put_config(CONFIG)
+    wait_for(lambda: agent.agent.metrics.get("flannel_reconciler_config_changed") == 0, what="config back")
+
+
+def test_a_deleted_namespace_turns_healthz_red(etcd_store, start_agent):
+    """Issue #11 item 11: the agent's namespace deleted under it: /healthz 503, logged."""
+    import subprocess
+
+    from tests.conftest_netns import require_root
+    from tests.netns import unique_name
+
+    require_root()
+    ns = unique_name("gone")
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        etcd_store.put_config(CONFIG)
+        agent = start_agent(etcd_store, node_kernel(), netns=ns)
+        agent.ready()
+        assert agent.agent._healthz()[0] == 200
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+    wait_for(lambda: agent.agent._healthz()[0] == 503, what="healthz red")
+    assert "was deleted" in agent.agent._healthz()[2]
