@@ -94,7 +94,7 @@ def _v6_addrs(ns: str, dev: str) -> list[tuple]:
 
 
 def expected6(me: int = 1, peers=(2, 3), v6_macs: dict[int, str] | None = None) -> dict:
-    """flanneld's IPv6 objects on node ``me`` (flannel-interop.md 4.8), with our route protocol."""
+    """flanneld's IPv6 objects on node ``me`` (docs/dual-stack.md), with our route protocol."""
     macs = {n: (v6_macs or {}).get(n, mac6(n)) for n in (me, *peers)}
     return {
         "device": dict(kind="vxlan", id=1, local=f"fd00:198:18::{me:x}", link="eth0", port=8472, learning=False,
