@@ -36,7 +36,6 @@ import collections
 import ctypes
 import gc
 import os
-import json
 import logging
 import random
 import threading
@@ -45,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .acquire import LeaseKeeper, acquire_lease
+from .agent_rules import RuleSync
 from .apply import apply_plan
 from .config import NetworkConfig, parse_network_config, require_ipv4, require_vxlan
 from .desired import NodeParams, underlay_mtu
@@ -52,7 +52,7 @@ from .desired_index import DesiredIndex
 from .errors import EtcdAuthError, EtcdCompacted, EtcdError, ReconcilerError
 from .lease_index import LeaseIndex
 from .logtext import esc
-from .leases import RawKV, Skipped, parse_lease
+from .leases import Skipped, parse_lease
 from .metrics import Metrics, build_info_labels, serve_http, skip_reason_label
 from .netlink.common import UnderlaySpec
 from .ownership import BRIDGE_NAME, FlannelOwnership
@@ -144,7 +144,7 @@ class _State:
     broken: str | None = None
 
 
-class Agent:
+class Agent(RuleSync):
     """One node's agent.  ``run(stop)`` blocks until ``stop`` is set."""
 
     def __init__(self, store, backend, opts: AgentOptions, *, clock: Callable[[], float] = time.monotonic,
@@ -191,7 +191,6 @@ class Agent:
         self._netns_inode: int | None = None
         self._retry_at: float | None = None
         self._retry_delay = opts.retry_min
-        self._kernel_events = False
         # Packet filter rules: a RuleReconciler, or None (rules not managed,
         # as in tests whose backend is not a real kernel).
         self.rules = rules
@@ -430,12 +429,10 @@ class Agent:
             self._mark("kernel")
 
         try:
-            self._kernel_events = True
             self.backend.watch_kernel(devices, networks, on_events, stop, subscribed)
         except ReconcilerError as exc:  # periodic resync still covers drift
             log.warning("kernel events unavailable: %s; drift is repaired at each resync only", exc)
         finally:
-            self._kernel_events = False
             subscribed.set()
 
     def _link_loop(self, stop: threading.Event) -> None:
@@ -714,62 +711,6 @@ class Agent:
                                       tuple(self.index.skips()) if changed or full else
                                       (self.last_cycle.skipped if self.last_cycle else ()), dumped, duration)
         return self.last_cycle
-
-    # ---------------------------------------------------------------- rules
-    def _sync_rules(self, own_lease) -> None:
-        """Plan and apply our packet filter rules (docs/traffic-rules.md).
-
-        Runs when our lease first appears or changes (from the cycle) and
-        every ``iptables_resync`` seconds (``_rules_loop``), like flanneld's
-        5-second check, so a rule deleted by hand is back within one check.
-        A failure is logged and retried; it never stops the netlink side.
-        """
-        if self.rules is None or own_lease is None:
-            return
-        from .rules import RuleFlags
-
-        flags = RuleFlags(forward_rules=self.opts.forward_rules, ip_masq=self.opts.ip_masq,
-                          masq_fully_random_disable=self.opts.masq_fully_random_disable)
-        with self._rules_lock:
-            first = self._rules_lease is None
-            self._rules_lease = own_lease
-            if first:
-                for w in self.rules.startup_warnings(self.config):
-                    log.warning("%s", w)
-            try:
-                plan = self.rules.plan(self.rules.desired(self.config, own_lease, flags))
-            except ReconcilerError as exc:
-                if str(exc) != self._rules_error:  # once per distinct problem, not every 5 s
-                    log.error("rules: %s; retrying", exc)
-                self._rules_error = str(exc)
-                return
-            self._rules_error = None
-            warning = self.rules.forward_warning(self.config)
-            if warning and first:
-                log.warning("%s", warning)
-            if plan.in_sync:
-                return
-            results = self.rules.apply(plan)
-        failed = [r for r in results if not r.ok]
-        for r in results:
-            self.metrics.inc("flannel_reconciler_operations_total", kind="rule", op=r.change.op,
-                             result="ok" if r.ok else "error")
-            if r.ok:
-                log.info("rules: %s %s", {"create": "+", "update": "~", "delete": "-"}[r.change.op],
-                         r.change.obj.describe())
-        for r in failed:
-            log.error("failed: %s", r.message)
-        s = plan.summary()
-        log.info("rules create=%d update=%d delete=%d failed=%d", s["create"], s["update"], s["delete"],
-                 len(failed))
-
-    def _rules_loop(self, stop: threading.Event) -> None:
-        # flanneld checks its rules every --iptables-resync seconds.
-        while not stop.wait(max(0.5, self.opts.iptables_resync)):
-            try:
-                self._sync_rules(self._rules_lease)
-            except Exception:  # the loop must survive anything one check throws
-                log.exception("rules check failed")
 
     def _schedule_retry(self) -> None:
         """Failed or held-back changes stay dirty; look at them again after a growing pause."""

@@ -18,14 +18,13 @@ nftables mode has the same limit; docs/traffic-rules.md).
 from __future__ import annotations
 
 import json
-import re
 import shutil
 
 import pytest
 
 from reconciler.etcd import EtcdStore
 from tests.netns import ip_json, run, underlay
-from tests.test_agent_e2e import PREFIX, Lab, endpoint_args, lab, ping, wait_for  # noqa: F401 (fixture)
+from tests.test_agent_e2e import Lab, endpoint_args, lab, ping, wait_for  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd, pytest.mark.slow]
 

@@ -12,7 +12,7 @@ import os
 import re
 import threading
 from dataclasses import dataclass, replace
-from typing import Callable, Sequence
+from typing import Sequence
 
 from ..errors import NamespaceNotFound, NetlinkError, ReconcilerError
 from ..plan import Change
