@@ -37,6 +37,22 @@ class ToolError(ReconcilerError):
     """A packet filter tool is missing or failed; names the command."""
 
 
+def run_tool(netns: str | None, argv: Sequence[str], stdin: str | None,
+             package: str | None = None) -> subprocess.CompletedProcess:
+    """Run a rule tool (argument list, never a shell), inside ``netns`` when given; a missing
+    tool or one that hangs is a ``ToolError`` naming it."""
+    cmd = list(argv)
+    if netns:
+        cmd = ["ip", "netns", "exec", netns, *cmd]
+    try:
+        return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=60)
+    except FileNotFoundError as exc:
+        hint = f" (Debian package {package})" if package else ""
+        raise ToolError(f"{argv[0]} is not installed{hint}") from exc
+    except subprocess.TimeoutExpired:
+        raise ToolError(f"{' '.join(argv)} did not finish within 60s") from None
+
+
 def tool_name(family: Family, xt: str, what: str) -> str:
     """``iptables-nft-save``, ``ip6tables-legacy-restore``, ..."""
     base = "iptables" if family == "ipv4" else "ip6tables"
@@ -160,15 +176,7 @@ class IptablesBackend:
 
     # -- commands ----------------------------------------------------------
     def _run(self, argv: Sequence[str], stdin: str | None) -> subprocess.CompletedProcess:
-        cmd = list(argv)
-        if self.netns:
-            cmd = ["ip", "netns", "exec", self.netns, *cmd]
-        try:
-            return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=60)
-        except FileNotFoundError as exc:
-            raise ToolError(f"{argv[0]} is not installed") from exc
-        except subprocess.TimeoutExpired:
-            raise ToolError(f"{' '.join(argv)} did not finish within 60s") from None
+        return run_tool(self.netns, argv, stdin)
 
     def read_file(self, path: str) -> str | None:
         """A file's content as seen from our namespace (``/proc/sys/net`` differs per namespace); None if missing."""

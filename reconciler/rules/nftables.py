@@ -17,7 +17,7 @@ import json
 import subprocess
 from typing import Any, Iterable, Sequence
 
-from .iptables import ToolError
+from .iptables import ToolError, run_tool
 from .model import NFT_TABLES, NftChain, NftTable
 from .plan import NftWrite
 
@@ -145,15 +145,7 @@ class NftablesBackend:
         self._random_fully: bool | None = None   # asked once
 
     def _run(self, argv: Sequence[str], stdin: str | None) -> subprocess.CompletedProcess:
-        cmd = list(argv)
-        if self.netns:
-            cmd = ["ip", "netns", "exec", self.netns, *cmd]
-        try:
-            return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=60)
-        except FileNotFoundError as exc:
-            raise ToolError(f"{argv[0]} is not installed (Debian package nftables)") from exc
-        except subprocess.TimeoutExpired:
-            raise ToolError(f"{' '.join(argv)} did not finish within 60s") from None
+        return run_tool(self.netns, argv, stdin, package="nftables")
 
     def _json(self, argv: Sequence[str]) -> dict:
         proc = self._runner(argv, None)
