@@ -127,9 +127,15 @@ class CycleReport:
     triggers: frozenset
     plan: Plan
     results: tuple
-    skipped: tuple[Skipped, ...]
     dumped: bool
     duration: float
+    index: LeaseIndex = field(repr=False, compare=False)
+
+    @property
+    def skipped(self) -> tuple[Skipped, ...]:
+        """The leases left out, sorted (made on demand: sorting every skipped lease in every
+        cycle would cost a lease event the size of the junk in etcd)."""
+        return tuple(self.index.skips())
 
 
 @dataclass
@@ -328,7 +334,6 @@ class Agent(RuleSync):
 
     # ------------------------------------------------------------ the loops
     def run(self, stop: threading.Event) -> None:
-        self._stop = stop
         # A stop wakes the worker at once, whatever the resync interval.
         threading.Thread(target=lambda: (stop.wait(), self.state.wake.set()), name="stop-waker",
                          daemon=True).start()
@@ -338,9 +343,6 @@ class Agent(RuleSync):
         if hasattr(self.backend, "watch_kernel"):
             threads.append(threading.Thread(target=self._kernel_loop, args=(stop, subscribed),
                                             name="kernel-events", daemon=True))
-        elif hasattr(self.backend, "watch_links"):
-            threads.append(threading.Thread(target=self._link_loop, args=(stop,), name="link-watch", daemon=True))
-            subscribed.set()
         else:
             subscribed.set()
         if self.rules is not None:
@@ -434,15 +436,6 @@ class Agent(RuleSync):
             log.warning("kernel events unavailable: %s; drift is repaired at each resync only", exc)
         finally:
             subscribed.set()
-
-    def _link_loop(self, stop: threading.Event) -> None:
-        devices = set(owned_devices(self.config, self.node.bridge))
-        try:
-            # Any link event (name None: events were lost) means "dump again".
-            self.backend.watch_links(devices, lambda name: (self._kernel_q.append(None), self._mark("link")),
-                                     stop)
-        except ReconcilerError as exc:  # periodic resync still covers drift
-            log.warning("link events unavailable: %s", exc)
 
     def _work_loop(self, stop: threading.Event) -> None:
         next_resync = self.clock()
@@ -707,9 +700,7 @@ class Agent(RuleSync):
                     s["create"], s["update"], s["delete"], len(failed), len(held), "yes" if dumped else "no",
                     "up" if self.state.etcd_ok else "DOWN", duration)
         self.state.last_cycle_end = self.clock()
-        self.last_cycle = CycleReport(frozenset(triggers), plan, tuple(results),
-                                      tuple(self.index.skips()) if changed or full else
-                                      (self.last_cycle.skipped if self.last_cycle else ()), dumped, duration)
+        self.last_cycle = CycleReport(frozenset(triggers), plan, tuple(results), dumped, duration, self.index)
         return self.last_cycle
 
     def _schedule_retry(self) -> None:

@@ -345,30 +345,6 @@ def test_names_are_resolved_by_one_link_dump_per_apply(installed, monkeypatch):
     assert len(calls) == 1
 
 
-def test_link_events_come_through_the_batched_backend_too(backend, node):
-    """The agent's link trigger (daemon: ``watch_links``) works with the default backend."""
-    import threading
-    import time
-
-    seen: list = []
-    stop = threading.Event()
-    t = threading.Thread(target=backend.watch_links, args=({"flannel.1"}, seen.append, stop), daemon=True)
-    t.start()
-    run(node.ns, "ip", "link", "add", "flannel.1", "type", "bridge")
-    run(node.ns, "ip", "link", "add", "other0", "type", "bridge")
-    deadline = time.monotonic() + 15            # the watcher binds asynchronously: keep making events
-    mtu = 1400
-    while len(seen) < 2 and time.monotonic() < deadline:
-        mtu = 1300 if mtu == 1400 else 1400
-        run(node.ns, "ip", "link", "set", "other0", "mtu", str(mtu))
-        run(node.ns, "ip", "link", "set", "flannel.1", "mtu", str(mtu))
-        time.sleep(0.1)
-    stop.set()
-    t.join(timeout=5)
-    assert not t.is_alive()
-    assert len(seen) >= 2 and set(seen) == {"flannel.1"}
-
-
 # ---------------------------------------------------------------- namespaces
 
 def test_a_missing_namespace_is_refused_and_not_created(accelerate):

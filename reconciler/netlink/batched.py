@@ -479,18 +479,6 @@ class BatchedBackend(UnderlayLookup):
         self._seqs = itertools.count(seq0 + count)
         return seq0
 
-    def watch_links(self, devices, callback, stop) -> None:
-        """Link events on ``devices`` in this backend's namespace until ``stop`` (a ``threading.Event``)
-        is set: ``callback(name)``, ``callback(None)`` when events were lost.
-
-        The same watcher as ``PyrouteBackend.watch_links`` (``events.watch_links``),
-        so that the agent keeps its link trigger with either backend.  Blocks:
-        run it on a thread of its own (it joins the namespace).
-        """
-        from .events import watch_links
-
-        watch_links(self._netns_file, devices, callback, stop)
-
     @staticmethod
     def _result(change: Change, code: int, text: str | None) -> OpResult:
         if not code:
