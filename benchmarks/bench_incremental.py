@@ -15,28 +15,17 @@ import time
 
 import pytest
 
-from benchmarks.conftest import PREFIX, cluster_kvs
+from benchmarks.conftest import cluster_kvs
 from reconciler.config import parse_network_config
-from reconciler.daemon import Agent, AgentOptions
 from reconciler.desired import NodeParams
-from reconciler.desired_index import DesiredIndex
 from reconciler.etcd import WatchEvent
-from reconciler.lease_index import LeaseIndex
 from reconciler.leases import RawKV, encode_lease_value
 from reconciler.model import Link
-from reconciler.ownership import FlannelOwnership
-from reconciler.tracker import Tracker
+from reconciler.daemon import Agent
+from tests.agent_harness import offline_agent, queue_listing
 from tests.model_kernel import ModelKernel
 
 ME = "198.18.0.1"
-
-
-class _Store:
-    prefix = PREFIX
-    subnets_prefix = PREFIX + "/subnets/"
-
-    def get_config(self):
-        return "{}"
 
 
 def converged_agent(n: int, tmp: str) -> tuple[Agent, ModelKernel, list[RawKV]]:
@@ -46,13 +35,8 @@ def converged_agent(n: int, tmp: str) -> tuple[Agent, ModelKernel, list[RawKV]]:
     k.add_link(Link("eth0", "veth", 1500, "02:00:00:00:ee:01", True))
     k.add_address("eth0", f"{ME}/15")
     node = NodeParams(public_ip=ME, underlay_mtu=1500, underlay="eth0")
-    agent = Agent(_Store(), k, AgentOptions(subnet_file=f"{tmp}/subnet.env"))
-    agent.config, agent.node = config, node
-    agent.index = LeaseIndex(config, PREFIX)
-    agent.desired = DesiredIndex(config, node)
-    agent.tracker = Tracker(FlannelOwnership(config))
-    agent._lease_q.append(("list", kvs[1:], 0.0))
-    agent._listed = True
+    agent = offline_agent(k, config, node, f"{tmp}/subnet.env")
+    queue_listing(agent, kvs[1:])
     agent.cycle({"relist"})
     agent.cycle({"resync"})
     return agent, k, kvs

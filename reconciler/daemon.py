@@ -220,11 +220,8 @@ class Agent(RuleSync):
                                public_ipv6=public_ipv6, route_layout=self.opts.route_layout)
         log.info("underlay %s (%s), mtu %d; bridge %s", underlay.name, underlay.address, underlay.mtu,
                  self.opts.bridge or "left to the CNI plugin (--no-bridge)")
-        self._on_link = on_link_predicate(underlay.prefixes + underlay.prefixes6)
         self._netns_inode = _netns_inode(self.opts.netns)
-        self.index = LeaseIndex(self.config, self.store.prefix)
-        self.desired = DesiredIndex(self.config, self.node, self._on_link)
-        self.tracker = Tracker(FlannelOwnership(self.config, self.node.bridge))
+        self.prepare(self.config, self.node, on_link_predicate(underlay.prefixes + underlay.prefixes6))
 
         def acquire():
             snap = self.store.snapshot()
@@ -250,6 +247,16 @@ class Agent(RuleSync):
         ifaces = (iface,) if isinstance(iface, str) else tuple(iface or ())
         return UnderlaySpec(ifaces=ifaces, regexes=tuple(self.opts.iface_regex),
                             can_reach=self.opts.iface_can_reach, public_ip=self.opts.public_ip)
+
+    def prepare(self, config: NetworkConfig, node: NodeParams, on_link: Callable[[str], bool] | None = None) -> None:
+        """The reconcile state for ``config`` and this node: an empty lease index, desired state
+        and believed kernel view.  ``start`` calls it once it knows both; the tests and the
+        per-event benchmark call it to drive cycles without etcd."""
+        self.config, self.node = config, node
+        self._on_link = on_link or (lambda _ip: False)
+        self.index = LeaseIndex(config, self.store.prefix)
+        self.desired = DesiredIndex(config, node, self._on_link)
+        self.tracker = Tracker(FlannelOwnership(config, node.bridge))
 
     def _retry_etcd(self, what: str, fn, stop: threading.Event):
         """Start-up steps wait for etcd like flanneld does, with a capped backoff,

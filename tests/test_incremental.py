@@ -23,18 +23,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reconciler.config import parse_network_config
-from reconciler.daemon import Agent, AgentOptions
 from reconciler.desired import NodeParams, desired_state
-from reconciler.desired_index import DesiredIndex
 from reconciler.etcd import WatchEvent
-from reconciler.lease_index import LeaseIndex
 from reconciler.leases import RawKV, validate_leases
 from reconciler.model import Fdb, KernelState, Link, Neigh, Route, attr_diff
 from reconciler.ownership import FlannelOwnership
 from reconciler.plan import make_plan
 from reconciler.reconcile import dump_live
-from reconciler.tracker import Tracker
-from tests.model_kernel import ModelKernel
+from reconciler.netlink.kernel_events import KernelEvent
+from tests.agent_harness import offline_agent, queue_listing
+from tests.model_kernel import ModelKernel, events_between
 from tests.strategies import PREFIX, lease_value
 
 EXAMPLES = int(os.environ.get("PROPERTY_EXAMPLES", "200"))
@@ -44,40 +42,11 @@ OWN_KEY = f"{PREFIX}/subnets/100.64.1.0-24"
 MACS = ["02:00:00:00:00:0a", "02:00:00:00:00:0b", "02:00:00:00:00:0c", "02:00:00:00:00:0d"]
 
 
-class _Store:
-    prefix = PREFIX
-    subnets_prefix = PREFIX + "/subnets/"
-
-    def get_config(self):
-        return "{}"
-
-
-class _Event:
-    __slots__ = ("op", "obj")
-
-    def __init__(self, op, obj):
-        self.op, self.obj = op, obj
-
-
 def _kernel() -> ModelKernel:
     k = ModelKernel()
     k.add_link(Link("eth0", "veth", 1500, "02:00:00:00:ee:01", True))
     k.add_address("eth0", f"{ME}/24")
     return k
-
-
-def _announce(before: KernelState, after: KernelState) -> list[_Event]:
-    """The notifications the kernel would send for the difference between two dumps."""
-    out = []
-    for obj in before:
-        now = after.get(obj.KIND, obj.key)
-        if now is None:
-            out.append(_Event("del", obj))
-    for obj in after:
-        was = before.get(obj.KIND, obj.key)
-        if was != obj:
-            out.append(_Event("set", obj))
-    return out
 
 
 class Harness:
@@ -86,12 +55,7 @@ class Harness:
     def __init__(self, kernel: ModelKernel, subnet_file: str) -> None:
         self.kernel = kernel
         self.node = NodeParams(public_ip=ME, underlay_mtu=1500, underlay="eth0")
-        self.agent = Agent(_Store(), kernel, AgentOptions(subnet_file=subnet_file))
-        a = self.agent
-        a.config, a.node, a._on_link = CONFIG, self.node, (lambda _ip: False)
-        a.index = LeaseIndex(CONFIG, PREFIX)
-        a.desired = DesiredIndex(CONFIG, self.node)
-        a.tracker = Tracker(FlannelOwnership(CONFIG, self.node.bridge))
+        self.agent = offline_agent(kernel, CONFIG, self.node, subnet_file)
         self.table: dict[str, RawKV] = {}
         self.rev = 0
         self.seen = self.dump()
@@ -111,8 +75,7 @@ class Harness:
         self.agent._lease_q.append(("event", WatchEvent(op, kv, self.rev), self.agent.clock()))
 
     def list_all(self) -> None:
-        self.agent._lease_q.append(("list", list(self.table.values()), self.agent.clock()))
-        self.agent._listed = True
+        queue_listing(self.agent, list(self.table.values()))
 
     def announce(self, silent: bool = False, quiet_v4_routes: bool = False) -> None:
         """Queue the notifications for whatever changed in the kernel since the last call.
@@ -120,13 +83,14 @@ class Harness:
         ``quiet_v4_routes``: like the real kernel when a device goes down or away, say
         nothing of the IPv4 routes that went with it (docs/incremental.md shows it)."""
         now = self.dump()
-        events = _announce(self.seen, now)
+        # The notifications for the difference between two dumps (the model kernel's own diff).
+        events = events_between(self.seen, now)
         if quiet_v4_routes:
             events = [e for e in events if not (e.op == "del" and e.obj.KIND == "route" and ":" not in e.obj.dst)]
             link = self.kernel.links.get("flannel.1")
             if link is not None and not any(e.obj.KIND == "link" for e in events):
-                events.append(_Event("set", replace(link.link, up=False)))   # the flap's two link events
-                events.append(_Event("set", link.link))
+                events.append(KernelEvent("set", replace(link.link, up=False)))   # the flap's two link events
+                events.append(KernelEvent("set", link.link))
         self.agent._kernel_q.append(None if silent else events)
         self.seen = now
 

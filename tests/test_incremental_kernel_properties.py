@@ -21,18 +21,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reconciler.config import parse_network_config
-from reconciler.daemon import Agent, AgentOptions
 from reconciler.desired import NodeParams, desired_state
-from reconciler.desired_index import DesiredIndex
 from reconciler.etcd import WatchEvent
-from reconciler.lease_index import LeaseIndex
 from reconciler.leases import RawKV, validate_leases
 from reconciler.model import KernelState, attr_diff
 from reconciler.netlink.batched import BatchedBackend
 from reconciler.ownership import FlannelOwnership
 from reconciler.plan import make_plan
 from reconciler.reconcile import dump_live, owned_devices
-from reconciler.tracker import Tracker
+from tests.agent_harness import offline_agent, queue_listing
 from tests.conftest_netns import require_root
 from tests.netns import run, underlay
 from tests.strategies import PREFIX, lease_value
@@ -44,14 +41,6 @@ CONFIG = parse_network_config('{"Network":"100.64.0.0/16","SubnetLen":24,"Backen
 ME = "198.18.0.1"
 OWN = f"{PREFIX}/subnets/100.64.1.0-24"
 MACS = ["0a:58:64:40:00:0a", "0a:58:64:40:00:0b", "0a:58:64:40:00:0c"]
-
-
-class _Store:
-    prefix = PREFIX
-    subnets_prefix = PREFIX + "/subnets/"
-
-    def get_config(self):
-        return "{}"
 
 
 def _peer(sid: int, mac: str) -> tuple[str, str]:
@@ -89,11 +78,7 @@ def test_incremental_equals_full_recomputation_on_the_real_kernel(seq):
     with underlay(1) as net, tempfile.TemporaryDirectory() as tmp, BatchedBackend(net.nodes[0].ns) as backend:
         ns = net.nodes[0].ns
         node = NodeParams(public_ip=ME, underlay_mtu=1500, underlay="eth0")
-        agent = Agent(_Store(), backend, AgentOptions(subnet_file=os.path.join(tmp, "subnet.env")))
-        agent.config, agent.node = CONFIG, node
-        agent.index = LeaseIndex(CONFIG, PREFIX)
-        agent.desired = DesiredIndex(CONFIG, node)
-        agent.tracker = Tracker(FlannelOwnership(CONFIG))
+        agent = offline_agent(backend, CONFIG, node, os.path.join(tmp, "subnet.env"))
         stop, ready = threading.Event(), threading.Event()
         watcher = threading.Thread(target=backend.watch_kernel, daemon=True, args=(
             set(owned_devices(CONFIG)), ["100.64.0.0/16"], agent._kernel_q.append, stop, ready))
@@ -114,8 +99,7 @@ def test_incremental_equals_full_recomputation_on_the_real_kernel(seq):
                 agent._lease_q.append(("event", WatchEvent(op, kv, rev), 0.0))
 
             table[OWN] = RawKV(OWN, lease_value(ME, "0a:58:64:40:00:01", 1), 7001, 0)
-            agent._lease_q.append(("list", list(table.values()), 0.0))
-            agent._listed = True
+            queue_listing(agent, list(table.values()))
             agent.cycle({"relist"})
             for step in seq:
                 if step[0] == "put":

@@ -1,0 +1,37 @@
+"""An Agent whose cycles are driven by hand, without etcd: for the incremental tests and benchmark.
+
+``offline_agent`` gives an agent with its reconcile state prepared (``Agent.prepare``);
+the caller queues lease events and kernel notifications as the watch and the netlink
+monitor would (``agent._lease_q``, ``agent._kernel_q``) and calls ``agent.cycle``.
+"""
+from __future__ import annotations
+
+from reconciler.config import NetworkConfig
+from reconciler.daemon import Agent, AgentOptions
+from reconciler.desired import NodeParams
+from reconciler.leases import RawKV
+
+PREFIX = "/coreos.com/network"
+
+
+class OfflineStore:
+    """The little of ``EtcdStore`` a cycle touches: the prefix, and a config read that succeeds
+    (the fail-static probe before a deletion)."""
+
+    prefix = PREFIX
+    subnets_prefix = PREFIX + "/subnets/"
+
+    def get_config(self) -> str:
+        return "{}"
+
+
+def offline_agent(backend, config: NetworkConfig, node: NodeParams, subnet_file: str) -> Agent:
+    agent = Agent(OfflineStore(), backend, AgentOptions(subnet_file=subnet_file))
+    agent.prepare(config, node)
+    return agent
+
+
+def queue_listing(agent: Agent, kvs: list[RawKV], revision: int = 0) -> None:
+    """A complete lease listing, as the watch thread queues it after start-up or a compaction."""
+    agent._lease_q.append(("list", list(kvs), 0.0, revision))
+    agent._listed = True
