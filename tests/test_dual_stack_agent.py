@@ -16,6 +16,7 @@ from reconciler.daemon import Agent, AgentOptions
 from reconciler.errors import ConfigError
 from reconciler.model import Link, Route
 from tests.model_kernel import ModelKernel
+from tests.test_daemon import start_agent, wait_for  # noqa: F401 (a fixture): the same agent harness
 
 CONFIG = ('{"Network":"100.64.0.0/16","SubnetLen":24,"SubnetMin":"100.64.100.0",'
           '"EnableIPv6":true,"IPv6Network":"fd00:100:64::/48","IPv6SubnetMin":"fd00:100:64:100::",'
@@ -25,44 +26,6 @@ PEER = ('{"PublicIP":"198.18.0.2","PublicIPv6":"fd00:198:18::2","BackendType":"v
         '"BackendData":{"VNI":1,"VtepMAC":"0a:58:64:40:02:00"},"BackendV6Data":{"VNI":1,"VtepMAC":"0a:58:64:60:02:00"}}')
 PEER_KEY = "100.64.2.0-24&fd00:100:64:2::-64"
 DEV6 = "flannel-v6.1"
-
-
-def wait_for(pred, timeout=15.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-class Running:
-    """An agent on its own thread; stopped (and joined) by the test's cleanup."""
-
-    def __init__(self, store, kernel, tmp_path, **opts):
-        self.stop = threading.Event()
-        self.agent = Agent(store, kernel, AgentOptions(iface="eth0", subnet_file=str(tmp_path / "subnet.env"),
-                                                       resync_interval=0.3, coalesce=0.01, **opts))
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self):
-        try:
-            self.agent.run(self.stop)
-        except BaseException as exc:  # surfaced by close()
-            self.error = exc
-
-    def ready(self, timeout=15.0):
-        wait_for(lambda: self.agent.state.ready or self.error, timeout, "agent ready")
-        assert self.error is None, self.error
-
-    def close(self):
-        self.stop.set()
-        self.thread.join(timeout=10)
-        assert not self.thread.is_alive(), "agent did not stop"
-        assert self.error is None, self.error
 
 
 def node_kernel() -> ModelKernel:
@@ -75,20 +38,6 @@ def node_kernel() -> ModelKernel:
 
 def v6_routes(kernel: ModelKernel) -> dict[str, Route]:
     return {r.dst: r for r in kernel.dump([DEV6]).of("route").values() if r.dev == DEV6}
-
-
-@pytest.fixture
-def start_agent(tmp_path):
-    running = []
-
-    def start(store, kernel, **opts):
-        r = Running(store, kernel, tmp_path, **opts)
-        running.append(r)
-        return r
-
-    yield start
-    for r in running:
-        r.close()
 
 
 def test_dual_stack_agent_with_public_ipv6(etcd_store, start_agent, tmp_path):
