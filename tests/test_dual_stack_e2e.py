@@ -15,7 +15,6 @@ never pick (they choose among the first 100 free subnets).
 from __future__ import annotations
 
 import json
-import time
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from reconciler.lab.netns import enable_ipv6
 from tests.conftest_etcd import require_etcd
 from tests.conftest_netns import require_root
 from tests.netns import bridge_json, ip_json, netns, run, underlay
+from tests.test_agent_e2e import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd, pytest.mark.slow]
 
@@ -42,18 +42,6 @@ def flanneld_value(ip: str, ip6: str, mac: str, mac6: str) -> str:
     """flanneld's dual-stack lease bytes (LeaseAttrs field order), spelled out rather than computed."""
     return ('{"PublicIP":"%s","PublicIPv6":"%s","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"%s"},'
             '"BackendV6Data":{"VNI":1,"VtepMAC":"%s"}}' % (ip, ip6, mac, mac6))
-
-
-def wait_for(pred, what: str, timeout: float = 20.0):
-    """Poll ``pred`` until truthy (bounded: never a wall-clock assertion, only a give-up point)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def link_mac(ns: str, dev: str) -> str | None:
