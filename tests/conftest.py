@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-pytest_plugins = ["tests.conftest_netns", "tests.conftest_etcd"]
+pytest_plugins = ["tests.conftest_netns", "tests.conftest_etcd", "tests.conftest_fastpath"]
 
 
 @pytest.fixture

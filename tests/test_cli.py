@@ -240,14 +240,9 @@ def test_version_says_pure_python_when_the_fast_path_is_off():
 
 
 def test_version_says_cython_when_the_fast_path_is_built():
-    import os
+    from tests.conftest_fastpath import require_fastpath
 
-    import _fastpath
-
-    if not _fastpath.AVAILABLE:
-        if os.environ.get("CI"):
-            pytest.fail("the _fastpath extension is not built (CI must build it)")
-        pytest.skip("the _fastpath extension is not built (python setup.py build_ext --inplace)")
+    require_fastpath()
     assert _version_of({}) == "flannel-reconciler 0.2.0 (netlink: batched, Cython fast path)\n"
     assert _version_of({"FLANNELD_NETLINK_BACKEND": "pyroute2"}) == "flannel-reconciler 0.2.0 (netlink: pyroute2)\n"
 

@@ -31,7 +31,6 @@ want at the same key (it goes with the address).
 from __future__ import annotations
 
 import ipaddress
-import os
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -45,6 +44,7 @@ from reconciler.model import Address, Fdb, Neigh, Route
 from reconciler.netlink.reference import PyrouteBackend
 from reconciler.ownership import FlannelOwnership
 from reconciler.reconcile import compute_cycle, dump_live
+from tests.conftest_fastpath import require_fastpath
 from tests.conftest_netns import require_root
 from tests.model_kernel import MAIN, ModelKernel
 from reconciler.lab.netns import enable_ipv6
@@ -246,12 +246,8 @@ def _open_backend(kind: str, ns: str):
 @pytest.fixture(scope="module", params=["pyroute2", "batched", "batched-cython"])
 def backend_kind(request) -> str:
     """Every backend is held to the same contract."""
-    import _fastpath
-
-    if request.param == "batched-cython" and not _fastpath.AVAILABLE:
-        if os.environ.get("CI"):
-            pytest.fail("the _fastpath extension is not built (CI builds it with pip install -e .)")
-        pytest.skip("the _fastpath extension is not built (python setup.py build_ext --inplace)")
+    if request.param == "batched-cython":
+        require_fastpath()
     return request.param
 
 

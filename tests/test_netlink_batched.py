@@ -58,15 +58,6 @@ pytestmark = pytest.mark.root
 CNI0 = Link("cni0", "bridge", mtu=1450, mac="0a:58:64:40:01:01", up=True)
 
 
-@pytest.fixture(params=[False, True], ids=["pure", "accelerated"])
-def accelerate(request) -> bool:
-    if request.param and not _fastpath.AVAILABLE:
-        if os.environ.get("CI"):
-            pytest.fail("the _fastpath extension is not built (CI must build it: python setup.py build_ext --inplace)")
-        pytest.skip("the _fastpath extension is not built (python setup.py build_ext --inplace)")
-    return request.param
-
-
 @pytest.fixture
 def node(underlay_factory):
     """Node 1 of a three-node underlay."""

@@ -20,11 +20,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import _fastpath
 from reconciler.model import KernelState, Link, Neigh, Route
 from reconciler.netlink import wire
 from reconciler.netlink.events import RTM_DELLINK, RTM_NEWLINK, link_names
 from reconciler.netlink.kernel_events import EventTracker, KernelEvent
+from tests.conftest_fastpath import require_fastpath
 from tests.model_kernel import ModelKernel, events_between, replay
 
 
@@ -123,20 +123,6 @@ def _tracker(accelerate: bool = False, state: KernelState | None = None) -> Even
              wire.decode_links(_link(Link("other0", "bridge", 1500, "02:00:00:00:b0:02", True), OTHER))[0]]
     t.seed(state if state is not None else KernelState([VXLAN, PEER_ROUTE, PEER_NEIGH]), links)
     return t
-
-
-def _needs_fastpath() -> None:
-    if not _fastpath.AVAILABLE:
-        if os.environ.get("CI"):
-            pytest.fail("the _fastpath extension is not built (CI must build it)")
-        pytest.skip("the _fastpath extension is not built (python setup.py build_ext --inplace)")
-
-
-@pytest.fixture(params=[False, True], ids=["pure", "accelerated"])
-def accelerate(request) -> bool:
-    if request.param:
-        _needs_fastpath()
-    return request.param
 
 
 def test_tracker_reports_our_objects_with_dump_values(accelerate):
@@ -539,7 +525,7 @@ def test_pure_and_compiled_decoders_give_identical_events(netns):
     from reconciler.netlink.events import watch_kernel
     from tests.netns import run
 
-    _needs_fastpath()
+    require_fastpath()
     _node(netns)
     path = netns_path(netns)
     watches = [_Watch(lambda cb, stop, ready, a=a: watch_kernel(path, DEVICES, NETWORKS, cb, stop, ready,

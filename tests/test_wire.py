@@ -28,6 +28,7 @@ import _fastpath
 from reconciler.model import RTPROT_RECONCILER, Address, Fdb, Link, Neigh, Route
 from reconciler.netlink import reference, wire
 from reconciler.netlink.pyroute_msgs import rtnl_marshal
+from tests.conftest_fastpath import require_fastpath
 from reconciler.netlink.reference import PyrouteBackend
 
 SETTINGS = settings(max_examples=int(os.environ.get("WIRE_EXAMPLES", "200")), deadline=None,
@@ -36,17 +37,10 @@ NAMES = {1: "lo", 2: "eth0", 3: "flannel.1", 4: "cni0"}
 INDEX = {v: k for k, v in NAMES.items()}
 
 
-def _needs_fastpath() -> None:
-    if not _fastpath.AVAILABLE:
-        if os.environ.get("CI"):
-            pytest.fail("the _fastpath extension is not built (CI must build it)")
-        pytest.skip("the _fastpath extension is not built (python setup.py build_ext --inplace)")
-
-
 @pytest.fixture(params=[False, True], ids=["pure", "accelerated"])
 def decoders(request) -> dict:
     if request.param:
-        _needs_fastpath()
+        require_fastpath()
         return _fastpath.DECODERS
     return wire.DECODERS
 
@@ -550,7 +544,7 @@ def _both(kind: str, buf: bytes, *ctx):
 @given(msgs=st.lists(random_route() | random_entry(), max_size=8), cut=st.integers(0, 4000),
        junk=st.binary(max_size=64), flips=st.lists(st.tuples(st.integers(0, 4000), octet), max_size=6))
 def test_truncated_and_garbled_dumps_decode_the_same_or_fail_the_same(msgs, cut, junk, flips):
-    _needs_fastpath()
+    require_fastpath()
     buf = bytearray(b"".join(msgs) + DONE)
     for pos, value in flips:
         if buf:
@@ -566,7 +560,7 @@ def test_truncated_and_garbled_dumps_decode_the_same_or_fail_the_same(msgs, cut,
 @SETTINGS
 @given(buf=st.binary(max_size=512))
 def test_pure_garbage_decodes_the_same_or_fails_the_same(buf):
-    _needs_fastpath()
+    require_fastpath()
     for kind, ctx in (("route", (NAMES, OURS, NETS)), ("neigh", (3, "x")), ("fdb", (3, "x")), ("acks", ()),
                       ("scan", ())):
         _both(kind, buf, *ctx)
@@ -658,7 +652,7 @@ def test_batches_are_the_single_messages_in_chunks(ops, seq0, chunk_bytes):
 @given(ops=st.lists(valid_ops(), max_size=40), seq0=st.integers(1, 2 ** 32 - 41),
        chunk_bytes=st.integers(0, 4096))
 def test_compiled_batches_are_the_pure_bytes(ops, seq0, chunk_bytes):
-    _needs_fastpath()
+    require_fastpath()
     assert _fastpath.encode_batch(ops, seq0, chunk_bytes) == wire.encode_batch(ops, seq0, chunk_bytes)
 
 
@@ -695,7 +689,7 @@ def odd_ops(draw):
        chunk_bytes=st.sampled_from([0, 64, 32 * 1024]))
 def test_malformed_ops_fail_the_same_in_both_encoders(ops, seq0, chunk_bytes):
     """Same chunks for the good ops, and for each bad one the same position, error class and words."""
-    _needs_fastpath()
+    require_fastpath()
     assert _outcome(_fastpath.encode_batch, ops, seq0, chunk_bytes) == _outcome(wire.encode_batch, ops, seq0,
                                                                                  chunk_bytes)
 
@@ -707,7 +701,7 @@ BASE_OPS = [("route", False, "100.64.2.0/24", "100.64.2.0", True, 100, 3), ("nei
 
 def test_every_odd_value_in_every_field_fails_or_passes_the_same():
     """Exhaustive over the edge spellings and numbers: each one in each field of each kind, create and delete."""
-    _needs_fastpath()
+    require_fastpath()
     ops = []
     for base in BASE_OPS:
         for delete in (False, True):
@@ -726,7 +720,7 @@ def test_every_odd_value_in_every_field_fails_or_passes_the_same():
 @pytest.mark.parametrize("encode", ["pure", "compiled"])
 def test_a_bad_op_is_reported_and_the_others_go_on(encode):
     if encode == "compiled":
-        _needs_fastpath()
+        require_fastpath()
     batch = wire.encode_batch if encode == "pure" else _fastpath.encode_batch
     ops = [("neigh", False, "100.64.2.0", "0a:58:64:40:02:00", 3),
            ("route", False, "100.64.4.1/24", None, False, 0, 3),
