@@ -20,6 +20,7 @@ from reconciler.rules import IptablesBackend, NftablesBackend, RuleFlags, RuleRe
 from tests.conftest_netns import require_root
 from tests.fixtures import config, host1, lease, mac1, subnet1
 from tests.netns import netns, run
+from tests.test_rules import V4_FORWARD, V4_MASQ
 
 pytestmark = [pytest.mark.root]
 
@@ -30,22 +31,8 @@ MODES = [
     "nftables",
 ]
 
-FWD = [
-    '-A FORWARD -m comment --comment "flanneld forward" -j FLANNEL-FWD',
-    '-A FLANNEL-FWD -s 100.64.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT',
-    '-A FLANNEL-FWD -d 100.64.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT',
-]
-MASQ = [
-    '-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG',
-    '-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN',
-    '-A FLANNEL-POSTRTG -s 100.64.1.0/24 -d 100.64.0.0/16 -m comment --comment "flanneld masq" -j RETURN',
-    '-A FLANNEL-POSTRTG -s 100.64.0.0/16 -d 100.64.1.0/24 -m comment --comment "flanneld masq" -j RETURN',
-    '-A FLANNEL-POSTRTG ! -s 100.64.0.0/16 -d 100.64.1.0/24 -m comment --comment "flanneld masq" -j RETURN',
-    '-A FLANNEL-POSTRTG -s 100.64.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "flanneld masq" '
-    '-j MASQUERADE --random-fully',
-    '-A FLANNEL-POSTRTG ! -s 100.64.0.0/16 -d 100.64.0.0/16 -m comment --comment "flanneld masq" '
-    '-j MASQUERADE --random-fully',
-]
+# flanneld's rules in iptables-save words, as test_rules spells them out from flannel's source.
+FWD, MASQ = V4_FORWARD, V4_MASQ
 NFT_TABLE = """table ip flannel-ipv4 {
 	comment "rules for flannel-ipv4"
 	chain forward {
