@@ -61,12 +61,7 @@ def describe(obj: KernelObject) -> str:
         s = f"route {obj.dst}"
         if obj.nhid:
             s += f" nhid {obj.nhid}"
-        if obj.gateway is not None:
-            s += f" via {obj.gateway}"
-        if obj.dev is not None:
-            s += f" dev {obj.dev}"
-        if obj.onlink:
-            s += " onlink"
+        s += _next_hop(obj)
         if obj.metric not in (0, 1024):
             s += f" metric {obj.metric}"
         return s
@@ -77,15 +72,20 @@ def describe(obj: KernelObject) -> str:
     if getattr(obj, "KIND", None) == "rule":  # packet filter rules describe themselves (reconciler/rules)
         return obj.describe()
     if isinstance(obj, Nexthop):
-        s = f"nexthop id {obj.id}"
-        if obj.gateway is not None:
-            s += f" via {obj.gateway}"
-        if obj.dev is not None:
-            s += f" dev {obj.dev}"
-        if obj.onlink:
-            s += " onlink"
-        return s
+        return f"nexthop id {obj.id}{_next_hop(obj)}"
     return repr(obj)
+
+
+def _next_hop(obj) -> str:
+    """`` via GW dev DEV onlink``, each part only when set: a route's or a nexthop object's."""
+    s = ""
+    if obj.gateway is not None:
+        s += f" via {obj.gateway}"
+    if obj.dev is not None:
+        s += f" dev {obj.dev}"
+    if obj.onlink:
+        s += " onlink"
+    return s
 
 
 def _change_line(c: Change) -> str:

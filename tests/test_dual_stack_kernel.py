@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.cli import main
 from tests.netns import bridge_json, ip_json, run
+from tests.test_kernel_e2e import cli
 
 pytestmark = pytest.mark.root
 
@@ -48,13 +48,6 @@ def write_leases(path: Path, nodes=(1, 2, 3), v6_macs: dict[int, str] | None = N
                     "value": flanneld_value(n, (v6_macs or {}).get(n)), "lease": 7587880000000000 + n})
     path.write_text(json.dumps({"prefix": PREFIX, "revision": 12, "kvs": kvs}, indent=2))
     return str(path)
-
-
-def cli(capsys, *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    rc = main(list(argv))
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def args(leases: str, ns: str, *more: str) -> list[str]:

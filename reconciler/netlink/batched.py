@@ -135,6 +135,19 @@ def _oserrno(exc: OSError) -> int:
 
 
 
+def _unencodable(change: Change, exc: Exception) -> OpResult:
+    """The result of a change that could not be put into a batch: its device is missing (done, for
+    a delete), the link dump behind the name cache failed, or a field is malformed."""
+    if isinstance(exc, _NoDevice):
+        if change.op == "delete":
+            return OpResult(change, ok=True, message="already gone")
+        return OpResult(change, ok=False, errno=E.ENODEV,
+                        message=f"{describe(change)}: Cannot find device \"{exc.name}\" (ENODEV)")
+    if isinstance(exc, NetlinkError):
+        return OpResult(change, ok=False, errno=exc.errno, message=f"{describe(change)}: {exc}")
+    return OpResult(change, ok=False, errno=E.EINVAL, message=f"{describe(change)}: {exc} (EINVAL)")
+
+
 def _nexthop_layout(change: Change) -> bool:
     """A nexthop object, or a route through one: encoded by ``BatchedBackend._encode_raw``."""
     return change.kind == "nexthop" or (change.kind == "route" and bool(getattr(change.obj, "nhid", 0)))
@@ -370,16 +383,8 @@ class BatchedBackend(UnderlayLookup):
             change = changes[i]
             try:
                 msgs.append((k, self._encode_raw(change, seq0 + k)))
-            except _NoDevice as exc:
-                if change.op == "delete":
-                    results[i] = OpResult(change, ok=True, message="already gone")
-                else:
-                    results[i] = OpResult(change, ok=False, errno=E.ENODEV,
-                                          message=f"{describe(change)}: Cannot find device \"{exc.name}\" (ENODEV)")
-            except NetlinkError as exc:
-                results[i] = OpResult(change, ok=False, errno=exc.errno, message=f"{describe(change)}: {exc}")
-            except (ValueError, TypeError, AttributeError, struct.error, OSError) as exc:
-                results[i] = OpResult(change, ok=False, errno=E.EINVAL, message=f"{describe(change)}: {exc} (EINVAL)")
+            except (_NoDevice, NetlinkError, ValueError, TypeError, AttributeError, struct.error, OSError) as exc:
+                results[i] = _unencodable(change, exc)
         chunks: list[tuple[bytes, list[int]]] = []
         start = 0
         while start < len(msgs):
@@ -446,18 +451,8 @@ class BatchedBackend(UnderlayLookup):
             change = changes[i]
             try:
                 ops.append(self._encode(change))
-            except _NoDevice as exc:
-                if change.op == "delete":
-                    results[i] = OpResult(change, ok=True, message="already gone")
-                else:
-                    results[i] = OpResult(change, ok=False, errno=E.ENODEV,
-                                          message=f"{describe(change)}: Cannot find device \"{exc.name}\" (ENODEV)")
-                continue
-            except NetlinkError as exc:     # the link dump behind the name cache failed
-                results[i] = OpResult(change, ok=False, errno=exc.errno, message=f"{describe(change)}: {exc}")
-                continue
-            except (ValueError, TypeError, struct.error, OSError) as exc:   # an unknown kind
-                results[i] = OpResult(change, ok=False, errno=E.EINVAL, message=f"{describe(change)}: {exc} (EINVAL)")
+            except (_NoDevice, NetlinkError, ValueError, TypeError, struct.error, OSError) as exc:  # unknown kind
+                results[i] = _unencodable(change, exc)
                 continue
             where.append(i)
         if not ops:
