@@ -194,6 +194,7 @@ class Agent(RuleSync):
         self._pin_changes: set[str] = set()
         self._folded_revision = 0     # the last etcd revision folded into the index
         self._config_warned: str | None = None
+        self._no_own_lease = False
         self._netns_inode: int | None = None
         self._retry_at: float | None = None
         self._retry_delay = opts.retry_min
@@ -623,11 +624,15 @@ class Agent(RuleSync):
         if self.desired.own is None:
             # Checked on the next wake-up (our key's watch event, or the resync
             # timer): never a tight loop while etcd is away.
-            log.warning("no valid lease has PublicIP %s: re-acquiring, kernel left as it is", self.node.public_ip)
+            if not self._no_own_lease:   # said once per absence, not once per lease event meanwhile
+                log.warning("no valid lease has PublicIP %s: re-acquiring, kernel left as it is",
+                            self.node.public_ip)
+                self._no_own_lease = True
             self.state.check_own_lease = True
             self.metrics.inc("flannel_reconciler_cycles_total", trigger=tr, outcome="no-lease")
             return None
 
+        self._no_own_lease = False
         dumped = False
         full = "resync" in triggers or self.tracker.needs_dump
         if full:

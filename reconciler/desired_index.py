@@ -78,6 +78,9 @@ class DesiredIndex:
             return set()
         dirty: set[ObjKey] = set()
         new_keys = {(o.KIND, o.key) for o in objs}
+        # ``_holder`` says which lease an object key belongs to: while our lease moves from one
+        # key to another, both hold our devices for a moment, and the old one's removal must not
+        # take away what the new one just set.
         for o in old:
             ok = (o.KIND, o.key)
             if ok not in new_keys and self._holder.get(ok) == lease_key:

@@ -76,11 +76,6 @@ class LeaseIndex:
     def status(self, etcd_key: str) -> Status | None:
         return self.valid.get(etcd_key) or self.skipped.get(etcd_key)
 
-    def by_public_ip(self, ip: str) -> Lease | None:
-        """The valid lease carrying PublicIP ``ip`` (conflict rules make it unique)."""
-        key = self._by_public_ip.get(ip)
-        return self.valid.get(key) if key is not None else None
-
     def key_of_public_ip(self, ip: str) -> str | None:
         """The etcd key of the valid lease carrying PublicIP ``ip``."""
         return self._by_public_ip.get(ip)

@@ -47,7 +47,7 @@ def _check(index: LeaseIndex, table: dict[str, RawKV], config) -> None:
     assert index.leases() == leases
     assert index.skips() == skipped
     for lease in leases:
-        assert index.by_public_ip(lease.public_ip) == lease
+        assert index.valid[index.key_of_public_ip(lease.public_ip)] == lease
 
 
 @settings(max_examples=EXAMPLES, deadline=None)
