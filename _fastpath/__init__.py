@@ -2,7 +2,7 @@
 
 Nobody imports a ``.pyx`` module directly: callers check ``AVAILABLE`` and
 use the entry points re-exported here, and the pure-Python path
-(``reconciler.netlink.wire``) must give identical results (``tests/test_wire.py``
+(``reconciler.kernel.netlink.wire``) must give identical results (``tests/test_wire.py``
 holds the two against each other, value for value and byte for byte, on
 random and broken input).
 

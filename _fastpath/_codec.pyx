@@ -1,20 +1,20 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Compiled versions of the hot decoders of ``reconciler.netlink.wire``.
+"""Compiled versions of the hot decoders of ``reconciler.kernel.netlink.wire``.
 
 Each function here is a line-by-line port of the pure one of the same name
 and must give *identical* results, exceptions included (``DecodeError`` on
 broken framing, a skipped message on a broken message): the pure module is
 the specification, ``tests/test_wire.py`` the proof.  Only the byte walking
 and the text formatting (dotted quads, MACs) run in C; the values are the
-same ``reconciler.model`` objects.  IPv6 text and the ``ours``/``names``
+same ``reconciler.core.model`` objects.  IPv6 text and the ``ours``/``names``
 lookups call back into Python, exactly as the pure code does.
 """
 from libc.stdint cimport int32_t, uint16_t, uint32_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
-from reconciler.model import Fdb, Neigh, Route
-from reconciler.netlink import wire
+from reconciler.core.model import Fdb, Neigh, Route
+from reconciler.kernel.netlink import wire
 
 cdef object DecodeError = wire.DecodeError
 cdef object ip_text = wire.ip_text

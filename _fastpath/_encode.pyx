@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Compiled twin of the batch encoder of ``reconciler.netlink.wire``: ``encode_batch`` and ``match_acks``.
+"""Compiled twin of the batch encoder of ``reconciler.kernel.netlink.wire``: ``encode_batch`` and ``match_acks``.
 
 The pure functions of the same names are the specification; this module
 must give *identical* bytes and *identical* errors (``tests/test_wire.py``
@@ -28,7 +28,7 @@ from libc.stdint cimport int32_t, uint16_t, uint32_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memset
 
-from reconciler.netlink import wire
+from reconciler.kernel.netlink import wire
 
 from ._codec import decode_acks
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 import time
 
 from benchmarks.conftest import PREFIX, cluster_kvs
-from reconciler.config import parse_network_config
-from reconciler.desired import NodeParams, desired_state
-from reconciler.leases import validate_leases
-from reconciler.model import KernelState
-from reconciler.plan import make_plan
-from reconciler.reconcile import compute_cycle
+from reconciler.core.config import parse_network_config
+from reconciler.core.desired import NodeParams, desired_state
+from reconciler.core.leases import validate_leases
+from reconciler.core.model import KernelState
+from reconciler.core.plan import make_plan
+from reconciler.core.reconcile import compute_cycle
 
 NODE = NodeParams(public_ip="198.18.0.1", underlay="eth0")
 

@@ -16,12 +16,12 @@ import time
 import pytest
 
 from benchmarks.conftest import cluster_kvs
-from reconciler.config import parse_network_config
-from reconciler.desired import NodeParams
-from reconciler.etcd import WatchEvent
-from reconciler.leases import RawKV, encode_lease_value
-from reconciler.model import Link
-from reconciler.daemon import Agent
+from reconciler.core.config import parse_network_config
+from reconciler.core.desired import NodeParams
+from reconciler.etcd.store import WatchEvent
+from reconciler.core.leases import RawKV, encode_lease_value
+from reconciler.core.model import Link
+from reconciler.agent.daemon import Agent
 from tests.agent_harness import offline_agent, queue_listing
 from tests.model_kernel import ModelKernel
 

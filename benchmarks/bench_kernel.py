@@ -42,11 +42,11 @@ import time
 import pytest
 
 import _fastpath
-from reconciler.lab.netns import delete_netns, run, unique_name
-from reconciler.model import RTPROT_RECONCILER, Fdb, Link, Neigh, Nexthop, Route
-from reconciler.netlink.batched import BatchedBackend
-from reconciler.netlink.reference import PyrouteBackend
-from reconciler.plan import Change
+from reconciler.tools.lab.netns import delete_netns, run, unique_name
+from reconciler.core.model import RTPROT_RECONCILER, Fdb, Link, Neigh, Nexthop, Route
+from reconciler.kernel.netlink.batched import BatchedBackend
+from reconciler.kernel.netlink.reference import PyrouteBackend
+from reconciler.core.plan import Change
 
 N = 5000
 DEVICES = ("flannel.1",)
@@ -169,8 +169,8 @@ def _ops() -> list[tuple]:
 @pytest.mark.parametrize("accelerate", [False, True], ids=["pure", "accelerated"])
 def test_encode_only(benchmark, accelerate):
     """The 15,000 requests of the cold install, encoded and chunked, no kernel: the encoder's share."""
-    from reconciler.netlink import wire
-    from reconciler.netlink.batched import CHUNK_BYTES
+    from reconciler.kernel.netlink import wire
+    from reconciler.kernel.netlink.batched import CHUNK_BYTES
 
     if accelerate and not _fastpath.AVAILABLE:
         pytest.skip("the _fastpath extension is not built")

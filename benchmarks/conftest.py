@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from reconciler.leases import RawKV, encode_lease_value
+from reconciler.core.leases import RawKV, encode_lease_value
 
 PREFIX = "/coreos.com/network"
 CONFIG = json.dumps({"Network": "100.64.0.0/10", "SubnetLen": 24, "Backend": {"Type": "vxlan"}})

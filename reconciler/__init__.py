@@ -4,14 +4,14 @@ The public surface of the pure core: values and the functions between them.
 The shell (``netlink``, ``etcd``, ``daemon``, ``cli``) is imported from its
 own modules so that importing the core never loads pyroute2 or grpc.
 """
-from .config import NetworkConfig, parse_network_config
-from .desired import NodeParams, desired_state
-from .errors import ConfigError, EtcdError, LeaseError, NetlinkError, ReconcilerError
-from .leases import Lease, RawKV, Skipped, encode_lease_value, parse_lease, validate_leases
-from .model import Address, Fdb, KernelState, Link, Neigh, Route
-from .ownership import FlannelOwnership
-from .plan import Change, Conflict, OpResult, Plan, make_plan
-from .reconcile import Cycle, compute_cycle
+from reconciler.core.config import NetworkConfig, parse_network_config
+from reconciler.core.desired import NodeParams, desired_state
+from reconciler.core.errors import ConfigError, EtcdError, LeaseError, NetlinkError, ReconcilerError
+from reconciler.core.leases import Lease, RawKV, Skipped, encode_lease_value, parse_lease, validate_leases
+from reconciler.core.model import Address, Fdb, KernelState, Link, Neigh, Route
+from reconciler.core.ownership import FlannelOwnership
+from reconciler.core.plan import Change, Conflict, OpResult, Plan, make_plan
+from reconciler.core.reconcile import Cycle, compute_cycle
 
 __all__ = [
     "Address",
@@ -49,7 +49,7 @@ __all__ = [
 def __getattr__(name: str):
     # __version__ is computed on first use (reconciler/version.py), so importing the core stays cheap.
     if name == "__version__":
-        from .version import version
+        from reconciler.version import version
 
         return version()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,10 +6,10 @@ monitor would (``agent._lease_q``, ``agent._kernel_q``) and calls ``agent.cycle`
 """
 from __future__ import annotations
 
-from reconciler.config import NetworkConfig
-from reconciler.daemon import Agent, AgentOptions
-from reconciler.desired import NodeParams
-from reconciler.leases import RawKV
+from reconciler.core.config import NetworkConfig
+from reconciler.agent.daemon import Agent, AgentOptions
+from reconciler.core.desired import NodeParams
+from reconciler.core.leases import RawKV
 
 PREFIX = "/coreos.com/network"
 

@@ -60,7 +60,7 @@ def etcd_prefix(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def etcd_store(etcd_shared: EtcdServer, etcd_prefix: str):
-    from reconciler.etcd import EtcdStore
+    from reconciler.etcd.store import EtcdStore
 
     with EtcdStore([etcd_shared.endpoint], prefix=etcd_prefix, timeout=3.0) as store:
         yield store

@@ -1,8 +1,8 @@
 """The backend contract's assertions, shared by the model-kernel and real-kernel properties."""
 from __future__ import annotations
 
-from reconciler.model import KernelState, attr_diff
-from reconciler.reconcile import Cycle
+from reconciler.core.model import KernelState, attr_diff
+from reconciler.core.reconcile import Cycle
 
 
 def side_effects(cycle: Cycle) -> tuple[set[str], set[str]]:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network
 
-from reconciler.config import NetworkConfig
-from reconciler.leases import Lease
+from reconciler.core.config import NetworkConfig
+from reconciler.core.leases import Lease
 
 NETWORK = IPv4Network("100.64.0.0/16")
 

@@ -72,12 +72,12 @@ from dataclasses import dataclass, replace
 from contextlib import contextmanager
 from typing import Callable, Collection, Sequence
 
-from reconciler.errors import DumpInterrupted, NetlinkError
-from reconciler.model import KINDS, RTPROT_RECONCILER, Address, Fdb, KernelState, Link, Neigh, Nexthop, Route
-from reconciler.netlink import Underlay
-from reconciler.netlink.common import UnderlaySpec
-from reconciler.netlink.kernel_events import KernelEvent
-from reconciler.plan import Change, OpResult
+from reconciler.core.errors import DumpInterrupted, NetlinkError
+from reconciler.core.model import KINDS, RTPROT_RECONCILER, Address, Fdb, KernelState, Link, Neigh, Nexthop, Route
+from reconciler.kernel.netlink import Underlay
+from reconciler.kernel.netlink.common import UnderlaySpec
+from reconciler.kernel.netlink.kernel_events import KernelEvent
+from reconciler.core.plan import Change, OpResult
 
 RTPROT_BOOT = 3
 RTPROT_KERNEL = 2
@@ -246,7 +246,7 @@ class ModelKernel:
     def underlay_v6(self, underlay: Underlay, public_ipv6: str | None = None) -> Underlay:
         """Dual stack: the shared selection rule over this interface's IPv6 addresses
         (all permanent here: the model has no address lifetimes)."""
-        from reconciler.netlink.common import IFA_F_PERMANENT, underlay_v6_of
+        from reconciler.kernel.netlink.common import IFA_F_PERMANENT, underlay_v6_of
 
         if underlay.name not in self.links:
             raise NetlinkError(E.ENODEV, f"no underlay interface {underlay.name}")

@@ -1,9 +1,9 @@
-"""The namespace helpers, now in ``reconciler.lab.netns`` (the demo uses them too).
+"""The namespace helpers, now in ``reconciler.tools.lab.netns`` (the demo uses them too).
 
 Re-exported here so the tests keep importing ``tests.netns``; the tests'
 names are ``frt-<pid>-<n>`` (``TEST_PREFIX``, the default).
 """
-from reconciler.lab.netns import (  # noqa: F401
+from reconciler.tools.lab.netns import (  # noqa: F401
     GATEWAY,
     TEST_PREFIX,
     CommandFailed,

@@ -13,9 +13,9 @@ from dataclasses import dataclass, replace
 
 from hypothesis import strategies as st
 
-from reconciler.leases import RawKV
-from reconciler.model import RTPROT_RECONCILER, Address, Fdb, KernelState, Link, Neigh, Nexthop, Route
-from reconciler.ownership import NEXTHOP_ID_BASE
+from reconciler.core.leases import RawKV
+from reconciler.core.model import RTPROT_RECONCILER, Address, Fdb, KernelState, Link, Neigh, Nexthop, Route
+from reconciler.core.ownership import NEXTHOP_ID_BASE
 from tests.model_kernel import MAIN, RTPROT_BOOT, ModelKernel
 
 PREFIX = "/coreos.com/network"

@@ -8,12 +8,12 @@ from ipaddress import IPv4Network
 
 import pytest
 
-from reconciler.acquire import (Acquired, AcquireError, LeaseKeeper, OutOfSubnets, acquire_lease,
+from reconciler.agent.acquire import (Acquired, AcquireError, LeaseKeeper, OutOfSubnets, acquire_lease,
                                 choose_subnet)
-from reconciler.config import parse_network_config
-from reconciler.errors import ConfigError, EtcdError
-from reconciler.etcd import EtcdStore
-from reconciler.leases import Lease, encode_lease_value, parse_lease, subnet_key
+from reconciler.core.config import parse_network_config
+from reconciler.core.errors import ConfigError, EtcdError
+from reconciler.etcd.store import EtcdStore
+from reconciler.core.leases import Lease, encode_lease_value, parse_lease, subnet_key
 
 CONFIG_JSON = '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}'
 CFG = parse_network_config(CONFIG_JSON)     # SubnetLen 24, SubnetMin 10.244.1.0, SubnetMax 10.244.255.0

@@ -1,7 +1,7 @@
 """The agent end to end: real etcd, real kernel, nodes as network namespaces, CNI pods.
 
 Each agent is the real program, ``python -m reconciler run --netns NODE``
-(``reconciler.demo.AgentProcess``), logging to a file, with /healthz,
+(``reconciler.tools.demo.AgentProcess``), logging to a file, with /healthz,
 /readyz and /metrics on a free port of 127.0.0.1.  What the agents did is
 read back with iproute2 (``ip -j``, ``bridge -j``) and, in etcd, with a
 client of the test's own; traffic is real pings between pods the CNI
@@ -30,9 +30,9 @@ from typing import Callable
 
 import pytest
 
-from reconciler.demo import AgentProcess, wait_all_ready
-from reconciler.etcd import EtcdStore
-from reconciler.lab.cni import cni_add, cni_del, flannel_delegate_config
+from reconciler.tools.demo import AgentProcess, wait_all_ready
+from reconciler.etcd.store import EtcdStore
+from reconciler.tools.lab.cni import cni_add, cni_del, flannel_delegate_config
 from tests.conftest_etcd import require_etcd
 from tests.conftest_netns import require_root
 from tests.netns import Node, bridge_json, ip_json, netns, run, underlay

@@ -8,13 +8,13 @@ import errno
 
 import pytest
 
-from reconciler.apply import apply_plan
-from reconciler.model import Fdb, Neigh, Route
-from reconciler.desired import NodeParams, desired_state
-from reconciler.model import Link
-from reconciler.ownership import FlannelOwnership
-from reconciler.plan import make_plan
-from reconciler.reconcile import dump_live
+from reconciler.kernel.apply import apply_plan
+from reconciler.core.model import Fdb, Neigh, Route
+from reconciler.core.desired import NodeParams, desired_state
+from reconciler.core.model import Link
+from reconciler.core.ownership import FlannelOwnership
+from reconciler.core.plan import make_plan
+from reconciler.core.reconcile import dump_live
 from tests.fixtures import config, host1, three_leases
 from tests.model_kernel import ModelKernel
 
@@ -83,7 +83,7 @@ def test_failed_device_creation_skips_everything_on_it():
 def test_delete_of_missing_object_counts_as_done():
     k = setup_kernel()
     cycle(k)
-    from reconciler.plan import Change
+    from reconciler.core.plan import Change
 
     res = k.apply([Change("delete", Route("100.64.99.0/24", "100.64.99.0", "flannel.1", True)),
                    Change("delete", Neigh("flannel.1", "100.64.99.0", "02:00:00:00:00:99")),

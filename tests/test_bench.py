@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.bench import parse_nodes
-from reconciler.bench.cluster import ADD_OFFSET, NETWORK, NODE_IP, layout, mac_for
-from reconciler.bench.monitor import decode
-from reconciler.bench.probe import Counters, parse_metrics
-from reconciler.bench.report import Figure, percentile, read_json, render_markdown, render_table, write_json
-from reconciler.bench.scenarios import bound_of, churn_plan, resync_durations
-from reconciler.leases import parse_lease
+from reconciler.tools.bench import parse_nodes
+from reconciler.tools.bench.cluster import ADD_OFFSET, NETWORK, NODE_IP, layout, mac_for
+from reconciler.tools.bench.monitor import decode
+from reconciler.tools.bench.probe import Counters, parse_metrics
+from reconciler.tools.bench.report import Figure, percentile, read_json, render_markdown, render_table, write_json
+from reconciler.tools.bench.scenarios import bound_of, churn_plan, resync_durations
+from reconciler.core.leases import parse_lease
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,8 +66,8 @@ def test_twenty_thousand_nodes_need_a_longer_subnet_len():
 @pytest.mark.parametrize("n", [1000, 20_000])
 def test_the_agent_would_take_every_lease(n):
     """The config and the leases pass the agent's own validation: nothing skipped, no conflict."""
-    from reconciler.config import parse_network_config
-    from reconciler.leases import RawKV, validate_leases
+    from reconciler.core.config import parse_network_config
+    from reconciler.core.leases import RawKV, validate_leases
 
     c = layout(n)
     kvs = [RawKV(f"/p/subnets/{r.key}", r.value(), lease=i + 1, mod_revision=i + 1) for i, r in enumerate(c.remotes)]
@@ -78,7 +78,7 @@ def test_the_agent_would_take_every_lease(n):
 def test_report_rejects_a_file_that_is_not_results(tmp_path):
     bad = tmp_path / "x.json"
     bad.write_text("[]")
-    proc = subprocess.run([sys.executable, "-m", "reconciler.bench.report", str(bad)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "reconciler.tools.bench.report", str(bad)], capture_output=True,
                           text=True, cwd=ROOT, timeout=60)
     assert proc.returncode == 1 and proc.stderr.startswith(f"error: {bad}: not a bench results file")
     assert "Traceback" not in proc.stderr

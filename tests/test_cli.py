@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.cli import EXAMPLE_SNAPSHOT, main
+from reconciler.cli.main import EXAMPLE_SNAPSHOT, main
 
 EXAMPLE = str(EXAMPLE_SNAPSHOT)
 
@@ -72,11 +72,11 @@ def test_plan_json_schema(capsys):
 
 def _live_file(tmp_path, capsys, public_ip="198.18.0.1") -> Path:
     """The example's desired state for a node, as a live-state file (a converged kernel)."""
-    from reconciler.leases import parse_snapshot
-    from reconciler.cli import config_from_snapshot
-    from reconciler.desired import NodeParams
-    from reconciler.reconcile import compute_cycle
-    from reconciler.model import KernelState
+    from reconciler.core.leases import parse_snapshot
+    from reconciler.cli.main import config_from_snapshot
+    from reconciler.core.desired import NodeParams
+    from reconciler.core.reconcile import compute_cycle
+    from reconciler.core.model import KernelState
 
     snap = parse_snapshot(Path(EXAMPLE).read_text())
     cycle = compute_cycle(config_from_snapshot(snap), snap.kvs, snap.prefix, NodeParams(public_ip=public_ip),
@@ -248,7 +248,7 @@ def test_version_says_cython_when_the_fast_path_is_built():
 
 
 def test_netlink_backend_defaults_to_batched():
-    from reconciler.cli import parse_args
+    from reconciler.cli.main import parse_args
 
     argv = ["plan", "--leases-file", EXAMPLE, "--offline", "--public-ip", "198.18.0.1"]
     assert parse_args(argv, environ={}).netlink_backend == "batched"

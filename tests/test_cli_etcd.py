@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from reconciler.cli import EXAMPLE_SNAPSHOT, main
-from reconciler.leases import parse_snapshot
+from reconciler.cli.main import EXAMPLE_SNAPSHOT, main
+from reconciler.core.leases import parse_snapshot
 
 
 def _load_example(store) -> None:

@@ -24,8 +24,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reconciler import agent_cli, cli, flags
-from reconciler.cli import EXAMPLE_SNAPSHOT
+from reconciler.cli import agent as agent_cli
+from reconciler.cli import flags
+from reconciler.cli import main as cli
+from reconciler.cli.main import EXAMPLE_SNAPSHOT
 
 EXAMPLE = str(EXAMPLE_SNAPSHOT)
 ROOT = Path(__file__).resolve().parent.parent

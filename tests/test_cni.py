@@ -1,7 +1,7 @@
 """Pods made by the real CNI bridge plugin, configured as flannel's CNI plugin would, on nodes the agent built.
 
 The delegate config comes from ``subnet.env`` exactly as flannel's CNI
-plugin builds it (``reconciler.lab.cni.flannel_delegate_config``); the
+plugin builds it (``reconciler.tools.lab.cni.flannel_delegate_config``); the
 plugin is Debian's ``/usr/lib/cni/bridge``, run inside the node namespace.
 ``subnet.env`` says ``FLANNEL_IPMASQ=true``, as on a kube-flannel node
 (``flanneld --ip-masq``), so the plugin adds no iptables rules of its own.
@@ -18,7 +18,7 @@ import ipaddress
 
 import pytest
 
-from reconciler.lab.cni import CniError, cni_add, cni_del, flannel_delegate_config, parse_subnet_env
+from reconciler.tools.lab.cni import CniError, cni_add, cni_del, flannel_delegate_config, parse_subnet_env
 from tests.netns import ip_json, netns, run
 from tests.test_kernel_e2e import cli, mac_of, node_args, write_snapshot
 

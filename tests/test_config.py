@@ -7,8 +7,8 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 
-from reconciler.config import DEFAULT_VXLAN_PORT, NetworkConfig, parse_network_config, require_vxlan
-from reconciler.errors import ConfigError
+from reconciler.core.config import DEFAULT_VXLAN_PORT, NetworkConfig, parse_network_config, require_vxlan
+from reconciler.core.errors import ConfigError
 
 FLANNEL_EXAMPLE = '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}'
 

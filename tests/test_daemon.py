@@ -13,9 +13,9 @@ import urllib.request
 
 import pytest
 
-from reconciler.daemon import Agent, AgentOptions
-from reconciler.leases import encode_lease_value
-from reconciler.model import Link, Route
+from reconciler.agent.daemon import Agent, AgentOptions
+from reconciler.core.leases import encode_lease_value
+from reconciler.core.model import Link, Route
 from tests.model_kernel import ModelKernel
 
 # The agent allocates its own subnet from 100.64.100.0 up, so it never collides with the
@@ -188,7 +188,7 @@ def test_own_key_deleted_is_reacquired_and_kernel_left_alone(etcd_store, start_a
 
 
 def test_fail_static_while_etcd_is_down(etcd_server, start_agent):
-    from reconciler.etcd import EtcdStore
+    from reconciler.etcd.store import EtcdStore
 
     with EtcdStore([etcd_server.endpoint], timeout=1.0) as store:
         store.put_config(CONFIG)
@@ -246,7 +246,7 @@ def test_health_ready_and_metrics_endpoints(etcd_store, start_agent):
 
 
 def test_agent_waits_for_etcd_at_start_instead_of_exiting(etcd_server, start_agent):
-    from reconciler.etcd import EtcdStore
+    from reconciler.etcd.store import EtcdStore
 
     with EtcdStore([etcd_server.endpoint], timeout=1.0) as store:
         store.put_config(CONFIG)
@@ -283,7 +283,7 @@ def test_one_peers_failing_entry_does_not_hold_back_readiness(etcd_store, start_
 def test_etcd_up_drops_during_an_outage_with_nothing_to_delete(etcd_server, start_agent):
     """Issue #11 item 4: a hung etcd (SIGSTOP) or a dead one turns etcd_up to 0 while it lasts,
     even when no deletion is pending (the watch's liveness probe reports it), and back to 1."""
-    from reconciler.etcd import EtcdStore
+    from reconciler.etcd.store import EtcdStore
 
     with EtcdStore([etcd_server.endpoint], timeout=1.0) as store:
         store.put_config(CONFIG)
@@ -382,7 +382,7 @@ def test_hostile_etcd_content_neither_floods_nor_forges_the_log(etcd_store, star
     line, no line carries the megabyte, and the skip metric keeps its fixed label set."""
     import logging
 
-    from reconciler.metrics import SKIP_REASONS
+    from reconciler.agent.metrics import SKIP_REASONS
 
     store = etcd_store
     store.put_config(CONFIG)

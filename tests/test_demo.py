@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import demo
-from reconciler.cli import main
-from reconciler.lab import cni as lab_cni
-from reconciler.lab.netns import DEMO_PREFIX
+from reconciler.tools import demo
+from reconciler.cli.main import main
+from reconciler.tools.lab import cni as lab_cni
+from reconciler.tools.lab.netns import DEMO_PREFIX
 from tests.conftest_etcd import require_etcd
 from tests.conftest_netns import require_root
 

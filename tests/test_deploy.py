@@ -102,7 +102,7 @@ def test_the_daemonset_runs_on_the_host_network_with_two_capabilities():
 
 
 def test_the_probes_ask_the_port_the_agent_serves_and_the_args_parse():
-    from reconciler.cli import parse_args
+    from reconciler.cli.main import parse_args
 
     c = _daemonset()["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value", "198.18.0.1") for e in c["env"]}

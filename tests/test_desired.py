@@ -3,8 +3,8 @@ from ipaddress import IPv6Network
 
 import pytest
 
-from reconciler.desired import NodeParams, NoOwnLease, desired_state
-from reconciler.model import Address, Fdb, Link, Neigh, Route
+from reconciler.core.desired import NodeParams, NoOwnLease, desired_state
+from reconciler.core.model import Address, Fdb, Link, Neigh, Route
 from tests.fixtures import config, host1, host2, host3, lease, mac1, mac2, mac3, subnet1, subnet2, three_leases
 
 
@@ -101,8 +101,8 @@ def test_scales_linearly_in_object_count():
 
 
 def test_underlay_mtu_precedence_and_refusal():
-    from reconciler.desired import underlay_mtu
-    from reconciler.errors import ReconcilerError
+    from reconciler.core.desired import underlay_mtu
+    from reconciler.core.errors import ReconcilerError
 
     assert underlay_mtu(None, None, None) == 1500
     assert underlay_mtu(None, None, ("eth0", 9001)) == 9001

@@ -11,15 +11,15 @@ from ipaddress import IPv4Network, IPv6Network
 
 import pytest
 
-from reconciler.acquire import LeaseKeeper, OutOfSubnets, acquire_lease, choose_subnet, lease_value
-from reconciler.config import parse_network_config, require_ipv4
-from reconciler.desired import NodeParams, desired_state, node_objects
-from reconciler.errors import ConfigError, NetlinkError
-from reconciler.leases import encode_lease_value, parse_lease, subnet_key, validate_leases, RawKV
-from reconciler.netlink import Underlay
-from reconciler.netlink.common import IFA_F_DEPRECATED, IFA_F_PERMANENT, IFA_F_TEMPORARY, IFA_F_TENTATIVE, \
+from reconciler.agent.acquire import LeaseKeeper, OutOfSubnets, acquire_lease, choose_subnet, lease_value
+from reconciler.core.config import parse_network_config, require_ipv4
+from reconciler.core.desired import NodeParams, desired_state, node_objects
+from reconciler.core.errors import ConfigError, NetlinkError
+from reconciler.core.leases import encode_lease_value, parse_lease, subnet_key, validate_leases, RawKV
+from reconciler.kernel.netlink import Underlay
+from reconciler.kernel.netlink.common import IFA_F_DEPRECATED, IFA_F_PERMANENT, IFA_F_TEMPORARY, IFA_F_TENTATIVE, \
     underlay_v6_of
-from reconciler.subnet_env import read_previous_ipv6_subnet, read_previous_subnet, render_subnet_env
+from reconciler.agent.subnet_env import read_previous_ipv6_subnet, read_previous_subnet, render_subnet_env
 
 DUAL_JSON = ('{"Network":"100.64.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:100:64::/48",'
              '"Backend":{"Type":"vxlan"}}')

@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from reconciler.config import parse_network_config
-from reconciler.daemon import Agent, AgentOptions
-from reconciler.errors import ConfigError
-from reconciler.model import Link, Route
+from reconciler.core.config import parse_network_config
+from reconciler.agent.daemon import Agent, AgentOptions
+from reconciler.core.errors import ConfigError
+from reconciler.core.model import Link, Route
 from tests.model_kernel import ModelKernel
 from tests.test_daemon import start_agent, wait_for  # noqa: F401 (a fixture): the same agent harness
 
@@ -68,7 +68,7 @@ def test_dual_stack_agent_with_public_ipv6(etcd_store, start_agent, tmp_path):
 
 
 def test_fail_static_with_ipv6_objects(etcd_server, start_agent):
-    from reconciler.etcd import EtcdStore
+    from reconciler.etcd.store import EtcdStore
 
     with EtcdStore([etcd_server.endpoint], timeout=1.0) as store:
         store.put_config(CONFIG)

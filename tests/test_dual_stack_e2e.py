@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.demo import AgentProcess, wait_all_ready
-from reconciler.etcd import EtcdStore
-from reconciler.lab.cni import cni_add, cni_del, flannel_delegate_config
-from reconciler.lab.netns import enable_ipv6
+from reconciler.tools.demo import AgentProcess, wait_all_ready
+from reconciler.etcd.store import EtcdStore
+from reconciler.tools.lab.cni import cni_add, cni_del, flannel_delegate_config
+from reconciler.tools.lab.netns import enable_ipv6
 from tests.conftest_etcd import require_etcd
 from tests.conftest_netns import require_root
 from tests.netns import bridge_json, ip_json, netns, run, underlay

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from reconciler.errors import EtcdAuthError, EtcdCompacted, EtcdError
-from reconciler.etcd import EtcdLeaseNotFound, EtcdStore, WatchEvent
-from reconciler.leases import RawKV
+from reconciler.core.errors import EtcdAuthError, EtcdCompacted, EtcdError
+from reconciler.etcd.store import EtcdLeaseNotFound, EtcdStore, WatchEvent
+from reconciler.core.leases import RawKV
 from tests.etcd_server import EtcdServer, enable_auth, free_port
 
 pytestmark = pytest.mark.etcd

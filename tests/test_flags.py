@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import cli, flags
-from reconciler.cli import EXAMPLE_SNAPSHOT, main, parse_args
-from reconciler.flags import FLAGS, UNSUPPORTED
+from reconciler.cli import flags
+from reconciler.cli import main as cli
+from reconciler.cli.main import EXAMPLE_SNAPSHOT, main, parse_args
+from reconciler.cli.flags import FLAGS, UNSUPPORTED
 
 EXAMPLE = str(EXAMPLE_SNAPSHOT)
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +41,7 @@ MERGING = {"public-ipv6", "iface-regex", "iface-can-reach", "iptables-forward-ru
 def no_agent(monkeypatch):
     """``run`` whose flags all check out would start a real agent on this host:
     here it returns 99 instead, which no test expects."""
-    from reconciler import agent_cli
+    from reconciler.cli import agent as agent_cli
 
     real = agent_cli.cmd_run
     monkeypatch.setattr(agent_cli, "cmd_run", lambda args: 99)
@@ -218,7 +219,7 @@ def test_run_public_ip_that_no_peer_can_reach_is_refused(capsys, ip):
 
 
 def test_run_iface_lo_is_refused_naming_the_interface(capsys, netns, no_agent, monkeypatch):
-    from reconciler import agent_cli
+    from reconciler.cli import agent as agent_cli
 
     monkeypatch.setattr(agent_cli, "cmd_run", no_agent)  # the real one: it stops before the agent
     subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
@@ -351,7 +352,7 @@ def _wait(pred, what, timeout=15.0):
 def test_http_port_in_use_is_retried_until_free(caplog):
     import urllib.request
 
-    from reconciler.metrics import serve_http
+    from reconciler.agent.metrics import serve_http
 
     holder, port = _taken_port()
     endpoint = serve_http("127.0.0.1", port, {"/healthz": lambda: (200, "text/plain", "ok\n")}, retry=0.05)
@@ -368,7 +369,7 @@ def test_http_port_in_use_is_retried_until_free(caplog):
 
 
 def test_http_shutdown_stops_the_retry(caplog):
-    from reconciler.metrics import serve_http
+    from reconciler.agent.metrics import serve_http
 
     holder, port = _taken_port()
     endpoint = serve_http("127.0.0.1", port, {}, retry=0.05)
@@ -381,7 +382,7 @@ def test_http_shutdown_stops_the_retry(caplog):
 
 
 def test_idle_http_connection_is_dropped(monkeypatch):
-    from reconciler import metrics
+    from reconciler.agent import metrics
 
     monkeypatch.setattr(metrics, "READ_TIMEOUT", 0.2)
     endpoint = metrics.serve_http("127.0.0.1", 0, {})
@@ -399,7 +400,7 @@ def test_idle_http_connection_is_dropped(monkeypatch):
 def test_agent_keeps_running_while_its_health_port_is_taken(etcd_store, tmp_path, monkeypatch):
     import urllib.request
 
-    from reconciler import metrics
+    from reconciler.agent import metrics
     from tests.test_daemon import CONFIG, Running, node_kernel
 
     monkeypatch.setattr(metrics, "BIND_RETRY", 0.05)

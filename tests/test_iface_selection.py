@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.config import parse_network_config
-from reconciler.desired import NodeParams, desired_state
-from reconciler.errors import NetlinkError, ReconcilerError
-from reconciler.leases import parse_snapshot, validate_leases
-from reconciler.model import Address, Link
-from reconciler.netlink.common import UnderlaySpec, compile_iface_regex, match_iface_regex
-from reconciler.ownership import FlannelOwnership
-from reconciler.reconcile import owned_devices
+from reconciler.core.config import parse_network_config
+from reconciler.core.desired import NodeParams, desired_state
+from reconciler.core.errors import NetlinkError, ReconcilerError
+from reconciler.core.leases import parse_snapshot, validate_leases
+from reconciler.core.model import Address, Link
+from reconciler.kernel.netlink.common import UnderlaySpec, compile_iface_regex, match_iface_regex
+from reconciler.core.ownership import FlannelOwnership
+from reconciler.core.reconcile import owned_devices
 from tests.netns import ip_json, run
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "reconciler" / "examples" / "cluster-3-nodes.json"
@@ -126,9 +126,9 @@ def host(netns):
 @pytest.fixture(params=["pyroute2", "batched"])
 def backend(request, host):
     if request.param == "pyroute2":
-        from reconciler.netlink.reference import PyrouteBackend as B
+        from reconciler.kernel.netlink.reference import PyrouteBackend as B
     else:
-        from reconciler.netlink.batched import BatchedBackend as B
+        from reconciler.kernel.netlink.batched import BatchedBackend as B
     with B(host) as b:
         yield b
 

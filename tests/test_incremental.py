@@ -22,15 +22,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reconciler.config import parse_network_config
-from reconciler.desired import NodeParams, desired_state
-from reconciler.etcd import WatchEvent
-from reconciler.leases import RawKV, validate_leases
-from reconciler.model import Fdb, KernelState, Link, Neigh, Route, attr_diff
-from reconciler.ownership import FlannelOwnership
-from reconciler.plan import make_plan
-from reconciler.reconcile import dump_live
-from reconciler.netlink.kernel_events import KernelEvent
+from reconciler.core.config import parse_network_config
+from reconciler.core.desired import NodeParams, desired_state
+from reconciler.etcd.store import WatchEvent
+from reconciler.core.leases import RawKV, validate_leases
+from reconciler.core.model import Fdb, KernelState, Link, Neigh, Route, attr_diff
+from reconciler.core.ownership import FlannelOwnership
+from reconciler.core.plan import make_plan
+from reconciler.core.reconcile import dump_live
+from reconciler.kernel.netlink.kernel_events import KernelEvent
 from tests.agent_harness import offline_agent, queue_listing
 from tests.model_kernel import ModelKernel, events_between
 from tests.strategies import PREFIX, lease_value

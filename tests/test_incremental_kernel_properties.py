@@ -20,15 +20,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reconciler.config import parse_network_config
-from reconciler.desired import NodeParams, desired_state
-from reconciler.etcd import WatchEvent
-from reconciler.leases import RawKV, validate_leases
-from reconciler.model import KernelState, attr_diff
-from reconciler.netlink.batched import BatchedBackend
-from reconciler.ownership import FlannelOwnership
-from reconciler.plan import make_plan
-from reconciler.reconcile import dump_live, owned_devices
+from reconciler.core.config import parse_network_config
+from reconciler.core.desired import NodeParams, desired_state
+from reconciler.etcd.store import WatchEvent
+from reconciler.core.leases import RawKV, validate_leases
+from reconciler.core.model import KernelState, attr_diff
+from reconciler.kernel.netlink.batched import BatchedBackend
+from reconciler.core.ownership import FlannelOwnership
+from reconciler.core.plan import make_plan
+from reconciler.core.reconcile import dump_live, owned_devices
 from tests.agent_harness import offline_agent, queue_listing
 from tests.conftest_netns import require_root
 from tests.netns import run, underlay

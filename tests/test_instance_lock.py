@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from reconciler.errors import ReconcilerError
-from reconciler.instance_lock import acquire_instance_lock
+from reconciler.core.errors import ReconcilerError
+from reconciler.agent.instance_lock import acquire_instance_lock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,7 +17,7 @@ def test_a_second_holder_is_refused_with_the_first_named(tmp_path):
     subnet_file = str(tmp_path / "subnet.env")
     with acquire_instance_lock(None, subnet_file, lock_dir=str(tmp_path / "locks")):
         # Another process (flock locks are per open file, so a second process is the real test).
-        code = ("import sys; from reconciler.instance_lock import acquire_instance_lock as a\n"
+        code = ("import sys; from reconciler.agent.instance_lock import acquire_instance_lock as a\n"
                 "try:\n    a(None, sys.argv[1], lock_dir=sys.argv[2])\n"
                 "except Exception as e:\n    print(e); sys.exit(1)\n")
         out = subprocess.run([sys.executable, "-c", code, subnet_file, str(tmp_path / "locks")],
@@ -32,7 +32,7 @@ def test_the_subnet_file_is_locked_on_its_own(tmp_path):
     subnet_file = str(tmp_path / "subnet.env")
     held = acquire_instance_lock(None, subnet_file, lock_dir=str(tmp_path / "a"))
     try:
-        code = ("import sys; from reconciler.instance_lock import acquire_instance_lock as a\n"
+        code = ("import sys; from reconciler.agent.instance_lock import acquire_instance_lock as a\n"
                 "try:\n    a(None, sys.argv[1], lock_dir=sys.argv[2])\n"
                 "except Exception as e:\n    print(e); sys.exit(1)\n")
         out = subprocess.run([sys.executable, "-c", code, subnet_file, str(tmp_path / "b")],

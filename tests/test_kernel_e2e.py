@@ -23,7 +23,7 @@ from typing import Callable
 
 import pytest
 
-from reconciler.cli import main
+from reconciler.cli.main import main
 from tests.netns import GATEWAY, bridge_json, ip_json, netns_exists, run, unique_name
 
 pytestmark = pytest.mark.root
@@ -440,9 +440,9 @@ def test_each_backend_builds_the_same_node_through_the_cli(node, leases, capsys,
 
 
 def test_the_default_backend_is_batched_and_the_environment_can_choose(node, leases, capsys, monkeypatch):
-    from reconciler.cli import open_backend, parse_args
-    from reconciler.netlink.batched import BatchedBackend
-    from reconciler.netlink.reference import PyrouteBackend
+    from reconciler.cli.main import open_backend, parse_args
+    from reconciler.kernel.netlink.batched import BatchedBackend
+    from reconciler.kernel.netlink.reference import PyrouteBackend
 
     for env, want in ((None, BatchedBackend), ("pyroute2", PyrouteBackend), ("batched", BatchedBackend)):
         if env is None:

@@ -36,18 +36,18 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from reconciler.apply import apply_plan
-from reconciler.config import parse_network_config
-from reconciler.desired import NodeParams, desired_state
-from reconciler.leases import validate_leases
-from reconciler.model import Address, Fdb, Neigh, Route
-from reconciler.netlink.reference import PyrouteBackend
-from reconciler.ownership import FlannelOwnership
-from reconciler.reconcile import compute_cycle, dump_live
+from reconciler.kernel.apply import apply_plan
+from reconciler.core.config import parse_network_config
+from reconciler.core.desired import NodeParams, desired_state
+from reconciler.core.leases import validate_leases
+from reconciler.core.model import Address, Fdb, Neigh, Route
+from reconciler.kernel.netlink.reference import PyrouteBackend
+from reconciler.core.ownership import FlannelOwnership
+from reconciler.core.reconcile import compute_cycle, dump_live
 from tests.conftest_fastpath import require_fastpath
 from tests.conftest_netns import require_root
 from tests.model_kernel import MAIN, ModelKernel
-from reconciler.lab.netns import enable_ipv6
+from reconciler.tools.lab.netns import enable_ipv6
 from tests.netns import bridge_json, ip_json, netns, run
 from tests.contract import already_right, assert_converged, side_effects
 from tests.strategies import PREFIX, UNDERLAY, clusters, live_kernels
@@ -238,7 +238,7 @@ class Recording:
 def _open_backend(kind: str, ns: str):
     if kind == "pyroute2":
         return PyrouteBackend(ns)
-    from reconciler.netlink.batched import BatchedBackend
+    from reconciler.kernel.netlink.batched import BatchedBackend
 
     return BatchedBackend(ns, accelerate=(kind == "batched-cython"))
 

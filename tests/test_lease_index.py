@@ -6,9 +6,9 @@ import os
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler.config import parse_network_config
-from reconciler.lease_index import LeaseIndex
-from reconciler.leases import RawKV, validate_leases
+from reconciler.core.config import parse_network_config
+from reconciler.incremental.lease_index import LeaseIndex
+from reconciler.core.leases import RawKV, validate_leases
 from tests.strategies import PREFIX, lease_value, macs
 
 EXAMPLES = int(os.environ.get("PROPERTY_EXAMPLES", "200"))
@@ -93,7 +93,7 @@ def test_reput_of_the_same_value_changes_nothing_and_parses_nothing(monkeypatch)
     index = LeaseIndex(CONFIG, PREFIX)
     kv = RawKV(f"{PREFIX}/subnets/100.64.1.0-24", lease_value("198.18.0.1", "02:00:00:00:00:01", 1), 7001, 5)
     assert index.put(kv) == {kv.key}
-    import reconciler.lease_index as mod
+    import reconciler.incremental.lease_index as mod
 
     def boom(*_a, **_k):
         raise AssertionError("parsed again")

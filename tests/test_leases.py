@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler.config import parse_network_config
-from reconciler.errors import LeaseError
-from reconciler.leases import (
+from reconciler.core.config import parse_network_config
+from reconciler.core.errors import LeaseError
+from reconciler.core.leases import (
     Lease,
     LeaseSnapshot,
     RawKV,
@@ -618,9 +618,9 @@ def test_malformed_snapshot(text, fragment):
 # --- purity -------------------------------------------------------------------------------------
 
 def test_no_kernel_or_etcd_imports():
-    code = ("import sys, reconciler.config, reconciler.leases\n"
+    code = ("import sys, reconciler.core.config, reconciler.core.leases\n"
             "bad = [m for m in sys.modules if m.split('.')[0] in ('pyroute2', 'grpc', 'pyetcd', 'etcd3', 'etcd')\n"
-            "       or m.startswith('reconciler.netlink')]\n"
+            "       or m.startswith('reconciler.kernel.netlink')]\n"
             "assert not bad, bad\n")
     root = Path(__file__).resolve().parent.parent
     subprocess.run([sys.executable, "-c", code], cwd=root, check=True)

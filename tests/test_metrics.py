@@ -5,9 +5,9 @@ import re
 
 import pytest
 
-from reconciler.config import parse_network_config
-from reconciler.leases import RawKV, validate_leases
-from reconciler.metrics import (CYCLE_BUCKETS, LATENCY_BUCKETS, SKIP_REASONS, Metrics, build_info_labels,
+from reconciler.core.config import parse_network_config
+from reconciler.core.leases import RawKV, validate_leases
+from reconciler.agent.metrics import (CYCLE_BUCKETS, LATENCY_BUCKETS, SKIP_REASONS, Metrics, build_info_labels,
                                 skip_reason_label)
 
 CYCLE = "flannel_reconciler_cycle_duration_seconds"

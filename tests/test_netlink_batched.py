@@ -30,12 +30,12 @@ import subprocess
 import pytest
 
 import _fastpath
-from reconciler.errors import DumpInterrupted, NamespaceNotFound, NetlinkError
-from reconciler.model import Address, Fdb, Link, Neigh, Route
-from reconciler.netlink import NetlinkBackend, wire
-from reconciler.netlink.batched import BatchedBackend
-from reconciler.netlink.reference import PyrouteBackend
-from reconciler.plan import Change
+from reconciler.core.errors import DumpInterrupted, NamespaceNotFound, NetlinkError
+from reconciler.core.model import Address, Fdb, Link, Neigh, Route
+from reconciler.kernel.netlink import NetlinkBackend, wire
+from reconciler.kernel.netlink.batched import BatchedBackend
+from reconciler.kernel.netlink.reference import PyrouteBackend
+from reconciler.core.plan import Change
 from tests.conftest_netns import require_root
 from tests.netns import bridge_json, ip_json, netns_exists, run, unique_name
 from tests.test_netlink_reference import (

@@ -20,10 +20,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reconciler.model import KernelState, Link, Neigh, Route
-from reconciler.netlink import wire
-from reconciler.netlink.events import RTM_DELLINK, RTM_NEWLINK, link_names
-from reconciler.netlink.kernel_events import EventTracker, KernelEvent
+from reconciler.core.model import KernelState, Link, Neigh, Route
+from reconciler.kernel.netlink import wire
+from reconciler.kernel.netlink.events import RTM_DELLINK, RTM_NEWLINK, link_names
+from reconciler.kernel.netlink.kernel_events import EventTracker, KernelEvent
 from tests.conftest_fastpath import require_fastpath
 from tests.model_kernel import ModelKernel, events_between, replay
 
@@ -51,7 +51,7 @@ def test_decoder_ignores_other_messages_and_truncation():
 
 
 def test_watcher_reports_changes_to_our_devices_only(netns):
-    from reconciler.netlink.reference import PyrouteBackend
+    from reconciler.kernel.netlink.reference import PyrouteBackend
     from tests.netns import run
 
     seen: list = []
@@ -217,8 +217,8 @@ def _model() -> ModelKernel:
 
 def _drift_ops(k: ModelKernel):
     """Named changes somebody else (or apply) could make, each with its kernel side effects."""
-    from reconciler.model import Address, Fdb
-    from reconciler.plan import Change
+    from reconciler.core.model import Address, Fdb
+    from reconciler.core.plan import Change
 
     peer = lambda i: (Neigh("flannel.1", f"100.64.{i}.0", f"0a:58:64:40:{i:02x}:00"),  # noqa: E731
                       Fdb("flannel.1", f"0a:58:64:40:{i:02x}:00", f"198.18.0.{i}"),
@@ -446,8 +446,8 @@ def _is_marker(e: KernelEvent) -> bool:
 
 
 def _backend(name: str, ns: str):
-    from reconciler.netlink.batched import BatchedBackend
-    from reconciler.netlink.reference import PyrouteBackend
+    from reconciler.kernel.netlink.batched import BatchedBackend
+    from reconciler.kernel.netlink.reference import PyrouteBackend
 
     return PyrouteBackend(ns) if name == "pyroute2" else BatchedBackend(ns)
 
@@ -521,8 +521,8 @@ def test_a_renamed_device_asks_for_a_resync(netns):
 
 
 def test_pure_and_compiled_decoders_give_identical_events(netns):
-    from reconciler.netlink.common import netns_path
-    from reconciler.netlink.events import watch_kernel
+    from reconciler.kernel.netlink.common import netns_path
+    from reconciler.kernel.netlink.events import watch_kernel
     from tests.netns import run
 
     require_fastpath()
@@ -549,7 +549,7 @@ def test_pure_and_compiled_decoders_give_identical_events(netns):
 def test_lost_notifications_ask_for_a_resync(netns, monkeypatch):
     """A receive queue too small for a burst: the kernel drops notifications (ENOBUFS), the watcher says None,
     seeds itself again and goes on."""
-    from reconciler.netlink import events
+    from reconciler.kernel.netlink import events
     from tests.netns import run
 
     monkeypatch.setattr(events, "RCVBUF_BYTES", 1)      # the kernel rounds it up to its minimum

@@ -18,11 +18,11 @@ import time
 
 import pytest
 
-from reconciler.errors import DumpInterrupted, NamespaceNotFound, NetlinkError
-from reconciler.model import RTPROT_RECONCILER, Address, Fdb, KernelState, Link, Neigh, Route
-from reconciler.netlink import NetlinkBackend, Underlay
-from reconciler.netlink.reference import NLM_F_DUMP_INTR, PyrouteBackend
-from reconciler.plan import Change
+from reconciler.core.errors import DumpInterrupted, NamespaceNotFound, NetlinkError
+from reconciler.core.model import RTPROT_RECONCILER, Address, Fdb, KernelState, Link, Neigh, Route
+from reconciler.kernel.netlink import NetlinkBackend, Underlay
+from reconciler.kernel.netlink.reference import NLM_F_DUMP_INTR, PyrouteBackend
+from reconciler.core.plan import Change
 from tests.netns import bridge_json, ip_json, netns_exists, run, unique_name
 
 pytestmark = pytest.mark.root

@@ -13,11 +13,11 @@ import sys
 
 import pytest
 
-from reconciler.apply import apply_plan
-from reconciler.desired import NodeParams, desired_state
-from reconciler.model import RTPROT_RECONCILER, Link, Nexthop, Route
-from reconciler.ownership import NEXTHOP_ID_BASE, FlannelOwnership
-from reconciler.plan import Change, make_plan
+from reconciler.kernel.apply import apply_plan
+from reconciler.core.desired import NodeParams, desired_state
+from reconciler.core.model import RTPROT_RECONCILER, Link, Nexthop, Route
+from reconciler.core.ownership import NEXTHOP_ID_BASE, FlannelOwnership
+from reconciler.core.plan import Change, make_plan
 from tests.fixtures import config, host1, three_leases
 from tests.netns import ip_json, run
 
@@ -30,10 +30,10 @@ NETWORKS = ("100.64.0.0/16",)
 
 def _open(kind: str, ns: str):
     if kind == "pyroute2":
-        from reconciler.netlink.reference import PyrouteBackend
+        from reconciler.kernel.netlink.reference import PyrouteBackend
 
         return PyrouteBackend(ns)
-    from reconciler.netlink.batched import BatchedBackend
+    from reconciler.kernel.netlink.batched import BatchedBackend
 
     return BatchedBackend(ns, accelerate=(kind == "batched"))
 

@@ -14,16 +14,16 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from reconciler.apply import apply_plan
-from reconciler.config import parse_network_config
-from reconciler.desired import NodeParams, check_route_layout, desired_state, nexthop_id
-from reconciler.errors import ReconcilerError
-from reconciler.leases import validate_leases
-from reconciler.model import RTPROT_RECONCILER, Fdb, KernelState, Link, Neigh, Nexthop, Route, attr_diff
-from reconciler.ownership import NEXTHOP_ID_BASE, NEXTHOP_ID_SPAN, FlannelOwnership, owned_nexthop_id
-from reconciler.plan import Change, make_plan
-from reconciler.reconcile import compute_cycle, dump_live
-from reconciler.render import describe, plan_text, show_rows
+from reconciler.kernel.apply import apply_plan
+from reconciler.core.config import parse_network_config
+from reconciler.core.desired import NodeParams, check_route_layout, desired_state, nexthop_id
+from reconciler.core.errors import ReconcilerError
+from reconciler.core.leases import validate_leases
+from reconciler.core.model import RTPROT_RECONCILER, Fdb, KernelState, Link, Neigh, Nexthop, Route, attr_diff
+from reconciler.core.ownership import NEXTHOP_ID_BASE, NEXTHOP_ID_SPAN, FlannelOwnership, owned_nexthop_id
+from reconciler.core.plan import Change, make_plan
+from reconciler.core.reconcile import compute_cycle, dump_live
+from reconciler.core.render import describe, plan_text, show_rows
 from tests.contract import already_right, assert_converged, side_effects
 from tests.fixtures import NETWORK, config, host1, host2, mac2, mac3, subnet2, three_leases
 from tests.model_kernel import ModelKernel
@@ -150,7 +150,7 @@ def test_a_foreign_nexthop_at_our_id_is_a_conflict_never_taken_over():
 
 
 def test_compute_cycle_finds_foreign_nexthops_in_our_range_only():
-    from reconciler.leases import RawKV
+    from reconciler.core.leases import RawKV
     from tests.strategies import lease_value
 
     kvs = [RawKV(f"{PREFIX}/config", '{"Network":"100.64.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}}'),
@@ -226,7 +226,7 @@ def test_render_in_iproute2_words():
     assert describe(Route("100.64.2.0/24", None, None, None, nhid=ID2)) == f"route 100.64.2.0/24 nhid {ID2}"
     live = Route("100.64.2.0/24", "100.64.2.0", "flannel.1", True, nhid=ID2)
     assert describe(live) == f"route 100.64.2.0/24 nhid {ID2} via 100.64.2.0 dev flannel.1 onlink"
-    from reconciler.netlink.common import describe as op_words
+    from reconciler.kernel.netlink.common import describe as op_words
     assert op_words(Change("delete", live)) == f"route del 100.64.2.0/24 nhid {ID2}"
     assert op_words(Change("create", Nexthop(ID2, "100.64.2.0", "flannel.1", True))) == \
         f"nexthop replace id {ID2} via 100.64.2.0 dev flannel.1 onlink"
@@ -403,7 +403,7 @@ def test_switch_example_both_ways_on_the_model_kernel():
 # ------------------------------------------------------------------- CLI
 
 def test_offline_plan_with_the_nexthop_layout(capsys):
-    from reconciler.cli import EXAMPLE_SNAPSHOT, main
+    from reconciler.cli.main import EXAMPLE_SNAPSHOT, main
 
     code = main(["plan", "--leases-file", str(EXAMPLE_SNAPSHOT), "--public-ip", "198.18.0.1", "--offline",
                  "--route-layout", "nexthop", "--iptables-forward-rules=false"])
@@ -420,7 +420,7 @@ def test_offline_plan_with_the_nexthop_layout(capsys):
 
 
 def test_a_bad_layout_from_the_environment_is_one_error_line(capsys, monkeypatch):
-    from reconciler.cli import EXAMPLE_SNAPSHOT, main
+    from reconciler.cli.main import EXAMPLE_SNAPSHOT, main
 
     monkeypatch.setenv("FLANNELD_ROUTE_LAYOUT", "ecmp")
     code = main(["plan", "--leases-file", str(EXAMPLE_SNAPSHOT), "--public-ip", "198.18.0.1", "--offline"])

@@ -18,8 +18,9 @@ def test_the_core_imports_no_shell():
         "import sys\n"
         "for m in ('pyroute2', 'grpc', 'pyetcd'): sys.modules[m] = None\n"
         "import reconciler\n"
-        "from reconciler import render, apply\n"
-        "from reconciler.model import KernelState\n"
+        "from reconciler.core import render\n"
+        "from reconciler.kernel import apply\n"
+        "from reconciler.core.model import KernelState\n"
         "print('ok')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -1,9 +1,9 @@
 """The planner: story-named situations, each one kernel state against desired."""
 from dataclasses import replace
 
-from reconciler.desired import NodeParams, desired_state
-from reconciler.model import Address, Fdb, KernelState, Link, Neigh, Route
-from reconciler.plan import make_plan
+from reconciler.core.desired import NodeParams, desired_state
+from reconciler.core.model import Address, Fdb, KernelState, Link, Neigh, Route
+from reconciler.core.plan import make_plan
 from tests.fixtures import config, host1, host2, mac2, three_leases
 
 

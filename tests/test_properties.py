@@ -18,12 +18,12 @@ import random
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from reconciler.apply import apply_plan
-from reconciler.config import parse_network_config
-from reconciler.desired import NodeParams
-from reconciler.model import attr_diff
-from reconciler.ownership import FlannelOwnership
-from reconciler.reconcile import compute_cycle, dump_live
+from reconciler.kernel.apply import apply_plan
+from reconciler.core.config import parse_network_config
+from reconciler.core.desired import NodeParams
+from reconciler.core.model import attr_diff
+from reconciler.core.ownership import FlannelOwnership
+from reconciler.core.reconcile import compute_cycle, dump_live
 from tests.contract import already_right, assert_converged, side_effects
 from tests.strategies import PREFIX, UNDERLAY, Cluster, clusters, live_kernels
 
@@ -47,7 +47,7 @@ def _foreign(kernel, policy, spared_devices, neigh_flushed=frozenset(), desired_
     a device whose MAC the plan changes (the kernel flushes them).  A learned
     (non-permanent) neighbour at the key of a neighbour we want is the
     kernel's cache, not somebody's state: ``replace`` makes it ours."""
-    from reconciler.model import Address
+    from reconciler.core.model import Address
 
     everything = kernel.everything()
     out = {}
@@ -69,8 +69,8 @@ def _foreign(kernel, policy, spared_devices, neigh_flushed=frozenset(), desired_
 @given(cluster=clusters(ipv6=True), data=st.data())
 def test_plan_converges_safely_and_minimally(cluster, data):
     config, node = _setup(cluster)
-    from reconciler.desired import desired_state
-    from reconciler.leases import validate_leases
+    from reconciler.core.desired import desired_state
+    from reconciler.core.leases import validate_leases
 
     leases, _ = validate_leases(config, cluster.kvs, PREFIX)
     desired0 = desired_state(config, leases, node, cluster.on_link)
@@ -128,8 +128,8 @@ def test_plan_converges_safely_and_minimally(cluster, data):
 @given(cluster=clusters(ipv6=True), seed=st.integers(0, 2**32 - 1), data=st.data())
 def test_plan_does_not_depend_on_lease_order(cluster, seed, data):
     config, node = _setup(cluster)
-    from reconciler.desired import desired_state
-    from reconciler.leases import validate_leases
+    from reconciler.core.desired import desired_state
+    from reconciler.core.leases import validate_leases
 
     leases, _ = validate_leases(config, cluster.kvs, PREFIX)
     kernel = data.draw(live_kernels(desired_state(config, leases, node, cluster.on_link), config.device_name))

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import logging
 
-from reconciler.daemon import Agent, AgentOptions
-from reconciler.plan import OpResult
+from reconciler.agent.daemon import Agent, AgentOptions
+from reconciler.core.plan import OpResult
 from reconciler.rules import LiveRules, RuleFlags, ToolError, desired_rules, make_rule_plan
 from tests.fixtures import config, host1, lease, mac1, subnet1
 

@@ -22,7 +22,7 @@ import shutil
 
 import pytest
 
-from reconciler.etcd import EtcdStore
+from reconciler.etcd.store import EtcdStore
 from tests.netns import ip_json, run, underlay
 from tests.test_agent_e2e import Lab, endpoint_args, lab, ping, wait_for  # noqa: F401 (fixture)
 

@@ -14,7 +14,7 @@ from contextlib import ExitStack
 
 import pytest
 
-from reconciler.sdnotify import Notifier, format_message, socket_address, watchdog_interval
+from reconciler.agent.sdnotify import Notifier, format_message, socket_address, watchdog_interval
 
 
 # ------------------------------------------------------------------ pure parts
@@ -89,8 +89,8 @@ def test_a_vanished_socket_is_logged_not_raised(caplog):
 @pytest.mark.root
 @pytest.mark.etcd
 def test_the_agent_says_ready_after_subnet_env_then_watchdog_then_stopping(etcd_server, tmp_path, monkeypatch):
-    from reconciler.demo import AgentProcess
-    from reconciler.etcd import EtcdStore
+    from reconciler.tools.demo import AgentProcess
+    from reconciler.etcd.store import EtcdStore
     from tests.conftest_netns import require_root
     from tests.netns import underlay
 
@@ -105,7 +105,7 @@ def test_the_agent_says_ready_after_subnet_env_then_watchdog_then_stopping(etcd_
         stack.callback(lambda: os.path.exists(path) and os.unlink(path))
         rx = stack.enter_context(_receiver(path))
         node = stack.enter_context(underlay(1)).nodes[0]
-        # The child inherits the environment (reconciler.demo.child_env).
+        # The child inherits the environment (reconciler.tools.demo.child_env).
         monkeypatch.setenv("NOTIFY_SOCKET", path)
         monkeypatch.setenv("WATCHDOG_USEC", "400000")        # a ping at least every 0.2 s
         agent = AgentProcess(node.ns, tmp_path / "agent", ["--etcd-endpoints", etcd_server.endpoint],

@@ -8,8 +8,8 @@ from ipaddress import IPv4Network, IPv6Network
 
 import pytest
 
-from reconciler.config import parse_network_config
-from reconciler.subnet_env import read_previous_subnet, read_subnet_env, render_subnet_env, write_subnet_env
+from reconciler.core.config import parse_network_config
+from reconciler.agent.subnet_env import read_previous_subnet, read_subnet_env, render_subnet_env, write_subnet_env
 
 V4 = parse_network_config('{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}')
 DUAL = parse_network_config('{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"2001:cafe:42::/56",'

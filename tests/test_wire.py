@@ -25,11 +25,11 @@ from hypothesis import strategies as st
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 import _fastpath
-from reconciler.model import RTPROT_RECONCILER, Address, Fdb, Link, Neigh, Route
-from reconciler.netlink import reference, wire
-from reconciler.netlink.pyroute_msgs import rtnl_marshal
+from reconciler.core.model import RTPROT_RECONCILER, Address, Fdb, Link, Neigh, Route
+from reconciler.kernel.netlink import reference, wire
+from reconciler.kernel.netlink.pyroute_msgs import rtnl_marshal
 from tests.conftest_fastpath import require_fastpath
-from reconciler.netlink.reference import PyrouteBackend
+from reconciler.kernel.netlink.reference import PyrouteBackend
 
 SETTINGS = settings(max_examples=int(os.environ.get("WIRE_EXAMPLES", "200")), deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -172,7 +172,7 @@ def test_entries_are_encoded_as_the_reference_encodes_them(obj, delete):
 
 def _pyroute_newlink(link: Link, lower: int | None) -> bytes:
     """The reference backend's own ``ip link add`` message, as pyroute2 encodes it."""
-    from reconciler.netlink.pyroute_msgs import link_create_msg
+    from reconciler.kernel.netlink.pyroute_msgs import link_create_msg
 
     return pyroute_bytes(link_create_msg(link, lambda _name: lower), 16, 0x605, 5)
 
@@ -775,7 +775,7 @@ def test_the_fast_path_can_be_switched_off():
     import sys
 
     code = ("import _fastpath\n"
-            "from reconciler.netlink import wire\n"
+            "from reconciler.kernel.netlink import wire\n"
             "assert (_fastpath.AVAILABLE, _fastpath.encode_batch, _fastpath.DECODERS) == (False, None, None)\n"
             "print(len(wire.encode_batch([('neigh', False, '100.64.2.0', '0a:58:64:40:02:00', 3)], 1, 64)[0]))\n")
     env = {**os.environ, "FLANNEL_RECONCILER_NO_CYTHON": "1"}
@@ -792,8 +792,8 @@ NH_IDS = st.sampled_from([1, 0x464C0002, 0x464C0000 + (1 << 20) + 5, 2 ** 32 - 1
 @given(nhid=NH_IDS, gw=ipv4s | ipv6s, dev=st.sampled_from(["eth0", "flannel.1"]), onlink=st.booleans(),
        delete=st.booleans(), seq=st.integers(0, 2 ** 32 - 1))
 def test_nexthops_encode_as_the_reference(nhid, gw, dev, onlink, delete, seq):
-    from reconciler.model import Nexthop
-    from reconciler.netlink.pyroute_msgs import nexthop_msg
+    from reconciler.core.model import Nexthop
+    from reconciler.kernel.netlink.pyroute_msgs import nexthop_msg
 
     nh = Nexthop(nhid, gw, dev, onlink)
     want = pyroute_bytes(nexthop_msg(nh, delete, INDEX.__getitem__), 105 if delete else 104,
@@ -824,7 +824,7 @@ def test_routes_through_a_nexthop_encode_as_the_reference(route, nhid, delete, s
                          5 if delete else 0x505, seq)
     got = (wire.encode_delroute_nh if delete else wire.encode_newroute_nh)(seq, route)
     assert got == want
-    from reconciler.netlink.wire_base import _attrs
+    from reconciler.kernel.netlink.wire_base import _attrs
 
     attrs = _attrs(got, 28, len(got))
     assert got[attrs[30][0]:attrs[30][1]] == struct.pack("=I", nhid)    # RTA_NH_ID
@@ -832,7 +832,7 @@ def test_routes_through_a_nexthop_encode_as_the_reference(route, nhid, delete, s
 
 
 def test_the_nexthop_dump_request_is_the_reference_request():
-    from reconciler.netlink.pyroute_msgs import _nexthop_dump_msg
+    from reconciler.kernel.netlink.pyroute_msgs import _nexthop_dump_msg
 
     assert wire.encode_getnexthop(1) == pyroute_bytes(_nexthop_dump_msg(), 106, 0x301, 1)
 
@@ -859,7 +859,7 @@ def reference_nexthops(buf: bytes, names) -> list:
 
 
 def test_a_nexthop_dump_decodes_as_the_reference_parses_it():
-    from reconciler.model import Nexthop
+    from reconciler.core.model import Nexthop
 
     buf = b"".join([
         nexthop_msg(0x464C0002, 3, ip4("100.64.2.0")),                                  # ours

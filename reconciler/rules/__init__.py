@@ -8,12 +8,12 @@ A separate pipeline beside the netlink one, with the same shape:
 
 See docs/traffic-rules.md for the rules, their order and the facts relied on.
 """
-from .desired import desired_rules
-from .iptables import IptablesBackend, ToolError, parse_save, restore_input
-from .model import IptChain, IptRule, NftChain, NftTable, RuleFlags, RuleSet
-from .nftables import NftablesBackend, nft_script, parse_tables
-from .plan import LiveRules, RuleChange, RulePlan, make_rule_plan
-from .reconciler import RuleReconciler, br_netfilter_warnings, forward_drop_warning
+from reconciler.rules.desired import desired_rules
+from reconciler.rules.iptables import IptablesBackend, ToolError, parse_save, restore_input
+from reconciler.rules.model import IptChain, IptRule, NftChain, NftTable, RuleFlags, RuleSet
+from reconciler.rules.nftables import NftablesBackend, nft_script, parse_tables
+from reconciler.rules.plan import LiveRules, RuleChange, RulePlan, make_rule_plan
+from reconciler.rules.reconciler import RuleReconciler, br_netfilter_warnings, forward_drop_warning
 
 __all__ = [
     "IptChain",

@@ -11,10 +11,10 @@ import argparse
 import os
 from typing import Any
 
-from ..errors import ReconcilerError
-from .model import RuleFlags, RuleSet
-from .plan import LiveRules, RulePlan, make_rule_plan
-from .desired import desired_rules
+from reconciler.core.errors import ReconcilerError
+from reconciler.rules.model import RuleFlags, RuleSet
+from reconciler.rules.plan import LiveRules, RulePlan, make_rule_plan
+from reconciler.rules.desired import desired_rules
 
 __all__ = ["add_rule_args", "go_bool", "rule_flags", "cli_rule_plan", "rule_show_rows"]
 
@@ -77,9 +77,9 @@ def cli_rule_plan(args: Any, cycle: Any, kernel: bool):
     if not kernel:
         desired = desired_rules(cycle.config, cycle.own, flags)
         return desired, make_rule_plan(desired, LiveRules()), None, None
-    from .iptables import IptablesBackend
-    from .nftables import NftablesBackend
-    from .reconciler import RuleReconciler
+    from reconciler.rules.iptables import IptablesBackend
+    from reconciler.rules.nftables import NftablesBackend
+    from reconciler.rules.reconciler import RuleReconciler
 
     rr = RuleReconciler(IptablesBackend(args.netns), NftablesBackend(args.netns))
     try:
@@ -119,7 +119,7 @@ def _desired_objects(desired: RuleSet, plan: RulePlan, xt: str):
     """Every desired rule object, bound to the host's iptables backend."""
     from dataclasses import replace
 
-    from .model import NftRuleRef
+    from reconciler.rules.model import NftRuleRef
 
     for chain in desired.iptables:
         yield replace(chain, xt=xt)

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from ipaddress import IPv4Network, IPv6Network
 
-from ..config import NetworkConfig
-from ..leases import Lease
-from .model import (FWD_CHAIN, MASQ_CHAIN, NFT_TABLES, OUR_CHAINS, Family, IptChain, IptRule, NftChain,
+from reconciler.core.config import NetworkConfig
+from reconciler.core.leases import Lease
+from reconciler.rules.model import (FWD_CHAIN, MASQ_CHAIN, NFT_TABLES, OUR_CHAINS, Family, IptChain, IptRule, NftChain,
                     NftTable, RuleFlags, RuleSet)
 
 __all__ = ["desired_rules", "KUBE_PROXY_MARK", "MASQ_COMMENT", "FWD_COMMENT"]

@@ -21,9 +21,9 @@ import shutil
 import subprocess
 from typing import Callable, Iterable, Sequence
 
-from ..errors import ReconcilerError
-from .model import OUR_CHAINS, Family, IptChain, IptRule
-from .plan import IptWrite, jump_ops
+from reconciler.core.errors import ReconcilerError
+from reconciler.rules.model import OUR_CHAINS, Family, IptChain, IptRule
+from reconciler.rules.plan import IptWrite, jump_ops
 
 __all__ = ["IptablesBackend", "parse_save", "restore_input", "ToolError", "tool_name"]
 

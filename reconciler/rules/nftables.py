@@ -17,9 +17,9 @@ import json
 import subprocess
 from typing import Any, Iterable, Sequence
 
-from .iptables import ToolError, run_tool
-from .model import NFT_TABLES, NftChain, NftTable
-from .plan import NftWrite
+from reconciler.rules.iptables import ToolError, run_tool
+from reconciler.rules.model import NFT_TABLES, NftChain, NftTable
+from reconciler.rules.plan import NftWrite
 
 __all__ = ["NftablesBackend", "expr_text", "parse_tables", "nft_script"]
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from difflib import SequenceMatcher
 from typing import Any, Literal, Sequence
 
-from .model import IptChain, IptRule, NftChain, NftRuleRef, NftTable, RuleSet
+from reconciler.rules.model import IptChain, IptRule, NftChain, NftRuleRef, NftTable, RuleSet
 
 __all__ = ["LiveRules", "RuleChange", "RulePlan", "IptWrite", "NftWrite", "jump_ops", "make_rule_plan"]
 

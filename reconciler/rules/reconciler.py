@@ -13,14 +13,14 @@ backend the host does not use.
 from __future__ import annotations
 
 import logging
-from ..config import NetworkConfig
-from ..leases import Lease
-from ..plan import OpResult
-from .desired import desired_rules
-from .iptables import IptablesBackend, ToolError
-from .model import RuleFlags, RuleSet
-from .nftables import NftablesBackend
-from .plan import LiveRules, RulePlan, make_rule_plan
+from reconciler.core.config import NetworkConfig
+from reconciler.core.leases import Lease
+from reconciler.core.plan import OpResult
+from reconciler.rules.desired import desired_rules
+from reconciler.rules.iptables import IptablesBackend, ToolError
+from reconciler.rules.model import RuleFlags, RuleSet
+from reconciler.rules.nftables import NftablesBackend
+from reconciler.rules.plan import LiveRules, RulePlan, make_rule_plan
 
 __all__ = ["RuleReconciler", "br_netfilter_warnings", "forward_drop_warning"]
 

@@ -1,0 +1,835 @@
+"""The node agent: etcd leases in, an incremental reconcile loop, kernel out.
+
+Threads, and what each may touch:
+
+* the **watch** thread reads ``<prefix>/subnets/`` from etcd and queues what
+  it sees (single events, or a whole listing after a compaction or an
+  outage); it never talks to the kernel;
+* the **kernel events** thread (when the backend has ``watch_kernel``)
+  queues netlink notifications about our devices, addresses, routes,
+  neighbours and FDB entries, so drift made by someone else is seen as it
+  happens (``docs/netlink-events.md``);
+* the **worker** (the caller's thread) owns the kernel and all reconcile
+  state: it wakes on anything queued, on the jittered resync timer or on the
+  retry timer, folds what was queued into the lease index, the desired state
+  and the believed kernel view, plans *only the keys that changed*, applies
+  them, and records the answers (``docs/incremental.md``).
+
+Per event, the work is O(that event): a lease is parsed once, only its
+objects are recomputed, and the plan covers only their keys.  The periodic
+full resync (a dump and a full diff) stays as the backstop that corrects
+anything the incremental path missed; after incremental work it finds
+nothing to do (``tests/test_incremental.py``).
+
+Failing static (flannel #636; Felix's "in sync" gate):
+
+* no cycle runs before the first complete lease list has been read;
+* while etcd is unreachable cycles repair drift but delete nothing
+  (deletions need a trustworthy lease view; held-back deletions stay pending);
+* our own lease missing from the table (deleted, expired, taken by another
+  PublicIP) triggers re-acquisition, never a teardown;
+* SIGTERM stops the loop at once and leaves every kernel object in place.
+"""
+from __future__ import annotations
+
+import collections
+import ctypes
+import gc
+import os
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from reconciler.agent.acquire import LeaseKeeper, acquire_lease
+from reconciler.agent.rule_sync import RuleSync
+from reconciler.kernel.apply import apply_plan
+from reconciler.core.config import NetworkConfig, parse_network_config, require_ipv4, require_vxlan
+from reconciler.core.desired import NodeParams, underlay_mtu
+from reconciler.incremental.desired_index import DesiredIndex
+from reconciler.core.errors import EtcdAuthError, EtcdCompacted, EtcdError, ReconcilerError
+from reconciler.incremental.lease_index import LeaseIndex
+from reconciler.core.logtext import esc
+from reconciler.core.leases import Skipped, parse_lease
+from reconciler.agent.metrics import Metrics, build_info_labels, serve_http, skip_reason_label
+from reconciler.kernel.netlink.common import UnderlaySpec
+from reconciler.core.ownership import BRIDGE_NAME, FlannelOwnership
+from reconciler.core.plan import Plan
+from reconciler.core.reconcile import dump_live, on_link_predicate, owned_devices
+from reconciler.core.render import describe
+from reconciler.agent.sdnotify import Notifier
+from reconciler.agent.subnet_env import read_previous_ipv6_subnet, read_previous_subnet, render_subnet_env, write_subnet_env
+from reconciler.incremental.tracker import Tracker
+
+__all__ = ["Agent", "AgentOptions", "CycleReport", "random_vtep_mac"]
+
+log = logging.getLogger("flannel_reconciler")
+
+#: Skipped leases logged one by one per window; the rest of a burst is one summary line per window.
+_SKIP_LINES = 20
+_SKIP_WINDOW = 10.0
+
+
+@dataclass
+class AgentOptions:
+    public_ip: str | None = None
+    #: --iface: one name/IPv4 address, or several tried in order.
+    iface: str | list[str] | None = None
+    iface_regex: list[str] = field(default_factory=list)
+    iface_can_reach: str | None = None
+    #: The pod bridge we create and own; None (--no-bridge): the CNI plugin's.
+    bridge: str | None = BRIDGE_NAME
+    underlay_mtu: int | None = None
+    subnet_file: str = "/run/flannel/subnet.env"
+    resync_interval: float = 30.0
+    healthz_ip: str = "0.0.0.0"
+    healthz_port: int = 0
+    metrics_port: int = 0
+    ip_masq: bool = False
+    # --- packet filter rules (reconciler/rules, docs/traffic-rules.md) ---
+    #: flanneld's --iptables-forward-rules (default true).
+    forward_rules: bool = True
+    #: flanneld's --ip-masq-fully-random-disable.
+    masq_fully_random_disable: bool = False
+    #: flanneld's --iptables-resync: seconds between rule checks (besides every cycle).
+    iptables_resync: float = 5.0
+    #: ``onlink`` or ``nexthop`` (``desired.ROUTE_LAYOUTS``).
+    route_layout: str = "onlink"
+    #: Events arriving within this window are folded into one cycle.
+    #: After a wake-up, wait this long for more events to fold into the same cycle.  Short
+    #: (a change reaches the kernel 2 ms later), but a storm of etcd events (a rolling
+    #: restart re-puts every lease) then costs a few hundred cycles instead of thousands.
+    coalesce: float = 0.002
+    #: /healthz fails when no cycle finished for this long (default: 3 resyncs, at least 60 s).
+    liveness_window: float | None = None
+    #: The network namespace the agent programs (``--netns``), watched for deletion.
+    netns: str | None = None
+    #: First and longest wait before failed operations are retried.
+    retry_min: float = 0.5
+    retry_max: float = 10.0
+    #: Dual stack: this node's PublicIPv6 (default: the underlay interface's IPv6 address).
+    public_ipv6: str | None = None
+
+
+def random_vtep_mac(rng: random.Random) -> str:
+    """flanneld's choice: 6 random bytes, locally administered, unicast."""
+    b = bytearray(rng.getrandbits(8) for _ in range(6))
+    b[0] = (b[0] & 0xFE) | 0x02
+    return ":".join(f"{x:02x}" for x in b)
+
+
+@dataclass(frozen=True)
+class CycleReport:
+    """What one cycle did (``Agent.last_cycle``)."""
+
+    triggers: frozenset
+    plan: Plan
+    results: tuple
+    dumped: bool
+    duration: float
+    index: LeaseIndex = field(repr=False, compare=False)
+
+    @property
+    def skipped(self) -> tuple[Skipped, ...]:
+        """The leases left out, sorted (made on demand: sorting every skipped lease in every
+        cycle would cost a lease event the size of the junk in etcd)."""
+        return tuple(self.index.skips())
+
+
+@dataclass
+class _State:
+    wake: threading.Event = field(default_factory=threading.Event)
+    triggers: set = field(default_factory=set)
+    etcd_ok: bool = True
+    ready: bool = False
+    last_cycle_end: float = 0.0
+    check_own_lease: bool = False
+    #: Why the agent is of no use any more although its loop runs (its namespace was deleted).
+    broken: str | None = None
+
+
+class Agent(RuleSync):
+    """One node's agent.  ``run(stop)`` blocks until ``stop`` is set."""
+
+    def __init__(self, store, backend, opts: AgentOptions, *, clock: Callable[[], float] = time.monotonic,
+                 rng: random.Random | None = None, metrics: Metrics | None = None,
+                 notifier: Notifier | None = None, rules=None) -> None:
+        self.store = store
+        self.backend = backend
+        self.opts = opts
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.metrics = metrics or Metrics()
+        self.metrics.set_build_info(**build_info_labels(backend))
+        #: systemd's Type=notify protocol (a no-op without $NOTIFY_SOCKET).
+        self.notifier = notifier or Notifier()
+        self.state = _State()
+        self._lock = threading.Lock()
+        self.config: NetworkConfig | None = None
+        self.node: NodeParams | None = None
+        self.keeper: LeaseKeeper | None = None
+        self._on_link = None
+        self._servers = []
+        self._subnet_env_text: str | None = None
+        self._subnet_env_error: str | None = None
+        self.last_cycle: CycleReport | None = None
+        # Queues filled by the watch and kernel-event threads, drained by the worker.
+        self._lease_q: collections.deque = collections.deque()
+        self._kernel_q: collections.deque = collections.deque()
+        self._revision = 0
+        self._listed = False          # the first complete lease list has been queued
+        self._last_etcd_answer = 0.0  # monotonic time of the last watch event or listing
+        # Reconcile state: the worker's alone.
+        self.index: LeaseIndex | None = None
+        self.desired: DesiredIndex | None = None
+        self.tracker: Tracker | None = None
+        self._skip_labels: dict[str, str] = {}
+        self._skip_counts: collections.Counter = collections.Counter()
+        self._own_ip_dups: set[str] = set()
+        self._skip_window = float("-inf")   # skip-log rate limit: window start, lines in it, the rest
+        self._skip_logged = 0
+        self._skip_suppressed: collections.Counter = collections.Counter()
+        self._pin_changes: set[str] = set()
+        self._folded_revision = 0     # the last etcd revision folded into the index
+        self._config_warned: str | None = None
+        self._no_own_lease = False
+        self._netns_inode: int | None = None
+        self._retry_at: float | None = None
+        self._retry_delay = opts.retry_min
+        # Packet filter rules: a RuleReconciler, or None (rules not managed,
+        # as in tests whose backend is not a real kernel).
+        self.rules = rules
+        self._rules_lock = threading.Lock()
+        self._rules_lease = None
+        self._rules_error: str | None = None
+
+    # ------------------------------------------------------------- start-up
+    def start(self, stop: threading.Event) -> None:
+        """Read the config, pick the VTEP MAC, acquire our lease, list the leases."""
+        self._start_http()
+        self.config = self._wait_for_config(stop)
+        underlay = self.backend.underlay(self._underlay_spec())
+        public_ip = self.opts.public_ip or underlay.address
+        public_ipv6 = None
+        if self.config.enable_ipv6:  # dual stack: the IPv6 side of the same interface, as flanneld
+            underlay = self.backend.underlay_v6(underlay, self.opts.public_ipv6)
+            public_ipv6 = self.opts.public_ipv6 or underlay.address6
+        mtu = underlay_mtu(self.opts.underlay_mtu, self.config.mtu, (underlay.name, underlay.mtu))
+        self.node = NodeParams(public_ip=public_ip, underlay_mtu=mtu, underlay=underlay.name, bridge=self.opts.bridge,
+                               public_ipv6=public_ipv6, route_layout=self.opts.route_layout)
+        log.info("underlay %s (%s), mtu %d; bridge %s", underlay.name, underlay.address, underlay.mtu,
+                 self.opts.bridge or "left to the CNI plugin (--no-bridge)")
+        self._netns_inode = _netns_inode(self.opts.netns)
+        self.prepare(self.config, self.node, on_link_predicate(underlay.prefixes + underlay.prefixes6))
+
+        def acquire():
+            snap = self.store.snapshot()
+            mac = self._choose_vtep_mac(snap.kvs)
+            mac6 = self._choose_v6_vtep_mac(snap.kvs) if public_ipv6 else None
+            got = acquire_lease(self.store, self.config, public_ip, mac,
+                                read_previous_subnet(self.opts.subnet_file), self.rng, public_ipv6=public_ipv6,
+                                v6_vtep_mac=mac6, previous_ipv6_subnet=read_previous_ipv6_subnet(self.opts.subnet_file))
+            return mac, mac6, got
+
+        mac, mac6, acquired = self._retry_etcd("acquire a lease", acquire, stop)
+        log.info("lease %s for %s (vtep %s%s, %s)", acquired.key, public_ip, mac,
+                 f"; {public_ipv6} vtep {mac6}" if mac6 else "",
+                 "reservation" if acquired.reservation else f"etcd lease {acquired.lease_id:x}")
+        # The one rule for "which lease is ours": the one the keeper holds (see LeaseIndex.pin).
+        self._pin_changes = self.index.pin(acquired.key)
+        self.keeper = LeaseKeeper(self.store, self.config, public_ip, mac, acquired, self.rng, now=self.clock(),
+                                  public_ipv6=public_ipv6, v6_vtep_mac=mac6)
+        self._retry_etcd("list the leases", self._relist, stop)
+
+    def _underlay_spec(self) -> UnderlaySpec:
+        iface = self.opts.iface
+        ifaces = (iface,) if isinstance(iface, str) else tuple(iface or ())
+        return UnderlaySpec(ifaces=ifaces, regexes=tuple(self.opts.iface_regex),
+                            can_reach=self.opts.iface_can_reach, public_ip=self.opts.public_ip)
+
+    def prepare(self, config: NetworkConfig, node: NodeParams, on_link: Callable[[str], bool] | None = None) -> None:
+        """The reconcile state for ``config`` and this node: an empty lease index, desired state
+        and believed kernel view.  ``start`` calls it once it knows both; the tests and the
+        per-event benchmark call it to drive cycles without etcd."""
+        self.config, self.node = config, node
+        self._on_link = on_link or (lambda _ip: False)
+        self.index = LeaseIndex(config, self.store.prefix)
+        self.desired = DesiredIndex(config, node, self._on_link)
+        self.tracker = Tracker(FlannelOwnership(config, node.bridge))
+
+    def _retry_etcd(self, what: str, fn, stop: threading.Event):
+        """Start-up steps wait for etcd like flanneld does, with a capped backoff,
+        instead of exiting: nothing in the kernel is touched meanwhile."""
+        delay = 1.0
+        while True:
+            try:
+                return fn()
+            except EtcdAuthError:
+                raise
+            except EtcdError as exc:
+                self._set_etcd_ok(False)
+                log.warning("cannot %s: %s; retrying in %.0fs", what, exc, delay)
+            if stop.wait(delay):
+                raise ReconcilerError(f"stopped before we could {what}")
+            delay = min(delay * 2, 30.0)
+
+    def _wait_for_config(self, stop: threading.Event) -> NetworkConfig:
+        # flanneld retries every second until the config exists.
+        warned = False
+        while not stop.is_set():
+            try:
+                raw = self.store.get_config()
+            except EtcdAuthError:
+                raise  # wrong certificate or password: retrying cannot help, say so and exit
+            except EtcdError as exc:
+                raw = None
+                self._set_etcd_ok(False)
+                log.warning("etcd: %s; retrying", exc)
+            if raw is not None:
+                cfg = parse_network_config(raw)
+                require_vxlan(cfg)
+                require_ipv4(cfg)
+                self._set_etcd_ok(True)
+                return cfg
+            if not warned:
+                log.warning("no network config at %s/config yet; waiting", self.store.prefix)
+                warned = True
+            stop.wait(1.0)
+        raise ReconcilerError("stopped before the network config appeared")
+
+    def _choose_vtep_mac(self, kvs) -> str:
+        """Keep the MAC peers already know: the live device's, else our lease's, else a new one.
+
+        flanneld picks a fresh random MAC whenever it creates the device, and
+        every peer's permanent neighbour entry goes stale (flannel #1795,
+        #1330); reusing the advertised MAC avoids that churn altogether.
+        """
+        return self._known_mac(kvs, self.config.device_name, lambda lease: lease.vtep_mac)
+
+    def _choose_v6_vtep_mac(self, kvs) -> str:
+        """``_choose_vtep_mac`` for ``flannel-v6.<VNI>``: its live MAC, else our
+        lease's BackendV6Data.VtepMAC, else a new random one."""
+        return self._known_mac(kvs, self.config.v6_device_name, lambda lease: lease.v6_vtep_mac)
+
+    def _known_mac(self, kvs, dev: str, mac_of) -> str:
+        live = self.backend.dump([dev]).get("link", dev)
+        if live is not None and live.type == "vxlan" and live.mac:
+            return live.mac
+        base = self.store.subnets_prefix
+        for kv in kvs:
+            if not kv.key.startswith(base):
+                continue
+            try:
+                lease = parse_lease(kv.key[len(base):], kv.value, kv.lease)
+            except ReconcilerError:
+                continue
+            if lease.public_ip == self.node.public_ip and mac_of(lease):
+                return mac_of(lease)
+        return random_vtep_mac(self.rng)
+
+    def _relist(self) -> None:
+        """A complete listing, queued for the worker as one item (it replaces the table)."""
+        snap = self.store.snapshot()
+        base = self.store.subnets_prefix
+        kvs = [kv for kv in snap.kvs if kv.key.startswith(base)]
+        self._revision = snap.revision
+        self._lease_q.append(("list", kvs, self.clock(), snap.revision))
+        self._listed = True
+        self._heard_from_etcd()
+        self._mark("relist")
+
+    # ------------------------------------------------------------ the loops
+    def run(self, stop: threading.Event) -> None:
+        # A stop wakes the worker at once, whatever the resync interval.
+        threading.Thread(target=lambda: (stop.wait(), self.state.wake.set()), name="stop-waker",
+                         daemon=True).start()
+        self.start(stop)
+        threads = [threading.Thread(target=self._watch_loop, args=(stop,), name="lease-watch", daemon=True)]
+        subscribed = threading.Event()
+        if hasattr(self.backend, "watch_kernel"):
+            threads.append(threading.Thread(target=self._kernel_loop, args=(stop, subscribed),
+                                            name="kernel-events", daemon=True))
+        else:
+            subscribed.set()
+        if self.rules is not None:
+            threads.append(threading.Thread(target=self._rules_loop, args=(stop,), name="rules", daemon=True))
+        for t in threads:
+            t.start()
+        # Subscribe before the first dump, so that nothing falls between them.
+        subscribed.wait(5.0)
+        try:
+            self._work_loop(stop)
+        finally:
+            stop.set()
+            self.notifier.stopping()
+            for s in self._servers:
+                s.shutdown()
+            for t in threads:
+                t.join(timeout=0.5)
+
+    def _mark(self, trigger: str) -> None:
+        with self._lock:
+            self.state.triggers.add(trigger)
+        self.state.wake.set()
+
+    def _heard_from_etcd(self) -> None:
+        self._last_etcd_answer = self.clock()
+        if not self.state.etcd_ok:
+            self._set_etcd_ok(True)
+
+    def _watch_loop(self, stop: threading.Event) -> None:
+        backoff = 0.1
+        while not stop.is_set():
+            try:
+                # A progress probe every 5 s of silence: a hung etcd is noticed within
+                # ~10 s (probe + timeout), and reported through health at once.
+                for ev in self.store.watch(self._revision + 1, stop, progress_interval=5.0,
+                                           health=self._on_etcd_health):
+                    self._lease_q.append(("event", ev, self.clock()))
+                    self._revision = max(self._revision, ev.revision)
+                    self._heard_from_etcd()
+                    if self.keeper is not None and ev.kv.key == self.keeper.current.key:
+                        self.state.check_own_lease = True
+                    self._mark("lease")
+                    backoff = 0.1
+                return
+            except EtcdCompacted as exc:
+                # Our resume point is gone from history: re-list and diff the
+                # whole state (never flanneld's hot loop, #2470).
+                log.warning("lease watch: %s; re-listing", exc)
+                self.metrics.inc("flannel_reconciler_etcd_watch_restarts_total", reason="compacted")
+                self._try_relist(stop)
+            except ReconcilerError as exc:
+                self._set_etcd_ok(False)
+                log.warning("lease watch: %s; failing static, retrying in %.1fs", exc, backoff)
+                self.metrics.inc("flannel_reconciler_etcd_watch_restarts_total", reason="error")
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                self._try_relist(stop)
+
+    def _on_etcd_health(self, ok: bool) -> None:
+        if ok:
+            self._heard_from_etcd()
+        else:
+            self._set_etcd_ok(False)
+
+    def _try_relist(self, stop: threading.Event) -> None:
+        try:
+            self._relist()
+        except ReconcilerError as exc:
+            self._set_etcd_ok(False)
+            log.warning("re-list failed: %s", exc)
+
+    def _set_etcd_ok(self, ok: bool) -> None:
+        if ok != self.state.etcd_ok:  # log transitions only
+            log.warning("etcd %s", "reachable again" if ok else "unreachable: failing static (no deletions)")
+            self.notifier.status("etcd reachable again" if ok else "etcd unreachable: failing static (no deletions)")
+        self.state.etcd_ok = ok
+        self.metrics.set("flannel_reconciler_etcd_up", 1 if ok else 0)
+
+    def _kernel_loop(self, stop: threading.Event, subscribed: threading.Event) -> None:
+        devices = set(owned_devices(self.config, self.node.bridge))
+        networks = [str(n) for n in (self.config.network, self.config.ipv6_network) if n is not None]
+
+        def on_events(events) -> None:
+            # None: the kernel dropped notifications; only a dump can tell what we missed.
+            self._kernel_q.append(events)
+            self._mark("kernel")
+
+        try:
+            self.backend.watch_kernel(devices, networks, on_events, stop, subscribed)
+        except ReconcilerError as exc:  # periodic resync still covers drift
+            log.warning("kernel events unavailable: %s; drift is repaired at each resync only", exc)
+        finally:
+            subscribed.set()
+
+    def _work_loop(self, stop: threading.Event) -> None:
+        next_resync = self.clock()
+        while not stop.is_set():
+            now = self.clock()
+            due = next_resync if self._retry_at is None else min(next_resync, self._retry_at)
+            timeout = max(0.0, due - now)
+            if self.notifier.watchdog:  # WatchdogSec=: wake often enough to ping
+                timeout = min(timeout, self.notifier.watchdog)
+            self.notifier.ping()
+            if self.state.wake.wait(timeout) and self.opts.coalesce:
+                stop.wait(self.opts.coalesce)  # let a burst of events land
+            if stop.is_set():
+                break
+            with self._lock:
+                triggers = self.state.triggers
+                self.state.triggers = set()
+                self.state.wake.clear()
+            now = self.clock()
+            if now >= next_resync:
+                triggers.add("resync")
+                next_resync = now + self.opts.resync_interval * self.rng.uniform(0.9, 1.1)
+            if self._retry_at is not None and now >= self._retry_at:
+                triggers.add("retry")
+                self._retry_at = None
+            if not triggers:
+                continue
+            if "resync" in triggers:
+                self._check_surroundings()
+            self._keep_lease()
+            self.cycle(triggers)
+
+    def _check_surroundings(self) -> None:
+        """Once per resync, what the agent read once at start-up and cannot follow by itself.
+
+        * The network config: flanneld and this agent read it at start-up only (a new
+          Network or VNI means new devices and leases); a change is said once, and
+          ``flannel_reconciler_config_changed`` turns 1, until the agent is restarted.
+        * The namespace (``--netns``): deleted, it lives on only through our sockets,
+          and nobody uses what we program there; /healthz turns 503 and it is logged
+          every resync, so an operator or the kubelet restarts us.
+        """
+        try:
+            raw = self.store.get_config()
+        except ReconcilerError:
+            raw = None      # the outage is reported by the etcd health signal
+        if raw is not None:
+            try:
+                changed = parse_network_config(raw) != self.config
+            except ReconcilerError as exc:
+                changed, raw = True, f"(unusable: {exc})"
+            if changed and raw != self._config_warned:
+                log.warning("the network config in etcd changed (now %s); it is read at start-up only, as "
+                            "flanneld does: restart the agent to apply it", esc(raw))
+                self._config_warned = raw
+            self.metrics.set("flannel_reconciler_config_changed", 1 if changed else 0)
+        if self.opts.netns is not None and _netns_inode(self.opts.netns, missing_ok=True) != self._netns_inode:
+            self.state.broken = (f"network namespace {self.opts.netns} was deleted or replaced: this agent "
+                                 f"programs a namespace nobody uses; restart it")
+            log.error("%s", self.state.broken)
+
+    def _keep_lease(self) -> None:
+        if self.keeper is None:
+            return
+        before = self.keeper.current
+        try:
+            if self.state.check_own_lease:
+                self.state.check_own_lease = False
+                self.keeper.ensure()
+            else:
+                self.keeper.tick(self.clock())
+        except ReconcilerError as exc:
+            log.warning("lease %s: %s", esc(before.key), exc)
+            if isinstance(exc, EtcdError):
+                self._set_etcd_ok(False)
+            return
+        if self.keeper.current.key != before.key:
+            log.warning("our lease moved: %s -> %s", esc(before.key), esc(self.keeper.current.key))
+            self._pin_changes |= self.index.pin(self.keeper.current.key)
+            self._try_relist(threading.Event())
+
+    # ------------------------------------------------------------ one cycle
+    def _drain_leases(self) -> tuple[set[str], float | None]:
+        """Fold queued lease events into the index; return the changed keys and the oldest arrival."""
+        changed: set[str] = set()
+        oldest = None
+        q = self._lease_q
+        while q:
+            item = q.popleft()
+            if item[0] == "list":
+                changed |= self.index.replace_all(item[1])
+                revision = item[3] if len(item) > 3 else None
+            else:
+                ev = item[1]
+                changed |= self.index.put(ev.kv) if ev.type == "put" else self.index.delete(ev.kv.key)
+                revision = ev.revision
+            oldest = item[2] if oldest is None else min(oldest, item[2])
+            if revision:
+                self._folded_revision = max(self._folded_revision, revision)
+        return changed, oldest
+
+    def _drain_kernel(self) -> int:
+        changed = 0
+        q = self._kernel_q
+        while q:
+            events = q.popleft()
+            if events is None:
+                self.tracker.needs_dump = True
+            else:
+                changed += self.tracker.observe(events)
+        return changed
+
+    def _report_leases(self, changed: set[str]) -> None:
+        """Log a lease's standing when it changes (never again while it stays the same), and keep
+        the skip gauges, whose reason label is one of a few fixed words.
+
+        At most ``_SKIP_LINES`` skipped leases are logged one by one per ``_SKIP_WINDOW``
+        seconds; the rest of a burst (someone writing thousands of junk keys) is counted and
+        said in one summary line per window, so etcd content cannot flood the log."""
+        now = self.clock()
+        for key in sorted(changed):
+            old = self._skip_labels.pop(key, None)
+            if old is not None:
+                self._skip_counts[old] -= 1
+            self._own_ip_dups.discard(key)
+            skip = self.index.skipped.get(key)
+            if skip is not None:
+                label = skip_reason_label(skip.reason)
+                self._skip_labels[key] = label
+                self._skip_counts[label] += 1
+                parsed = self.index.parsed(key)
+                if parsed is not None and parsed.public_ip == self.node.public_ip:
+                    # Two leases for one node: ours is the one we keep alive; say so loudly.
+                    self._own_ip_dups.add(key)
+                    log.error("lease %s also carries our PublicIP %s; this node keeps %s and ignores it "
+                              "(delete the one you do not want)", esc(key), self.node.public_ip,
+                              esc(self.index.pinned))
+                else:
+                    if now - self._skip_window >= _SKIP_WINDOW:
+                        self._flush_skip_summary(now)
+                    if self._skip_logged < _SKIP_LINES:
+                        self._skip_logged += 1
+                        log.warning("skipped lease %s: %s", esc(key), esc(skip.reason))
+                    else:
+                        self._skip_suppressed[label] += 1
+            elif old is not None and key in self.index.valid:
+                log.info("lease %s is valid again", esc(key))
+        if self._skip_suppressed and now - self._skip_window >= _SKIP_WINDOW:
+            self._flush_skip_summary(now)
+        if changed:
+            self.metrics.set("flannel_reconciler_own_public_ip_duplicates", len(self._own_ip_dups))
+            self.metrics.set("flannel_reconciler_leases", len(self.index.valid))
+            self.metrics.reset("flannel_reconciler_leases_skipped")
+            for label, n in self._skip_counts.items():
+                if n:
+                    self.metrics.set("flannel_reconciler_leases_skipped", n, reason=label)
+
+    def _flush_skip_summary(self, now: float) -> None:
+        if self._skip_suppressed:
+            log.warning("skipped %d more leases in the last %.0fs (%s); not named one by one",
+                        sum(self._skip_suppressed.values()), now - self._skip_window,
+                        ", ".join(f"{k}={v}" for k, v in sorted(self._skip_suppressed.items())))
+            self._skip_suppressed.clear()
+        self._skip_window, self._skip_logged = now, 0
+
+    def cycle(self, triggers: set[str]) -> CycleReport | None:
+        """Fold in what changed, plan the dirty keys, apply.  Returns None when it could not run."""
+        if not self._listed:
+            return None
+        t0 = time.monotonic()
+        tr = _tr(triggers)
+        changed, oldest = self._drain_leases()
+        changed |= self._pin_changes
+        self._pin_changes = set()
+        self._report_leases(changed)
+        self.tracker.dirty |= self.desired.update(self.index, changed)
+        self._drain_kernel()
+        if self.desired.own is None:
+            # Checked on the next wake-up (our key's watch event, or the resync
+            # timer): never a tight loop while etcd is away.
+            if not self._no_own_lease:   # said once per absence, not once per lease event meanwhile
+                log.warning("no valid lease has PublicIP %s: re-acquiring, kernel left as it is",
+                            self.node.public_ip)
+                self._no_own_lease = True
+            self.state.check_own_lease = True
+            self.metrics.inc("flannel_reconciler_cycles_total", trigger=tr, outcome="no-lease")
+            return None
+
+        self._no_own_lease = False
+        dumped = False
+        full = "resync" in triggers or self.tracker.needs_dump
+        if full:
+            try:
+                self.tracker.replace_live(dump_live(self.backend, self.config, self.node.bridge))
+            except ReconcilerError as exc:
+                log.error("cycle aborted, nothing written: %s", exc)
+                self.metrics.inc("flannel_reconciler_cycles_total", trigger=tr, outcome="error")
+                self._schedule_retry()
+                return None
+            dumped = True
+            self.metrics.inc("flannel_reconciler_dumps_total")
+            # Events queued during the dump are newer than it, or repeat it.
+            self._drain_kernel()
+
+        plan = self.tracker.plan(self.desired.state)
+        held: tuple = ()
+        if any(c.op == "delete" and c.kind != "link" for c in plan) and not self._etcd_reachable(changed):
+            # Fail static: a deletion needs a lease view we can trust; it stays pending.
+            held = tuple(c for c in plan if c.op == "delete" and c.kind != "link")
+            plan = Plan(tuple(c for c in plan if c.op != "delete" or c.kind == "link"), plan.conflicts)
+        results = apply_plan(self.backend, plan, self.desired.state) if plan.changes else []
+        self.tracker.settle(plan, results, held)
+        if self.rules is not None and self.desired.own != self._rules_lease:
+            # Rules depend on our own lease and the config only: written here when our lease
+            # first appears or changes; checked every --iptables-resync seconds by their own
+            # thread.  Not on every lease event: reading them back costs subprocesses.
+            self._sync_rules(self.desired.own)
+        failed = [r for r in results if not r.ok]
+        for r in results:
+            self.metrics.inc("flannel_reconciler_operations_total", kind=r.change.kind, op=r.change.op,
+                             result="ok" if r.ok else ("skipped" if r.skipped else "error"))
+        if not changed:
+            repaired = sum(1 for r in results if r.ok)
+            if repaired:
+                self.metrics.inc("flannel_reconciler_drift_repaired_total", repaired)
+        for r in failed:
+            log.error("failed: %s", r.message)
+        conflicts = plan.conflicts if not full else tuple(self.tracker.conflicts.values())
+        for c in conflicts:
+            log.warning("conflict: %s is held by a foreign route (%s, proto %s); left alone",
+                        describe(c.desired), describe(c.foreign), c.foreign.protocol)
+        if failed or held:
+            self._schedule_retry()
+        else:
+            self._retry_delay = self.opts.retry_min
+            self.metrics.set("flannel_reconciler_last_successful_sync_timestamp_seconds", time.time())
+        if full and self._skip_suppressed:
+            self._flush_skip_summary(self.clock())
+        if full and self.index.skipped:
+            log.info("%d leases skipped (%s)", len(self.index.skipped),
+                     ", ".join(f"{k}={v}" for k, v in sorted(self._skip_counts.items()) if v))
+        # subnet.env (what the CNI plugin needs) depends on our own devices and
+        # addresses only: one peer's failing entry must not keep pods from starting.
+        if not any(r.change.kind in ("link", "address") for r in failed):
+            if self._write_subnet_env() and not self.state.ready:
+                self.state.ready = True
+                self.metrics.set("flannel_reconciler_ready", 1)
+                log.info("ready: first full sync done, %s written", self.opts.subnet_file)
+                # Like flanneld: READY=1 once our devices are programmed and subnet.env is written.
+                self.notifier.ready(f"ready: subnet {self.desired.own.subnet}, {len(self.index.valid)} leases, "
+                                    f"{self.opts.subnet_file} written")
+        duration = time.monotonic() - t0
+        if oldest is not None and results:
+            self.metrics.observe("flannel_reconciler_etcd_to_kernel_seconds", self.clock() - oldest)
+        self.metrics.observe("flannel_reconciler_cycle_duration_seconds", duration)
+        if len(results) > 1000:    # a cold start or a re-created device, not every resync
+            _trim_heap()
+        # Set last: once it shows a revision, everything that revision caused is done (and counted).
+        self.metrics.set("flannel_reconciler_lease_revision", self._folded_revision)
+        self.metrics.inc("flannel_reconciler_cycles_total", trigger=tr, outcome="failed" if failed else "ok")
+        s = plan.summary()
+        level = logging.INFO if (plan.changes or failed or full) else logging.DEBUG
+        if log.isEnabledFor(level):
+            log.log(level, "cycle trigger=%s leases=%d skipped=%d create=%d update=%d delete=%d failed=%d "
+                    "held=%d dump=%s etcd=%s duration=%.3fs", tr, len(self.index.valid), len(self.index.skipped),
+                    s["create"], s["update"], s["delete"], len(failed), len(held), "yes" if dumped else "no",
+                    "up" if self.state.etcd_ok else "DOWN", duration)
+        self.state.last_cycle_end = self.clock()
+        self.last_cycle = CycleReport(frozenset(triggers), plan, tuple(results), dumped, duration, self.index)
+        return self.last_cycle
+
+    def _schedule_retry(self) -> None:
+        """Failed or held-back changes stay dirty; look at them again after a growing pause."""
+        self._retry_at = self.clock() + self._retry_delay
+        self._retry_delay = min(self._retry_delay * 2, self.opts.retry_max)
+
+    def _etcd_reachable(self, fresh: set[str]) -> bool:
+        """Before deleting: can we trust the lease view?  When this cycle folded in lease
+        events that etcd sent within the last second, it just spoke: yes, for free (a
+        peer's lease deleted is acted on without an extra round trip).  Otherwise one
+        cheap read decides.
+
+        The watch notices a dead etcd only when it gives up on reconnecting,
+        so deletions do not rely on it: they need etcd to answer *now*."""
+        if fresh and self.state.etcd_ok and self.clock() - self._last_etcd_answer < 1.0:
+            return True
+        try:
+            self.store.get_config()
+        except ReconcilerError as exc:
+            log.warning("etcd unreachable (%s): failing static, deletions held back", exc)
+            self._set_etcd_ok(False)
+            return False
+        self._heard_from_etcd()
+        return True
+
+    def _write_subnet_env(self) -> bool:
+        """Write subnet.env when it changed.  A file we cannot write (read-only, full disk,
+        a directory at the path) is logged once per distinct error and retried; it never
+        stops the agent, which keeps the node's kernel state serving traffic."""
+        own = self.desired.own
+        text = render_subnet_env(self.config, own.subnet, self.node.underlay_mtu, self.opts.ip_masq,
+                                 own.ipv6_subnet if self.config.enable_ipv6 else None)
+        if text == self._subnet_env_text:
+            return True
+        try:
+            write_subnet_env(self.opts.subnet_file, text)
+        except OSError as exc:
+            why = f"cannot write {self.opts.subnet_file}: {exc.strerror or exc}"
+            if why != self._subnet_env_error:
+                log.error("%s; retrying (pods cannot start on this node until it is written)", why)
+                self._subnet_env_error = why
+            self.metrics.inc("flannel_reconciler_subnet_file_errors_total")
+            self._schedule_retry()
+            return False
+        if self._subnet_env_error:
+            log.info("%s written", self.opts.subnet_file)
+            self._subnet_env_error = None
+        self._subnet_env_text = text
+        return True
+
+    # ----------------------------------------------------------------- HTTP
+    def _start_http(self) -> None:
+        routes = {"/healthz": self._healthz, "/readyz": self._readyz, "/metrics": self._metrics}
+        ports: dict[int, dict] = {}
+        if self.opts.healthz_port:
+            ports.setdefault(self.opts.healthz_port, {}).update(
+                {"/healthz": routes["/healthz"], "/readyz": routes["/readyz"]})
+        if self.opts.metrics_port:
+            ports.setdefault(self.opts.metrics_port, {})["/metrics"] = routes["/metrics"]
+        for port, r in ports.items():
+            self._servers.append(serve_http(self.opts.healthz_ip, port, r))
+
+    def _liveness_window(self) -> float:
+        return self.opts.liveness_window or max(60.0, 3 * self.opts.resync_interval)
+
+    def _healthz(self):
+        if self.state.broken:
+            return 503, "text/plain", f"{self.state.broken}\n"
+        age = self.clock() - self.state.last_cycle_end
+        if self.state.last_cycle_end and age <= self._liveness_window():
+            return 200, "text/plain", f"flannel-reconciler is running (last cycle {age:.1f}s ago)\n"
+        if not self.state.last_cycle_end:
+            return 200, "text/plain", "flannel-reconciler is starting\n"
+        return 503, "text/plain", f"reconcile loop stalled: last cycle {age:.1f}s ago\n"
+
+    def _readyz(self):
+        if self.state.ready:
+            return 200, "text/plain", "flannel-reconciler is ready\n"
+        return 503, "text/plain", "flannel-reconciler is not ready yet\n"
+
+    def _metrics(self):
+        return 200, "text/plain; version=0.0.4", self.metrics.render()
+
+
+def _netns_inode(name: str | None, missing_ok: bool = False) -> int | None:
+    """The inode of ``/var/run/netns/NAME`` (None: no namespace given, or gone when ``missing_ok``)."""
+    if name is None:
+        return None
+    from reconciler.kernel.netlink.common import NETNS_RUN_DIR
+
+    try:
+        return os.stat(os.path.join(NETNS_RUN_DIR, name)).st_ino
+    except OSError:
+        if missing_ok:
+            return None
+        raise
+
+
+def _trim_heap() -> None:
+    """After a large cycle: give its memory back, and take the long-lived state out of the GC's walks.
+
+    A cold start's 15,000 changes, their results and the dump buffers are
+    freed afterwards, but glibc keeps the freed heap mapped, so the agent's
+    RSS would stay at the cold start's peak for its whole life:
+    ``malloc_trim`` returns it.  ``gc.freeze`` moves what survives (the lease
+    index, the desired state: tens of thousands of objects that live as long
+    as the agent) out of the cyclic collector's generations, which would
+    otherwise walk them all now and then in the middle of a cycle
+    (docs/incremental.md).  A few ms, only after big cycles."""
+    gc.collect()
+    gc.freeze()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):   # not glibc: nothing to trim this way
+        pass
+
+
+def _tr(triggers: set[str]) -> str:
+    return "+".join(sorted(triggers))

@@ -1,0 +1,133 @@
+"""The long-running and etcd-facing commands: ``run``, ``snapshot``, ``demo``, ``bench``."""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+
+from reconciler.core.errors import ReconcilerError
+
+__all__ = ["add_commands"]
+
+
+def _demo_nodes(text: str) -> int:
+    import argparse
+
+    # The range is the demo's own check (run_demo), with its own message.
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def add_commands(sub) -> None:
+    """Register the agent's subcommands on the main parser (their options: ``flags.py``)."""
+    from reconciler.cli import flags
+
+    pr = sub.add_parser("run", help="the node agent: acquire a lease, then reconcile on every change",
+                        allow_abbrev=False)
+    flags.add_to_parser(pr, "run")
+    pr.set_defaults(handler=cmd_run)
+
+    ps = sub.add_parser("snapshot", help="write the etcd state as a --leases-file snapshot", allow_abbrev=False)
+    flags.add_to_parser(ps, "snapshot")
+    ps.set_defaults(handler=cmd_snapshot)
+
+    pd = sub.add_parser("demo", help="a private etcd, N nodes as network namespaces, pods, and a ping matrix",
+                        allow_abbrev=False)
+    pd.add_argument("--nodes", type=_demo_nodes, default=3, help="how many nodes (2..20, default 3)")
+    pd.add_argument("--keep", action="store_true", help="leave the demo running until Ctrl-C")
+    pd.add_argument("--ipv6", action="store_true",
+                    help="dual stack: an IPv6 network beside the IPv4 one, and a ping -6 matrix too")
+    pd.set_defaults(handler=cmd_demo)
+
+    pb = sub.add_parser("bench", help="cluster-scale benchmarks: the real agent against a simulated cluster (root)")
+    pb.add_argument("--nodes", default="1000,5000",
+                    help="comma-separated cluster sizes (default %(default)s; e.g. 1000,5000,10000,20000)")
+    pb.add_argument("--backend", choices=("batched", "pyroute2"), default="batched",
+                    help="the agent's --netlink-backend (default %(default)s, the agent's own default)")
+    pb.add_argument("--out", default="bench-results", help="directory for the JSON file and the plots")
+    pb.add_argument("--quick", action="store_true",
+                    help="CI smoke mode: fewer changes, 5 s idle window and resync (every scenario still runs)")
+    pb.set_defaults(handler=cmd_bench)
+
+
+def cmd_run(args) -> int:
+    from reconciler.cli.main import _public_ipv6, check_underlay_address, open_backend, open_store
+    from reconciler.agent.daemon import Agent, AgentOptions
+
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    # --log-level debug is ours: pyroute2's own debug output is thousands of message dumps a second.
+    logging.getLogger("pyroute2").setLevel(max(logging.INFO, logging.getLogger().level))
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        logging.getLogger("flannel_reconciler").info("signal %d: stopping, kernel state left in place", signum)
+        stop.set()
+
+    from reconciler.cli.main import bridge_name, underlay_spec
+
+    spec = underlay_spec(args)
+    opts = AgentOptions(
+        public_ip=args.public_ip, iface=list(spec.ifaces), underlay_mtu=args.underlay_mtu,
+        iface_regex=list(spec.regexes), iface_can_reach=spec.can_reach, bridge=bridge_name(args),
+        subnet_file=args.subnet_file, resync_interval=args.resync_interval, healthz_ip=args.healthz_ip,
+        healthz_port=args.healthz_port, metrics_port=args.metrics_port, ip_masq=args.ip_masq,
+        public_ipv6=_public_ipv6(args),
+        forward_rules=args.iptables_forward_rules, masq_fully_random_disable=args.ip_masq_fully_random_disable,
+        iptables_resync=args.iptables_resync,
+        route_layout=args.route_layout, netns=args.netns,
+    )
+    from reconciler.agent.instance_lock import acquire_instance_lock
+    from reconciler.kernel.netlink.common import netns_path
+
+    # Before etcd or the kernel is touched: one agent per namespace and subnet file.
+    lock = acquire_instance_lock(netns_path(args.netns) if args.netns else None, args.subnet_file)
+    with lock, open_store(args) as store, open_backend(args) as backend:
+        # The operator's mistakes are refused before the agent starts; the
+        # agent itself logs and retries and never exits.
+        check_underlay_address(args, backend.underlay(spec))
+        # Installed only now: pyroute2 forks a helper to open a namespace
+        # socket and stops it with SIGTERM; that child must not inherit ours.
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        from reconciler.rules import IptablesBackend, NftablesBackend, RuleReconciler
+
+        rules = RuleReconciler(IptablesBackend(args.netns), NftablesBackend(args.netns))
+        Agent(store, backend, opts, rules=rules).run(stop)
+    return 0
+
+
+def cmd_snapshot(args) -> int:
+    from reconciler.cli.main import load_snapshot
+    from reconciler.core.leases import snapshot_to_json
+
+    text = snapshot_to_json(load_snapshot(args))
+    if args.output_file:
+        try:
+            with open(args.output_file, "w") as f:
+                f.write(text)
+        except OSError as exc:
+            raise ReconcilerError(f"cannot write -o {args.output_file}: {exc.strerror}") from None
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from reconciler.tools.bench import parse_nodes, run_bench
+
+    try:
+        nodes = parse_nodes(args.nodes)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return run_bench(nodes, backend=args.backend, out_dir=args.out, quick=args.quick)
+
+
+def cmd_demo(args) -> int:
+    from reconciler.tools.demo import run_demo
+
+    return run_demo(args.nodes, keep=args.keep, ipv6=args.ipv6)

@@ -1,0 +1,130 @@
+"""What the agent owns in the kernel, as a policy object.
+
+Ownership is decided once, at the read boundary: live state is filtered
+through the policy before it reaches the planner, so an object that is not
+ours never enters the diff and can never be planned for deletion.
+
+The agent owns, and only owns:
+
+* links: ``flannel.<VNI>``, ``flannel-v6.<VNI>`` and ``cni0`` (by name; the
+  bridge is ``--bridge NAME``, and with ``--no-bridge`` no bridge is ours:
+  the CNI plugin or Docker owns it);
+* addresses on those links that lie inside the cluster network (IPv4
+  ``Network`` or ``IPv6Network``); link-local and other addresses are foreign;
+* routes of the main table whose destination lies inside the cluster network
+  *and* that either sit on a VXLAN device or carry our route protocol
+  (``RTPROT_RECONCILER``).  Routes flanneld left (``proto boot`` on
+  ``flannel.<VNI>``) therefore count as ours and are adopted or removed.
+  Routes the kernel made (``proto kernel``: the connected route of ``cni0``)
+  are never ours: the kernel keeps them in step with the addresses;
+* permanent neighbour entries and ``self`` permanent FDB entries on the
+  VXLAN devices (the backend only reports permanent ones; the kernel's own
+  reachable/stale entries are not ours and never enter the dump);
+* nexthop objects whose id lies in our range (``NEXTHOP_ID_BASE`` and the
+  ``2 * NEXTHOP_ID_SPAN`` ids after it) *and* that sit on a VXLAN device.
+  The ids are a pure function of a peer's subnet (``desired.nexthop_id``),
+  the same on every node and across restarts; docs/route-layouts.md says
+  which ids they are.  They are owned whatever the route layout in use, so
+  switching back to ``onlink`` removes them.
+
+A learned (reachable, stale, ...) neighbour entry that sits at the key of
+a neighbour we want is the kernel's ARP cache, not anybody's state: writing
+ours replaces it, as flanneld does.
+
+Everything else -- pod veths enslaved to ``cni0``, the underlay, other
+devices, other tables, routes outside the network -- is foreign.  A known
+consequence, kept deliberately: after the cluster ``Network`` changes, old
+routes outside the new network are no longer ours and are left in place
+(flannel #1604); neighbour and FDB entries on the VXLAN device are cleaned
+whatever their address.
+"""
+from __future__ import annotations
+
+import ipaddress
+from typing import Protocol
+
+from reconciler.core.config import NetworkConfig
+from reconciler.core.model import (RTPROT_KERNEL, RTPROT_RECONCILER, Address, Fdb, KernelObject, KernelState, Link, Neigh, Nexthop,
+                    Route)
+
+__all__ = ["BRIDGE_NAME", "FlannelOwnership", "NEXTHOP_ID_BASE", "NEXTHOP_ID_SPAN", "OwnershipPolicy",
+           "RTPROT_KERNEL", "owned_nexthop_id"]
+
+BRIDGE_NAME = "cni0"
+
+#: First nexthop id of ours: 0x464C0000 ("FL" in ASCII, then two zero bytes),
+#: far above the small ids iproute2 users and FRR's zebra hand out.
+NEXTHOP_ID_BASE = 0x464C0000
+#: Ids per address family: IPv4 peers take ``BASE + index``, IPv6 peers
+#: ``BASE + SPAN + index``, where index is the peer subnet's position inside
+#: ``Network`` (``IPv6Network``).  2**20 subnets is far past any flannel
+#: cluster (a /8 with /28 leases); a config with more is refused up front.
+NEXTHOP_ID_SPAN = 1 << 20
+
+
+def owned_nexthop_id(nhid: int) -> bool:
+    """Is ``nhid`` inside the range our nexthop ids come from?"""
+    return NEXTHOP_ID_BASE <= nhid < NEXTHOP_ID_BASE + 2 * NEXTHOP_ID_SPAN
+
+
+class OwnershipPolicy(Protocol):
+    def owns(self, obj: KernelObject) -> bool: ...
+
+    def filter(self, live: KernelState) -> KernelState: ...
+
+
+class FlannelOwnership:
+    """The ownership rules above for one network config."""
+
+    __slots__ = ("vxlan_devices", "devices", "_networks", "_prefix_cache")
+
+    def __init__(self, config: NetworkConfig, bridge: str | None = BRIDGE_NAME) -> None:
+        self.vxlan_devices = frozenset({config.device_name, config.v6_device_name})
+        # bridge None (--no-bridge): the CNI plugin owns the bridge, we own none.
+        self.devices = self.vxlan_devices | ({bridge} if bridge else set())
+        nets = []
+        if config.network is not None:
+            nets.append(config.network)
+        if config.ipv6_network is not None:
+            nets.append(config.ipv6_network)
+        self._networks = tuple(nets)
+        # Many routes share nothing, but the cache keeps repeated resyncs of
+        # the same 5,000 prefixes from re-parsing them every cycle.
+        self._prefix_cache: dict[str, bool] = {}
+
+    def inside_network(self, prefix: str) -> bool:
+        """Is the address or prefix (``a.b.c.d/len`` or a bare address) inside the cluster network?"""
+        hit = self._prefix_cache.get(prefix)
+        if hit is None:
+            try:
+                net = ipaddress.ip_network(prefix, strict=False)
+            except ValueError:
+                hit = False
+            else:
+                hit = any(net.version == n.version and net.subnet_of(n) for n in self._networks)
+            if len(self._prefix_cache) > 200_000:
+                self._prefix_cache.clear()
+            self._prefix_cache[prefix] = hit
+        return hit
+
+    def owns(self, obj: KernelObject) -> bool:
+        if isinstance(obj, Link):
+            return obj.name in self.devices
+        if isinstance(obj, Address):
+            # An address's own network is irrelevant: ``10.244.1.1/24`` is ours
+            # because 10.244.1.1 is inside 10.244.0.0/16.
+            return obj.dev in self.devices and self.inside_network(obj.cidr.split("/", 1)[0])
+        if isinstance(obj, Route):
+            if obj.protocol == RTPROT_KERNEL:
+                return False
+            on_ours = obj.dev in self.vxlan_devices or obj.protocol == RTPROT_RECONCILER
+            return on_ours and self.inside_network(obj.dst)
+        if isinstance(obj, (Neigh, Fdb)):
+            return obj.dev in self.vxlan_devices
+        if isinstance(obj, Nexthop):
+            return obj.dev in self.vxlan_devices and owned_nexthop_id(obj.id)
+        return False
+
+    def filter(self, live: KernelState) -> KernelState:
+        """The owned part of a live dump."""
+        return live.filter(self.owns)

@@ -1,0 +1,228 @@
+"""The etcd watch stream: ``EtcdStore.watch()``'s machinery.
+
+With ``reconciler.etcd.store``, the only modules that import ``pyetcd`` and
+``grpc``; split from it to keep both readable.  ``EtcdStore._watch`` calls
+``watch_subnets`` here; the store itself, its error classification and
+``WatchEvent`` stay in ``reconciler.etcd.store`` (import ``WatchEvent`` from there).
+
+A watch dies silently with its server, so this is our own bidirectional
+stream with a reader thread (so the consumer can wait with a timeout) and a
+liveness probe (etcd's progress request); a broken stream is re-created on an
+available endpoint from the last delivered revision + 1.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import grpc
+from pyetcd import etcdrpc
+from pyetcd import exceptions as pyetcd_exc
+from pyetcd import utils as pyetcd_utils
+from pyetcd.etcdrpc import kv_pb2
+
+from reconciler.core.errors import EtcdAuthError, EtcdCompacted, EtcdError
+from reconciler.etcd.store import (_FAILOVER_CODES, _LEADER, _TOKEN, _TRANSIENT, EtcdStore, WatchEvent, _classify, _code_details,
+                   _raw_kv)
+from reconciler.etcd.store import log  # the watch logs as reconciler.etcd.store, as before the split
+from reconciler.core.leases import RawKV
+
+__all__ = ["watch_subnets"]
+
+# clientv3's WithRequireLeader: a member that lost its leader cancels our watch
+# ("etcdserver: no leader") instead of leaving it silently stale.
+_REQUIRE_LEADER = ("hasleader", "true")
+
+
+def watch_subnets(store: EtcdStore, next_rev: int, stop: threading.Event | None, progress_interval: float,
+                  give_up_after: float, health=None) -> Iterator[WatchEvent]:
+    """The body of ``EtcdStore.watch()`` (see there), for ``store``."""
+    key = store.subnets_prefix
+    range_end = pyetcd_utils.prefix_range_end(key.encode())
+    closed = store._closed.is_set
+    stopped = (lambda: stop.is_set() or closed()) if stop is not None else closed
+    heard_at = time.monotonic()  # the last time any endpoint answered us
+    backoff = _Backoff()
+    reauthed = False
+    while not stopped():
+        url = store.endpoint_in_use
+        label: str | None = None
+        stream: _WatchStream | None = None
+        try:
+            try:
+                store._ensure_token()
+                label, channel = store._open_channel()
+                url = store._url_by_netloc.get(label, url)
+                stream = _WatchStream(channel, store._metadata(_REQUIRE_LEADER), etcdrpc.WatchRequest(
+                    create_request=etcdrpc.WatchCreateRequest(key=key.encode(), range_end=range_end,
+                                                              start_revision=next_rev)))
+            except EtcdAuthError:
+                raise
+            except EtcdError as exc:
+                raise _Broken(str(exc)) from exc
+            except (grpc.RpcError, pyetcd_exc.Etcd3Exception, ValueError) as exc:
+                raise _Broken(str(exc)) from exc
+
+            opened_at = time.monotonic()
+            created = False
+            probe_sent_at: float | None = None
+            while not stopped():
+                item = stream.get(0.2)
+                if stopped():
+                    return  # also when close() broke the stream: that is no error
+                now = time.monotonic()
+                if item is None:
+                    if not created:
+                        if now - opened_at > store.timeout:
+                            raise _Broken(f"watch create: no answer within {store.timeout:g}s", hung=True)
+                    elif probe_sent_at is not None:
+                        if now - probe_sent_at > store.timeout:
+                            raise _Broken(f"watch: no answer to a progress request within {store.timeout:g}s",
+                                          hung=True)
+                    elif now - heard_at >= progress_interval:
+                        stream.request_progress()
+                        probe_sent_at = now
+                    continue
+                if isinstance(item, _StreamEnded):
+                    if item.error is not None:
+                        kind = _classify(item.error)
+                        if kind == _TOKEN and store._username and not reauthed:
+                            reauthed = True
+                            store._invalidate_token()
+                        elif kind not in (_TRANSIENT, _LEADER):
+                            raise store._translate("watch", url, item.error) from item.error
+                        raise _Broken(_code_details(item.error)[1], item.error)
+                    raise _Broken("watch stream closed by the server", hung=True)
+                heard_at, probe_sent_at = now, None
+                if health is not None:
+                    health(True)
+                if item.compact_revision:
+                    raise EtcdCompacted(
+                        f"etcd watch {key} via {url}: revision {next_rev} is compacted "
+                        f"(compact revision {item.compact_revision}): re-list", int(item.compact_revision))
+                if item.canceled:
+                    reason = item.cancel_reason or "canceled by the server"
+                    if "permission denied" in reason or "auth" in reason:
+                        # An expired token shows up here as "permission denied": one fresh token, then give up.
+                        if store._username and not reauthed:
+                            reauthed = True
+                            store._invalidate_token()
+                            raise _Broken(reason)
+                        raise EtcdAuthError(f"etcd watch {key} via {url}: {reason}")
+                    # "no leader" and the like: this member is no use, try another.
+                    raise _Broken(reason, hung=True)
+                if item.created and not created:
+                    created = True
+                    backoff.reset()
+                    reauthed = False
+                for ev in item.events:
+                    if stopped():
+                        return
+                    event = _watch_event(ev)
+                    yield event
+                    next_rev = event.revision + 1
+        except _Broken as broken:
+            if stopped():
+                return
+            if health is not None:
+                health(False)  # the caller fails static now, not when we give up
+            if label is not None and (broken.hung or (
+                    broken.error is not None and _code_details(broken.error)[0] in _FAILOVER_CODES)):
+                store._fail_endpoint(label)  # and move on: the next stream goes elsewhere
+            silent_for = time.monotonic() - heard_at
+            if silent_for > give_up_after:
+                raise EtcdError(f"etcd watch {key}: no endpoint answered for {silent_for:.0f}s "
+                                f"({', '.join(store.endpoints)}); last error via {url}: {broken}") from broken
+            log.info("etcd watch via %s broken (%s); resuming from revision %d", url, broken, next_rev)
+            (stop if stop is not None else store._closed).wait(backoff.next())
+        finally:
+            if stream is not None:
+                stream.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Watch stream plumbing
+# --------------------------------------------------------------------------------------------
+
+class _Broken(Exception):
+    """Internal: the watch stream is unusable; re-create it (maybe elsewhere)."""
+
+    def __init__(self, message: str, error: BaseException | None = None, *, hung: bool = False) -> None:
+        super().__init__(message)
+        self.error = error
+        self.hung = hung
+
+
+@dataclass(frozen=True)
+class _StreamEnded:
+    error: BaseException | None
+
+
+class _Backoff:
+    """100 ms doubling to 2 s, like flanneld's watch reconnect (which caps at 5 s)."""
+
+    def __init__(self, first: float = 0.1, cap: float = 2.0) -> None:
+        self.first, self.cap, self._next = first, cap, first
+
+    def next(self) -> float:
+        delay, self._next = self._next, min(self._next * 2, self.cap)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self.first
+
+
+class _WatchStream:
+    """One bidirectional Watch stream.  A reader thread moves responses to a
+    queue, so the consumer can wait with a timeout (gRPC's iterator cannot)."""
+
+    def __init__(self, channel: grpc.Channel, metadata: list[tuple[str, str]], create: etcdrpc.WatchRequest) -> None:
+        self._requests: queue.Queue[etcdrpc.WatchRequest | None] = queue.Queue()
+        self._responses: queue.Queue[etcdrpc.WatchResponse | _StreamEnded] = queue.Queue()
+        self._requests.put(create)
+        # No deadline: the stream is meant to live long; liveness is the probe's job.
+        self._call = etcdrpc.WatchStub(channel).Watch(self._request_iter(), metadata=metadata)
+        self._reader = threading.Thread(target=self._read, name="etcd-watch-reader", daemon=True)
+        self._reader.start()
+
+    def _request_iter(self) -> Iterator[etcdrpc.WatchRequest]:
+        while True:
+            request = self._requests.get()
+            if request is None:
+                return
+            yield request
+
+    def _read(self) -> None:
+        try:
+            for response in self._call:
+                self._responses.put(response)
+            self._responses.put(_StreamEnded(None))
+        except grpc.RpcError as exc:
+            self._responses.put(_StreamEnded(exc))
+        except Exception as exc:  # never let the reader die silently
+            self._responses.put(_StreamEnded(exc))
+
+    def get(self, timeout: float) -> etcdrpc.WatchResponse | _StreamEnded | None:
+        try:
+            return self._responses.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def request_progress(self) -> None:
+        self._requests.put(etcdrpc.WatchRequest(progress_request=etcdrpc.WatchProgressRequest()))
+
+    def close(self) -> None:
+        self._requests.put(None)   # ends the request iterator (gRPC's sender thread)
+        self._call.cancel()        # ends the response iterator (our reader thread)
+        self._reader.join(timeout=2.0)
+
+
+def _watch_event(ev: object) -> WatchEvent:
+    kv = ev.kv
+    if ev.type == kv_pb2.Event.PUT:
+        return WatchEvent("put", _raw_kv(kv), int(kv.mod_revision))
+    return WatchEvent("delete", RawKV(key=kv.key.decode("utf-8", "replace"), value="", lease=0,
+                                      mod_revision=int(kv.mod_revision)), int(kv.mod_revision))

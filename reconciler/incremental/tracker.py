@@ -1,0 +1,194 @@
+"""The believed kernel view, and the keys where it may differ from the desired state.
+
+Calico Felix's delta tracker is the model (docs/incremental.md): two views
+kept apart -- what we want (``DesiredIndex.state``) and what we believe the
+kernel holds (``live``, owned objects only, plus ``foreign`` routes inside
+the network) -- and the set of object keys where they may differ
+(``dirty``).  Between full resyncs a cycle looks only at the dirty keys:
+
+* a lease event dirties the keys of that lease's objects;
+* a netlink notification that changes the believed view (someone deleted
+  our route, replaced our neighbour, changed the device's MTU) dirties that
+  key; echoes of our own writes change nothing and dirty nothing;
+* a write's ACK is the truth for our own writes: a success updates the
+  believed view, a failure leaves the key dirty for the retry.
+
+Why planning only the dirty keys is the full plan restricted to them: the
+planner treats route, neighbour and FDB keys independently, except through
+device changes (re-creation drops everything on the device, a MAC change
+flushes its neighbours) and address deletions (their connected routes).  So
+a dirty link or address key makes the next plan a full one (in memory, no
+dump), and any link write, or a link event other than an MTU change, asks
+the caller for a fresh dump (the kernel drops IPv4 routes of a device going
+down without telling anyone).  ``tests/test_incremental.py`` checks the
+claim: after any sequence of lease events and kernel faults, a full dump and
+plan find nothing left to do.
+
+Single-threaded: the agent's worker owns it; other threads only queue events.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Iterable
+
+from reconciler.core.model import RTPROT_RECONCILER, KernelObject, KernelState, Route
+from reconciler.core.ownership import FlannelOwnership
+from reconciler.core.plan import Conflict, OpResult, Plan, make_plan
+
+__all__ = ["Tracker"]
+
+ObjKey = tuple[str, Any]
+#: Link attributes a change of which the kernel answers with no side effects.
+_HARMLESS_LINK_ATTRS = frozenset({"mtu"})
+
+
+class Tracker:
+    def __init__(self, policy: FlannelOwnership) -> None:
+        self.policy = policy
+        self.live = KernelState()
+        self.foreign: dict[Any, Route] = {}
+        self.dirty: set[ObjKey] = set()
+        #: The next plan compares everything (after a dump, or a link/address key changed).
+        self.full = True
+        #: A dump is needed before the view can be trusted again.
+        self.needs_dump = True
+        self.conflicts: dict[Any, Conflict] = {}
+        self._planned: set[ObjKey] | None = None   # None: the last plan was a full one
+
+    # ----------------------------------------------------------- the kernel
+    def replace_live(self, dump: KernelState) -> None:
+        """A complete dump: the believed view becomes exactly its owned part."""
+        live = KernelState()
+        foreign: dict[Any, Route] = {}
+        for obj in dump:
+            if self.policy.owns(obj):
+                live.add(obj)
+            elif obj.KIND == "route" and self.policy.inside_network(obj.dst):
+                foreign[obj.key] = obj
+        self.live, self.foreign = live, foreign
+        self.full = True
+        self.needs_dump = False
+
+    def observe(self, events: Iterable) -> int:
+        """Fold netlink notifications (``.op`` "set"/"del", ``.obj``) into the view; return how many changed it."""
+        changed = 0
+        for ev in events:
+            obj = ev.obj
+            kind, key = obj.KIND, obj.key
+            if self._observe_one(ev.op, obj, kind, key):
+                self.dirty.add((kind, key))
+                changed += 1
+        return changed
+
+    def _observe_one(self, op: str, obj: KernelObject, kind: str, key: Any) -> bool:
+        cur = self.live.get(kind, key)
+        if kind == "link":
+            if obj.name not in self.policy.devices:
+                return False
+            if op == "set":
+                if cur == obj:
+                    return False
+                if cur is None or {a for a in obj.COMPARED if getattr(obj, a) != getattr(cur, a)} \
+                        - _HARMLESS_LINK_ATTRS:
+                    self.needs_dump = True
+                self.live.add(obj)
+                return True
+            if cur is None:
+                return False
+            self.live.discard(cur)
+            self.needs_dump = True
+            return True
+        if op == "del":
+            gone = False
+            if cur is not None and _same_entry(cur, obj):
+                self.live.discard(cur)
+                gone = True
+            if kind == "route" and key in self.foreign and _same_entry(self.foreign[key], obj):
+                del self.foreign[key]
+                gone = True
+            return gone
+        if self.policy.owns(obj):
+            if kind == "route":
+                self.foreign.pop(key, None)
+            if cur == obj:
+                return False
+            self.live.add(obj)
+            return True
+        if kind == "route" and self.policy.inside_network(obj.dst):
+            # A foreign route now holds the key (maybe replacing ours).
+            if cur is not None:
+                self.live.discard(cur)
+            if self.foreign.get(key) == obj:
+                return cur is not None
+            self.foreign[key] = obj
+            return True
+        return False
+
+    # ------------------------------------------------------------- planning
+    def plan(self, desired: KernelState) -> Plan:
+        """The changes for the dirty keys (or for everything, when needed), and their conflicts."""
+        if self.full or any(k in ("link", "address") for k, _ in self.dirty):
+            plan = make_plan(desired, self.live, self.foreign)
+            self.conflicts = {c.desired.key: c for c in plan.conflicts}
+            self._planned = None
+            return plan
+        keys = set(self.dirty)
+        want, have = KernelState(), KernelState()
+        foreign = {}
+        for kind, key in keys:
+            obj = desired.get(kind, key)
+            if obj is not None:
+                want.add(obj)
+            obj = self.live.get(kind, key)
+            if obj is not None:
+                have.add(obj)
+            if kind == "route":
+                self.conflicts.pop(key, None)
+                if key in self.foreign:
+                    foreign[key] = self.foreign[key]
+        plan = make_plan(want, have, foreign)
+        for c in plan.conflicts:
+            self.conflicts[c.desired.key] = c
+        self._planned = keys
+        return plan
+
+    def settle(self, plan: Plan, results: Iterable[OpResult], held_back: Iterable = ()) -> None:
+        """After applying ``plan`` (minus ``held_back`` changes): record ACKs, keep failures dirty."""
+        if self._planned is None:
+            self.dirty.clear()
+            self.full = False
+        else:
+            self.dirty -= self._planned
+        self._planned = None
+        for change in held_back:
+            self.dirty.add((change.kind, change.obj.key))
+        for res in results:
+            c = res.change
+            key = (c.kind, c.obj.key)
+            if c.kind in ("link", "address"):
+                # Devices and addresses have kernel side effects the ACK does not show.
+                self.needs_dump = True
+            if not res.ok:
+                self.dirty.add(key)
+                continue
+            if c.op == "delete":
+                cur = self.live.get(c.kind, c.obj.key)
+                if cur is not None:
+                    self.live.discard(cur)
+            else:
+                obj = c.obj
+                if isinstance(obj, Route) and obj.protocol is None:
+                    obj = replace(obj, protocol=RTPROT_RECONCILER)
+                self.live.add(obj)
+
+    @property
+    def in_sync(self) -> bool:
+        return not self.dirty and not self.full and not self.needs_dump
+
+
+def _same_entry(have: KernelObject, gone: KernelObject) -> bool:
+    """Does a deletion notice for ``gone`` remove ``have``?  Routes: the same next hop too,
+    since a key can briefly name a route being replaced; other kinds: the key is the entry."""
+    if isinstance(have, Route) and isinstance(gone, Route):
+        return (have.gateway, have.dev) == (gone.gateway, gone.dev)
+    return True
