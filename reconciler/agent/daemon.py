@@ -191,6 +191,7 @@ class Agent(RuleSync):
         self.tracker: Tracker | None = None
         self._skip_labels: dict[str, str] = {}
         self._skip_counts: collections.Counter = collections.Counter()
+        self._skips_exported: tuple = ()      # the counts flannel_reconciler_leases_skipped shows
         self._own_ip_dups: set[str] = set()
         self._skip_window = float("-inf")   # skip-log rate limit: window start, lines in it, the rest
         self._skip_logged = 0
@@ -605,9 +606,13 @@ class Agent(RuleSync):
         if changed:
             self.metrics.set("flannel_reconciler_own_public_ip_duplicates", len(self._own_ip_dups))
             self.metrics.set("flannel_reconciler_leases", len(self.index.valid))
-            # Every reason, 0s included: a scrape never sees one missing or briefly 0.
-            for label in SKIP_REASONS:
-                self.metrics.set("flannel_reconciler_leases_skipped", self._skip_counts[label], reason=label)
+            # Every reason, 0s included, so a scrape never sees one missing or briefly 0; and
+            # only when a count moved: ten metric calls would be a tenth of a lease event's cycle.
+            skips = tuple(self._skip_counts[label] for label in SKIP_REASONS)
+            if skips != self._skips_exported:
+                self._skips_exported = skips
+                for label, n in zip(SKIP_REASONS, skips):
+                    self.metrics.set("flannel_reconciler_leases_skipped", n, reason=label)
 
     def _flush_skip_summary(self, now: float) -> None:
         if self._skip_suppressed:

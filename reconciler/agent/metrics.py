@@ -210,6 +210,8 @@ class Metrics:
         self._families: dict[str, tuple[Family, object]] = {}
         # (name, sorted labels) -> the prometheus_client child of that series
         self._children: dict[tuple[str, tuple[tuple[str, str], ...]], object] = {}
+        # The same, keyed by the labels in the caller's order: the updates' lookup, without a sort.
+        self._fast: dict[tuple[str, tuple[tuple[str, str], ...]], object] = {}
         for name, family in self.FAMILIES.items():
             self._declare(name, family)
         ProcessCollector(registry=self.registry)    # process_resident_memory_bytes, _cpu_seconds_total, ...
@@ -229,10 +231,11 @@ class Metrics:
             self._children[(name, tuple(sorted(labels.items())))] = metric.labels(**labels)
 
     def _child(self, name: str, labels: dict[str, str], kind: str, buckets: tuple[float, ...] | None = None):
-        key = (name, tuple(sorted(labels.items())))
-        child = self._children.get(key)
+        fast = (name, tuple(labels.items()))
+        child = self._fast.get(fast)
         if child is not None:
             return child
+        key = (name, tuple(sorted(labels.items())))
         with self._lock:
             child = self._children.get(key)
             if child is None:
@@ -248,6 +251,7 @@ class Metrics:
                 # label name (prometheus_client raises ValueError: a bug).
                 child = metric.labels(**labels) if labels else metric
                 self._children[key] = child
+            self._fast[fast] = child
         return child
 
     def declared(self) -> dict[str, Family]:
@@ -275,6 +279,8 @@ class Metrics:
                     del self._children[key]
                     labels = dict(key[1])
                     metric.remove(*(labels[n] for n in family.labels))
+                    for fast in [k for k in self._fast if k[0] == name and dict(k[1]) == labels]:
+                        del self._fast[fast]
 
     def observe(self, name: str, seconds: float) -> None:
         """One observation of histogram ``name`` (its buckets: ``FAMILIES[name].buckets``)."""
