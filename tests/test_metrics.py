@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from reconciler.agent import metrics as metrics_mod
 from reconciler.core.config import parse_network_config
 from reconciler.core.leases import RawKV, validate_leases
 from reconciler.agent.metrics import (CYCLE_BUCKETS, FAMILIES, LATENCY_BUCKETS, SKIP_REASONS, TRIGGERS, Metrics,

@@ -254,11 +254,6 @@ class Metrics:
             self._fast[fast] = child
         return child
 
-    def declared(self) -> dict[str, Family]:
-        """Every family in the registry (``FAMILIES``, and any declared on first use)."""
-        with self._lock:
-            return {name: family for name, (family, _) in self._families.items()}
-
     # -------------------------------------------------------------- updates
     def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
         self._child(name, labels, "counter").inc(amount)
