@@ -225,6 +225,14 @@ def _get(port: int, path: str) -> tuple[int, str, str]:
         return exc.code, exc.headers["Content-Type"], exc.read().decode()
 
 
+def _scrape_when_up(port: int) -> dict[str, float]:
+    """``scrape``, or {} while the agent's thread has not bound its port yet."""
+    try:
+        return scrape(port)
+    except urllib.error.URLError:
+        return {}
+
+
 def scrape(port: int) -> dict[str, float]:
     """``/metrics`` read by prometheus_client's parser: ``name{sorted labels}`` -> value."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -273,7 +281,7 @@ def test_agent_waits_for_etcd_at_start_instead_of_exiting(etcd_server, start_age
         agent = start_agent(store, kernel, healthz_ip="127.0.0.1", healthz_port=port, metrics_port=port)
         # Before the first sync every family is there already, and says so: not ready, etcd down,
         # no cycle yet (0, not absent).
-        wait_for(lambda: scrape(port)["flannel_reconciler_etcd_up"] == 0, what="etcd_up 0 while it waits")
+        wait_for(lambda: _scrape_when_up(port).get("flannel_reconciler_etcd_up") == 0, what="etcd_up 0 while it waits")
         m = scrape(port)
         assert m["flannel_reconciler_ready"] == 0 and m["flannel_reconciler_cycle_duration_seconds_count"] == 0
         assert m['flannel_reconciler_cycles_total{outcome="ok",trigger="resync"}'] == 0
