@@ -162,7 +162,7 @@ def test_counters_from_metrics_and_their_difference():
                                + "flannel_reconciler_dumps_total 3\n")
     d = later - c
     assert d.writes == 2 and d.writes_by == {("neigh", "create"): 2} and d.dumps is None
-    assert parse_metrics('x{a="b\\"c"} 1.5')["x"] == [({"a": 'b\\"c'}, 1.5)]
+    assert parse_metrics('x{a="b\\"c"} 1.5')["x"] == [({"a": 'b"c'}, 1.5)]     # unescaped, as Prometheus reads it
 
 
 def test_resync_durations_only_counts_no_op_resyncs():

@@ -167,8 +167,7 @@ def test_malformed_lease_is_reported_and_the_rest_still_programmed(etcd_store, s
     wait_for(lambda: "100.64.2.0/24" in routes(kernel), what="good peer programmed")
     skipped = agent.agent.last_cycle.skipped
     assert [s.key for s in skipped] == [f"{store.subnets_prefix}100.64.9.0-24"]
-    text = agent.agent.metrics.render()
-    assert "flannel_reconciler_leases_skipped{" in text
+    assert agent.agent.metrics.get("flannel_reconciler_leases_skipped", reason="bad-value") == 1
 
 
 def test_own_key_deleted_is_reacquired_and_kernel_left_alone(etcd_store, start_agent):
@@ -217,6 +216,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _get(port: int, path: str) -> tuple[int, str, str]:
+    """(status, content type, body) of an HTTP GET on 127.0.0.1."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, resp.headers["Content-Type"], resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["Content-Type"], exc.read().decode()
+
+
+def _scrape_when_up(port: int) -> dict[str, float]:
+    """``scrape``, or {} while the agent's thread has not bound its port yet."""
+    try:
+        return scrape(port)
+    except urllib.error.URLError:
+        return {}
+
+
+def scrape(port: int) -> dict[str, float]:
+    """``/metrics`` read by prometheus_client's parser: ``name{sorted labels}`` -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, ctype, text = _get(port, "/metrics")
+    assert status == 200 and ctype.startswith("text/plain; version=0.0.4"), (status, ctype)
+    return {s.name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items())) + "}" if s.labels else ""):
+            s.value for f in text_string_to_metric_families(text) for s in f.samples}
+
+
 def test_health_ready_and_metrics_endpoints(etcd_store, start_agent):
     store = etcd_store
     store.put_config(CONFIG)
@@ -226,19 +252,17 @@ def test_health_ready_and_metrics_endpoints(etcd_store, start_agent):
     agent.ready()
 
     def get(path):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
-                return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
+        status, _, body = _get(port, path)
+        return status, body
 
     wait_for(lambda: get("/healthz")[0] == 200 and agent.agent.state.last_cycle_end, what="healthz")
     assert get("/readyz") == (200, "flannel-reconciler is ready\n")
-    status, text = get("/metrics")
-    assert status == 200
-    for series in ("flannel_reconciler_cycle_duration_seconds_count", "flannel_reconciler_operations_total{",
-                   "flannel_reconciler_last_successful_sync_timestamp_seconds", "flannel_reconciler_leases 2"):
-        assert series in text, series
+    m = scrape(port)
+    assert m["flannel_reconciler_ready"] == 1 and m["flannel_reconciler_leases"] == 2
+    assert m["flannel_reconciler_cycle_duration_seconds_count"] >= 1
+    assert m['flannel_reconciler_operations_total{kind="route",op="create",result="ok"}'] >= 1
+    assert m["flannel_reconciler_last_successful_sync_timestamp_seconds"] > 0
+    assert m["process_resident_memory_bytes"] > 0 and m["process_cpu_seconds_total"] > 0
     assert get("/nope")[0] == 404
     # A stalled loop turns /healthz red.
     agent.agent.state.last_cycle_end -= 10_000
@@ -253,11 +277,20 @@ def test_agent_waits_for_etcd_at_start_instead_of_exiting(etcd_server, start_age
         put_peer(store, "100.64.2.0-24", "198.18.0.2", MAC2)
         etcd_server.stop()
         kernel = node_kernel()
-        agent = start_agent(store, kernel)
-        time.sleep(1.5)
+        port = _free_port()
+        agent = start_agent(store, kernel, healthz_ip="127.0.0.1", healthz_port=port, metrics_port=port)
+        # Before the first sync every family is there already, and says so: not ready, etcd down,
+        # no cycle yet (0, not absent).
+        wait_for(lambda: _scrape_when_up(port).get("flannel_reconciler_etcd_up") == 0, what="etcd_up 0 while it waits")
+        m = scrape(port)
+        assert m["flannel_reconciler_ready"] == 0 and m["flannel_reconciler_cycle_duration_seconds_count"] == 0
+        assert m['flannel_reconciler_cycles_total{outcome="ok",trigger="resync"}'] == 0
+        assert m["process_resident_memory_bytes"] > 0
         assert agent.thread.is_alive() and agent.error is None and not agent.agent.state.ready
         etcd_server.start()
         agent.ready(timeout=30)
+        m = scrape(port)
+        assert m["flannel_reconciler_ready"] == 1 and m["flannel_reconciler_etcd_up"] == 1
         assert "100.64.2.0/24" in routes(kernel)
 
 
@@ -382,6 +415,8 @@ def test_hostile_etcd_content_neither_floods_nor_forges_the_log(etcd_store, star
     line, no line carries the megabyte, and the skip metric keeps its fixed label set."""
     import logging
 
+    from prometheus_client.parser import text_string_to_metric_families
+
     from reconciler.agent.metrics import SKIP_REASONS
 
     store = etcd_store
@@ -408,9 +443,10 @@ def test_hostile_etcd_content_neither_floods_nor_forges_the_log(etcd_store, star
     assert any("x\\nFORGED" in m for m in messages) or any("more leases" in m for m in messages)
     assert any(m.startswith("skipped ") and "more leases" in m for m in messages)
     text = agent.agent.metrics.render()
-    skipped_series = [ln for ln in text.splitlines() if ln.startswith("flannel_reconciler_leases_skipped{")]
-    assert 1 <= len(skipped_series) <= len(SKIP_REASONS)
-    assert text.count("\n") - series_before <= len(SKIP_REASONS) + 5
+    skipped = {s.labels["reason"]: s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "flannel_reconciler_leases_skipped"}
+    assert set(skipped) == set(SKIP_REASONS) and skipped["bad-key"] >= 10_000 and skipped["bad-value"] >= 1
+    assert text.count("\n") == series_before      # every series was there before the junk came
     assert "100.64.2.0/24" in routes(agent.kernel)   # the good peer is still programmed
 
 

@@ -44,6 +44,7 @@ def test_the_unit_is_type_notify_with_a_watchdog_and_runs_the_agent():
     service = unit["Service"]
     assert service["Type"] == "notify" and service["NotifyAccess"] == "main"
     assert int(service["WatchdogSec"]) > 0
+    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"      # a resync (test_sdnotify), not a stop
     assert service["ExecStart"].split()[-2:] == ["flannel-reconciler", "run"] or \
         service["ExecStart"].endswith("/flannel-reconciler run")
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]

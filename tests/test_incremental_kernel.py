@@ -7,7 +7,6 @@ is the oracle; the agent's own /metrics count its writes and dumps.
 """
 from __future__ import annotations
 
-import re
 
 import pytest
 
@@ -23,15 +22,8 @@ HOUR = 3600.0
 
 def _ops(agent, op: str | None = None) -> float:
     """Netlink writes so far (from /metrics), all kinds, of one op or all."""
-    text = agent.get("/metrics")[1]
-    total = 0.0
-    for m in re.finditer(r'^flannel_reconciler_operations_total\{([^}]*)\} (\S+)$', text, re.M):
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
-        if labels.get("kind") in ("rule",) or labels.get("result") != "ok":
-            continue
-        if op is None or labels.get("op") == op:
-            total += float(m.group(2))
-    return total
+    return sum(v for labels, v in agent.samples("flannel_reconciler_operations_total") or ()
+               if labels["kind"] != "rule" and labels["result"] == "ok" and op in (None, labels["op"]))
 
 
 def _metric(agent, name: str) -> float:
@@ -39,9 +31,8 @@ def _metric(agent, name: str) -> float:
 
 
 def _resyncs(agent) -> float:
-    text = agent.get("/metrics")[1]
-    return sum(float(v) for t, v in re.findall(
-        r'^flannel_reconciler_cycles_total\{[^}]*trigger="([^"]*)"[^}]*\} (\S+)$', text, re.M) if "resync" in t)
+    return sum(v for labels, v in agent.samples("flannel_reconciler_cycles_total") or ()
+               if labels["trigger"] == "resync")
 
 
 @pytest.fixture

@@ -144,3 +144,65 @@ def test_the_agent_says_ready_after_subnet_env_then_watchdog_then_stopping(etcd_
             pass
         stopping = [m for m in rest if m.startswith(b"STOPPING=1")]
         assert stopping == [b"STOPPING=1\nSTATUS=stopping; kernel state left in place"], rest
+
+
+@pytest.mark.root
+@pytest.mark.etcd
+def test_sighup_resyncs_at_once_and_the_agent_runs_on(etcd_server, tmp_path, monkeypatch):
+    """SIGHUP (``systemctl reload``'s usual signal) is a resync now: logged, a full dump, no exit
+    and no STOPPING=1; SIGTERM afterwards still stops it with STOPPING=1."""
+    import signal
+
+    from reconciler.etcd.store import EtcdStore
+    from reconciler.tools.demo import AgentProcess
+    from tests.conftest_netns import require_root
+    from tests.netns import underlay
+
+    require_root()
+    config = '{"Network":"100.64.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan","VNI":1}}'
+    with EtcdStore([etcd_server.endpoint], timeout=3.0) as store:
+        store.put_config(config)
+    sockdir = tempfile.mkdtemp(prefix="frt-sdn-")
+    path = os.path.join(sockdir, "notify")
+    with ExitStack() as stack:
+        stack.callback(os.rmdir, sockdir)
+        stack.callback(lambda: os.path.exists(path) and os.unlink(path))
+        rx = stack.enter_context(_receiver(path))
+        node = stack.enter_context(underlay(1)).nodes[0]
+        monkeypatch.setenv("NOTIFY_SOCKET", path)
+        agent = AgentProcess(node.ns, tmp_path / "agent", ["--etcd-endpoints", etcd_server.endpoint],
+                             resync_interval=3600)          # no resync from the timer during the test
+        stack.callback(agent.stop)
+        agent.start()
+        agent.wait_ready()
+
+        def resyncs() -> tuple[float, float]:
+            return (agent.metric("flannel_reconciler_cycles_total", trigger="resync", outcome="ok"),
+                    agent.metric("flannel_reconciler_dumps_total"))
+
+        before = resyncs()
+        assert before[0] >= 1                               # the first full sync
+        os.kill(agent.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while True:
+            assert agent.alive, f"SIGHUP killed the agent (status {agent.proc.returncode})\n{agent.log_tail()}"
+            now = resyncs()[0]
+            if now is not None and now >= before[0] + 1:     # None: /metrics did not answer
+                break
+            assert time.monotonic() < deadline, f"no resync after SIGHUP\n{agent.log_tail()}"
+            time.sleep(0.05)
+        assert resyncs()[1] == before[1] + 1                # one full dump, and the agent runs on
+        assert "SIGHUP: resyncing now" in agent.log()
+        assert agent.alive and agent.get("/healthz")[0] == 200
+
+        assert agent.stop() == 0
+        rx.settimeout(0.5)
+        got = []
+        try:
+            while True:
+                got.append(rx.recv(4096))
+        except TimeoutError:
+            pass
+        assert [m for m in got if m.startswith(b"STOPPING=1")] == [
+            b"STOPPING=1\nSTATUS=stopping; kernel state left in place"], got
+        assert "signal 15 (SIGTERM): stopping" in agent.log()

@@ -28,7 +28,8 @@ Failing static (flannel #636; Felix's "in sync" gate):
   (deletions need a trustworthy lease view; held-back deletions stay pending);
 * our own lease missing from the table (deleted, expired, taken by another
   PublicIP) triggers re-acquisition, never a teardown;
-* SIGTERM stops the loop at once and leaves every kernel object in place.
+* SIGTERM stops the loop at once and leaves every kernel object in place;
+  SIGHUP asks for a resync now (``request_resync``).
 """
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ from reconciler.core.errors import EtcdAuthError, EtcdCompacted, EtcdError, Reco
 from reconciler.incremental.lease_index import LeaseIndex
 from reconciler.core.logtext import esc
 from reconciler.core.leases import Skipped, parse_lease
-from reconciler.agent.metrics import Metrics, build_info_labels, serve_http, skip_reason_label
+from reconciler.agent.metrics import (CONTENT_TYPE, SKIP_REASONS, Metrics, build_info_labels, primary_trigger,
+                                      serve_http, skip_reason_label)
 from reconciler.kernel.netlink.common import UnderlaySpec
 from reconciler.core.ownership import BRIDGE_NAME, FlannelOwnership
 from reconciler.core.plan import Plan
@@ -163,6 +165,8 @@ class Agent(RuleSync):
         self.rng = rng or random.Random()
         self.metrics = metrics or Metrics()
         self.metrics.set_build_info(**build_info_labels(backend))
+        # Mirrors state.etcd_ok, which only turns false when etcd fails to answer.
+        self.metrics.set("flannel_reconciler_etcd_up", 1)
         #: systemd's Type=notify protocol (a no-op without $NOTIFY_SOCKET).
         self.notifier = notifier or Notifier()
         self.state = _State()
@@ -187,6 +191,7 @@ class Agent(RuleSync):
         self.tracker: Tracker | None = None
         self._skip_labels: dict[str, str] = {}
         self._skip_counts: collections.Counter = collections.Counter()
+        self._skips_exported: tuple = ()      # the counts flannel_reconciler_leases_skipped shows
         self._own_ip_dups: set[str] = set()
         self._skip_window = float("-inf")   # skip-log rate limit: window start, lines in it, the rest
         self._skip_logged = 0
@@ -368,6 +373,11 @@ class Agent(RuleSync):
                 s.shutdown()
             for t in threads:
                 t.join(timeout=0.5)
+
+    def request_resync(self) -> None:
+        """A full resync at once, as if the resync timer had fired (SIGHUP: docs/design.md).
+        From any thread, never from a signal handler (``_mark`` takes a lock)."""
+        self._mark("resync")
 
     def _mark(self, trigger: str) -> None:
         with self._lock:
@@ -596,9 +606,12 @@ class Agent(RuleSync):
         if changed:
             self.metrics.set("flannel_reconciler_own_public_ip_duplicates", len(self._own_ip_dups))
             self.metrics.set("flannel_reconciler_leases", len(self.index.valid))
-            self.metrics.reset("flannel_reconciler_leases_skipped")
-            for label, n in self._skip_counts.items():
-                if n:
+            # Every reason, 0s included, so a scrape never sees one missing or briefly 0; and
+            # only when a count moved: ten metric calls would be a tenth of a lease event's cycle.
+            skips = tuple(self._skip_counts[label] for label in SKIP_REASONS)
+            if skips != self._skips_exported:
+                self._skips_exported = skips
+                for label, n in zip(SKIP_REASONS, skips):
                     self.metrics.set("flannel_reconciler_leases_skipped", n, reason=label)
 
     def _flush_skip_summary(self, now: float) -> None:
@@ -615,6 +628,7 @@ class Agent(RuleSync):
             return None
         t0 = time.monotonic()
         tr = _tr(triggers)
+        primary = primary_trigger(triggers)    # one label value per cycle (docs/metrics.md)
         changed, oldest = self._drain_leases()
         changed |= self._pin_changes
         self._pin_changes = set()
@@ -629,7 +643,7 @@ class Agent(RuleSync):
                             self.node.public_ip)
                 self._no_own_lease = True
             self.state.check_own_lease = True
-            self.metrics.inc("flannel_reconciler_cycles_total", trigger=tr, outcome="no-lease")
+            self.metrics.inc("flannel_reconciler_cycles_total", trigger=primary, outcome="no-lease")
             return None
 
         self._no_own_lease = False
@@ -640,7 +654,7 @@ class Agent(RuleSync):
                 self.tracker.replace_live(dump_live(self.backend, self.config, self.node.bridge))
             except ReconcilerError as exc:
                 log.error("cycle aborted, nothing written: %s", exc)
-                self.metrics.inc("flannel_reconciler_cycles_total", trigger=tr, outcome="error")
+                self.metrics.inc("flannel_reconciler_cycles_total", trigger=primary, outcome="error")
                 self._schedule_retry()
                 return None
             dumped = True
@@ -662,9 +676,11 @@ class Agent(RuleSync):
             # thread.  Not on every lease event: reading them back costs subprocesses.
             self._sync_rules(self.desired.own)
         failed = [r for r in results if not r.ok]
-        for r in results:
-            self.metrics.inc("flannel_reconciler_operations_total", kind=r.change.kind, op=r.change.op,
-                             result="ok" if r.ok else ("skipped" if r.skipped else "error"))
+        # One metric call per (kind, op, result), not per object: a cold start has 15,000 results.
+        ops = collections.Counter((r.change.kind, r.change.op, "ok" if r.ok else ("skipped" if r.skipped else "error"))
+                                  for r in results)
+        for (kind, op, result), n in ops.items():
+            self.metrics.inc("flannel_reconciler_operations_total", n, kind=kind, op=op, result=result)
         if not changed:
             repaired = sum(1 for r in results if r.ok)
             if repaired:
@@ -703,7 +719,7 @@ class Agent(RuleSync):
             _trim_heap()
         # Set last: once it shows a revision, everything that revision caused is done (and counted).
         self.metrics.set("flannel_reconciler_lease_revision", self._folded_revision)
-        self.metrics.inc("flannel_reconciler_cycles_total", trigger=tr, outcome="failed" if failed else "ok")
+        self.metrics.inc("flannel_reconciler_cycles_total", trigger=primary, outcome="failed" if failed else "ok")
         s = plan.summary()
         level = logging.INFO if (plan.changes or failed or full) else logging.DEBUG
         if log.isEnabledFor(level):
@@ -795,7 +811,7 @@ class Agent(RuleSync):
         return 503, "text/plain", "flannel-reconciler is not ready yet\n"
 
     def _metrics(self):
-        return 200, "text/plain; version=0.0.4", self.metrics.render()
+        return 200, CONTENT_TYPE, self.metrics.render()
 
 
 def _netns_inode(name: str | None, missing_ok: bool = False) -> int | None:

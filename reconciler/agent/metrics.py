@@ -1,8 +1,11 @@
-"""A tiny Prometheus text-format registry, and the agent's HTTP endpoints.
+"""The agent's Prometheus metrics (prometheus_client), and its HTTP endpoints.
 
-No client library: the agent exports a handful of series, and the text
-exposition format (version 0.0.4) is a few lines of code.  Thread-safe: the
-worker updates it while the HTTP thread renders it.
+``Metrics`` declares every family the agent exports (``FAMILIES``, listed in
+docs/metrics.md) in a prometheus_client registry, with each label set known
+in advance created at 0, so that a family is there from the first scrape
+(``rate()`` and ``absent()`` need it), and adds prometheus_client's
+``process_*`` and ``python_*`` collectors.  Thread-safe: the worker updates
+it while the HTTP thread renders it.
 
 Endpoints (``--healthz-port``, ``--metrics-port``; the same server when the
 ports are equal):
@@ -12,20 +15,36 @@ ports are equal):
   ours goes 503 when the loop hangs, like Felix's watchdog.
 * ``GET /readyz``: 200 after the first full sync *and* subnet.env written
   (what the CNI plugin needs), 503 before.
-* ``GET /metrics``: the series below.
+* ``GET /metrics``: the registry in the text format 0.0.4.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import socket
+import sys
 import threading
-from bisect import bisect_left
+import time
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import Callable, Iterable
 
-__all__ = ["CYCLE_BUCKETS", "HTTPEndpoint", "LATENCY_BUCKETS", "Metrics", "build_info_labels", "serve_http",
-           "skip_reason_label"]
+import prometheus_client
+from prometheus_client import (CollectorRegistry, Counter, Gauge, GCCollector, Histogram, PlatformCollector,
+                               ProcessCollector, generate_latest)
+
+__all__ = ["CONTENT_TYPE", "CYCLE_BUCKETS", "FAMILIES", "Family", "HTTPEndpoint", "LATENCY_BUCKETS", "Metrics",
+           "TRIGGERS", "build_info_labels", "primary_trigger", "serve_http", "skip_reason_label"]
+
+# A ``_created`` series per counter and histogram series would double the
+# scrape for a start time nobody reads (the process start time is
+# ``process_start_time_seconds``).  The agent is the process's only user of
+# prometheus_client, so the library-wide switch is ours to set.
+prometheus_client.disable_created_metrics()
+
+#: The exposition's content type (the text format 0.0.4, which every Prometheus reads).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 #: Seconds.  A converged cycle is one dump and an empty plan (milliseconds at
 #: 100 nodes, tens of ms at 5,000); a cold install at 5,000 nodes is about a
@@ -40,6 +59,18 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 #: exports comes from one of these, never from a lease's or a kernel's text.
 SKIP_REASONS = ("bad-key", "bad-value", "missing-field", "key-value-mismatch", "outside-network",
                 "wrong-prefix-length", "not-vxlan", "vni-mismatch", "conflict", "other")
+#: What woke the worker, widest first: a cycle's ``trigger`` label is the
+#: first of these among its triggers (``primary_trigger``), because the widest
+#: one sets what the cycle costs (a resync dumps the kernel, a relist replaces
+#: the lease table, kernel notifications and retries revisit a few objects, a
+#: lease event one lease).
+TRIGGERS = ("resync", "relist", "kernel", "retry", "lease")
+OUTCOMES = ("ok", "failed", "error", "no-lease")
+OP_KINDS = ("link", "address", "route", "neigh", "fdb", "nexthop", "rule")
+OPS = ("create", "update", "delete")
+OP_RESULTS = ("ok", "error", "skipped")
+WATCH_RESTART_REASONS = ("compacted", "error")
+
 _SKIP_PATTERNS = (
     ("bad-key", re.compile(r"^(not a subnet key|'.*' is not an IPv[46] address|bad IPv[46] prefix length|"
                            r"not aligned)")),
@@ -67,6 +98,18 @@ def skip_reason_label(reason: str) -> str:
     return "other"
 
 
+def primary_trigger(triggers: Iterable[str]) -> str:
+    """The ``trigger`` label of a cycle woken by ``triggers``: the widest of them (``TRIGGERS``).
+
+    One value per cycle, so that the family sums to the number of cycles;
+    ``other`` only for a trigger missing from ``TRIGGERS`` (a test checks
+    that the agent has none)."""
+    for t in TRIGGERS:
+        if t in triggers:
+            return t
+    return "other"
+
+
 def build_info_labels(backend) -> dict[str, str]:
     """``version``, ``backend`` and ``fastpath`` of ``flannel_reconciler_build_info``.
 
@@ -81,155 +124,213 @@ def build_info_labels(backend) -> dict[str, str]:
             "fastpath": "true" if getattr(backend, "accelerated", False) else "false"}
 
 
-def _labels(labels: dict[str, str]) -> str:
-    if not labels:
-        return ""
-    esc = lambda v: str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")  # noqa: E731
-    return "{" + ",".join(f'{k}="{esc(v)}"' for k, v in sorted(labels.items())) + "}"
+@dataclass(frozen=True)
+class Family:
+    """One metric family the agent exports.
+
+    ``labels`` maps each label name to all its values: every combination is
+    exported from the start, at 0.  An empty tuple of values means values not
+    known in advance (the build info): such series appear when first set.
+    """
+
+    kind: str                   # "counter", "gauge" or "histogram"
+    help: str
+    labels: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    buckets: tuple[float, ...] | None = None
+
+    def label_sets(self) -> list[tuple[str, ...]]:
+        """Every label set known in advance (values in the order of ``labels``)."""
+        if not self.labels or not all(self.labels.values()):
+            return []
+        return list(itertools.product(*self.labels.values()))
+
+
+#: Every family the agent exports (docs/metrics.md says what each means; a
+#: test holds the two lists equal).  A new metric is declared here first:
+#: ``Metrics.inc``/``set``/``observe`` find its type, help and label sets here.
+FAMILIES: dict[str, Family] = {
+    "flannel_reconciler_build_info": Family(
+        "gauge", "Always 1: the version, the netlink backend, and whether the compiled fast path is in use.",
+        {"backend": (), "fastpath": (), "version": ()}),
+    "flannel_reconciler_cycles_total": Family(
+        "counter", "Reconcile cycles run, by their widest trigger and their outcome.",
+        {"trigger": TRIGGERS, "outcome": OUTCOMES}),
+    "flannel_reconciler_cycle_duration_seconds": Family(
+        "histogram", "Time spent in reconcile cycles.", buckets=CYCLE_BUCKETS),
+    "flannel_reconciler_etcd_to_kernel_seconds": Family(
+        "histogram", "From a lease change read off the etcd watch to the end of the cycle that applied it.",
+        buckets=LATENCY_BUCKETS),
+    "flannel_reconciler_operations_total": Family(
+        "counter", "Kernel operations by kind, op and result.",
+        {"kind": OP_KINDS, "op": OPS, "result": OP_RESULTS}),
+    "flannel_reconciler_drift_repaired_total": Family(
+        "counter", "Kernel objects repaired without a lease change (drift found by resync or link events)."),
+    "flannel_reconciler_leases": Family("gauge", "Valid leases in the desired state."),
+    "flannel_reconciler_leases_skipped": Family(
+        "gauge", "Leases left out of the desired state, by reason.", {"reason": SKIP_REASONS}),
+    "flannel_reconciler_etcd_watch_restarts_total": Family(
+        "counter", "Times the lease watch was re-created or the lease list re-read.",
+        {"reason": WATCH_RESTART_REASONS}),
+    "flannel_reconciler_etcd_up": Family("gauge", "1 while etcd answers, 0 while the agent fails static."),
+    "flannel_reconciler_last_successful_sync_timestamp_seconds": Family(
+        "gauge", "Unix time of the last cycle that applied without a failed operation (0: none yet)."),
+    "flannel_reconciler_ready": Family(
+        "gauge", "1 once the first full sync is done and subnet.env written, 0 before."),
+    "flannel_reconciler_dumps_total": Family(
+        "counter", "Full kernel dumps (resyncs, and after device changes)."),
+    "flannel_reconciler_subnet_file_errors_total": Family("counter", "Failed attempts to write subnet.env."),
+    "flannel_reconciler_lease_revision": Family(
+        "gauge", "The etcd revision of the last lease change folded into the agent's state."),
+    "flannel_reconciler_own_public_ip_duplicates": Family(
+        "gauge", "Other leases carrying this node's PublicIP (ignored: ours is the one we keep alive)."),
+    "flannel_reconciler_config_changed": Family(
+        "gauge", "1 when the network config in etcd differs from the one the agent started with."),
+}
+
+log = logging.getLogger("flannel_reconciler")
+
+_KINDS = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}
 
 
 class Metrics:
-    """Counters and gauges keyed by (name, labels)."""
+    """The agent's registry: ``FAMILIES`` plus the process's ``process_*`` and ``python_*`` series.
 
-    HELP = {
-        "flannel_reconciler_cycles_total": ("counter", "Reconcile cycles run, by trigger and outcome."),
-        "flannel_reconciler_cycle_duration_seconds": ("histogram", "Time spent in reconcile cycles."),
-        "flannel_reconciler_etcd_to_kernel_seconds": (
-            "histogram", "From a lease change read off the etcd watch to the end of the cycle that applied it."),
-        "flannel_reconciler_build_info": (
-            "gauge", "Always 1: the version, the netlink backend, and whether the compiled fast path is in use."),
-        "flannel_reconciler_config_changed": (
-            "gauge", "1 when the network config in etcd differs from the one the agent started with."),
-        "flannel_reconciler_lease_revision": (
-            "gauge", "The etcd revision of the last lease change folded into the agent's state."),
-        "flannel_reconciler_own_public_ip_duplicates": (
-            "gauge", "Other leases carrying this node's PublicIP (ignored: ours is the one we keep alive)."),
-        "flannel_reconciler_dumps_total": ("counter", "Full kernel dumps (resyncs, and after device changes)."),
-        "flannel_reconciler_subnet_file_errors_total": ("counter", "Failed attempts to write subnet.env."),
-        "flannel_reconciler_operations_total": ("counter", "Kernel operations by kind, op and result."),
-        "flannel_reconciler_drift_repaired_total": (
-            "counter", "Kernel objects repaired without a lease change (drift found by resync or link events)."),
-        "flannel_reconciler_leases_skipped": ("gauge", "Leases left out of the desired state, by reason."),
-        "flannel_reconciler_leases": ("gauge", "Valid leases in the desired state."),
-        "flannel_reconciler_etcd_watch_restarts_total": (
-            "counter", "Times the lease watch was re-created or the lease list re-read."),
-        "flannel_reconciler_etcd_up": ("gauge", "1 while etcd answers, 0 while the agent fails static."),
-        "flannel_reconciler_last_successful_sync_timestamp_seconds": (
-            "gauge", "Unix time of the last cycle that applied without a failed operation."),
-        "flannel_reconciler_ready": ("gauge", "1 once the first full sync is done and subnet.env written."),
-    }
+    The agent names a series by family name and labels (``inc(name,
+    **labels)``); the prometheus_client child of each label set is looked up
+    once and kept, so an update costs a dict lookup and the child's lock.
+    """
 
-    #: Histogram families and their bucket bounds (``observe`` uses these).
-    BUCKETS = {
-        "flannel_reconciler_cycle_duration_seconds": CYCLE_BUCKETS,
-        "flannel_reconciler_etcd_to_kernel_seconds": LATENCY_BUCKETS,
-    }
+    FAMILIES = FAMILIES
+    #: Histogram families and their bucket bounds.
+    BUCKETS = {name: f.buckets for name, f in FAMILIES.items() if f.kind == "histogram"}
 
     def __init__(self) -> None:
+        self.registry = CollectorRegistry()
         self._lock = threading.Lock()
-        self._values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-        # (name, labels) -> [bounds, per-bucket counts (not cumulative), sum, count]
-        self._hists: dict[tuple[str, tuple[tuple[str, str], ...]], list] = {}
+        self._families: dict[str, tuple[Family, object]] = {}
+        # (name, sorted labels) -> the prometheus_client child of that series
+        self._children: dict[tuple[str, tuple[tuple[str, str], ...]], object] = {}
+        # The same, keyed by the labels in the caller's order: the updates' lookup, without a sort.
+        self._fast: dict[tuple[str, tuple[tuple[str, str], ...]], object] = {}
+        for name, family in self.FAMILIES.items():
+            self._declare(name, family)
+        ProcessCollector(registry=self.registry)    # process_resident_memory_bytes, _cpu_seconds_total, ...
+        PlatformCollector(registry=self.registry)   # python_info
+        GCCollector(registry=self.registry)         # python_gc_*
 
-    def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
+    # ------------------------------------------------------------ families
+    def _declare(self, name: str, family: Family) -> None:
+        kw = {"buckets": family.buckets} if family.kind == "histogram" else {}
+        metric = _KINDS[family.kind](name, family.help, labelnames=tuple(family.labels), registry=self.registry,
+                                     **kw)
+        self._families[name] = (family, metric)
+        if not family.labels:
+            self._children[(name, ())] = metric
+        for values in family.label_sets():
+            labels = dict(zip(family.labels, values))
+            self._children[(name, tuple(sorted(labels.items())))] = metric.labels(**labels)
+
+    def _child(self, name: str, labels: dict[str, str], kind: str, buckets: tuple[float, ...] | None = None):
+        fast = (name, tuple(labels.items()))
+        child = self._fast.get(fast)
+        if child is not None:
+            return child
         key = (name, tuple(sorted(labels.items())))
         with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
+            child = self._children.get(key)
+            if child is None:
+                if name not in self._families:
+                    # Exported from its first use only, and missing from the docs:
+                    # declare it in FAMILIES.  A test keeps the agent free of these.
+                    log.warning("metric %s is not declared in metrics.FAMILIES", name)
+                    self._declare(name, Family(kind, name, {k: () for k in sorted(labels)},
+                                               tuple(sorted(buckets or LATENCY_BUCKETS)) if kind == "histogram"
+                                               else None))
+                family, metric = self._families[name]
+                # A label set not known in advance (the build info), or a wrong
+                # label name (prometheus_client raises ValueError: a bug).
+                child = metric.labels(**labels) if labels else metric
+                self._children[key] = child
+            self._fast[fast] = child
+        return child
+
+    # -------------------------------------------------------------- updates
+    def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
+        self._child(name, labels, "counter").inc(amount)
 
     def set(self, name: str, value: float, **labels: str) -> None:
-        with self._lock:
-            self._values[(name, tuple(sorted(labels.items())))] = float(value)
+        self._child(name, labels, "gauge").set(value)
 
     def reset(self, name: str) -> None:
-        """Drop every series of a gauge family (before setting its new values)."""
+        """Every series of a gauge family back to 0 (before setting its new values); a series
+        whose label set is not known in advance is dropped."""
         with self._lock:
-            for key in [k for k in self._values if k[0] == name]:
-                del self._values[key]
+            family, metric = self._families[name]
+            known = {tuple(sorted(zip(family.labels, v))) for v in family.label_sets()}
+            for key in [k for k in self._children if k[0] == name]:     # a few hundred keys: microseconds
+                if key[1] in known or not family.labels:
+                    self._children[key].set(0)
+                else:
+                    del self._children[key]
+                    labels = dict(key[1])
+                    metric.remove(*(labels[n] for n in family.labels))
+                    for fast in [k for k in self._fast if k[0] == name and dict(k[1]) == labels]:
+                        del self._fast[fast]
 
     def observe(self, name: str, seconds: float) -> None:
-        """One observation: into the histogram when ``name`` has buckets, else a summary (sum, count)."""
-        buckets = self.BUCKETS.get(name)
-        if buckets is not None:
-            self.observe_hist(name, seconds, buckets)
-            return
-        self.inc(name + "_sum", seconds)
-        self.inc(name + "_count", 1)
+        """One observation of histogram ``name`` (its buckets: ``FAMILIES[name].buckets``)."""
+        self._child(name, {}, "histogram").observe(seconds)
 
     def observe_hist(self, name: str, value: float, buckets: tuple[float, ...] | None = None,
                      **labels: str) -> None:
-        """One observation of histogram ``name`` (buckets: ``BUCKETS[name]`` unless given).
+        """One observation of histogram ``name``.
 
-        The bounds of a series are fixed by its first observation: Prometheus
-        cannot aggregate series with different buckets.
+        A family not in ``FAMILIES`` is created with ``buckets`` (default
+        ``LATENCY_BUCKETS``) at its first observation; after that its bounds
+        are fixed: Prometheus cannot aggregate series with different buckets.
         """
-        bounds = tuple(sorted(buckets or self.BUCKETS.get(name) or LATENCY_BUCKETS))
-        key = (name, tuple(sorted(labels.items())))
-        with self._lock:
-            h = self._hists.get(key)
-            if h is None:
-                h = self._hists[key] = [bounds, [0] * (len(bounds) + 1), 0.0, 0]
-            h[1][bisect_left(h[0], value)] += 1     # le: a value equal to a bound falls in that bucket
-            h[2] += value
-            h[3] += 1
-
-    def histogram(self, name: str, **labels: str) -> dict[str, float] | None:
-        """``{le: cumulative count, ..., "+Inf": n, "sum": s, "count": n}`` of one series, or None."""
-        with self._lock:
-            h = self._hists.get((name, tuple(sorted(labels.items()))))
-            if h is None:
-                return None
-            bounds, counts, total, n = h[0], list(h[1]), h[2], h[3]
-        out: dict[str, float] = {}
-        running = 0
-        for bound, c in zip(bounds + (float("inf"),), counts):
-            running += c
-            out[_num(bound) if bound != float("inf") else "+Inf"] = running
-        out["sum"], out["count"] = total, n
-        return out
+        self._child(name, labels, "histogram", buckets).observe(value)
 
     def set_build_info(self, version: str, backend: str, fastpath: str) -> None:
         self.reset("flannel_reconciler_build_info")
         self.set("flannel_reconciler_build_info", 1, version=version, backend=backend, fastpath=fastpath)
 
+    # ---------------------------------------------------------------- reads
+    def _samples(self, name: str, labels: dict[str, str]):
+        child = self._children.get((name, tuple(sorted(labels.items()))))
+        if child is None:
+            return None
+        return [s for m in child.collect() for s in m.samples]
+
     def get(self, name: str, **labels: str) -> float:
-        with self._lock:
-            return self._values.get((name, tuple(sorted(labels.items()))), 0.0)
+        """The value of a counter or gauge series (0 for a series that does not exist)."""
+        for s in self._samples(name, labels) or ():
+            if s.name in (name, name + "_total"):
+                return s.value
+        return 0.0
+
+    def histogram(self, name: str, **labels: str) -> dict[str, float] | None:
+        """``{le: cumulative count, ..., "+Inf": n, "sum": s, "count": n}`` of one series, or None."""
+        samples = self._samples(name, labels)
+        if samples is None:
+            return None
+        out: dict[str, float] = {}
+        for s in samples:
+            if s.name == name + "_bucket":
+                le = float(s.labels["le"])
+                out["+Inf" if le == float("inf") else _num(le)] = s.value
+            elif s.name in (name + "_sum", name + "_count"):
+                out[s.name[len(name) + 1:]] = s.value
+        return out
 
     def render(self) -> str:
-        with self._lock:
-            items = sorted(self._values.items())
-            hists = sorted((k, (h[0], list(h[1]), h[2], h[3])) for k, h in self._hists.items())
-        out: list[str] = []
-        announced: set[str] = set()
-        for (name, labels), (bounds, counts, total, n) in hists:
-            if name not in announced:
-                kind, text = self.HELP.get(name, ("histogram", name))
-                out.append(f"# HELP {name} {text}")
-                out.append(f"# TYPE {name} histogram")
-                announced.add(name)
-            running = 0
-            for bound, c in zip(bounds + (float("inf"),), counts):
-                running += c
-                le = "+Inf" if bound == float("inf") else _num(bound)
-                out.append(f"{name}_bucket{_labels(dict(labels) | {'le': le})} {running}")
-            out.append(f"{name}_sum{_labels(dict(labels))} {_num(total)}")
-            out.append(f"{name}_count{_labels(dict(labels))} {n}")
-        for (name, labels), value in items:
-            family = name.removesuffix("_sum").removesuffix("_count") if name not in self.HELP else name
-            if family not in announced and family in self.HELP:
-                kind, text = self.HELP[family]
-                out.append(f"# HELP {family} {text}")
-                out.append(f"# TYPE {family} {kind}")
-                announced.add(family)
-            num = repr(value) if value != int(value) else str(int(value))
-            out.append(f"{name}{_labels(dict(labels))} {num}")
-        return "\n".join(out) + "\n"
+        """The exposition (text format 0.0.4, ``CONTENT_TYPE``)."""
+        return generate_latest(self.registry).decode()
 
 
 def _num(value: float) -> str:
-    """Prometheus text for a number: integers without a fraction, others as Python's repr."""
+    """A bucket bound as docs/metrics.md writes it: integers without a fraction, others as Python's repr."""
     return repr(float(value)) if value != int(value) else str(int(value))
-
 
 
 #: Seconds a connection may sit idle before its thread gives up on it, so
@@ -264,11 +365,22 @@ def _handler(routes: dict[str, Callable[[], tuple[int, str, str]]]) -> type[Base
     return Handler
 
 
+#: Seconds between two log lines about failed requests: a client that resets
+#: every connection must not fill the log.
+CLIENT_ERROR_LOG_INTERVAL = 60.0
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     # SO_REUSEADDR (HTTPServer's default too): a quick restart must not wait
     # for the old connections' TIME_WAIT to bind again.
     allow_reuse_address = True
+    endpoint: "HTTPEndpoint"
+
+    def handle_error(self, request, client_address) -> None:
+        # socketserver's default prints a traceback to stderr, once per failed
+        # request: a scraper that hangs up early would write fifteen lines each time.
+        self.endpoint._request_failed(sys.exc_info()[1], client_address)
 
 
 class HTTPEndpoint:
@@ -289,6 +401,11 @@ class HTTPEndpoint:
         self._lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
         self.last_error: str | None = None
+        #: Requests that ended in an exception: clients that hung up or reset
+        #: the connection mid-request, or a route that raised.
+        self.failed_requests = 0
+        self._failed_logged_at = float("-inf")
+        self._failed_unlogged = 0
         if not self._try_bind():
             threading.Thread(target=self._retry_loop, name=f"http-bind-{port}", daemon=True).start()
 
@@ -302,7 +419,7 @@ class HTTPEndpoint:
 
     def _try_bind(self) -> bool:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        cls = type("_Server", (_Server,), {"address_family": family})
+        cls = type("_Server", (_Server,), {"address_family": family, "endpoint": self})
         try:
             server = cls((self.host, self.port), self._handler)
         except OSError as exc:
@@ -321,6 +438,26 @@ class HTTPEndpoint:
         self.last_error = None
         threading.Thread(target=server.serve_forever, name=f"http-{self.port}", daemon=True).start()
         return True
+
+    def _request_failed(self, exc: BaseException | None, client) -> None:
+        """One request ended in ``exc``: at most one log line per ``CLIENT_ERROR_LOG_INTERVAL``.
+
+        A client's connection error (reset, broken pipe, timeout) is the
+        client's business: a debug line.  Anything else is a bug of ours
+        (a route raised): an error with its traceback."""
+        with self._lock:
+            self.failed_requests += 1
+            now = time.monotonic()
+            if now - self._failed_logged_at < CLIENT_ERROR_LOG_INTERVAL:
+                self._failed_unlogged += 1
+                return
+            self._failed_logged_at, unlogged, self._failed_unlogged = now, self._failed_unlogged, 0
+        more = f" ({unlogged} more failed requests not logged since the last such line)" if unlogged else ""
+        peer = client[0] if isinstance(client, tuple) and client else client
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            self._log.debug("http: port %d: client %s went away: %s%s", self.port, peer, exc, more)
+        else:
+            self._log.error("http: port %d: request from %s failed%s", self.port, peer, more, exc_info=exc)
 
     def _retry_loop(self) -> None:
         while not self._stop.wait(self.retry):

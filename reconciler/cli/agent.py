@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
+from typing import Callable
 
 from reconciler.core.errors import ReconcilerError
 
@@ -63,10 +65,6 @@ def cmd_run(args) -> int:
     logging.getLogger("pyroute2").setLevel(max(logging.INFO, logging.getLogger().level))
     stop = threading.Event()
 
-    def on_signal(signum, _frame):
-        logging.getLogger("flannel_reconciler").info("signal %d: stopping, kernel state left in place", signum)
-        stop.set()
-
     from reconciler.cli.main import bridge_name, underlay_spec
 
     spec = underlay_spec(args)
@@ -91,13 +89,54 @@ def cmd_run(args) -> int:
         check_underlay_address(args, backend.underlay(spec))
         # Installed only now: pyroute2 forks a helper to open a namespace
         # socket and stops it with SIGTERM; that child must not inherit ours.
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
         from reconciler.rules import IptablesBackend, NftablesBackend, RuleReconciler
 
         rules = RuleReconciler(IptablesBackend(args.netns), NftablesBackend(args.netns))
-        Agent(store, backend, opts, rules=rules).run(stop)
+        agent = Agent(store, backend, opts, rules=rules)
+        handle_signals(stop, agent.request_resync)
+        agent.run(stop)
     return 0
+
+
+def handle_signals(stop: threading.Event, resync: Callable[[], None]) -> None:
+    """SIGTERM and SIGINT set ``stop``; SIGHUP calls ``resync`` (docs/design.md says why).
+
+    The handler only writes the signal's number to a pipe; a thread reads it
+    and acts.  A Python handler runs on the main thread between two bytecodes,
+    maybe while that thread holds the very lock that setting an Event or
+    waking the worker takes.  Main thread only (``signal.signal``)."""
+    log = logging.getLogger("flannel_reconciler")
+    pid = os.getpid()
+    rfd, wfd = os.pipe()
+    os.set_blocking(wfd, False)
+
+    def on_signal(signum, _frame) -> None:
+        if os.getpid() != pid:
+            # A forked child (pyroute2's namespace helper, which its parent stops
+            # with SIGTERM): die as by default, and never tell the agent's thread.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        try:
+            os.write(wfd, bytes((signum,)))
+        except BlockingIOError:     # 64 KiB of signals not yet read: the thread has them to act on
+            pass
+
+    def dispatch() -> None:
+        while True:
+            for signum in os.read(rfd, 64):
+                if signum == signal.SIGHUP:
+                    log.info("SIGHUP: resyncing now (full kernel dump and diff); the network config is read "
+                             "at start-up only")
+                    resync()
+                else:
+                    log.info("signal %d (%s): stopping, kernel state left in place", signum,
+                             signal.Signals(signum).name)
+                    stop.set()
+
+    threading.Thread(target=dispatch, name="signals", daemon=True).start()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
 
 
 def cmd_snapshot(args) -> int:

@@ -148,16 +148,22 @@ class AgentProcess:
         except (OSError, urllib.error.URLError) as exc:
             return None, str(exc)
 
-    def metric(self, name: str, **labels: str) -> float | None:
-        """One series from ``/metrics`` (labels matched exactly); None when absent."""
+    def samples(self, name: str) -> list[tuple[dict[str, str], float]] | None:
+        """Every series named ``name`` in ``/metrics``, read by prometheus_client's parser:
+        [(labels, value)]; None when the endpoint does not answer."""
+        from prometheus_client.parser import text_string_to_metric_families
+
         status, text = self.get("/metrics")
         if status != 200:
             return None
-        want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
-        for line in text.splitlines():
-            series, _, value = line.rpartition(" ")
-            if series == want:
-                return float(value)
+        return [(s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name == name]
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        """One series from ``/metrics`` (labels matched exactly); None when absent."""
+        for got, value in self.samples(name) or ():
+            if got == labels:
+                return value
         return None
 
     def ready(self) -> bool:

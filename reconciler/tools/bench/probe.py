@@ -9,15 +9,12 @@ report says "n/a" for it.
 from __future__ import annotations
 
 import os
-import re
 import time
 from dataclasses import dataclass
 
 __all__ = ["Counters", "cpu_seconds", "parse_metrics", "rss_mib", "wait_idle"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
-_SERIES = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$')
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 def cpu_seconds(pid: int) -> float:
@@ -37,20 +34,13 @@ def rss_mib(pid: int) -> float:
 
 
 def parse_metrics(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """Prometheus text format -> name -> [(labels, value)]."""
+    """Prometheus text format -> sample name -> [(labels, value)] (prometheus_client's parser)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = _SERIES.match(line)
-        if not m:
-            continue
-        labels = dict(_LABEL.findall(m.group(2) or ""))
-        try:
-            value = float(m.group(3))
-        except ValueError:
-            continue
-        out.setdefault(m.group(1), []).append((labels, value))
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.setdefault(s.name, []).append((s.labels, s.value))
     return out
 
 
