@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     from reconciler.cli import agent as agent_cli  # the daemon, snapshot and demo commands live apart
 
     agent_cli.add_commands(sub)
+    from reconciler.cli import diagnose  # explain, audit: questions about the cluster, not changes to it
+
+    diagnose.add_commands(sub)
     return p
 
 
@@ -305,6 +308,10 @@ def _colour() -> bool:
 # --- commands ---------------------------------------------------------------
 
 def cmd_plan(args) -> int:
+    if args.config:
+        from reconciler.cli.diagnose import cmd_plan_config  # the what-if: every node, no kernel
+
+        return cmd_plan_config(args)
     snap = load_snapshot(args)
     if args.live_file:
         cycle = compute(args, snap, live=_read_live_file(args.live_file))
