@@ -107,3 +107,43 @@ def test_every_skip_reason_validate_leases_gives_has_a_code():
     _, skipped = validate_leases(cfg, [RawKV(kv.key, kv.value, kv.lease, i) for i, kv in enumerate(kvs)], PREFIX)
     parsed_reasons = [s.reason for s in skipped if "not valid JSON" not in s.reason]
     assert parsed_reasons and all(skip_code(r) != "skipped" for r in parsed_reasons), parsed_reasons
+
+
+# --------------------------------------------------------------------------------------------
+# The command
+
+def _snapshot_file(tmp_path, kvs, config=CONFIG) -> str:
+    rows = [{"key": f"{PREFIX}/config", "value": json.dumps(config)}] + [
+        {"key": kv.key, "value": kv.value, "lease": kv.lease, "mod_revision": kv.mod_revision} for kv in kvs]
+    path = tmp_path / "leases.json"
+    path.write_text(json.dumps({"prefix": PREFIX, "revision": 40, "kvs": rows}))
+    return str(path)
+
+
+def test_audit_command_text_json_and_exit_codes(tmp_path, capsys):
+    from reconciler.cli.main import main
+
+    clean = _snapshot_file(tmp_path, [_CLEAN])
+    assert main(["audit", "--leases-file", clean]) == 0
+    out = capsys.readouterr().out
+    assert "leases: 1 (1 ok, 0 reservations, 0 skipped)" in out and out.endswith("Audit: 0 to look at, 0 for information.\n")
+    extra, _ = PLANTS["duplicate-vtep-mac"]
+    dup = _snapshot_file(tmp_path, [_CLEAN] + [RawKV(kv.key, kv.value, kv.lease, 9) for kv in extra])
+    assert main(["audit", "--leases-file", dup, "--output", "json"]) == 2
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["clean"] is False and doc["revision"] == 40
+    assert [(f["code"], f["keys"]) for f in doc["findings"]] == [
+        ("duplicate-vtep-mac", [_CLEAN_KEY, f"{BASE}100.64.9.0-24"])]
+    assert {s["key"]: s["standing"] for s in doc["leases"]} == {_CLEAN_KEY: "ok", f"{BASE}100.64.9.0-24": "skipped"}
+
+
+def test_audit_of_a_missing_file_or_config_is_one_error_line(tmp_path, capsys):
+    from reconciler.cli.main import main
+
+    assert main(["audit", "--leases-file", str(tmp_path / "nope.json")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    path = tmp_path / "noconfig.json"
+    path.write_text(json.dumps({"prefix": PREFIX, "revision": 1, "kvs": []}))
+    assert main(["audit", "--leases-file", str(path)]) == 1
+    assert "config" in capsys.readouterr().err

@@ -116,3 +116,26 @@ def _kvs(n, vni_in_lease=1, subnets=None):
     return tuple(RawKV(f"{PREFIX}/subnets/100.64.{s}.0-24",
                        lease_value(f"198.18.0.{i + 1}", f"02:00:00:00:01:{i + 1:02x}", vni_in_lease),
                        lease=5, mod_revision=i + 1) for i, s in enumerate(subnets))
+
+
+def test_plan_config_command_text_json_exit_codes_and_a_bad_file(tmp_path, capsys):
+    from reconciler.cli.main import main
+
+    example = "reconciler/examples/cluster-3-nodes.json"
+    same = tmp_path / "same.json"
+    same.write_text(json.dumps({"Network": "100.64.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan"}}))
+    assert main(["plan", "--leases-file", example, "--config", str(same)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "Cluster: 3 nodes, no changes."
+    mtu = tmp_path / "mtu.json"
+    mtu.write_text(json.dumps({"Network": "100.64.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "MTU": 1400}}))
+    assert main(["plan", "--leases-file", example, "--config", str(mtu)]) == 2
+    out = capsys.readouterr().out
+    assert out.startswith("config: mtu None -> 1400\n") and "3 nodes (198.18.0.1, 198.18.0.2, 198.18.0.3): 2 update link" in out
+    assert main(["plan", "--leases-file", example, "--config", str(mtu), "--output", "json"]) == 2
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["totals"] == [{"op": "update", "kind": "link", "count": 6}] and len(doc["nodes"]) == 3
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"Network": "100.64.0.0/16", "Backend": {"Type": "host-gw"}}')
+    assert main(["plan", "--leases-file", example, "--config", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --config {bad}: ") and err.count("\n") == 1

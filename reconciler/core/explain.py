@@ -79,8 +79,8 @@ class Explanation:
         broken = self.first_broken
         if broken is None:
             return f"path to {self.resolution.target} is complete"
-        what = f" {broken.object}" if broken.object else ""
-        return f"broken at {broken.name}{what}: {broken.status}" + (f" ({broken.detail})" if broken.detail else "")
+        what = f": {broken.object}" if broken.object else ""
+        return f"{broken.name} {broken.status}{what}" + (f" ({broken.detail})" if broken.detail else "")
 
     def to_json(self) -> dict:
         r = self.resolution
@@ -101,7 +101,7 @@ class Explanation:
             obj = f"  {link.object}" if link.object else ""
             detail = f"  ({link.detail})" if link.detail else ""
             lines.append(f"  {link.name:<{width}}  {link.status:<11}{obj}{detail}")
-        lines.append(("ok: " if self.complete else "BROKEN: ") + self.verdict())
+        lines.append(("ok: " if self.complete else "BROKEN at ") + self.verdict())
         return "\n".join(lines) + "\n"
 
 
@@ -343,14 +343,19 @@ def _underlay_link(lease: Lease, facts: Facts, dev: str, v6: bool) -> PathLink:
 
 def _rule_links(rows: Sequence[tuple[str, str, str]]) -> list[PathLink]:
     out = []
+    masq: list[tuple[str, str]] = []
     for status, obj, detail in rows:
         lowered = obj.lower()
         if " -t nat " in obj or "postrtg" in lowered or "postrouting" in lowered:
-            # flanneld's masquerade rules RETURN for pod-to-pod traffic: they change nothing on this
-            # path whatever their state, so they are shown, never blamed.
-            out.append(PathLink("masquerade", "info", obj, status if status != "ok" else ""))
+            masq.append((status, obj))
         else:
             out.append(PathLink("forward rule", "ok" if status == "ok" else status, obj, detail))
+    if masq:
+        # flanneld's masquerade rules RETURN for pod-to-pod traffic: whatever their state they
+        # change nothing on this path, so they are summed up, never blamed.
+        bad = [f"{status}: {obj}" for status, obj in masq if status != "ok"]
+        out.append(PathLink("masquerade", "info", f"{len(masq)} rules",
+                            "all present" if not bad else "; ".join(bad)))
     return out
 
 
