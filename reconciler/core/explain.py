@@ -379,5 +379,5 @@ def _local_links(cycle: Any, dump: KernelState, r: Resolution) -> list[PathLink]
             net = str(ipaddress.ip_interface(addr.cidr).network)
             connected = [rt for rt in dump.of("route").values() if rt.dst == net and rt.dev == bridge]
             out.append(PathLink("connected route", "ok" if connected else "missing", f"{net} dev {bridge}",
-                                "" if connected else "local pods are cut off until the address is re-added"))
+                                "" if connected else "the kernel has no route to the local pods"))
     return out
