@@ -398,6 +398,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("expiry-window", "audit: warn about leases with less than this many seconds to live",
          int_range(0, int(MAX_SECONDS), "the expiry window"), frozenset({"audit"}), default=1800,
          status="ours", group=_OUT, metavar="SECONDS"),
+    Flag("show-all", "list every change of a large plan (by default more than 100 changes are summed up: "
+         "counts per kind and the first lines)", go_bool, frozenset({"plan", "apply"}), default=False,
+         status="ours", kind="bool", group=_OUT),
     Flag("output", "output format: text or json", choice("text", "json"),
          frozenset({"plan", "apply", "show", "audit", "explain"}),
          default="text", status="ours", group=_OUT, metavar="text|json"),

@@ -327,8 +327,7 @@ def cmd_plan(args) -> int:
     if args.output == "json":
         print(json.dumps(plan_json(plan, cycle.node_json(), cycle.skipped), indent=2))
     else:
-        print(plan_text(plan, colour=_colour(),
-                        header=_header(cycle)), end="")
+        print(plan_text(plan, colour=_colour(), header=_header(cycle), limit=_limit(args)), end="")
     return 0 if plan.in_sync else 2
 
 
@@ -349,8 +348,7 @@ def cmd_apply(args) -> int:
     if args.output == "json":
         print(json.dumps(plan_json(plan, cycle.node_json(), cycle.skipped, results), indent=2))
     else:
-        print(plan_text(plan, results, colour=_colour(),
-                        header=_header(cycle)), end="")
+        print(plan_text(plan, results, colour=_colour(), header=_header(cycle), limit=_limit(args)), end="")
     for r in bad:
         print(f"error: {r.message}", file=sys.stderr)
     for c in cycle.plan.conflicts:
@@ -377,6 +375,12 @@ def cmd_show(args) -> int:
     else:
         print(show_text(rows, colour=_colour()), end="")
     return 0 if all(r[0] == "ok" for r in rows) else 2
+
+
+def _limit(args) -> int | None:
+    from reconciler.core.render import SUMMARY_LINES
+
+    return None if getattr(args, "show_all", False) else SUMMARY_LINES
 
 
 def _with_rules(plan, rules):
