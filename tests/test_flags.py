@@ -108,6 +108,10 @@ def samples(tmp: Path, pem: str) -> dict[str, tuple[str, object, str | None]]:
         "healthz-port": ("9099", 9099, "70000"),
         "metrics-port": ("0x10", 16, "-1"),
         "log-level": ("debug", "debug", "verbose"),
+        "config": (pem, pem, str(tmp / "missing.json")),
+        "segment": ("198.18.0.0/25", ("198.18.0.0/25",), "nowhere"),
+        "expiry-window": ("600", 600, "-1"),
+        "show-all": ("t", True, "maybe"),
     }
 
 

@@ -230,6 +230,14 @@ def writable_path(text: str) -> str:
     return text
 
 
+def any_cidr(text: str) -> str:
+    """An IPv4 or IPv6 prefix (host bits allowed: ``198.18.0.7/24`` names the segment 198.18.0.0/24)."""
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP prefix (want a.b.c.d/len)") from None
+
+
 def endpoints(text: str) -> tuple[str, ...]:
     """flanneld's comma-separated etcd URLs (a missing scheme means http://)."""
     from urllib.parse import urlsplit
@@ -257,8 +265,8 @@ def endpoints(text: str) -> tuple[str, ...]:
 # The table
 
 #: Which commands take which group of flags.
-SOURCE = frozenset({"plan", "apply", "show", "run", "snapshot"})
-NODE = frozenset({"plan", "apply", "show", "run"})
+SOURCE = frozenset({"plan", "apply", "show", "run", "snapshot", "audit", "explain"})
+NODE = frozenset({"plan", "apply", "show", "run", "explain"})
 AGENT = SOURCE
 RUN = frozenset({"run"})
 
@@ -381,7 +389,20 @@ FLAGS: tuple[Flag, ...] = (
          frozenset({"plan", "show"}), status="ours", group=_OUT, metavar="FILE"),
     Flag("offline", "compare against an empty kernel (no netlink access): what a new node would get",
          go_bool, frozenset({"plan"}), default=False, status="ours", kind="bool", group=_OUT),
-    Flag("output", "output format: text or json", choice("text", "json"), frozenset({"plan", "apply", "show"}),
+    Flag("config", "what-if: plan every node of the cluster as if the network config in etcd were this JSON "
+         "file (nothing is read from a node or written)", readable_file, frozenset({"plan"}), status="ours",
+         group=_OUT, metavar="FILE"),
+    Flag("segment", "with --config: an L2 segment of the underlay (CIDR); peers on a node's segment are routed "
+         "directly under DirectRouting; repeatable", any_cidr, frozenset({"plan"}), default=(), status="ours",
+         kind="list", group=_OUT, metavar="CIDR"),
+    Flag("expiry-window", "audit: warn about leases with less than this many seconds to live",
+         int_range(0, int(MAX_SECONDS), "the expiry window"), frozenset({"audit"}), default=1800,
+         status="ours", group=_OUT, metavar="SECONDS"),
+    Flag("show-all", "list every change of a large plan (by default more than 100 changes are summed up: "
+         "counts per kind and the first lines)", go_bool, frozenset({"plan", "apply"}), default=False,
+         status="ours", kind="bool", group=_OUT),
+    Flag("output", "output format: text or json", choice("text", "json"),
+         frozenset({"plan", "apply", "show", "audit", "explain"}),
          default="text", status="ours", group=_OUT, metavar="text|json"),
     Flag("output-file", "write the snapshot here instead of standard output", writable_path,
          frozenset({"snapshot"}), status="ours", group=_OUT, metavar="FILE", short="-o"),

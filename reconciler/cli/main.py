@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     from reconciler.cli import agent as agent_cli  # the daemon, snapshot and demo commands live apart
 
     agent_cli.add_commands(sub)
+    from reconciler.cli import diagnose  # explain, audit: questions about the cluster, not changes to it
+
+    diagnose.add_commands(sub)
     return p
 
 
@@ -305,6 +308,10 @@ def _colour() -> bool:
 # --- commands ---------------------------------------------------------------
 
 def cmd_plan(args) -> int:
+    if args.config:
+        from reconciler.cli.diagnose import cmd_plan_config  # the what-if: every node, no kernel
+
+        return cmd_plan_config(args)
     snap = load_snapshot(args)
     if args.live_file:
         cycle = compute(args, snap, live=_read_live_file(args.live_file))
@@ -320,8 +327,7 @@ def cmd_plan(args) -> int:
     if args.output == "json":
         print(json.dumps(plan_json(plan, cycle.node_json(), cycle.skipped), indent=2))
     else:
-        print(plan_text(plan, colour=_colour(),
-                        header=_header(cycle)), end="")
+        print(plan_text(plan, colour=_colour(), header=_header(cycle), limit=_limit(args)), end="")
     return 0 if plan.in_sync else 2
 
 
@@ -342,8 +348,7 @@ def cmd_apply(args) -> int:
     if args.output == "json":
         print(json.dumps(plan_json(plan, cycle.node_json(), cycle.skipped, results), indent=2))
     else:
-        print(plan_text(plan, results, colour=_colour(),
-                        header=_header(cycle)), end="")
+        print(plan_text(plan, results, colour=_colour(), header=_header(cycle), limit=_limit(args)), end="")
     for r in bad:
         print(f"error: {r.message}", file=sys.stderr)
     for c in cycle.plan.conflicts:
@@ -370,6 +375,12 @@ def cmd_show(args) -> int:
     else:
         print(show_text(rows, colour=_colour()), end="")
     return 0 if all(r[0] == "ok" for r in rows) else 2
+
+
+def _limit(args) -> int | None:
+    from reconciler.core.render import SUMMARY_LINES
+
+    return None if getattr(args, "show_all", False) else SUMMARY_LINES
 
 
 def _with_rules(plan, rules):

@@ -253,8 +253,39 @@ _VALUE_FIELDS = ("PublicIP", "PublicIPv6", "BackendType", "BackendData", "Backen
 _BACKEND_FIELDS = ("VNI", "VtepMAC")
 
 
+def _fast_parser() -> Callable[[str, str, int], Lease | None] | None:
+    """The compiled parser of flanneld's own lease form, if built (``_fastpath/_leases.pyx``)."""
+    try:
+        import _fastpath
+    except ImportError:  # pragma: no cover - the package ships with the project
+        return None
+    return _fastpath.parse_canonical
+
+
+#: Set on first use.  ``tests/test_leases_fast.py`` runs with it set to None (the pure path alone)
+#: and with the compiled parser, and holds the two equal.
+_FAST: Any = False
+
+
 def parse_lease(key: str, value: str, etcd_lease: int = 0) -> Lease:
     """One lease from its subnet key (no prefix) and its raw value.  Raises ``LeaseError``.
+
+    Values in exactly the form flanneld writes take the compiled parser when it is built; every
+    other value, and every error, is the pure parser's (``parse_lease_pure``), the specification.
+    """
+    global _FAST
+    if _FAST is False:
+        _FAST = _fast_parser()
+    if _FAST is not None:
+        lease = _FAST(key, value, etcd_lease)
+        if lease is not None:
+            return lease
+    return parse_lease_pure(key, value, etcd_lease)
+
+
+def parse_lease_pure(key: str, value: str, etcd_lease: int = 0) -> Lease:
+    """The pure parser, the specification: one lease from its subnet key (no prefix) and its raw
+    value.  Raises ``LeaseError``.
 
     JSON keys match case-insensitively and duplicates resolve last-wins, as
     in Go.  A lease whose BackendType is not "vxlan" parses (only its

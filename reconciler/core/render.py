@@ -104,33 +104,55 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+#: A text plan longer than this many changes is summed up: the counts per kind, the first lines of
+#: each kind and every failure (``--show-all`` lists everything; JSON is always complete).  15,000
+#: lines of a cold 5,000-node plan tell an operator less than the counts, and cost time to print.
+SUMMARY_LINES = 100
+
+
 def plan_text(
     plan: Plan,
     results: Sequence[OpResult] | None = None,
     colour: bool = False,
     header: str | None = None,
+    limit: int | None = SUMMARY_LINES,
 ) -> str:
     """The plan grouped by kind, one line per change, then a summary line.
 
-    With ``results`` (after ``apply``) each line ends in ``ok`` or the error.
+    With ``results`` (after ``apply``) each line ends in ``ok`` or the error.  With more than
+    ``limit`` changes (None: no limit) each kind shows its counts and its first lines; failed
+    changes are always shown.
     """
     by_kind: dict[str, list[tuple[Change, OpResult | None]]] = {k: [] for k in _RENDER_KINDS}
     res = list(results) if results is not None else [None] * len(plan)
     for c, r in zip(plan, res):
         by_kind[c.kind].append((c, r))
+    summed = limit is not None and len(plan) > limit
+    kinds = sum(1 for rows in by_kind.values() if rows)
+    per_kind = max(3, (limit or 0) // max(kinds, 1))
     lines = [header] if header else []
     for kind in _RENDER_KINDS:
         rows = by_kind[kind]
         if not rows:
             continue
-        lines.append(f"{kind}:")
-        for c, r in rows:
+        if summed:
+            counts = {op: sum(1 for c, _ in rows if c.op == op) for op in ("create", "update", "delete")}
+            lines.append(f"{kind}: {len(rows)} (" + ", ".join(f"{n} to {op}" for op, n in counts.items() if n) + ")")
+        else:
+            lines.append(f"{kind}:")
+        hidden = 0
+        for i, (c, r) in enumerate(rows):
+            if summed and i >= per_kind and (r is None or r.ok):
+                hidden += 1
+                continue
             line = _change_line(c)
             if r is not None:
                 line += "  [ok]" if r.ok else f"  [FAILED: {r.message}]"
             if colour:
                 line = f"{_COLOUR[c.op]}{line}{_RESET}"
             lines.append("  " + line)
+        if hidden:
+            lines.append(f"  ... and {hidden} more {kind} changes")
     if plan.conflicts:
         lines.append("conflicts (left alone: the kernel key is held by a route that is not ours):"
                      if all(c.foreign.KIND == "route" for c in plan.conflicts) else
@@ -150,6 +172,8 @@ def plan_text(
         lines.append(
             f"Applied: {s['create']} created, {s['update']} updated, {s['delete']} deleted; {bad} failed."
         )
+    if summed:
+        lines.append(f"({len(plan)} changes summed up; --show-all lists every one, --output json gives them all)")
     return "\n".join(lines) + "\n"
 
 

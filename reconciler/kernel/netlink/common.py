@@ -274,6 +274,13 @@ class UnderlayLookup:
     (``(local, prefixlen, flags)`` tuples), ``_link_mtu(idx)``, ``_where()``,
     and ``_route_get(ip)`` (``(oif, prefsrc)`` of ``ip route get IP``)."""
 
+    def route_get(self, ip: str) -> tuple[str | None, str | None]:
+        """``ip route get IP`` (IPv4): the device the kernel sends a packet for ``ip`` out of, and its
+        source address.  Raises ``NetlinkError`` when the kernel has no route (``explain`` reports it)."""
+        self._refresh_links()
+        oif, src = self._route_get(ip)
+        return self._names.get(oif), src
+
     def underlay(self, spec: "UnderlaySpec | str | None") -> Underlay:
         """The external interface, chosen by ``spec`` (see ``UnderlaySpec``; a
         plain string is one ``--iface``, ``None`` the default route)."""

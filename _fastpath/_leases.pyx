@@ -1,0 +1,152 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Compiled parser for the lease values flanneld writes, byte for byte.
+
+``parse_canonical(key, value, etcd_lease)`` returns the ``Lease`` that
+``reconciler.core.leases.parse_lease`` returns for the same arguments, or None
+when the input is not in the one form flanneld writes for an IPv4 VXLAN lease
+(docs/flannel-formats.md section 3)::
+
+    key    a.b.c.d-LEN
+    value  {"PublicIP":"a.b.c.d","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":N,"VtepMAC":"xx:xx:xx:xx:xx:xx"}}
+
+Everything else -- dual stack, other field orders, spacing, escapes, upper
+case names, duplicates, any value the pure parser would refuse -- gives None,
+and the caller runs the pure parser, which stays the specification.  So the
+two can only differ if this module accepts something the pure one would
+parse differently: ``tests/test_leases_fast.py`` holds them equal on canonical,
+random and hostile input.
+"""
+from ipaddress import IPv4Network
+
+from reconciler.core.leases import Lease
+
+cdef str _HEAD = '{"PublicIP":"'
+cdef str _MID = '","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":'
+cdef str _MAC = ',"VtepMAC":"'
+cdef str _TAIL = '"}}'
+cdef str _HEX = "0123456789abcdef"
+
+
+cdef long _quad(str text, Py_ssize_t start, Py_ssize_t end):
+    """A dotted quad in text[start:end] with no leading zeros, as an integer; -1 if it is not one."""
+    cdef long value = 0
+    cdef long octet = 0
+    cdef int digits = 0
+    cdef int dots = 0
+    cdef Py_UCS4 c
+    cdef Py_UCS4 first = 0
+    cdef Py_ssize_t i
+    if end - start < 7 or end - start > 15:
+        return -1
+    for i in range(start, end):
+        c = text[i]
+        if c == '.':
+            if digits == 0 or dots == 3:
+                return -1
+            value = (value << 8) | octet
+            octet = 0
+            digits = 0
+            dots += 1
+        elif '0' <= c <= '9':
+            if digits == 0:
+                first = c
+            elif first == '0' or digits == 3:
+                return -1
+            octet = octet * 10 + (<long>c - 48)
+            if octet > 255:
+                return -1
+            digits += 1
+        else:
+            return -1
+    if digits == 0 or dots != 3:
+        return -1
+    return (value << 8) | octet
+
+
+cdef inline int _hexval(Py_UCS4 c):
+    if '0' <= c <= '9':
+        return <int>c - 48
+    if 'a' <= c <= 'f':
+        return <int>c - 87
+    if 'A' <= c <= 'F':
+        return <int>c - 55
+    return -1
+
+
+def parse_canonical(str key, str value, etcd_lease=0):
+    """The ``Lease`` the pure parser gives, for flanneld's own IPv4 form; None for anything else."""
+    cdef Py_ssize_t n = len(key)
+    cdef Py_ssize_t dash = key.find("-")
+    cdef long addr, plen, pub, vni
+    cdef Py_ssize_t i, p, q, m
+    cdef int hi, lo, first_byte, any_set
+    cdef Py_UCS4 c
+    if dash < 0 or n - dash - 1 < 1 or n - dash - 1 > 2:
+        return None
+    addr = _quad(key, 0, dash)
+    if addr < 0:
+        return None
+    plen = 0
+    for i in range(dash + 1, n):
+        c = key[i]
+        if not ('0' <= c <= '9'):
+            return None
+        plen = plen * 10 + (<long>c - 48)
+    if plen > 31 or (n - dash - 1 == 2 and key[dash + 1] == '0'):
+        return None
+    # Host bits set: the pure parser refuses it, with its own message.
+    if plen < 32 and (addr & ((1 << (32 - plen)) - 1)) != 0:
+        return None
+
+    if not value.startswith(_HEAD):
+        return None
+    p = len(_HEAD)
+    q = value.find('"', p)
+    if q < 0:
+        return None
+    pub = _quad(value, p, q)
+    if pub < 0:
+        return None
+    # 0.0.0.0/8 unspecified, 127/8 loopback, 224/4 multicast, the limited broadcast: not a peer.
+    if pub == 0 or (pub >> 24) == 127 or (pub >> 28) == 14 or pub == 0xFFFFFFFF:
+        return None
+    if not value.startswith(_MID, q):
+        return None
+    p = q + len(_MID)
+    vni = 0
+    i = p
+    while i < len(value):
+        c = value[i]
+        if not ('0' <= c <= '9'):
+            break
+        vni = vni * 10 + (<long>c - 48)
+        i += 1
+        if i - p > 10:
+            return None
+    if i == p or (i - p > 1 and value[p] == '0') or vni >= 4294967296:
+        return None
+    if not value.startswith(_MAC, i):
+        return None
+    m = i + len(_MAC)
+    if len(value) != m + 17 + len(_TAIL) or not value.endswith(_TAIL):
+        return None
+    chars = []
+    any_set = 0
+    first_byte = 0
+    for i in range(6):
+        hi = _hexval(value[m + 3 * i])
+        lo = _hexval(value[m + 3 * i + 1])
+        if hi < 0 or lo < 0 or (i < 5 and value[m + 3 * i + 2] != ':'):
+            return None
+        if i == 0:
+            first_byte = hi * 16 + lo
+        any_set |= hi | lo
+        chars.append(_HEX[hi])
+        chars.append(_HEX[lo])
+        if i < 5:
+            chars.append(':')
+    if first_byte & 1 or not any_set:
+        return None
+    return Lease(key=key, subnet=IPv4Network((addr, plen)), ipv6_subnet=None,
+                 public_ip=value[len(_HEAD):q], public_ipv6=None, backend_type="vxlan",
+                 vni=vni, vtep_mac="".join(chars), etcd_lease=etcd_lease)
