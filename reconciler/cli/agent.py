@@ -79,6 +79,7 @@ def cmd_run(args) -> int:
         forward_rules=args.iptables_forward_rules, masq_fully_random_disable=args.ip_masq_fully_random_disable,
         iptables_resync=args.iptables_resync,
         route_layout=args.route_layout, netns=args.netns,
+        renew_margin=args.subnet_lease_renew_margin * 60.0, blackhole_route=args.ip_blackhole_route,
     )
     from reconciler.agent.instance_lock import acquire_instance_lock
     from reconciler.kernel.netlink.common import netns_path
