@@ -222,7 +222,8 @@ class Agent(RuleSync):
             public_ipv6 = self.opts.public_ipv6 or underlay.address6
         mtu = underlay_mtu(self.opts.underlay_mtu, self.config.mtu, (underlay.name, underlay.mtu))
         self.node = NodeParams(public_ip=public_ip, underlay_mtu=mtu, underlay=underlay.name, bridge=self.opts.bridge,
-                               public_ipv6=public_ipv6, route_layout=self.opts.route_layout)
+                               public_ipv6=public_ipv6, route_layout=self.opts.route_layout,
+                               blackhole=self.opts.blackhole_route)
         log.info("underlay %s (%s), mtu %d; bridge %s", underlay.name, underlay.address, underlay.mtu,
                  self.opts.bridge or "left to the CNI plugin (--no-bridge)")
         self._netns_inode = _netns_inode(self.opts.netns)

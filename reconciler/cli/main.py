@@ -274,7 +274,8 @@ def node_params(args, config: NetworkConfig, backend=None) -> tuple[NodeParams, 
         name = None
     params = NodeParams(public_ip=public_ip, underlay_mtu=mtu, underlay=name, bridge=bridge_name(args),
                         public_ipv6=public_ipv6 if config.enable_ipv6 else None,
-                        route_layout=getattr(args, "route_layout", "onlink"))
+                        route_layout=getattr(args, "route_layout", "onlink"),
+                        blackhole=getattr(args, "ip_blackhole_route", False))
     return params, ((underlay.prefixes + underlay.prefixes6) if underlay else ())
 
 
