@@ -32,9 +32,6 @@ FLANNELD_FLAGS = (
     "iptables-forward-rules", "ip-blackhole-route", "net-config-path", "set-node-network-unavailable",
     "v", "vmodule", "log_backtrace_at",
 )
-#: Accepted by name, implemented on other branches (listed in the report and docs/flags.md).
-MERGING = {"public-ipv6", "iface-regex", "iface-can-reach", "iptables-forward-rules",
-           "ip-masq-fully-random-disable", "iptables-resync", "bridge", "no-bridge", "route-layout"}
 
 
 @pytest.fixture(autouse=True)
@@ -188,7 +185,6 @@ def test_flanneld_flags_are_all_known_and_unsupported_ones_refused_with_the_reas
     ours = {f.name for f in FLAGS}
     refused = {u.name for u in UNSUPPORTED}
     assert set(FLANNELD_FLAGS) <= ours | refused
-    assert MERGING <= ours   # the flags other branches brought are all in the one table
     for u in UNSUPPORTED:
         value = str(not flags.go_bool(u.default or "false")).lower() if u.kind == "bool" else "something-else"
         argv = ["run", f"-{u.name}={value}"]
@@ -431,16 +427,76 @@ def _get(urllib_request, port):
         return None
 
 
-# --- the documentation lists every flag -------------------------------------------
+# --- the documentation is true to the flag table and to --help, both ways -------------------
 
-@pytest.mark.parametrize("doc", ["README.md", "docs/flags.md"])
-def test_flags_table_in_the_docs_lists_every_flanneld_flag(doc):
-    text = (ROOT / doc).read_text()
-    if doc == "README.md":
-        text = text.split("\n## Flags", 1)[1].split("\n## ", 1)[0]
-    import re
+import re as _re
 
-    cells = [line.split("|")[1] for line in text.splitlines() if line.startswith("| `")]
-    names = {name for cell in cells for name in re.findall(r"`--?([a-z0-9_-]+)`", cell)}
-    assert set(FLANNELD_FLAGS) <= names
-    assert {f.name for f in FLAGS} <= names or doc == "README.md"
+_NAME = _re.compile(r"`--?([A-Za-z0-9_-]+)`")
+
+
+def _table(text: str, header: str) -> list[list[str]]:
+    """The rows (cells) of the Markdown table whose header line starts with ``header``."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    return rows
+
+
+def _help_options(command: str, capsys) -> set[str]:
+    """The long options ``COMMAND --help`` lists (its option column, not the descriptions)."""
+    with pytest.raises(SystemExit):
+        parse_args([command, "--help"], environ={})
+    out = capsys.readouterr().out
+    return set(_re.findall(r"^  (?:-[A-Za-z] [^,]*, )?--([A-Za-z0-9_-]+)", out, _re.M)) - {"help"}
+
+
+def test_readme_flag_table_is_the_flag_table():
+    text = (ROOT / "README.md").read_text().split("\n## Flags", 1)[1].split("\n## ", 1)[0]
+    rows = _table(text, "| flanneld flag |")
+    listed: dict[str, str] = {}
+    for first, here in rows:
+        for name in _NAME.findall(first):
+            assert name not in listed, f"README lists -{name} twice"
+            listed[name] = here
+    by_name = {f.name: f for f in FLAGS}
+    refused = {u.name for u in UNSUPPORTED}
+    flanneld = {f.name for f in FLAGS if f.status in ("flanneld", "ignored")} | refused | {"version"}
+    assert set(listed) == flanneld, "README's flanneld flags differ from FLAGS/UNSUPPORTED"
+    for name, here in listed.items():
+        assert here.startswith("refused") == (name in refused), name
+        flag = by_name.get(name)
+        assert here.startswith("accepted and ignored") == (flag is not None and flag.status == "ignored"), name
+        assert "being merged" not in here and "until" not in here, name
+    ours = text.split("Ours:", 1)[1].split("\n\n", 1)[0]
+    assert set(_NAME.findall(ours)) == {f.name for f in FLAGS if f.status == "ours"} | {"o"}
+
+
+def test_flags_md_tables_are_the_flag_table():
+    text = (ROOT / "docs" / "flags.md").read_text()
+    rows = _table(text, "| flag | variable |")
+    seen = set()
+    for name_cell, env, default, commands, status, _meaning in rows:
+        names = _NAME.findall(name_cell)
+        flag = next((f for f in FLAGS if f.name == names[0]), None)
+        assert flag is not None, f"docs/flags.md lists --{names[0]}, which is not in FLAGS"
+        seen.add(flag.name)
+        assert env == f"`{flag.env}`", flag.name
+        assert status.split()[0] == flag.status, flag.name
+        want = flags.AGENT if commands == "all but demo" else frozenset(c.strip() for c in commands.split(","))
+        assert want == flag.commands, flag.name
+        if isinstance(flag.default, (bool, int, float, str)) and not isinstance(flag.default, tuple):
+            shown = str(flag.default).lower() if isinstance(flag.default, bool) else f"{flag.default:g}" \
+                if isinstance(flag.default, float) else str(flag.default)
+            assert default.startswith(f"`{shown}`"), (flag.name, default)
+    assert seen == {f.name for f in FLAGS}, "docs/flags.md's table and FLAGS differ"
+    refused = _table(text, "| flag | flanneld default |")
+    assert {_NAME.findall(r[0])[0]: r[1].strip("`") for r in refused} == {u.name: u.default for u in UNSUPPORTED}
+
+
+@pytest.mark.parametrize("command", ["plan", "apply", "show", "run", "snapshot"])
+def test_help_lists_exactly_the_flags_of_the_command(command, capsys):
+    assert _help_options(command, capsys) == {f.name for f in flags.flags_for(command)}

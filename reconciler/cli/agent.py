@@ -61,6 +61,9 @@ def cmd_run(args) -> int:
                         format="%(asctime)s %(levelname)s %(message)s")
     # --log-level debug is ours: pyroute2's own debug output is thousands of message dumps a second.
     logging.getLogger("pyroute2").setLevel(max(logging.INFO, logging.getLogger().level))
+    # Said once, as flanneld logs its flags at start: a unit's -v=N shows what it became here.
+    logging.getLogger("flannel_reconciler").info(
+        "log level %s%s", args.log_level, f" (from -v={args.v})" if args.v is not None else "")
     stop = threading.Event()
 
     def on_signal(signum, _frame):

@@ -1,6 +1,6 @@
 """The flag table: every option of the agent-facing commands, in one place.
 
-``cli.py`` and ``agent_cli.py`` build their argparse parsers from ``FLAGS``;
+``main.py`` and ``agent.py`` build their argparse parsers from ``FLAGS``;
 nothing else defines an option of ``plan``/``apply``/``show``/``run``/
 ``snapshot``.  Each flag has a name, a parser that turns its text into a
 checked value (or raises ``ValueError`` with the reason), a default, help
@@ -15,9 +15,11 @@ sees it; the values are then resolved by ``resolve``: the command line wins,
 then a non-empty ``FLANNELD_<FLAG>`` (flanneld's own rule: an empty
 variable counts as unset), then the default.
 
-The flags of flanneld that this agent does not implement are refused, on the
+The flags of flanneld that need the Kubernetes API are refused, on the
 command line and in the environment, with the reason (``UNSUPPORTED``); a
-value equal to flanneld's default asks for nothing and is accepted.
+value equal to flanneld's default asks for nothing and is accepted.  klog's
+``-vmodule`` and ``-log_backtrace_at`` are accepted and change nothing
+(status "ignored"), so that a manifest carrying them still starts.
 """
 from __future__ import annotations
 

@@ -133,7 +133,7 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None, *,
 
 # --- inputs -----------------------------------------------------------------
 
-#: The largest input file read: a 20,000-node snapshot is about 10 MiB, and a
+#: The largest input file read: a 20,000-node snapshot is a few MiB, and a
 #: device such as /dev/zero or /dev/urandom would otherwise be read forever.
 MAX_INPUT_BYTES = 64 * 1024 * 1024
 
