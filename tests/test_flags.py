@@ -500,3 +500,55 @@ def test_flags_md_tables_are_the_flag_table():
 @pytest.mark.parametrize("command", ["plan", "apply", "show", "run", "snapshot"])
 def test_help_lists_exactly_the_flags_of_the_command(command, capsys):
     assert _help_options(command, capsys) == {f.name for f in flags.flags_for(command)}
+
+
+# --- contradictions, misplaced flags, a closed stdout, endless input -------------------------
+
+@pytest.mark.parametrize("argv,env,line", [
+    (OFFLINE + ["--live-file", EXAMPLE], {},
+     "error: --offline and --live-file contradict each other: both name the live state to compare against; "
+     "give one"),
+    (OFFLINE + ["--bridge", "br-pods", "--no-bridge"], {},
+     "error: --no-bridge and --bridge contradict each other: one says no pod bridge, the other names it; "
+     "give one"),
+    (OFFLINE + ["--etcd-endpoints", "http://127.0.0.1:2379"], {},
+     "error: --leases-file and --etcd-endpoints contradict each other: both name where the leases come from; "
+     "give one"),
+    (OFFLINE, {"FLANNELD_ETCD_ENDPOINTS": "http://127.0.0.1:2379"},
+     "error: --leases-file and FLANNELD_ETCD_ENDPOINTS contradict each other: both name where the leases come "
+     "from; give one"),
+    (["apply", "--leases-file", EXAMPLE, "--offline"], {},
+     "error: --offline is not an option of apply (it is one of plan) (see flannel-reconciler apply --help)"),
+    (["plan", "--leases-fil", EXAMPLE], {},
+     "error: unknown flag --leases-fil: did you mean --leases-file? (see flannel-reconciler plan --help)"),
+])
+def test_contradictory_and_misplaced_flags_are_one_clear_error(capsys, monkeypatch, argv, env, line):
+    for key in [k for k in __import__("os").environ if k.startswith("FLANNELD_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    code, out, err = run(capsys, *argv)
+    assert code == 1 and out == "" and one_error(err) == line
+
+
+def test_a_boolean_set_false_contradicts_nothing(capsys):
+    code, out, _ = run(capsys, *OFFLINE, "--no-bridge=false", "--bridge", "br-pods")
+    assert code == 2 and "+ link br-pods type bridge" in out
+    code, out, _ = run(capsys, *OFFLINE[:-1], "--offline=false", "--live-file", str(ROOT / "tests" / "__init__.py"))
+    assert code == 1      # the live file is read (and is no JSON), not refused as a contradiction
+
+
+@pytest.mark.parametrize("argv", [OFFLINE, ["snapshot", "--leases-file", EXAMPLE]])
+def test_a_closed_stdout_is_an_error_not_a_bug(argv):
+    proc = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, "-m", "reconciler", *argv],
+                          stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=60,
+                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 1
+    assert proc.stderr == f"error: standard output is closed: {argv[0]} writes its result there\n"
+
+
+def test_an_endless_input_file_is_refused_not_read_forever(capsys):
+    code, _, err = run(capsys, "plan", "--leases-file", "/dev/zero", "--public-ip", "198.18.0.1", "--offline")
+    assert code == 1
+    assert one_error(err) == ("error: --leases-file /dev/zero: larger than 64 MiB: not a snapshot or live state "
+                              "(a device such as /dev/zero?)")
