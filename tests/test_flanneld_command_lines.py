@@ -106,6 +106,8 @@ def test_flannel_reconciler_with_a_flag_first_means_run_and_with_nothing_prints_
     assert parse_args(["-v=2"], environ={}).log_level == "debug"
     assert main([]) == 1        # never an agent started by accident
     assert "the following arguments are required: command" in capsys.readouterr().err
+    assert main(["--leases-file", "x.json", "plan"]) == 1
+    assert capsys.readouterr().err == "error: options go after the command: flannel-reconciler plan --leases-file x.json\n"
 
 
 def test_the_flanneld_console_script_is_declared():

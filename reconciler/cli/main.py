@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: The subcommands (an argv that opens with a flag and names one of them put the flags first).
+_COMMAND_NAMES = frozenset({"plan", "apply", "show", "run", "snapshot", "demo", "bench"})
+
+
 def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None, *,
                flanneld: bool = False) -> argparse.Namespace:
     """argv (Go's forms too) and ``FLANNELD_*`` -> checked values.  Raises ``ReconcilerError``;
@@ -114,6 +118,11 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None, *,
     ``flannel-reconciler`` alone never starts an agent by accident.
     """
     argv = list(argv)
+    if not flanneld and flags.starts_with_flag(argv):
+        named = [a for a in argv if a in _COMMAND_NAMES]
+        if named:
+            raise UsageError(f"options go after the command: flannel-reconciler {named[0]} "
+                             f"{' '.join(a for a in argv if a != named[0])}")
     if flanneld or flags.starts_with_flag(argv):
         argv = ["run", *argv]
     converted = flags.go_style_argv(argv)
