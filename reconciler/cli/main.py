@@ -99,7 +99,6 @@ def build_parser() -> argparse.ArgumentParser:
     from reconciler.cli import agent as agent_cli  # the daemon, snapshot and demo commands live apart
 
     agent_cli.add_commands(sub)
-    p.commands = sub.choices  # name -> subparser, for the unknown-option messages
     return p
 
 
