@@ -61,9 +61,6 @@ def cmd_run(args) -> int:
                         format="%(asctime)s %(levelname)s %(message)s")
     # --log-level debug is ours: pyroute2's own debug output is thousands of message dumps a second.
     logging.getLogger("pyroute2").setLevel(max(logging.INFO, logging.getLogger().level))
-    # Said once, as flanneld logs its flags at start: a unit's -v=N shows what it became here.
-    logging.getLogger("flannel_reconciler").info(
-        "log level %s%s", args.log_level, f" (from -v={args.v})" if args.v is not None else "")
     stop = threading.Event()
 
     def on_signal(signum, _frame):
@@ -93,6 +90,9 @@ def cmd_run(args) -> int:
         # The operator's mistakes are refused before the agent starts; the
         # agent itself logs and retries and never exits.
         check_underlay_address(args, backend.underlay(spec))
+        # Said once the agent starts, as flanneld logs its flags: a unit's -v=N shows what it became here.
+        logging.getLogger("flannel_reconciler").info(
+            "log level %s%s", args.log_level, f" (from -v={args.v})" if args.v is not None else "")
         # Installed only now: pyroute2 forks a helper to open a namespace
         # socket and stops it with SIGTERM; that child must not inherit ours.
         signal.signal(signal.SIGTERM, on_signal)
