@@ -131,3 +131,20 @@ def test_real_kernel_blackhole_written_repaired_and_never_taken_over(underlay_fa
     assert not _holes(ns)
     assert "via 198.18.0.254 dev eth0 proto static metric 4294967295" in run(
         ns, "ip", "route", "show", "100.64.1.0/24").stdout
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("backend", ["batched", "pyroute2"])
+def test_real_kernel_dual_stack_gets_both_blackholes(underlay_factory, tmp_path, capsys, backend):
+    from tests.test_dual_stack_kernel import args as dual_args, write_leases
+
+    ns = underlay_factory(1, ipv6=True).nodes[0].ns
+    argv = dual_args(write_leases(tmp_path / "leases.json"), ns, "--netlink-backend", backend, "-ip-blackhole-route")
+    rc, out, err = cli(capsys, "apply", *argv)
+    assert rc == 0 and "+ route blackhole fd00:100:64:1::/64 metric 4294967295" in out, out + err
+    holes6 = [r for r in json.loads(run(ns, "ip", "-6", "-j", "route", "show", "table", "main").stdout)
+              if r.get("type") == "blackhole"]
+    assert [(r["dst"], r["protocol"], r["metric"]) for r in holes6] == [("fd00:100:64:1::/64", "73", BLACKHOLE_METRIC)]
+    assert [r["dst"] for r in _holes(ns)] == ["100.64.1.0/24"]
+    assert "dev cni0" in run(ns, "ip", "-6", "route", "get", "fd00:100:64:1::9").stdout   # the bridge's wins
+    assert cli(capsys, "plan", *argv)[0] == 0
