@@ -44,6 +44,7 @@ cdef enum:
     RTA_NH_ID = 30
     RT_TABLE_MAIN = 254
     RTN_UNICAST = 1
+    RTN_BLACKHOLE = 6
     RTNH_F_ONLINK = 4
     RTM_F_CLONED = 0x200
     RTPROT_RECONCILER = 73
@@ -206,7 +207,7 @@ def decode_routes(buf, names, ours, nets=()):
                     continue
                 if rd32(p + start[RTA_TABLE]) != 0:
                     table = rd32(p + start[RTA_TABLE])
-            if table != RT_TABLE_MAIN or rtype != RTN_UNICAST or flags & RTM_F_CLONED:
+            if table != RT_TABLE_MAIN or (rtype != RTN_UNICAST and rtype != RTN_BLACKHOLE) or flags & RTM_F_CLONED:
                 continue
             if start[RTA_MULTIPATH] >= 0 and stop[RTA_MULTIPATH] > start[RTA_MULTIPATH]:
                 continue
@@ -266,7 +267,8 @@ def decode_routes(buf, names, ours, nets=()):
                     continue
                 nhid = rd32(p + start[RTA_NH_ID])
             out.append(Route(text, gateway, names.get(oif_obj) if oif else None,
-                             bool(flags & RTNH_F_ONLINK), metric, proto, nhid))
+                             bool(flags & RTNH_F_ONLINK), metric, proto, nhid,
+                             "blackhole" if rtype == RTN_BLACKHOLE else "unicast"))
     finally:
         free(v4addr)
         free(v4mask)

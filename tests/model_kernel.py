@@ -395,6 +395,11 @@ class ModelKernel:
     # routes
     def _route_write(self, c: Change) -> int | None:
         r: Route = c.obj
+        if r.type == "blackhole":       # the kernel's: a blackhole has no next hop to give
+            if r.gateway is not None or r.dev is not None or r.nhid:
+                return E.EINVAL
+            self.routes[(MAIN, r.dst, r.metric)] = replace(r, onlink=False, protocol=RTPROT_RECONCILER)
+            return None
         if r.nhid:
             if r.gateway is not None or r.dev is not None or r.nhid not in self.nexthops:
                 return E.EINVAL

@@ -371,3 +371,46 @@ def test_keeper_retries_a_minute_later_after_an_etcd_error():
         keeper.tick(3600.0)
     assert keeper.next_due == 3660.0 and isinstance(keeper.last_error, EtcdError)
     assert keeper.tick(3630.0) == got                   # not due yet: no call, no error
+
+
+class _ClockedStore:
+    """An etcd lease that expires on a fake clock: ``refresh`` resets it to the full TTL and
+    records how much was left, which is what flanneld's -subnet-lease-renew-margin bounds."""
+
+    def __init__(self, key: str, value: str, ttl: int) -> None:
+        self.key, self.value, self.ttl = key, value, ttl
+        self.now = 0.0
+        self.expires = float(ttl)
+        self.left_at_renewal: list[float] = []
+
+    def get(self, key):
+        from reconciler.core.leases import RawKV
+
+        assert key == self.key and self.now < self.expires, "the lease expired"
+        return RawKV(key, self.value, lease=7)
+
+    def refresh(self, lease_id: int) -> int:
+        self.left_at_renewal.append(self.expires - self.now)
+        self.expires = self.now + self.ttl
+        return self.ttl
+
+
+@pytest.mark.parametrize("margin_minutes", [1, 60, 600, 1439])
+def test_renew_margin_holds_as_flanneld_means_it(margin_minutes):
+    """Every renewal happens while at least the margin is left on the 24 h lease (flanneld renews at
+    expiry - margin); 1439 minutes means a keepalive every minute."""
+    from reconciler.agent.acquire import SUBNET_TTL, lease_value
+
+    value = lease_value(CFG, ME, MAC)
+    key = "/coreos.com/network/subnets/10.244.7.0-24"
+    store = _ClockedStore(key, value, SUBNET_TTL)
+    got = Acquired(IPv4Network("10.244.7.0/24"), key, 7, value, False, SUBNET_TTL)
+    keeper = LeaseKeeper(store, CFG, ME, MAC, got, random.Random(0), now=0.0, renew_margin=margin_minutes * 60.0)
+    step = 30.0
+    while store.now < 3 * SUBNET_TTL:
+        store.now += step
+        keeper.tick(store.now)
+    assert len(store.left_at_renewal) >= 3
+    assert min(store.left_at_renewal) >= margin_minutes * 60.0 - step
+    if margin_minutes == 1439:
+        assert max(SUBNET_TTL - left for left in store.left_at_renewal) <= 60.0 + step

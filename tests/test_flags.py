@@ -32,9 +32,6 @@ FLANNELD_FLAGS = (
     "iptables-forward-rules", "ip-blackhole-route", "net-config-path", "set-node-network-unavailable",
     "v", "vmodule", "log_backtrace_at",
 )
-#: Accepted by name, implemented on other branches (listed in the report and docs/flags.md).
-MERGING = {"public-ipv6", "iface-regex", "iface-can-reach", "iptables-forward-rules",
-           "ip-masq-fully-random-disable", "iptables-resync", "bridge", "no-bridge", "route-layout"}
 
 
 @pytest.fixture(autouse=True)
@@ -112,6 +109,11 @@ def samples(tmp: Path, pem: str) -> dict[str, tuple[str, object, str | None]]:
         "segment": ("198.18.0.0/25", ("198.18.0.0/25",), "nowhere"),
         "expiry-window": ("600", 600, "-1"),
         "show-all": ("t", True, "maybe"),
+        "subnet-lease-renew-margin": ("1439", 1439, "1440"),
+        "ip-blackhole-route": ("true", True, "yes"),
+        "v": ("2", 2, "-1"),
+        "vmodule": ("gc*=2", "gc*=2", None),
+        "log_backtrace_at": ("main.go:10", "main.go:10", None),
     }
 
 
@@ -170,7 +172,8 @@ def test_single_dash_etcd_endpoints_as_systemd_units_write_it(capsys):
 def test_go_booleans_never_take_the_next_word(capsys):
     # Go: "-ip-masq false" is -ip-masq (true) and a stray argument.
     code, _, err = run(capsys, "run", "-ip-masq", "false")
-    assert code == 1 and "unrecognized arguments: false" in one_error(err)
+    assert one_error(err) == "error: -ip-masq false: a boolean flag never takes the next word; write -ip-masq=false"
+    assert code == 1
     for word in flags.GO_TRUE:
         assert parse_args(["run", f"-ip-masq={word}"], environ={}).ip_masq is True
         assert parse_args(["run"], environ={"FLANNELD_IP_MASQ": word}).ip_masq is True
@@ -186,7 +189,6 @@ def test_flanneld_flags_are_all_known_and_unsupported_ones_refused_with_the_reas
     ours = {f.name for f in FLAGS}
     refused = {u.name for u in UNSUPPORTED}
     assert set(FLANNELD_FLAGS) <= ours | refused
-    assert MERGING <= ours   # the flags other branches brought are all in the one table
     for u in UNSUPPORTED:
         value = str(not flags.go_bool(u.default or "false")).lower() if u.kind == "bool" else "something-else"
         argv = ["run", f"-{u.name}={value}"]
@@ -199,7 +201,7 @@ def test_flanneld_flags_are_all_known_and_unsupported_ones_refused_with_the_reas
         if u.default:
             parse_args(["run", f"-{u.name}={u.default}"], environ={u.env: u.default})
     # A value flag without its value, and a bool flag's form leaving the next word alone.
-    code, _, err = run(capsys, "run", "-subnet-lease-renew-margin")
+    code, _, err = run(capsys, "run", "-kube-api-url")
     assert code == 1 and "flag needs an argument" in one_error(err)
     assert parse_args(["run", "-kube-subnet-mgr=false", "-v", "0"], environ={}).command == "run"
     assert run(capsys, "run", "-set-node-network-unavailable", "-kube-subnet-mgr=0")[0] == 99
@@ -270,7 +272,8 @@ def test_snapshot_to_a_directory_is_refused(capsys, tmp_path):
 def test_binary_and_deep_files_are_refused(capsys, tmp_path, content, flag):
     f = tmp_path / "in.json"
     f.write_bytes(content)
-    argv = OFFLINE + [flag, str(f)]
+    # --live-file replaces --offline (the two contradict each other).
+    argv = (OFFLINE if flag == "--leases-file" else OFFLINE[:-1]) + [flag, str(f)]
     code, _, err = run(capsys, *argv)
     assert code == 1 and one_error(err).startswith(f"error: {flag} {f}: ")
 
@@ -288,7 +291,7 @@ def test_binary_and_deep_files_are_refused(capsys, tmp_path, content, flag):
 def test_live_file_of_the_wrong_shape_or_types_is_refused(capsys, tmp_path, live, message):
     f = tmp_path / "live.json"
     f.write_text(json.dumps(live))
-    code, out, err = run(capsys, *OFFLINE, "--live-file", str(f))
+    code, out, err = run(capsys, *OFFLINE[:-1], "--live-file", str(f))
     assert code == 1 and out == "" and message in one_error(err)
 
 
@@ -428,16 +431,128 @@ def _get(urllib_request, port):
         return None
 
 
-# --- the documentation lists every flag -------------------------------------------
+# --- the documentation is true to the flag table and to --help, both ways -------------------
 
-@pytest.mark.parametrize("doc", ["README.md", "docs/flags.md"])
-def test_flags_table_in_the_docs_lists_every_flanneld_flag(doc):
-    text = (ROOT / doc).read_text()
-    if doc == "README.md":
-        text = text.split("\n## Flags", 1)[1].split("\n## ", 1)[0]
-    import re
+import re as _re
 
-    cells = [line.split("|")[1] for line in text.splitlines() if line.startswith("| `")]
-    names = {name for cell in cells for name in re.findall(r"`--?([a-z0-9_-]+)`", cell)}
-    assert set(FLANNELD_FLAGS) <= names
-    assert {f.name for f in FLAGS} <= names or doc == "README.md"
+_NAME = _re.compile(r"`--?([A-Za-z0-9_-]+)`")
+
+
+def _table(text: str, header: str) -> list[list[str]]:
+    """The rows (cells) of the Markdown table whose header line starts with ``header``."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    return rows
+
+
+def _help_options(command: str, capsys) -> set[str]:
+    """The long options ``COMMAND --help`` lists (its option column, not the descriptions)."""
+    with pytest.raises(SystemExit):
+        parse_args([command, "--help"], environ={})
+    out = capsys.readouterr().out
+    return set(_re.findall(r"^  (?:-[A-Za-z] [^,]*, )?--([A-Za-z0-9_-]+)", out, _re.M)) - {"help"}
+
+
+def test_readme_flag_table_is_the_flag_table():
+    text = (ROOT / "README.md").read_text().split("\n## Flags", 1)[1].split("\n## ", 1)[0]
+    rows = _table(text, "| flanneld flag |")
+    listed: dict[str, str] = {}
+    for first, here in rows:
+        for name in _NAME.findall(first):
+            assert name not in listed, f"README lists -{name} twice"
+            listed[name] = here
+    by_name = {f.name: f for f in FLAGS}
+    refused = {u.name for u in UNSUPPORTED}
+    flanneld = {f.name for f in FLAGS if f.status in ("flanneld", "ignored")} | refused | {"version"}
+    assert set(listed) == flanneld, "README's flanneld flags differ from FLAGS/UNSUPPORTED"
+    for name, here in listed.items():
+        assert here.startswith("refused") == (name in refused), name
+        flag = by_name.get(name)
+        assert here.startswith("accepted and ignored") == (flag is not None and flag.status == "ignored"), name
+        assert "being merged" not in here and "until" not in here, name
+    ours = text.split("Ours:", 1)[1].split("\n\n", 1)[0]
+    assert set(_NAME.findall(ours)) == {f.name for f in FLAGS if f.status == "ours"} | {"o"}
+
+
+def test_flags_md_tables_are_the_flag_table():
+    text = (ROOT / "docs" / "flags.md").read_text()
+    rows = _table(text, "| flag | variable |")
+    seen = set()
+    for name_cell, env, default, commands, status, _meaning in rows:
+        names = _NAME.findall(name_cell)
+        flag = next((f for f in FLAGS if f.name == names[0]), None)
+        assert flag is not None, f"docs/flags.md lists --{names[0]}, which is not in FLAGS"
+        seen.add(flag.name)
+        assert env == f"`{flag.env}`", flag.name
+        assert status.split()[0] == flag.status, flag.name
+        want = flags.AGENT if commands == "all but demo" else frozenset(c.strip() for c in commands.split(","))
+        assert want == flag.commands, flag.name
+        if isinstance(flag.default, (bool, int, float, str)) and not isinstance(flag.default, tuple):
+            shown = str(flag.default).lower() if isinstance(flag.default, bool) else f"{flag.default:g}" \
+                if isinstance(flag.default, float) else str(flag.default)
+            assert default.startswith(f"`{shown}`"), (flag.name, default)
+    assert seen == {f.name for f in FLAGS}, "docs/flags.md's table and FLAGS differ"
+    refused = _table(text, "| flag | flanneld default |")
+    assert {_NAME.findall(r[0])[0]: r[1].strip("`") for r in refused} == {u.name: u.default for u in UNSUPPORTED}
+
+
+@pytest.mark.parametrize("command", ["plan", "apply", "show", "run", "snapshot"])
+def test_help_lists_exactly_the_flags_of_the_command(command, capsys):
+    assert _help_options(command, capsys) == {f.name for f in flags.flags_for(command)}
+
+
+# --- contradictions, misplaced flags, a closed stdout, endless input -------------------------
+
+@pytest.mark.parametrize("argv,env,line", [
+    (OFFLINE + ["--live-file", EXAMPLE], {},
+     "error: --offline and --live-file contradict each other: both name the live state to compare against; "
+     "give one"),
+    (OFFLINE + ["--bridge", "br-pods", "--no-bridge"], {},
+     "error: --no-bridge and --bridge contradict each other: one says no pod bridge, the other names it; "
+     "give one"),
+    (OFFLINE + ["--etcd-endpoints", "http://127.0.0.1:2379"], {},
+     "error: --leases-file and --etcd-endpoints contradict each other: both name where the leases come from; "
+     "give one"),
+    (OFFLINE, {"FLANNELD_ETCD_ENDPOINTS": "http://127.0.0.1:2379"},
+     "error: --leases-file and FLANNELD_ETCD_ENDPOINTS contradict each other: both name where the leases come "
+     "from; give one"),
+    (["apply", "--leases-file", EXAMPLE, "--offline"], {},
+     "error: --offline is not an option of apply (it is one of plan) (see flannel-reconciler apply --help)"),
+    (["plan", "--leases-fil", EXAMPLE], {},
+     "error: unknown flag --leases-fil: did you mean --leases-file? (see flannel-reconciler plan --help)"),
+])
+def test_contradictory_and_misplaced_flags_are_one_clear_error(capsys, monkeypatch, argv, env, line):
+    for key in [k for k in __import__("os").environ if k.startswith("FLANNELD_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    code, out, err = run(capsys, *argv)
+    assert code == 1 and out == "" and one_error(err) == line
+
+
+def test_a_boolean_set_false_contradicts_nothing(capsys):
+    code, out, _ = run(capsys, *OFFLINE, "--no-bridge=false", "--bridge", "br-pods")
+    assert code == 2 and "+ link br-pods type bridge" in out
+    code, out, _ = run(capsys, *OFFLINE[:-1], "--offline=false", "--live-file", str(ROOT / "tests" / "__init__.py"))
+    assert code == 1      # the live file is read (and is no JSON), not refused as a contradiction
+
+
+@pytest.mark.parametrize("argv", [OFFLINE, ["snapshot", "--leases-file", EXAMPLE]])
+def test_a_closed_stdout_is_an_error_not_a_bug(argv):
+    proc = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, "-m", "reconciler", *argv],
+                          stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=60,
+                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 1
+    assert proc.stderr == f"error: standard output is closed: {argv[0]} writes its result there\n"
+
+
+def test_an_endless_input_file_is_refused_not_read_forever(capsys):
+    code, _, err = run(capsys, "plan", "--leases-file", "/dev/zero", "--public-ip", "198.18.0.1", "--offline")
+    assert code == 1
+    assert one_error(err) == ("error: --leases-file /dev/zero: larger than 64 MiB: not a snapshot or live state "
+                              "(a device such as /dev/zero?)")

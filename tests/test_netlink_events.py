@@ -87,7 +87,7 @@ VXLAN = Link("flannel.1", "vxlan", mtu=1450, mac="0a:58:64:40:01:00", up=True, v
              port=8472, learning=False, gbp=False, underlay="eth0")
 PEER_ROUTE = Route("100.64.2.0/24", "100.64.2.0", "flannel.1", True, 0, 73)
 PEER_NEIGH = Neigh("flannel.1", "100.64.2.0", "0a:58:64:40:02:00")
-NUD_REACHABLE, RTN_BLACKHOLE = 0x02, 6
+NUD_REACHABLE, RTN_BLACKHOLE, RTN_UNREACHABLE = 0x02, 6, 7
 
 
 def _retype(msg: bytes, mtype: int) -> bytes:
@@ -157,9 +157,18 @@ def test_a_learned_entry_replacing_ours_is_its_deletion(accelerate):
     assert t.feed(_neigh(learned, FLANNEL, state=NUD_REACHABLE)) == ([], False)   # reported once
 
 
-def test_a_blackhole_replacing_our_route_is_its_deletion(accelerate):
+def test_a_blackhole_replacing_our_route_is_seen_as_one(accelerate):
+    # Dumps read blackhole routes (ours with -ip-blackhole-route, or a foreign one holding a key),
+    # so the event says what now holds the key; the plan then repairs it or reports the conflict.
     t = _tracker(accelerate)
-    events, _ = t.feed(_route(replace(PEER_ROUTE, gateway=None, onlink=False), FLANNEL, rtype=RTN_BLACKHOLE))
+    hole = replace(PEER_ROUTE, gateway=None, onlink=False)
+    events, _ = t.feed(_route(hole, FLANNEL, rtype=RTN_BLACKHOLE))
+    assert events == [KernelEvent("set", replace(hole, type="blackhole"))]
+
+
+def test_a_route_type_dumps_leave_out_replacing_ours_is_its_deletion(accelerate):
+    t = _tracker(accelerate)
+    events, _ = t.feed(_route(replace(PEER_ROUTE, gateway=None, onlink=False), FLANNEL, rtype=RTN_UNREACHABLE))
     assert events == [KernelEvent("del", PEER_ROUTE)]
 
 
@@ -347,7 +356,8 @@ SCENARIOS = {
     "route6-del": (["ip -6 route del fd00:64:2::/64 dev flannel.1"], ("del", "route", ("fd00:64:2::/64", 1024))),
     "route-changed": (["ip route replace 100.64.2.0/24 via 100.64.3.0 dev flannel.1 onlink"],
                       ("set", "route", ("100.64.2.0/24", 0))),
-    "route-blackholed": (["ip route replace blackhole 100.64.2.0/24"], ("del", "route", ("100.64.2.0/24", 0))),
+    "route-blackholed": (["ip route replace blackhole 100.64.2.0/24"], ("set", "route", ("100.64.2.0/24", 0))),
+    "route-unreachable": (["ip route replace unreachable 100.64.2.0/24"], ("del", "route", ("100.64.2.0/24", 0))),
     "neigh-learned": (["ip neigh replace 100.64.2.0 lladdr 0a:58:64:40:02:00 dev flannel.1 nud reachable"],
                       ("del", "neigh", ("flannel.1", "100.64.2.0"))),
     "neigh-del": (["ip neigh del 100.64.3.0 dev flannel.1"], ("del", "neigh", ("flannel.1", "100.64.3.0"))),

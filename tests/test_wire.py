@@ -135,7 +135,20 @@ ROUTES = [
     Route("0.0.0.0/0", "198.18.0.254", "eth0", metric=7),
     Route("fd00:64:2::/64", "fd00:64:2::", "flannel.1", onlink=True, metric=1024),
     Route("fd00:64:3::/64", None, "flannel.1", metric=1024),
+    Route("100.64.1.0/24", None, None, metric=2 ** 32 - 1, type="blackhole"),     # -ip-blackhole-route
+    Route("fd00:64:1::/64", None, None, metric=2 ** 32 - 1, type="blackhole"),
 ]
+
+
+def test_blackhole_route_replace_by_hand():
+    r = Route("100.64.1.0/24", None, None, metric=2 ** 32 - 1, type="blackhole")
+    assert wire.encode_newroute(1, r, None) == bytes.fromhex(
+        "2c000000" "1800" "0505" "01000000" "00000000"      # RTM_NEWROUTE, replace
+        "02" "18" "00" "00" "fe" "49" "00" "06" "00000000"   # proto 73, scope universe, type blackhole, no flags
+        "0800" "0100" "64400100"                             # RTA_DST
+        "0800" "0600" "ffffffff")                            # RTA_PRIORITY
+    assert wire.encode_delroute(2, r, None)[16:28] == bytes.fromhex(
+        "02" "18" "00" "00" "fe" "00" "ff" "06" "00000000")   # the delete names the type
 
 
 @pytest.mark.parametrize("route", ROUTES, ids=str)
@@ -227,9 +240,12 @@ def routes(draw):
 
     addr = draw(ipv6s if v6 else ipv4s)
     dst = str(ipaddress.ip_network(f"{addr}/{plen}", strict=False))
+    metric = draw(st.sampled_from([0, 1, 100, 1024, 2 ** 32 - 1]))
+    if draw(st.integers(0, 3)) == 0:        # a blackhole: no next hop at all
+        return Route(dst, None, None, False, metric, RTPROT_RECONCILER, type="blackhole")
     gateway = draw(st.none() | (ipv6s if v6 else ipv4s))
     return Route(dst, gateway, draw(st.sampled_from([None, "eth0", "flannel.1"])), draw(st.booleans()),
-                 draw(st.sampled_from([0, 1, 100, 1024, 2 ** 32 - 1])), RTPROT_RECONCILER)
+                 metric, RTPROT_RECONCILER)
 
 
 @SETTINGS
@@ -367,6 +383,22 @@ def test_a_route_dump_decodes_as_the_reference_parses_it(decoders):
     assert got[-1].dev is None
 
 
+def test_blackhole_routes_decode_as_the_reference_parses_them(decoders):
+    buf = b"".join([
+        route_msg(dst=ip4("100.64.1.0"), priority=2 ** 32 - 1, rtype=6),                     # ours, IPv4
+        route_msg(AF_INET6, dst=bytes.fromhex("fd000064000100000000000000000000"), dst_len=64, oif=1,
+                  priority=2 ** 32 - 1, rtype=6),                                          # ours, IPv6 (dev lo)
+        route_msg(dst=ip4("100.64.2.0"), proto=3, rtype=6),                                # foreign, in nets
+        route_msg(dst=ip4("10.9.0.0"), dst_len=16, proto=3, rtype=6),                      # foreign, elsewhere
+        route_msg(dst=ip4("100.64.3.0"), proto=73, rtype=7),                               # unreachable: not read
+        DONE])
+    got = decoders["route"](buf, NAMES, OURS, NETS)
+    assert got == reference_routes(buf, OURS, NETS)
+    assert got == [Route("100.64.1.0/24", None, None, False, 2 ** 32 - 1, 73, type="blackhole"),
+                   Route("fd00:64:1::/64", None, NAMES[1], False, 2 ** 32 - 1, 73, type="blackhole"),
+                   Route("100.64.2.0/24", None, None, False, 0, 3, type="blackhole")]
+
+
 def test_neighbour_and_fdb_dumps_decode_as_the_reference_parses_them(decoders):
     mac = bytes.fromhex("0a5864400200")
     neighs = b"".join([
@@ -486,7 +518,7 @@ def random_route(draw) -> bytes:
         table=draw(st.sampled_from([254, 254, 254, 255, 100, 0])),
         table_attr=draw(st.sampled_from([None, None, 254, 254, 0, 100])),
         proto=draw(st.sampled_from([2, 3, 4, 73, 186])), scope=draw(st.sampled_from([0, 253])),
-        rtype=draw(st.sampled_from([1, 1, 1, 1, 2, 3])), flags=draw(st.sampled_from([0, 4, 4, 0, 0x200, 4 | 0x200])),
+        rtype=draw(st.sampled_from([1, 1, 1, 1, 2, 3, 6, 7])), flags=draw(st.sampled_from([0, 4, 4, 0, 0x200, 4 | 0x200])),
         multipath=draw(st.sampled_from([None] * 5 + [struct.pack("=HBBi", 8, 0, 0, 3)])),
         nhid=draw(st.sampled_from([None, None, None, 1, 0x464C0002, 0xFFFFFFFF])))
 

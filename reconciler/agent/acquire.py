@@ -414,9 +414,13 @@ class LeaseKeeper:
     """Keeps this node's lease alive; the daemon drives it from its loop.
 
     ``tick(now)`` does nothing until the next check is due, then ``ensure()``s:
-    every ``min(refresh_every, ttl / 3)`` seconds normally (hourly for the 24 h
-    TTL), every ``retry_every`` seconds after a failure (flanneld retries every
-    minute), so an etcd outage of nearly the whole TTL is survived.  ``now`` is
+    every ``min(refresh_every, ttl / 3, ttl - renew_margin)`` seconds normally
+    (hourly for the 24 h TTL), every ``retry_every`` seconds after a failure
+    (flanneld retries every minute), so an etcd outage of nearly the whole TTL
+    is survived.  ``renew_margin`` is flanneld's ``-subnet-lease-renew-margin``
+    in seconds: a keepalive resets the TTL, so renewing every ``ttl - margin``
+    at the latest keeps at least ``margin`` left at every renewal, which is
+    what the flag asks of flanneld's Grant + Put (docs/flags.md).  ``now`` is
     any monotonic clock, in seconds (a fake one in tests).
 
     Call ``ensure()`` directly when the watch shows our key deleted or changed.
@@ -424,7 +428,7 @@ class LeaseKeeper:
 
     def __init__(self, store: "EtcdStore", config: NetworkConfig, public_ip: str, vtep_mac: str,
                  acquired: Acquired, rng: random.Random, *, now: float, ttl: int = SUBNET_TTL,
-                 refresh_every: float = 3600.0, retry_every: float = 60.0,
+                 refresh_every: float = 3600.0, retry_every: float = 60.0, renew_margin: float = 3600.0,
                  public_ipv6: str | None = None, v6_vtep_mac: str | None = None) -> None:
         self.store = store
         self.config = config
@@ -436,6 +440,7 @@ class LeaseKeeper:
         self.ttl = ttl
         self.refresh_every = refresh_every
         self.retry_every = retry_every
+        self.renew_margin = renew_margin
         self.current = acquired
         self.last_error: ReconcilerError | None = None
         self.next_due = now + self._interval()
@@ -443,7 +448,10 @@ class LeaseKeeper:
     def _interval(self) -> float:
         if self.current.reservation:
             return self.refresh_every  # nothing expires; just check we still hold it
-        return max(1.0, min(self.refresh_every, (self.current.ttl or self.ttl) / 3))
+        ttl = self.current.ttl or self.ttl
+        # A margin as long as the TTL (only test leases are that short) leaves ttl / 3.
+        by_margin = ttl - self.renew_margin if self.renew_margin < ttl else ttl / 3
+        return max(1.0, min(self.refresh_every, ttl / 3, by_margin))
 
     def tick(self, now: float) -> Acquired:
         """The current lease, after a check if one is due.  A failed check is

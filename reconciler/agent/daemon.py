@@ -113,6 +113,10 @@ class AgentOptions:
     retry_max: float = 10.0
     #: Dual stack: this node's PublicIPv6 (default: the underlay interface's IPv6 address).
     public_ipv6: str | None = None
+    #: flanneld's --subnet-lease-renew-margin, in seconds (``LeaseKeeper``).
+    renew_margin: float = 3600.0
+    #: flanneld's --ip-blackhole-route: a blackhole route for our subnet(s) (``desired.node_objects``).
+    blackhole_route: bool = False
 
 
 def random_vtep_mac(rng: random.Random) -> str:
@@ -223,7 +227,8 @@ class Agent(RuleSync):
             public_ipv6 = self.opts.public_ipv6 or underlay.address6
         mtu = underlay_mtu(self.opts.underlay_mtu, self.config.mtu, (underlay.name, underlay.mtu))
         self.node = NodeParams(public_ip=public_ip, underlay_mtu=mtu, underlay=underlay.name, bridge=self.opts.bridge,
-                               public_ipv6=public_ipv6, route_layout=self.opts.route_layout)
+                               public_ipv6=public_ipv6, route_layout=self.opts.route_layout,
+                               blackhole=self.opts.blackhole_route)
         log.info("underlay %s (%s), mtu %d; bridge %s", underlay.name, underlay.address, underlay.mtu,
                  self.opts.bridge or "left to the CNI plugin (--no-bridge)")
         self._netns_inode = _netns_inode(self.opts.netns)
@@ -245,7 +250,8 @@ class Agent(RuleSync):
         # The one rule for "which lease is ours": the one the keeper holds (see LeaseIndex.pin).
         self._pin_changes = self.index.pin(acquired.key)
         self.keeper = LeaseKeeper(self.store, self.config, public_ip, mac, acquired, self.rng, now=self.clock(),
-                                  public_ipv6=public_ipv6, v6_vtep_mac=mac6)
+                                  public_ipv6=public_ipv6, v6_vtep_mac=mac6,
+                                  renew_margin=self.opts.renew_margin)
         self._retry_etcd("list the leases", self._relist, stop)
 
     def _underlay_spec(self) -> UnderlaySpec:

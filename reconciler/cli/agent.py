@@ -77,6 +77,7 @@ def cmd_run(args) -> int:
         forward_rules=args.iptables_forward_rules, masq_fully_random_disable=args.ip_masq_fully_random_disable,
         iptables_resync=args.iptables_resync,
         route_layout=args.route_layout, netns=args.netns,
+        renew_margin=args.subnet_lease_renew_margin * 60.0, blackhole_route=args.ip_blackhole_route,
     )
     from reconciler.agent.instance_lock import acquire_instance_lock
     from reconciler.kernel.netlink.common import netns_path
@@ -87,6 +88,9 @@ def cmd_run(args) -> int:
         # The operator's mistakes are refused before the agent starts; the
         # agent itself logs and retries and never exits.
         check_underlay_address(args, backend.underlay(spec))
+        # Said once the agent starts, as flanneld logs its flags: a unit's -v=N shows what it became here.
+        logging.getLogger("flannel_reconciler").info(
+            "log level %s%s", args.log_level, f" (from -v={args.v})" if args.v is not None else "")
         # Installed only now: pyroute2 forks a helper to open a namespace
         # socket and stops it with SIGTERM; that child must not inherit ours.
         from reconciler.rules import IptablesBackend, NftablesBackend, RuleReconciler

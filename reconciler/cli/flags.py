@@ -1,6 +1,6 @@
 """The flag table: every option of the agent-facing commands, in one place.
 
-``cli.py`` and ``agent_cli.py`` build their argparse parsers from ``FLAGS``;
+``main.py`` and ``agent.py`` build their argparse parsers from ``FLAGS``;
 nothing else defines an option of ``plan``/``apply``/``show``/``run``/
 ``snapshot``.  Each flag has a name, a parser that turns its text into a
 checked value (or raises ``ValueError`` with the reason), a default, help
@@ -15,9 +15,11 @@ sees it; the values are then resolved by ``resolve``: the command line wins,
 then a non-empty ``FLANNELD_<FLAG>`` (flanneld's own rule: an empty
 variable counts as unset), then the default.
 
-The flags of flanneld that this agent does not implement are refused, on the
+The flags of flanneld that need the Kubernetes API are refused, on the
 command line and in the environment, with the reason (``UNSUPPORTED``); a
-value equal to flanneld's default asks for nothing and is accepted.
+value equal to flanneld's default asks for nothing and is accepted.  klog's
+``-vmodule`` and ``-log_backtrace_at`` are accepted and change nothing
+(status "ignored"), so that a manifest carrying them still starts.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from typing import Any, Callable, Mapping, Sequence
 from reconciler.core.errors import ReconcilerError
 
 __all__ = [
+    "CONFLICTS",
     "FLAGS",
     "UNSUPPORTED",
     "Flag",
@@ -39,6 +42,10 @@ __all__ = [
     "flags_for",
     "go_bool",
     "go_style_argv",
+    "ignored_notes",
+    "klog_level",
+    "log_level_of",
+    "suggest",
     "one_line",
     "resolve",
 ]
@@ -96,6 +103,23 @@ def int_range(lo: int, hi: int, what: str) -> Callable[[str], int]:
             raise ValueError(f"{what} must be between {lo} and {hi}")
         return n
     return parse
+
+
+def klog_level(text: str) -> int:
+    """klog's ``-v``: a decimal verbosity; what it means here is ``log_level_of``."""
+    try:
+        n = int(text, 10)
+    except ValueError:
+        raise ValueError("not a klog verbosity (a whole number, 0 or more)") from None
+    if not 0 <= n <= 2**31 - 1:
+        raise ValueError("a klog verbosity is a whole number, 0 or more")
+    return n
+
+
+def log_level_of(v: int) -> str:
+    """klog's ``-v`` as a log level: 0 info, 1 and more debug (flanneld logs its
+    per-event detail from -v=1 up; docs/flags.md)."""
+    return "debug" if v >= 1 else "info"
 
 
 def seconds(lo: float, hi: float = MAX_SECONDS) -> Callable[[str], float]:
@@ -271,7 +295,9 @@ AGENT = SOURCE
 RUN = frozenset({"run"})
 
 #: ``status``: "flanneld" a flanneld flag we implement; "ours" ours only;
-STATUSES = ("flanneld", "ours")
+#: "ignored" a flanneld flag accepted and checked that changes nothing here
+#: (klog's per-file knobs: a note on stderr says so when one is given).
+STATUSES = ("flanneld", "ours", "ignored")
 
 
 @dataclass(frozen=True)
@@ -381,6 +407,9 @@ FLAGS: tuple[Flag, ...] = (
          go_bool, NODE, default=False, kind="bool"),
     Flag("iptables-forward-rules", "add ACCEPT rules for the overlay network to the FORWARD chain",
          go_bool, NODE, default=True, kind="bool"),
+    Flag("ip-blackhole-route", "add a blackhole route for this node's own subnet(s), so traffic to their unused "
+         "addresses is dropped instead of following the default route (docs/flags.md)",
+         go_bool, NODE, default=False, kind="bool"),
     Flag("iptables-resync", "seconds between checks of the iptables rules",
          int_range(1, int(MAX_SECONDS), "the iptables resync period"), NODE, default=5,
          metavar="SECONDS"),
@@ -417,9 +446,20 @@ FLAGS: tuple[Flag, ...] = (
          int_range(0, 65535, "a TCP port"), RUN, default=0, group=_AGENT, metavar="PORT"),
     Flag("metrics-port", "serve Prometheus /metrics on this port, on --healthz-ip (0: off)",
          int_range(0, 65535, "a TCP port"), RUN, default=0, status="ours", group=_AGENT, metavar="PORT"),
-    Flag("log-level", "debug, info, warning or error; debug also prints the traceback of an internal error",
+    Flag("subnet-lease-renew-margin", "renew our lease at least this many minutes before it would expire "
+         "(1..1439, as flanneld)",
+         int_range(1, 24 * 60 - 1, "the lease renewal margin (minutes, less than the 24 h lease)"), RUN,
+         default=60, group=_AGENT, metavar="MINUTES"),
+    Flag("log-level", "debug, info, warning or error (without it, -v decides); debug also prints the "
+         "traceback of an internal error",
          choice("debug", "info", "warning", "error"), AGENT, default="info", status="ours", group=_AGENT,
          metavar="LEVEL"),
+    Flag("v", "klog verbosity, as flanneld's -v=N: 0 logs at info, 1 and more at debug (--log-level wins)",
+         klog_level, AGENT, group=_AGENT, metavar="N"),
+    Flag("vmodule", "klog per-file verbosity: accepted for flanneld's command lines, changes nothing here",
+         _text, AGENT, status="ignored", group=_AGENT, metavar="PATTERN=N,..."),
+    Flag("log_backtrace_at", "klog backtrace location: accepted for flanneld's command lines, changes nothing here",
+         _text, AGENT, status="ignored", group=_AGENT, metavar="FILE:LINE"),
 )
 
 _KUBE = "kube subnet manager mode is not implemented; this agent reads leases from etcd only"
@@ -432,12 +472,6 @@ UNSUPPORTED: tuple[Unsupported, ...] = (
     Unsupported("net-config-path", _KUBE + " (the network config is read from etcd)",
                 "/etc/kube-flannel/net-conf.json"),
     Unsupported("set-node-network-unavailable", _KUBE, "true", "bool"),
-    Unsupported("subnet-lease-renew-margin",
-                "leases are kept alive with etcd keepalive, so there is no renewal margin to set", "60"),
-    Unsupported("ip-blackhole-route", "no blackhole route for the local subnet is written", "false", "bool"),
-    Unsupported("v", "klog verbosity does not exist here; use --log-level debug|info|warning|error", "0"),
-    Unsupported("vmodule", "klog per-file verbosity does not exist here; use --log-level"),
-    Unsupported("log_backtrace_at", "klog backtraces do not exist here; use --log-level debug"),
 )
 
 _BY_NAME: dict[str, Flag] = {f.name: f for f in FLAGS}
@@ -446,6 +480,33 @@ _UNSUPPORTED: dict[str, Unsupported] = {u.name: u for u in UNSUPPORTED}
 
 def flags_for(command: str) -> tuple[Flag, ...]:
     return tuple(f for f in FLAGS if command in f.commands)
+
+
+def starts_with_flag(argv: Sequence[str]) -> bool:
+    """Does argv open with a flag of the table (or a refused flanneld one)?  Then
+    it is a flanneld command line, which has no subcommand: it means ``run``."""
+    if not argv or not argv[0].startswith("-") or argv[0] == "-":
+        return False
+    name = argv[0].lstrip("-").partition("=")[0]
+    return name in _BY_NAME or name in _UNSUPPORTED
+
+
+def suggest(command: str, token: str) -> str:
+    """Why ``token`` (an argument argparse did not take for ``command``) is wrong, in a few words."""
+    import difflib
+
+    if not token.startswith("-") or token == "-":
+        return f"{token!r} is not an option (the commands take no positional arguments)"
+    name = token.lstrip("-").partition("=")[0]
+    dashes = "--" if token.startswith("--") else "-"
+    flag = _BY_NAME.get(name)
+    if flag is not None:
+        return f"{dashes}{name} is not an option of {command} (it is one of {', '.join(sorted(flag.commands))})"
+    mine = [f.name for f in flags_for(command)]
+    close = difflib.get_close_matches(name.replace("_", "-").lower(), mine, n=1, cutoff=0.75)
+    if close:
+        return f"unknown flag {dashes}{name}: did you mean --{close[0]}?"
+    return f"unknown flag {dashes}{name}"
 
 
 # --------------------------------------------------------------------------
@@ -477,6 +538,15 @@ def go_style_argv(argv: Sequence[str]) -> list[str]:
         if name == "help":
             out.append("--help")
             continue
+        if name == "version":
+            # flanneld's -version is a boolean: -version=false asks for nothing.
+            try:
+                wanted = go_bool(value) if eq else True
+            except ValueError as exc:
+                raise FlagError(f"-version={value!r}: {exc}") from None
+            if wanted:
+                out.append("--version")
+            continue
         if name in _UNSUPPORTED:
             u = _UNSUPPORTED[name]
             if not eq:
@@ -490,11 +560,15 @@ def go_style_argv(argv: Sequence[str]) -> list[str]:
                 raise FlagError(u.refusal())
             continue
         flag = _BY_NAME.get(name)
-        if flag is None or (len(name) == 1 and not tok.startswith("--")):
+        if flag is None:
             out.append(tok)
             continue
         if not eq:
             if flag.kind == "bool":
+                if i < n and argv[i] in GO_TRUE + GO_FALSE:
+                    # Go's rule, and argparse would only say "unrecognized arguments: false".
+                    raise FlagError(f"{tok} {argv[i]}: a boolean flag never takes the next word; "
+                                    f"write {tok}={argv[i]}")
                 value = "true"
             elif i < n:
                 value, i = argv[i], i + 1
@@ -513,6 +587,44 @@ def _parse_one(flag: Flag, text: str, source: str) -> Any:
         return flag.parse(text)
     except ValueError as exc:
         raise FlagError(f"{source}: {exc}") from None
+
+
+#: Flags that cannot both be set: (first, second, why).  A boolean counts as
+#: set when it is true; anything else when it is given at all (command line
+#: or a non-empty variable), since each pair names two answers to one question.
+CONFLICTS: tuple[tuple[str, str, str], ...] = (
+    ("leases-file", "etcd-endpoints", "both name where the leases come from; give one"),
+    ("offline", "live-file", "both name the live state to compare against; give one"),
+    ("no-bridge", "bridge", "one says no pod bridge, the other names it; give one"),
+)
+
+
+def _given(flag: Flag, raw: Mapping[str, Any], environ: Mapping[str, str], values: Mapping[str, Any]) -> str | None:
+    """How ``flag`` was set (``--name`` or ``FLANNELD_NAME``), or None when it was not."""
+    if flag.kind == "bool" and not values.get(flag.dest):
+        return None
+    if raw.get(flag.dest) is not None:
+        return "--" + flag.name
+    if environ.get(flag.env, ""):
+        return flag.env
+    return None
+
+
+def check_conflicts(command: str, raw: Mapping[str, Any], environ: Mapping[str, str],
+                    values: Mapping[str, Any]) -> None:
+    for a, b, why in CONFLICTS:
+        fa, fb = _BY_NAME[a], _BY_NAME[b]
+        if command not in fa.commands or command not in fb.commands:
+            continue
+        ga, gb = _given(fa, raw, environ, values), _given(fb, raw, environ, values)
+        if ga and gb:
+            raise FlagError(f"{ga} and {gb} contradict each other: {why}")
+
+
+def ignored_notes(command: str, values: Mapping[str, Any]) -> list[str]:
+    """One note per "ignored" flag that was given, so that nothing is dropped unsaid."""
+    return [f"-{f.name} is accepted for flanneld's command lines and changes nothing here: {f.help.split(':')[0]}"
+            for f in flags_for(command) if f.status == "ignored" and values.get(f.dest)]
 
 
 def resolve(command: str, raw: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
@@ -544,6 +656,11 @@ def resolve(command: str, raw: Mapping[str, Any], environ: Mapping[str, str]) ->
             values[flag.dest] = _parse_one(flag, text, f"{flag.env}={text!r}")
         else:
             values[flag.dest] = flag.default
+    check_conflicts(command, raw, environ, values)
+    # --log-level (or its variable) wins; else -v decides, as in flanneld.
+    if (values.get("v") is not None and raw.get("log_level") is None
+            and not environ.get(_BY_NAME["log-level"].env, "")):
+        values["log_level"] = log_level_of(values["v"])
     return values
 
 

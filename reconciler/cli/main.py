@@ -32,7 +32,7 @@ from reconciler.core.reconcile import Cycle, compute_cycle, dump_live, on_link_p
 from reconciler.core.render import describe, plan_json, plan_text, show_rows, show_text, status_json
 from reconciler.rules.commands import cli_rule_plan, rule_show_rows
 
-__all__ = ["main", "build_parser", "parse_args"]
+__all__ = ["main", "flanneld_main", "build_parser", "parse_args"]
 
 DEFAULT_PREFIX = flags.DEFAULT_PREFIX
 DEFAULT_ENDPOINTS = flags.DEFAULT_ENDPOINTS
@@ -105,10 +105,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> argparse.Namespace:
+#: The subcommands (an argv that opens with a flag and names one of them put the flags first).
+_COMMAND_NAMES = frozenset({"plan", "apply", "show", "run", "snapshot", "demo", "bench"})
+
+
+def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None, *,
+               flanneld: bool = False) -> argparse.Namespace:
     """argv (Go's forms too) and ``FLANNELD_*`` -> checked values.  Raises ``ReconcilerError``;
-    ``SystemExit(0)`` after ``--help``."""
-    args = build_parser().parse_args(flags.go_style_argv(argv))
+    ``SystemExit(0)`` after ``--help``.
+
+    A flanneld command line has no subcommand: with ``flanneld`` (the
+    ``flanneld`` entry point), or when argv opens with one of our flags, it
+    means ``run``.  An empty argv is still a usage error here, so that
+    ``flannel-reconciler`` alone never starts an agent by accident.
+    """
+    argv = list(argv)
+    if not flanneld and flags.starts_with_flag(argv):
+        named = [a for a in argv if a in _COMMAND_NAMES]
+        if named:
+            raise UsageError(f"options go after the command: flannel-reconciler {named[0]} "
+                             f"{' '.join(a for a in argv if a != named[0])}")
+    if flanneld or flags.starts_with_flag(argv):
+        argv = ["run", *argv]
+    converted = flags.go_style_argv(argv)
+    head = converted[:converted.index("--")] if "--" in converted else converted
+    if "--version" in head:
+        converted = ["--version"]        # flanneld's -version wins over everything else on the line
+    parser = build_parser()
+    args, extra = parser.parse_known_args(converted)
+    if extra:
+        raise UsageError(f"{flags.suggest(args.command, extra[0])} (see {parser.prog} {args.command} --help)")
     if args.command in flags.AGENT:
         values = flags.resolve(args.command, vars(args), os.environ if environ is None else environ)
         for dest, value in values.items():
@@ -118,12 +144,21 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
 
 # --- inputs -----------------------------------------------------------------
 
+#: The largest input file read: a 20,000-node snapshot is a few MiB, and a
+#: device such as /dev/zero or /dev/urandom would otherwise be read forever.
+MAX_INPUT_BYTES = 64 * 1024 * 1024
+
+
 def read_input_file(flag: str, path: str) -> str:
     """A JSON input file's text; binary content is refused naming the flag."""
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            data = f.read(MAX_INPUT_BYTES + 1)
     except OSError as exc:
         raise ReconcilerError(f"cannot read {flag} {path}: {exc.strerror}") from None
+    if len(data) > MAX_INPUT_BYTES:
+        raise ReconcilerError(f"{flag} {path}: larger than {MAX_INPUT_BYTES >> 20} MiB: not a snapshot or "
+                              "live state (a device such as /dev/zero?)")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -250,7 +285,8 @@ def node_params(args, config: NetworkConfig, backend=None) -> tuple[NodeParams, 
         name = None
     params = NodeParams(public_ip=public_ip, underlay_mtu=mtu, underlay=name, bridge=bridge_name(args),
                         public_ipv6=public_ipv6 if config.enable_ipv6 else None,
-                        route_layout=getattr(args, "route_layout", "onlink"))
+                        route_layout=getattr(args, "route_layout", "onlink"),
+                        blackhole=getattr(args, "ip_blackhole_route", False))
     return params, ((underlay.prefixes + underlay.prefixes6) if underlay else ())
 
 
@@ -411,7 +447,11 @@ def _fail(message: str, debug: bool) -> int:
     return 1
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+#: Commands whose result is written to standard output.
+_PRINTS = frozenset({"plan", "apply", "show"})
+
+
+def main(argv: Sequence[str] | None = None, *, flanneld: bool = False) -> int:
     """The one operator-error path: every bad flag, variable or file is one
     ``error: ...`` line and exit 1; anything else is a bug, also one line
     (the traceback only with ``--log-level debug``)."""
@@ -422,10 +462,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = False
     try:
         try:
-            args = parse_args(argv)
+            args = parse_args(argv, flanneld=flanneld)
         except SystemExit as exc:  # --help printed
             return exc.code if isinstance(exc.code, int) else 0
         debug = getattr(args, "log_level", None) == "debug"
+        if sys.stdout is None and (args.command in _PRINTS or (args.command == "snapshot" and not args.output_file)):
+            # Python leaves sys.stdout None when descriptor 1 was closed at start.
+            raise ReconcilerError(f"standard output is closed: {args.command} writes its result there")
+        for note in flags.ignored_notes(args.command, vars(args)):
+            _note(note)
         handler = COMMANDS.get(args.command) or args.handler
         return handler(args)
     except KeyboardInterrupt:
@@ -437,6 +482,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the last line of defence, named as a bug
         return _fail(f"internal error: {type(exc).__name__}: {exc} "
                      "(a bug; run with --log-level debug for the traceback)", debug)
+
+
+def flanneld_main(argv: Sequence[str] | None = None) -> int:
+    """The ``flanneld`` entry point: a flanneld command line as it is, no subcommand (it means ``run``)."""
+    return main(sys.argv[1:] if argv is None else argv, flanneld=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

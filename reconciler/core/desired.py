@@ -44,7 +44,7 @@ from reconciler.core.leases import Lease
 from reconciler.core.model import Address, Fdb, KernelObject, KernelState, Link, Neigh, Nexthop, Route
 from reconciler.core.ownership import BRIDGE_NAME, NEXTHOP_ID_BASE, NEXTHOP_ID_SPAN
 
-__all__ = ["NodeParams", "NoOwnLease", "ROUTE_LAYOUTS", "VXLAN6_OVERHEAD", "VXLAN_OVERHEAD", "check_route_layout",
+__all__ = ["BLACKHOLE_METRIC", "NodeParams", "NoOwnLease", "ROUTE_LAYOUTS", "blackhole_route", "VXLAN6_OVERHEAD", "VXLAN_OVERHEAD", "check_route_layout",
            "desired_state", "find_own_lease", "flannel_mtu", "nexthop_id", "node_objects", "peer_objects",
            "underlay_mtu", "wants_v6"]
 
@@ -62,6 +62,13 @@ VXLAN_OVERHEAD = 50
 VXLAN6_OVERHEAD = 70
 #: Kernel metric of an IPv6 route written with priority 0.
 IPV6_DEFAULT_METRIC = 1024
+#: The metric of our blackhole routes: the largest, so that every other route to
+#: our subnet wins over it -- above all the bridge's connected route, which has
+#: the same destination at metric 0 (IPv4) or 256 (IPv6).  flanneld writes its
+#: blackhole at metric 0, where a bridge address added later lands behind it
+#: and pod traffic is dropped, and where the kernel refuses it (EEXIST) once
+#: the bridge has its address (docs/flags.md).
+BLACKHOLE_METRIC = 0xFFFFFFFF
 
 
 class NoOwnLease(ReconcilerError):
@@ -87,6 +94,8 @@ class NodeParams:
     #: The pod bridge we create; None (``--no-bridge``): the CNI plugin's, not ours.
     bridge: str | None = BRIDGE_NAME
     route_layout: str = "onlink"
+    #: flanneld's ``-ip-blackhole-route``: a blackhole route for our own subnet(s).
+    blackhole: bool = False
 
 
 def flannel_mtu(underlay_mtu: int) -> int:
@@ -203,7 +212,19 @@ def node_objects(config: NetworkConfig, node: NodeParams, own: Lease) -> tuple[K
         ]
         if node.bridge is not None:
             out.append(Address(node.bridge, f"{own.ipv6_subnet.network_address + 1}/{own.ipv6_subnet.prefixlen}"))
+    if node.blackhole:
+        # flanneld does it for each family it runs: traffic to an unused address of
+        # our subnet is dropped here instead of following the default route out.
+        out.append(blackhole_route(own.subnet))
+        if wants_v6(config, own):
+            out.append(blackhole_route(own.ipv6_subnet))
     return tuple(out)
+
+
+def blackhole_route(subnet) -> Route:
+    """``ip route replace blackhole <subnet> metric 4294967295 proto 73``: no gateway, no device
+    (an IPv6 blackhole shows ``dev lo``, which is the kernel's, not a choice: None is don't care)."""
+    return Route(dst=str(subnet), gateway=None, dev=None, onlink=False, metric=BLACKHOLE_METRIC, type="blackhole")
 
 
 def wants_v6(config: NetworkConfig, own: Lease) -> bool:

@@ -50,6 +50,7 @@ __all__ = [
     "Nexthop",
     "Route",
     "attr_diff",
+    "ROUTE_TYPES",
     "RTPROT_KERNEL",
     "RTPROT_RECONCILER",
 ]
@@ -62,6 +63,8 @@ __all__ = [
 RTPROT_RECONCILER = 73
 #: ``rtm_protocol`` of the routes the kernel adds for an address's prefix.
 RTPROT_KERNEL = 2
+#: The route types we read and write (``Route.type``); others are not ours to know.
+ROUTE_TYPES = ("unicast", "blackhole")
 
 
 class _Base:
@@ -179,6 +182,11 @@ class Route(_Base):
     (don't care), and the kernel's dump repeats the nexthop's gateway and
     device only with ``net.ipv4.nexthop_compat_mode=1`` (docs/route-layouts.md).
 
+    ``type`` is the kernel's route type (``rtm_type``): ``unicast``, or
+    ``blackhole`` for flanneld's ``-ip-blackhole-route`` (no gateway, no
+    device: matching packets are dropped).  It is compared, so a route of the
+    wrong type at our key is replaced.
+
     ``protocol`` is what the kernel reports (``rtm_protocol``).  It is read
     for the ownership decision but not compared: a route flanneld left
     (``proto boot``) with the right next hop is adopted as it is, because
@@ -196,9 +204,10 @@ class Route(_Base):
     # same route to us, which lets a converged table compare equal at C speed.
     protocol: int | None = field(default=None, compare=False)
     nhid: int = 0
+    type: str = "unicast"
 
     KIND: ClassVar[str] = "route"
-    COMPARED: ClassVar[tuple[str, ...]] = ("gateway", "dev", "onlink", "nhid")
+    COMPARED: ClassVar[tuple[str, ...]] = ("gateway", "dev", "onlink", "nhid", "type")
     JSON_FIELDS: ClassVar[tuple[str, ...]] = ("dst", "gateway", "dev", "onlink")
 
     @property
@@ -211,13 +220,17 @@ class Route(_Base):
             out["metric"] = self.metric
         if self.nhid:
             out["nhid"] = self.nhid
+        if self.type != "unicast":
+            out["type"] = self.type
         return out
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]):
-        # A route through a nexthop may have no gateway or device (the
-        # full-fidelity form leaves out every None); any other route names both.
-        if obj.get("nhid"):
+        # A route through a nexthop, or a blackhole, may have no gateway or device
+        # (the full-fidelity form leaves out every None); any other route names both.
+        if obj.get("type", "unicast") not in ROUTE_TYPES:
+            raise TypeError(f"type must be one of {', '.join(ROUTE_TYPES)}, got {obj.get('type')!r}"[:200])
+        if obj.get("nhid") or obj.get("type") == "blackhole":
             obj = {"gateway": None, "dev": None, **obj}
         return _Base.from_json.__func__(cls, obj)
 

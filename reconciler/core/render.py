@@ -58,7 +58,7 @@ def describe(obj: KernelObject) -> str:
     if isinstance(obj, Address):
         return f"address {obj.cidr} dev {obj.dev}"
     if isinstance(obj, Route):
-        s = f"route {obj.dst}"
+        s = f"route {obj.dst}" if obj.type == "unicast" else f"route {obj.type} {obj.dst}"
         if obj.nhid:
             s += f" nhid {obj.nhid}"
         s += _next_hop(obj)

@@ -149,8 +149,10 @@ def _unencodable(change: Change, exc: Exception) -> OpResult:
 
 
 def _nexthop_layout(change: Change) -> bool:
-    """A nexthop object, or a route through one: encoded by ``BatchedBackend._encode_raw``."""
-    return change.kind == "nexthop" or (change.kind == "route" and bool(getattr(change.obj, "nhid", 0)))
+    """A nexthop object, a route through one, or a blackhole route: encoded by
+    ``BatchedBackend._encode_raw`` (the batch encoders know unicast routes only)."""
+    return change.kind == "nexthop" or (change.kind == "route" and (
+        bool(getattr(change.obj, "nhid", 0)) or getattr(change.obj, "type", "unicast") != "unicast"))
 
 
 class BatchedBackend(UnderlayLookup):
@@ -371,6 +373,8 @@ class BatchedBackend(UnderlayLookup):
             if delete:
                 return wire.encode_delnexthop(seq, o.id)
             return wire.encode_newnexthop(seq, o.id, o.gateway, self._ifindex(o.dev), bool(o.onlink))
+        if o.type != "unicast":         # a blackhole: no device to resolve
+            return (wire.encode_delroute if delete else wire.encode_newroute)(seq, o, None)
         return (wire.encode_delroute_nh if delete else wire.encode_newroute_nh)(seq, o)
 
     def _flush_raw(self, changes: Sequence[Change], pending: list[int], results: list[OpResult | None]) -> None:

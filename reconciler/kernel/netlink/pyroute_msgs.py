@@ -27,6 +27,9 @@ from reconciler.core.model import RTPROT_RECONCILER, Address, Fdb, Link, Neigh, 
 # Kernel constants, in rtnetlink.h / if.h spelling (more, for the dumps, in reference.py).
 RT_TABLE_MAIN = 254
 RTN_UNICAST = 1
+RTN_BLACKHOLE = 6
+#: ``rtm_type`` -> ``Route.type``: the route types we read and write.
+ROUTE_TYPE_NAMES = {RTN_UNICAST: "unicast", RTN_BLACKHOLE: "blackhole"}
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
 RTNH_F_ONLINK = 0x4
 IFF_UP = 0x1
@@ -153,14 +156,18 @@ def route_msg(route: Route, delete: bool, ifindex: Callable[[str], int]) -> rtms
         attrs.append(["RTA_OIF", ifindex(route.dev)])
     if route.metric:
         attrs.append(["RTA_PRIORITY", route.metric])
+    blackhole = route.type == "blackhole"
     if delete:
         # iproute2's delete: scope NOWHERE, type and protocol 0, so that
-        # the kernel matches on dst, metric and whatever next hop is given.
+        # the kernel matches on dst, metric and whatever next hop is given
+        # (a blackhole's delete names its type: it has no next hop).
         msg["scope"] = RT_SCOPE_NOWHERE
+        if blackhole:
+            msg["type"] = RTN_BLACKHOLE
     else:
         msg["proto"] = RTPROT_RECONCILER
-        msg["type"] = RTN_UNICAST
-        msg["scope"] = RT_SCOPE_UNIVERSE if route.gateway else RT_SCOPE_LINK
+        msg["type"] = RTN_BLACKHOLE if blackhole else RTN_UNICAST
+        msg["scope"] = RT_SCOPE_UNIVERSE if route.gateway or blackhole else RT_SCOPE_LINK
         msg["flags"] = RTNH_F_ONLINK if route.onlink else 0
     msg["attrs"] = attrs
     return msg
@@ -245,11 +252,11 @@ def _route_get_msg(ip: str) -> rtmsg:
 
 
 def _route_dump_msg(family: int) -> rtmsg:
-    """``ip -4|-6 route show table main type unicast``: rtm_table and rtm_type filter in the kernel."""
+    """``ip -4|-6 route show table main``: rtm_table filters in the kernel; every type comes back
+    (``wire.encode_getroute`` says why)."""
     msg = rtmsg()
     msg["family"] = family
     msg["table"] = RT_TABLE_MAIN
-    msg["type"] = RTN_UNICAST
     return msg
 
 

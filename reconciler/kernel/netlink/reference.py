@@ -63,7 +63,7 @@ from reconciler.core.model import RTPROT_RECONCILER, Address, Fdb, KernelState, 
 from reconciler.core.plan import Change, OpResult
 from reconciler.kernel.netlink.common import DeviceVanished as _DeviceVanished
 from reconciler.kernel.netlink.common import UnderlayLookup, describe, in_netns, netns_path
-from reconciler.kernel.netlink.pyroute_msgs import (IFF_UP, RT_TABLE_MAIN, RTN_UNICAST, RTNH_F_ONLINK, _addr_dump_msg, _addr_flags, _cidr_of,
+from reconciler.kernel.netlink.pyroute_msgs import (IFF_UP, ROUTE_TYPE_NAMES, RT_TABLE_MAIN, RTN_UNICAST, RTNH_F_ONLINK, _addr_dump_msg, _addr_flags, _cidr_of,
                            _ip, _local_of, _ndmsg, _route_dump_msg, _route_get_msg, address_msg, fdb_msg,
                            link_create_msg, link_set_msg, link_up_msg, neigh_msg, route_msg)
 from reconciler.kernel.netlink.pyroute_msgs import (RTM_DELNEXTHOP, RTM_GETNEXTHOP, RTM_NEWNEXTHOP, _nexthop_dump_msg, nexthop_msg,
@@ -292,7 +292,7 @@ class PyrouteBackend(UnderlayLookup):
 
     def _parse_route(self, msg, ours: dict[int, str], nets: tuple = ()) -> Route | None:
         table = msg.get("RTA_TABLE") or msg["table"]
-        if table != RT_TABLE_MAIN or msg["type"] != RTN_UNICAST or msg["flags"] & RTM_F_CLONED:
+        if table != RT_TABLE_MAIN or msg["type"] not in ROUTE_TYPE_NAMES or msg["flags"] & RTM_F_CLONED:
             return None
         if msg.get("RTA_MULTIPATH"):
             return None                         # never written by us; one Route cannot hold it
@@ -309,7 +309,8 @@ class PyrouteBackend(UnderlayLookup):
         return Route(dst=str(net), gateway=_ip(gw) if gw else None,
                      dev=self._names.get(oif) if oif else None,
                      onlink=bool(msg["flags"] & RTNH_F_ONLINK),
-                     metric=msg.get("RTA_PRIORITY") or 0, protocol=msg["proto"], nhid=msg.get("RTA_NH_ID") or 0)
+                     metric=msg.get("RTA_PRIORITY") or 0, protocol=msg["proto"], nhid=msg.get("RTA_NH_ID") or 0,
+                     type=ROUTE_TYPE_NAMES[msg["type"]])
 
     @staticmethod
     def _parse_neigh(msg, idx: int, name: str) -> Neigh | None:

@@ -59,7 +59,7 @@ from reconciler.kernel.netlink.wire_base import (F_ACK, F_ADD_EXCL, F_DUMP, F_RE
                         RT_SCOPE_NOWHERE, RT_SCOPE_UNIVERSE, RT_TABLE_MAIN, RTA_DST, RTA_GATEWAY, RTA_MULTIPATH,
                         RTA_OIF, RTA_PRIORITY, RTA_TABLE, RTATTR, RTM_DELADDR, RTM_DELLINK, RTM_DELNEIGH, RTM_DELROUTE,
                         RTM_F_CLONED, RTM_GETADDR, RTM_GETLINK, RTM_GETNEIGH, RTM_GETROUTE, RTM_NEWADDR, RTM_NEWLINK,
-                        RTM_NEWNEIGH, RTM_NEWROUTE, RTMSG, RTN_UNICAST, RTNH_F_ONLINK, SOL_NETLINK, _U32,
+                        RTM_NEWNEIGH, RTM_NEWROUTE, RTMSG, RTN_UNICAST, ROUTE_TYPE_CODES, RTNH_F_ONLINK, SOL_NETLINK, _U32,
                         VXLAN_DEFAULT_PORT, DecodeError, _attrs, _messages)
 from reconciler.kernel.netlink.wire_decode import (_FE80_64, AddrMsg, LinkMsg, cidr_of, decode_addrs, decode_default_routes, decode_fdb,
                           decode_links, decode_neighs, decode_routes, ip_text, link_value, net6_text, split_nets)
@@ -262,11 +262,14 @@ def encode_deladdr(seq: int, cidr: str, index: int) -> bytes:
 
 # routes
 def _route_body(route: Route, oif: int | None, delete: bool) -> bytes:
-    return _route_fields(route.dst, route.gateway, route.onlink, route.metric, oif, delete)
+    return _route_fields(route.dst, route.gateway, route.onlink, route.metric, oif, delete,
+                         ROUTE_TYPE_CODES[route.type])
 
 
 def _route_fields(dst: str, gateway: str | None, onlink: bool, metric: int, oif: int | None,
-                  delete: bool) -> bytes:
+                  delete: bool, rtype: int = RTN_UNICAST) -> bytes:
+    """A unicast route's fields, or (``rtype`` RTN_BLACKHOLE) a blackhole's: no gateway, no device,
+    scope universe, as ``ip route replace blackhole DST`` sends it."""
     family, packed, plen = network_packed(dst)
     attrs = _attr(RTA_DST, packed)
     if gateway is not None:
@@ -281,10 +284,12 @@ def _route_fields(dst: str, gateway: str | None, onlink: bool, metric: int, oif:
     if delete:
         # iproute2's delete: scope NOWHERE, type and protocol 0, so that the
         # kernel matches on dst, metric and whatever next hop is given.
-        head = RTMSG.pack(family, plen, 0, 0, RT_TABLE_MAIN, 0, RT_SCOPE_NOWHERE, 0, 0)
+        # A blackhole's delete names its type, which is all it has beside dst and metric.
+        head = RTMSG.pack(family, plen, 0, 0, RT_TABLE_MAIN, 0, RT_SCOPE_NOWHERE,
+                          rtype if rtype != RTN_UNICAST else 0, 0)
     else:
         head = RTMSG.pack(family, plen, 0, 0, RT_TABLE_MAIN, RTPROT_RECONCILER,
-                          RT_SCOPE_UNIVERSE if gateway else RT_SCOPE_LINK, RTN_UNICAST,
+                          RT_SCOPE_UNIVERSE if gateway or rtype != RTN_UNICAST else RT_SCOPE_LINK, rtype,
                           RTNH_F_ONLINK if onlink else 0)
     return head + attrs
 
@@ -423,9 +428,10 @@ def encode_getaddr(seq: int, family: int, index: int) -> bytes:
 
 
 def encode_getroute(seq: int, family: int) -> bytes:
-    """``ip -4|-6 route show table main type unicast``: RTM_GETROUTE, NLM_F_DUMP; rtm_table and
-    rtm_type filter in the kernel."""
-    return _message(RTM_GETROUTE, F_DUMP, seq, RTMSG.pack(family, 0, 0, 0, RT_TABLE_MAIN, 0, 0, RTN_UNICAST, 0))
+    """``ip -4|-6 route show table main``: RTM_GETROUTE, NLM_F_DUMP; rtm_table filters in the kernel.
+    Every type comes back (the decoder keeps unicast and blackhole routes): a blackhole at one of
+    our keys is ours (``-ip-blackhole-route``) or a foreign route holding it, never nothing."""
+    return _message(RTM_GETROUTE, F_DUMP, seq, RTMSG.pack(family, 0, 0, 0, RT_TABLE_MAIN, 0, 0, 0, 0))
 
 
 def encode_getneigh(seq: int, family: int, index: int) -> bytes:

@@ -20,7 +20,7 @@ from reconciler.kernel.netlink.wire_base import (IFA_ADDRESS, IFA_FLAGS, IFA_LOC
                         IFLA_VXLAN_LEARNING, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LOCAL6, IFLA_VXLAN_PORT,
                         NDA_DST, NDA_LLADDR, NDMSG, NTF_PROXY, NTF_SELF, NUD_PERMANENT, RT_TABLE_MAIN, RTA_DST,
                         RTA_GATEWAY, RTA_MULTIPATH, RTA_OIF, RTA_PRIORITY, RTA_TABLE, RTM_F_CLONED, RTM_NEWADDR,
-                        RTM_NEWLINK, RTM_NEWNEIGH, RTM_NEWROUTE, RTMSG, RTN_UNICAST, _RTNEXTHOP, RTNH_F_ONLINK, _U32,
+                        RTM_NEWLINK, RTM_NEWNEIGH, RTM_NEWROUTE, RTMSG, RTN_UNICAST, ROUTE_TYPE_NAMES, _RTNEXTHOP, RTNH_F_ONLINK, _U32,
                         VXLAN_DEFAULT_PORT, _attrs, _messages)
 from reconciler.kernel.netlink.wire_base import RTA_NH_ID
 
@@ -70,7 +70,7 @@ def split_nets(nets: Iterable) -> tuple[tuple[tuple[int, int, int], ...], tuple]
 def decode_routes(buf, names: dict, ours: Collection[int], nets: Iterable = ()) -> list[Route]:
     """Routes of a ``RTM_GETROUTE`` dump, as ``PyrouteBackend._parse_route`` makes them.
 
-    Kept: unicast routes of the main table, not cloned, not multipath, that
+    Kept: unicast and blackhole routes of the main table, not cloned, not multipath, that
     leave through a device in ``ours`` (ifindexes), *or* carry protocol 73, *or*
     lie inside one of ``nets`` (``ipaddress`` networks); never fe80::/64.
     ``names`` maps ifindex to name (for ``dev``).
@@ -96,7 +96,8 @@ def decode_routes(buf, names: dict, ours: Collection[int], nets: Iterable = ()) 
             if span[1] - span[0] != 4:
                 continue
             table = u32(buf, span[0])[0] or table
-        if table != RT_TABLE_MAIN or rtype != RTN_UNICAST or flags & RTM_F_CLONED:
+        rtype_name = ROUTE_TYPE_NAMES.get(rtype)
+        if table != RT_TABLE_MAIN or rtype_name is None or flags & RTM_F_CLONED:
             continue
         span = attrs.get(RTA_MULTIPATH)
         if span is not None and span[1] > span[0]:
@@ -149,7 +150,8 @@ def decode_routes(buf, names: dict, ours: Collection[int], nets: Iterable = ()) 
                 continue
             nhid = u32(buf, span[0])[0]
         out.append(Route(dst=text, gateway=gateway, dev=names.get(oif) if oif else None,
-                         onlink=bool(flags & RTNH_F_ONLINK), metric=metric, protocol=proto, nhid=nhid))
+                         onlink=bool(flags & RTNH_F_ONLINK), metric=metric, protocol=proto, nhid=nhid,
+                         type=rtype_name))
     return out
 
 
