@@ -335,16 +335,39 @@ def test_keeper_reacquires_same_subnet_when_lease_expired(store):
     assert keeper.ensure().subnet == got.subnet
 
 
+@pytest.mark.parametrize("bad", ["garbage{", flanneld_value("192.168.7.7", "0e:00:00:00:07:07")],
+                         ids=["unparseable", "foreign"])
 @pytest.mark.etcd
-def test_keeper_does_not_overwrite_a_takeover(store):
+def test_keeper_writes_ours_back_over_a_bad_write_in_place(store, bad):
+    """A value written over our existing key (nobody acquired it: flanneld's acquisition is a
+    create-if-absent, which fails on an existing key) is not a reason to renumber the node."""
+    got = acquire_lease(store, CFG, ME, MAC, None, random.Random(0))
+    keeper = LeaseKeeper(store, CFG, ME, MAC, got, random.Random(5), now=0.0)
+    store.put(got.key, bad)                             # etcdctl put <our key> ..., no lease
+    now = keeper.ensure()
+    assert (now.subnet, now.key) == (got.subnet, got.key)
+    kv = store.get(got.key)
+    assert kv.value == flanneld_value(ME, MAC)
+    assert kv.lease == got.lease_id                     # re-attached to our living etcd lease
+    assert keeper.overwritten == {("unparseable" if bad == "garbage{" else "foreign"): 1}
+    assert keeper.not_ours is None
+    assert [kv.key for kv in store.snapshot().kvs if ME in kv.value] == [got.key]   # no second lease
+
+
+@pytest.mark.etcd
+def test_keeper_leaves_our_key_to_a_node_that_created_it_after_it_was_gone(store):
+    """Deleted, then created by another node: that node acquired a subnet that was free (the
+    only way flanneld can get it) and uses it already; it keeps it and we move."""
     got = acquire_lease(store, CFG, ME, MAC, None, random.Random(0))
     keeper = LeaseKeeper(store, CFG, ME, MAC, got, random.Random(5), now=0.0)
     theirs = flanneld_value("192.168.7.7", "0e:00:00:00:07:07")
-    store.put(got.key, theirs, store.grant(600))        # another node now holds our key
+    store.delete(got.key)
+    assert store.create_if_absent(got.key, theirs, store.grant(600))   # flanneld's acquisition
     now = keeper.tick(3600.0)
     assert now.subnet != got.subnet
     assert store.get(got.key).value == theirs           # left alone
     assert store.get(now.key).value == flanneld_value(ME, MAC)
+    assert keeper.overwritten == {"taken": 1}
 
 
 @pytest.mark.etcd
