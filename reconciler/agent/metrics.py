@@ -117,6 +117,15 @@ class Metrics:
         "flannel_reconciler_last_successful_sync_timestamp_seconds": (
             "gauge", "Unix time of the last cycle that applied without a failed operation."),
         "flannel_reconciler_ready": ("gauge", "1 once the first full sync is done and subnet.env written."),
+        "flannel_reconciler_config_missing": ("gauge", "1 while the network config key is missing from etcd."),
+        "flannel_reconciler_etcd_revision_backwards": (
+            "gauge", "1 while etcd's history went back (wiped or restored): re-listed, deletions held back."),
+        "flannel_reconciler_etcd_rollbacks_total": (
+            "counter", "Times etcd answered with a revision below one already seen, or another cluster id."),
+        "flannel_reconciler_own_lease_not_ours": (
+            "gauge", "1 while this node's lease key holds something else and could not be written back."),
+        "flannel_reconciler_own_lease_overwritten_total": (
+            "counter", "Writes by others over this node's lease key, by kind (written back unless taken)."),
     }
 
     #: Histogram families and their bucket bounds (``observe`` uses these).
