@@ -357,14 +357,14 @@ class Agent(RuleSync):
         gone back (unless the caller ``checked`` that already): said, and the table it gives
         is not trusted for deletions until it settled (``_etcd_went_back``)."""
         with self._relist_lock:
+            seen = self._revision   # read first: a linearizable listing is never below what was seen before it
             snap = self.store.snapshot()
             if not checked:
                 if self._cluster_id and snap.cluster_id and snap.cluster_id != self._cluster_id:
                     self._etcd_went_back(f"etcd is another cluster now (cluster id {snap.cluster_id:x}, "
                                          f"was {self._cluster_id:x})")
-                elif snap.revision < self._revision:
-                    self._etcd_went_back(f"etcd is at revision {snap.revision}, below revision "
-                                         f"{self._revision} already seen")
+                elif snap.revision < seen:
+                    self._etcd_went_back(f"etcd is at revision {snap.revision}, below revision {seen} already seen")
             self._cluster_id = snap.cluster_id or self._cluster_id
             base = self.store.subnets_prefix
             kvs = [kv for kv in snap.kvs if kv.key.startswith(base)]
