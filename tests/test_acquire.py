@@ -355,6 +355,35 @@ def test_keeper_writes_ours_back_over_a_bad_write_in_place(store, bad):
 
 
 @pytest.mark.etcd
+def test_keeper_says_our_key_is_not_ours_while_a_write_back_loses_the_race(store):
+    """Written again between our read and our write-back: nothing is overwritten blindly, the
+    key is reported not ours, and the next check (the watch shows the second write) repairs it."""
+    got = acquire_lease(store, CFG, ME, MAC, None, random.Random(0))
+
+    class WrittenAgainMeanwhile:
+        def __init__(self):
+            self.once = True
+
+        def __getattr__(self, name):
+            return getattr(store, name)
+
+        def put_if_value(self, key, expected, new, lease_id):
+            if self.once:
+                self.once = False
+                store.put(key, "garbage again{")
+            return store.put_if_value(key, expected, new, lease_id)
+
+    keeper = LeaseKeeper(WrittenAgainMeanwhile(), CFG, ME, MAC, got, random.Random(5), now=0.0)
+    store.put(got.key, "garbage{")
+    assert keeper.ensure() == got
+    assert store.get(got.key).value == "garbage again{"      # the second write was not overwritten blindly
+    assert keeper.not_ours and got.key in keeper.not_ours
+    assert keeper.ensure().subnet == got.subnet
+    assert store.get(got.key).value == flanneld_value(ME, MAC) and keeper.not_ours is None
+    assert keeper.overwritten == {"unparseable": 2}
+
+
+@pytest.mark.etcd
 def test_keeper_leaves_our_key_to_a_node_that_created_it_after_it_was_gone(store):
     """Deleted, then created by another node: that node acquired a subnet that was free (the
     only way flanneld can get it) and uses it already; it keeps it and we move."""

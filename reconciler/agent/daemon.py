@@ -28,9 +28,12 @@ Failing static (flannel #636; Felix's "in sync" gate):
 
 * no cycle runs before the first complete lease list has been read;
 * while etcd is unreachable cycles repair drift but delete nothing
-  (deletions need a trustworthy lease view; held-back deletions stay pending);
-* our own lease missing from the table (deleted, expired, taken by another
-  PublicIP) triggers re-acquisition, never a teardown;
+  (deletions need a trustworthy lease view; held-back deletions stay pending),
+  and no cycle waits for etcd;
+* after etcd's history went back (wiped, restored) nothing is deleted until the
+  new listing settled, and our key is re-asserted at once;
+* our own lease missing from the table (deleted, expired, overwritten)
+  triggers the keeper (re-creation, or writing ours back), never a teardown;
 * SIGTERM stops the loop at once and leaves every kernel object in place.
 """
 from __future__ import annotations
@@ -585,18 +588,22 @@ class Agent(RuleSync):
             if stop.is_set():
                 return
             now = self.clock()
-            if self._probe_wanted:
-                self._probe_wanted = False
-                self._probe()
-            if self.keeper is not None and ((self.state.check_own_lease and now >= own_retry_at)
-                                            or now >= self.keeper.next_due):
-                if self._keep_lease():
-                    own_backoff = 1.0
-                else:       # never a tight loop while etcd is away
-                    own_retry_at, own_backoff = now + own_backoff, min(own_backoff * 2, 30.0)
-            if now >= next_config:
-                next_config = now + self.opts.resync_interval
-                self._check_config()
+            try:
+                if self._probe_wanted:
+                    self._probe_wanted = False
+                    self._probe()
+                if self.keeper is not None and ((self.state.check_own_lease and now >= own_retry_at)
+                                                or now >= self.keeper.next_due):
+                    if self._keep_lease():
+                        own_backoff = 1.0
+                    else:       # never a tight loop while etcd is away
+                        own_retry_at, own_backoff = now + own_backoff, min(own_backoff * 2, 30.0)
+                if now >= next_config:
+                    next_config = now + self.opts.resync_interval
+                    self._check_config()
+            except Exception:   # a bug here must not end the keepalives for good: said, retried
+                log.exception("etcd thread: unexpected error; retrying in 1s")
+                stop.wait(1.0)
 
     def _probe(self) -> None:
         """One cheap linearizable read, asked for by a cycle that holds deletions back: an
