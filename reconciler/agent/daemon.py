@@ -384,6 +384,9 @@ class Agent(RuleSync):
         shown (/readyz, a gauge); the caller re-lists; our key is re-asserted at once; and
         deletions wait until the new listing is folded in, our key is back and
         ``rollback_settle`` has passed (docs/incremental.md, "etcd going back")."""
+        if self._rollback is not None and not self._rollback_listed:
+            self._want_own_lease_check()
+            return      # the same one, seen again before its listing is in: said once
         log.error("etcd went back in time: %s (wiped or restored from a backup?); re-listing, re-asserting "
                   "our lease, deleting nothing for %.0fs; the kernel is left as it is", why,
                   self.opts.rollback_settle)
@@ -472,7 +475,9 @@ class Agent(RuleSync):
                     continue    # a listing already went back below what this watch saw: resume from it
                 self._etcd_went_back(str(exc))
                 self.metrics.inc("flannel_reconciler_etcd_watch_restarts_total", reason="rolled-back")
-                self._try_relist(stop, checked=True)
+                if not self._try_relist(stop, checked=True):
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, 5.0)
             except EtcdCompacted as exc:
                 # Our resume point is gone from history: re-list and diff the
                 # whole state (never flanneld's hot loop, #2470).
@@ -493,12 +498,14 @@ class Agent(RuleSync):
         else:
             self._set_etcd_ok(False)
 
-    def _try_relist(self, stop: threading.Event, checked: bool = False) -> None:
+    def _try_relist(self, stop: threading.Event, checked: bool = False) -> bool:
         try:
             self._relist(checked)
         except ReconcilerError as exc:
             self._set_etcd_ok(False)
             log.warning("re-list failed: %s", exc)
+            return False
+        return True
 
     def _set_etcd_ok(self, ok: bool) -> None:
         if ok != self.state.etcd_ok:  # log transitions only
@@ -622,6 +629,7 @@ class Agent(RuleSync):
         """Run the keeper (on the etcd thread); False when etcd did not answer."""
         before = self.keeper.current
         check = self.state.check_own_lease
+        rollback = self._rollback     # read before the check: only a check begun after it re-asserts
         self.state.check_own_lease = False
         try:
             if check:
@@ -636,7 +644,7 @@ class Agent(RuleSync):
                 self.state.check_own_lease = True
             return False
         self._report_own_key()
-        if self._rollback is not None and not self._rollback_reasserted:
+        if check and rollback is not None and rollback is self._rollback and not self._rollback_reasserted:
             log.info("our lease %s re-asserted after etcd went back", esc(self.keeper.current.key))
             self._rollback_reasserted = True
         if self.keeper.current.key != before.key:
