@@ -484,6 +484,36 @@ def test_a_hung_etcd_does_not_stop_drift_repair(store, etcd_server, lab):
     assert_alive_and_healthy(agent, lab)
 
 
+def test_a_wiped_etcd_gets_our_key_back_and_loses_no_route(store, etcd_server, lab):
+    """etcd restarted with an empty data dir on the same port: the agent notices (its old
+    revision is gone), says so on /readyz, puts our key back at once with the same subnet,
+    programs a peer that joins the new etcd, and keeps the routes of the peers the wipe lost."""
+    import shutil
+
+    [node] = lab.nodes(1)
+    lost, _ = put_peer(store, 206, "198.18.0.206", "0a:58:c6:12:00:ce")
+    agent = lab.agent(node, endpoint_args(etcd_server.endpoint))
+    agent.wait_ready()
+    wait_for(lambda: has_peer(node.ns, lost, "0a:58:c6:12:00:ce", "198.18.0.206"), "peer programmed", lab)
+    subnet, value, _ = leases_by_ip(store)[node.ip]
+
+    etcd_server.stop()
+    shutil.rmtree(etcd_server.data_dir)
+    etcd_server.start()
+    wait_for(lambda: agent.metric("flannel_reconciler_etcd_rollbacks_total") == 1, "the wipe noticed", lab,
+             timeout=30)
+    assert agent.metric("flannel_reconciler_etcd_revision_backwards") == 1
+    status, body = agent.get("/readyz")
+    assert status == 503 and "went back in time" in body, body
+    mine = wait_for(lambda: leases_by_ip(store).get(node.ip), "our key re-asserted", lab)
+    assert mine[:2] == (subnet, value) and mine[2] != 0
+    joined, _ = put_peer(store, 207, "198.18.0.207", "0a:58:c6:12:00:cf")
+    wait_for(lambda: has_peer(node.ns, joined, "0a:58:c6:12:00:cf", "198.18.0.207"), "a peer of the new etcd", lab)
+    assert has_peer(node.ns, lost, "0a:58:c6:12:00:ce", "198.18.0.206"), f"a lost peer deleted\n{lab.logs()}"
+    assert "etcd went back in time" in agent.log()
+    assert_alive_and_healthy(agent, lab)
+
+
 # --------------------------------------------------------------------------------------------
 # A 3-member cluster: the member we talk to dies
 # --------------------------------------------------------------------------------------------
