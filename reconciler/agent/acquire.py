@@ -8,8 +8,10 @@
 * ``acquire_lease`` applies a choice to etcd with compare-and-set writes and
   re-lists after a lost race (flanneld exits with status 1 there).
 * ``LeaseKeeper`` keeps the lease alive with keepalives on a timer driven by
-  the caller's clock, and re-acquires -- the same subnet when it is still free
-  -- when the key vanished or another node took it (flanneld exits there).
+  the caller's clock; re-acquires -- the same subnet when it is still free
+  -- when the key vanished or another node created it anew (flanneld exits
+  there); and writes ours back over a bad write in place (docs/decisions.md,
+  "Our own key").
 
 Where we differ from flanneld, on purpose:
 
@@ -17,8 +19,9 @@ Where we differ from flanneld, on purpose:
   we rewrite its value (new VtepMAC) with lease 0, never attach a TTL.
 * Renewal is a keepalive, not Grant + unconditional Put: peers see the same
   bytes and no watch event, instead of one PUT per node per day cluster-wide.
-* Every write over an existing key compares the value we read first, so a key
-  another PublicIP holds now is never overwritten (flannel #1289, #805).
+* Every write over an existing key compares the value we read first, so a
+  lease another node acquired is never overwritten (flannel #1289, #805); only
+  our own live key, overwritten in place, is written back.
 * Only expiring leases are deleted when our lease no longer fits the config;
   an operator's reservation is left alone.
 * Dual stack: a previous subnet is reused per family (flanneld drops both when
