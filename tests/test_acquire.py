@@ -259,6 +259,25 @@ def test_restart_with_new_mac_rewrites_value_with_fresh_lease(store):
 
 
 @pytest.mark.etcd
+def test_a_restart_takes_back_its_previous_subnet_from_a_value_nobody_can_parse(store):
+    """Garbage written over our key while the agent was down names no other owner: the restart
+    takes the subnet from subnet.env back instead of moving the node."""
+    key = store.subnets_prefix + "10.244.5.0-24"
+    store.put(key, "garbage{")
+    got = acquire_lease(store, CFG, ME, MAC, net("10.244.5.0/24"), random.Random(0))
+    assert (got.subnet, got.key) == (net("10.244.5.0/24"), key)
+    kv = store.get(key)
+    assert kv.value == flanneld_value(ME, MAC) and kv.lease == got.lease_id
+    assert 86390 <= store.time_to_live(got.lease_id) <= 86400
+    # Another node's valid lease there is a different matter: it is left to it.
+    other = store.subnets_prefix + "10.244.6.0-24"
+    store.put(other, flanneld_value("192.168.7.7", "0e:00:00:00:07:07"))
+    moved = acquire_lease(store, CFG, "192.168.0.11", "0e:00:00:00:00:0b", net("10.244.6.0/24"), random.Random(0))
+    assert moved.subnet != net("10.244.6.0/24")
+    assert store.get(other).value == flanneld_value("192.168.7.7", "0e:00:00:00:07:07")
+
+
+@pytest.mark.etcd
 def test_incompatible_own_lease_is_deleted(store):
     old_key = store.subnets_prefix + "10.244.0.0-24"     # below SubnetMin
     store.put(old_key, flanneld_value(ME, MAC), store.grant(600))

@@ -300,6 +300,15 @@ def acquire_lease(store: "EtcdStore", config: NetworkConfig, public_ip: str, vte
         snap = store.snapshot()
         kvs = {kv.key: kv for kv in snap.kvs if kv.key.startswith(base)}
         leases, occupied = _parse_subnets(kvs.values(), base)
+        # Our previous subnet's key holding a value nobody can parse names no other owner: it is
+        # ours to take back (docs/decisions.md, "Our own key"), not a reason to move the node.
+        # (IPv4 only: in dual stack the IPv6 half may be chosen anew, under another key.)
+        junk = {}
+        if previous is not None and not config.enable_ipv6:
+            prev = IPv4Network(previous, strict=False)
+            junk = {pair: kvs[base + subnet_key(*pair)] for pair in occupied
+                    if pair == (prev, None) and base + subnet_key(*pair) in kvs}
+            occupied = [pair for pair in occupied if pair not in junk]
         choice = choose_subnet(config, leases, public_ip, previous, rng, occupied=occupied,
                                previous_ipv6_subnet=previous6)
 
@@ -319,8 +328,15 @@ def acquire_lease(store: "EtcdStore", config: NetworkConfig, public_ip: str, vte
         else:
             key = base + subnet_key(choice.subnet, choice.ipv6_subnet)
             lease_id = store.grant(ttl)
+            taken_back = next((kv for kv in junk.values() if kv.key == key), None)
             try:
-                created = store.create_if_absent(key, value, lease_id)
+                if taken_back is not None:
+                    created = store.put_if_value(key, taken_back.value, value, lease_id)
+                    if created:
+                        log.error("our previous subnet's key %s held a value nobody can parse (%s): took it "
+                                  "back", esc(key), esc(taken_back.value))
+                else:
+                    created = store.create_if_absent(key, value, lease_id)
             except EtcdError:
                 _revoke_quietly(store, lease_id)
                 raise
@@ -500,8 +516,8 @@ class LeaseKeeper:
         """Check we still hold our key and extend it; repair or re-acquire otherwise.
 
         * Key gone (expired, deleted): re-acquired, on the same subnet if free.
-        * Key overwritten *in place* (its create revision is still ours) with a value nobody
-          can parse, or with another PublicIP: nobody acquired it -- flanneld acquires only with
+        * A value nobody can parse, or another PublicIP written over our key *in place* (its
+          create revision is still ours): nobody acquired it -- flanneld acquires only with
           a create-if-absent, which fails on an existing key -- so it is a bad write.  Ours is
           written back (over exactly the bytes read), the subnet and every kernel object are
           kept, and the write is logged and counted (docs/decisions.md, "Our own key").
@@ -527,7 +543,7 @@ class LeaseKeeper:
         if kind is not None:
             in_place = not cur.create_revision or not kv.create_revision \
                 or kv.create_revision == cur.create_revision
-            if in_place:
+            if in_place or kind == "unparseable":   # a value nobody can parse names no other owner
                 return self._write_back(cur, kv, want, kind)
             self.overwritten["taken"] += 1
             log.error("our lease %s was deleted and created again by another node (now %s): it keeps the "
