@@ -259,6 +259,25 @@ def test_restart_with_new_mac_rewrites_value_with_fresh_lease(store):
 
 
 @pytest.mark.etcd
+def test_a_restart_takes_back_its_previous_subnet_from_a_value_nobody_can_parse(store):
+    """Garbage written over our key while the agent was down names no other owner: the restart
+    takes the subnet from subnet.env back instead of moving the node."""
+    key = store.subnets_prefix + "10.244.5.0-24"
+    store.put(key, "garbage{")
+    got = acquire_lease(store, CFG, ME, MAC, net("10.244.5.0/24"), random.Random(0))
+    assert (got.subnet, got.key) == (net("10.244.5.0/24"), key)
+    kv = store.get(key)
+    assert kv.value == flanneld_value(ME, MAC) and kv.lease == got.lease_id
+    assert 86390 <= store.time_to_live(got.lease_id) <= 86400
+    # Another node's valid lease there is a different matter: it is left to it.
+    other = store.subnets_prefix + "10.244.6.0-24"
+    store.put(other, flanneld_value("192.168.7.7", "0e:00:00:00:07:07"))
+    moved = acquire_lease(store, CFG, "192.168.0.11", "0e:00:00:00:00:0b", net("10.244.6.0/24"), random.Random(0))
+    assert moved.subnet != net("10.244.6.0/24")
+    assert store.get(other).value == flanneld_value("192.168.7.7", "0e:00:00:00:07:07")
+
+
+@pytest.mark.etcd
 def test_incompatible_own_lease_is_deleted(store):
     old_key = store.subnets_prefix + "10.244.0.0-24"     # below SubnetMin
     store.put(old_key, flanneld_value(ME, MAC), store.grant(600))
@@ -335,16 +354,68 @@ def test_keeper_reacquires_same_subnet_when_lease_expired(store):
     assert keeper.ensure().subnet == got.subnet
 
 
+@pytest.mark.parametrize("bad", ["garbage{", flanneld_value("192.168.7.7", "0e:00:00:00:07:07")],
+                         ids=["unparseable", "foreign"])
 @pytest.mark.etcd
-def test_keeper_does_not_overwrite_a_takeover(store):
+def test_keeper_writes_ours_back_over_a_bad_write_in_place(store, bad):
+    """A value written over our existing key (nobody acquired it: flanneld's acquisition is a
+    create-if-absent, which fails on an existing key) is not a reason to renumber the node."""
+    got = acquire_lease(store, CFG, ME, MAC, None, random.Random(0))
+    keeper = LeaseKeeper(store, CFG, ME, MAC, got, random.Random(5), now=0.0)
+    store.put(got.key, bad)                             # etcdctl put <our key> ..., no lease
+    now = keeper.ensure()
+    assert (now.subnet, now.key) == (got.subnet, got.key)
+    kv = store.get(got.key)
+    assert kv.value == flanneld_value(ME, MAC)
+    assert kv.lease == got.lease_id                     # re-attached to our living etcd lease
+    assert keeper.overwritten == {("unparseable" if bad == "garbage{" else "foreign"): 1}
+    assert keeper.not_ours is None
+    assert [kv.key for kv in store.snapshot().kvs if ME in kv.value] == [got.key]   # no second lease
+
+
+@pytest.mark.etcd
+def test_keeper_says_our_key_is_not_ours_while_a_write_back_loses_the_race(store):
+    """Written again between our read and our write-back: nothing is overwritten blindly, the
+    key is reported not ours, and the next check (the watch shows the second write) repairs it."""
+    got = acquire_lease(store, CFG, ME, MAC, None, random.Random(0))
+
+    class WrittenAgainMeanwhile:
+        def __init__(self):
+            self.once = True
+
+        def __getattr__(self, name):
+            return getattr(store, name)
+
+        def put_if_value(self, key, expected, new, lease_id):
+            if self.once:
+                self.once = False
+                store.put(key, "garbage again{")
+            return store.put_if_value(key, expected, new, lease_id)
+
+    keeper = LeaseKeeper(WrittenAgainMeanwhile(), CFG, ME, MAC, got, random.Random(5), now=0.0)
+    store.put(got.key, "garbage{")
+    assert keeper.ensure() == got
+    assert store.get(got.key).value == "garbage again{"      # the second write was not overwritten blindly
+    assert keeper.not_ours and got.key in keeper.not_ours
+    assert keeper.ensure().subnet == got.subnet
+    assert store.get(got.key).value == flanneld_value(ME, MAC) and keeper.not_ours is None
+    assert keeper.overwritten == {"unparseable": 2}
+
+
+@pytest.mark.etcd
+def test_keeper_leaves_our_key_to_a_node_that_created_it_after_it_was_gone(store):
+    """Deleted, then created by another node: that node acquired a subnet that was free (the
+    only way flanneld can get it) and uses it already; it keeps it and we move."""
     got = acquire_lease(store, CFG, ME, MAC, None, random.Random(0))
     keeper = LeaseKeeper(store, CFG, ME, MAC, got, random.Random(5), now=0.0)
     theirs = flanneld_value("192.168.7.7", "0e:00:00:00:07:07")
-    store.put(got.key, theirs, store.grant(600))        # another node now holds our key
+    store.delete(got.key)
+    assert store.create_if_absent(got.key, theirs, store.grant(600))   # flanneld's acquisition
     now = keeper.tick(3600.0)
     assert now.subnet != got.subnet
     assert store.get(got.key).value == theirs           # left alone
     assert store.get(now.key).value == flanneld_value(ME, MAC)
+    assert keeper.overwritten == {"taken": 1}
 
 
 @pytest.mark.etcd

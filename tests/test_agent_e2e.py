@@ -423,28 +423,94 @@ def test_a_malformed_lease_is_reported_and_skipped(store, etcd_server, lab):
     assert_alive_and_healthy(agent, lab)
 
 
-def test_our_subnet_taken_by_another_public_ip_is_left_to_it(store, etcd_server, lab):
-    """Someone rewrites our key with another node's PublicIP (flannel #1289):
-    the agent must not write over it, and must move to a new subnet."""
+def test_another_public_ip_written_over_our_key_is_written_back(store, etcd_server, lab):
+    """Someone rewrites our existing key with another node's PublicIP (flannel #1289).  Nobody
+    acquired it (flanneld only creates absent keys), so one bad write must not renumber cni0
+    and cut off every pod: ours is written back, the subnet kept, the write said and counted.
+    (A key deleted and then created by another node stays theirs: tests/test_acquire.py.)"""
     [node] = lab.nodes(1)
     agent = lab.agent(node, endpoint_args(etcd_server.endpoint))
     agent.wait_ready()
-    old_subnet, _, _ = leases_by_ip(store)[node.ip]
-    key = SUBNETS + old_subnet.replace("/", "-")
-    foreign = lease_value("198.18.0.77", "0a:58:c6:12:00:4d")
-    store.put(key, foreign, store.grant(SUBNET_TTL))
+    subnet, value, lease_id = leases_by_ip(store)[node.ip]
+    key = SUBNETS + subnet.replace("/", "-")
+    env = agent.subnet_file.read_text()
+    cni0 = ip_json(node.ns, "-4 addr show dev cni0")[0]["addr_info"]
+    store.put(key, lease_value("198.18.0.77", "0a:58:c6:12:00:4d"), store.grant(SUBNET_TTL))
 
-    mine = wait_for(lambda: leases_by_ip(store).get(node.ip), "a new lease of ours", lab)
-    new_subnet, value, lease_id = mine
-    assert new_subnet != old_subnet and value == lease_value(node.ip, vtep_mac(node.ns)) and lease_id
-    gw = new_subnet.replace(".0/24", ".1/24")
-    wait_for(lambda: f"FLANNEL_SUBNET={gw}\n" in agent.subnet_file.read_text(), "subnet.env rewritten", lab)
-    # The old subnet is now the other node's: a peer like any other.
-    wait_for(lambda: has_peer(node.ns, old_subnet, "0a:58:c6:12:00:4d", "198.18.0.77"), "the taker as a peer", lab)
-    time.sleep(3)   # a few resyncs and lease checks (1 s each): none may write the key back
-    assert store.get(key).value == foreign
+    wait_for(lambda: agent.metric("flannel_reconciler_own_lease_overwritten_total", reason="foreign") == 1,
+             "the overwrite counted", lab)
+    wait_for(lambda: store.get(key).value == value, "our value written back", lab)
+    assert leases_by_ip(store)[node.ip] == (subnet, value, lease_id)   # our living etcd lease, too
+    assert "198.18.0.77" not in leases_by_ip(store)
+    time.sleep(3)   # a few resyncs (1 s each): nothing moves
+    assert agent.subnet_file.read_text() == env
+    assert ip_json(node.ns, "-4 addr show dev cni0")[0]["addr_info"] == cni0
     log = agent.log()
-    assert f"our lease {key} changed" in log and "subnet changed from" in log, agent.log_tail()
+    assert f"our lease {key} was overwritten" in log and "wrote ours back" in log, agent.log_tail()
+    assert "subnet changed from" not in log
+    assert_alive_and_healthy(agent, lab)
+
+
+def test_a_hung_etcd_does_not_stop_drift_repair(store, etcd_server, lab):
+    """etcd frozen (SIGSTOP: a hung server, not a refused connection).  The worker used to block
+    5-16 s in synchronous etcd reads (the config before each resync, the probe before a
+    deletion) and repaired nothing meanwhile.  Now a route deleted by hand is repaired while etcd
+    still hangs, and a stale route of ours (a deletion) waits until etcd answers again."""
+    [node] = lab.nodes(1)
+    subnet, _ = put_peer(store, 205, "198.18.0.205", "0a:58:c6:12:00:cd")
+    agent = lab.agent(node, endpoint_args(etcd_server.endpoint))
+    agent.wait_ready()
+    present = lambda: has_peer(node.ns, subnet, "0a:58:c6:12:00:cd", "198.18.0.205")  # noqa: E731
+    wait_for(present, "peer programmed", lab)
+
+    etcd_server.pause()
+    try:
+        # By then the agent has been through several resyncs and lease checks against the hung etcd.
+        wait_for(lambda: agent.metric("flannel_reconciler_etcd_up") == 0, "etcd_up 0 while etcd hangs", lab,
+                 timeout=30)
+        run(node.ns, "ip", "route", "add", STALE, "via", STALE.split("/")[0], "dev", "flannel.1", "onlink",
+            "proto", "73")
+        for attempt in (1, 2, 3):
+            run(node.ns, "ip", "route", "del", subnet, "dev", "flannel.1")
+            wait_for(present, f"the route repaired while etcd hangs (deletion {attempt})", lab, timeout=8)
+            time.sleep(2)   # more resyncs and probes against the hung etcd before the next deletion
+        assert STALE in peer_state(node.ns)["routes"], f"deleted while etcd hung\n{lab.logs()}"
+        assert_alive_and_healthy(agent, lab)
+    finally:
+        etcd_server.resume()
+    wait_for(lambda: STALE not in peer_state(node.ns)["routes"], "the stale route removed once etcd answers",
+             lab, timeout=30)
+    assert present()
+    assert_alive_and_healthy(agent, lab)
+
+
+def test_a_wiped_etcd_gets_our_key_back_and_loses_no_route(store, etcd_server, lab):
+    """etcd restarted with an empty data dir on the same port: the agent notices (its old
+    revision is gone), says so on /readyz, puts our key back at once with the same subnet,
+    programs a peer that joins the new etcd, and keeps the routes of the peers the wipe lost."""
+    import shutil
+
+    [node] = lab.nodes(1)
+    lost, _ = put_peer(store, 206, "198.18.0.206", "0a:58:c6:12:00:ce")
+    agent = lab.agent(node, endpoint_args(etcd_server.endpoint))
+    agent.wait_ready()
+    wait_for(lambda: has_peer(node.ns, lost, "0a:58:c6:12:00:ce", "198.18.0.206"), "peer programmed", lab)
+    subnet, value, _ = leases_by_ip(store)[node.ip]
+
+    etcd_server.stop()
+    shutil.rmtree(etcd_server.data_dir)
+    etcd_server.start()
+    wait_for(lambda: agent.metric("flannel_reconciler_etcd_rollbacks_total") == 1, "the wipe noticed", lab,
+             timeout=30)
+    assert agent.metric("flannel_reconciler_etcd_revision_backwards") == 1
+    status, body = agent.get("/readyz")
+    assert status == 503 and "went back in time" in body, body
+    mine = wait_for(lambda: leases_by_ip(store).get(node.ip), "our key re-asserted", lab)
+    assert mine[:2] == (subnet, value) and mine[2] != 0
+    joined, _ = put_peer(store, 207, "198.18.0.207", "0a:58:c6:12:00:cf")
+    wait_for(lambda: has_peer(node.ns, joined, "0a:58:c6:12:00:cf", "198.18.0.207"), "a peer of the new etcd", lab)
+    assert has_peer(node.ns, lost, "0a:58:c6:12:00:ce", "198.18.0.206"), f"a lost peer deleted\n{lab.logs()}"
+    assert "etcd went back in time" in agent.log()
     assert_alive_and_healthy(agent, lab)
 
 

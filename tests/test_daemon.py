@@ -487,3 +487,143 @@ def test_a_deleted_namespace_turns_healthz_red(etcd_store, start_agent):
         subprocess.run(["ip", "netns", "del", ns], check=False)
     wait_for(lambda: agent.agent._healthz()[0] == 503, what="healthz red")
     assert "was deleted" in agent.agent._healthz()[2]
+
+
+# --------------------------------------------------------------------------------------------
+# The node's identity in etcd: our key overwritten, etcd wiped, the config deleted
+# --------------------------------------------------------------------------------------------
+
+def _own_addresses(kernel: ModelKernel) -> set[str]:
+    return {a.cidr for a in kernel.dump(["flannel.1", "cni0"]).of("address").values()}
+
+
+@pytest.mark.parametrize("bad,reason", [("garbage{", "unparseable"),
+                                        (encode_lease_value("198.18.0.77", "0a:58:c6:12:00:4d", 1), "foreign")],
+                         ids=["unparseable", "foreign"])
+def test_a_bad_write_over_our_key_is_written_back_and_the_subnet_kept(etcd_store, start_agent, tmp_path, bad,
+                                                                      reason, caplog):
+    """Issue 16 items 2 and 5: ``etcdctl put <our key> 'garbage{'`` (or another node's PublicIP)
+    used to renumber the node (a new random subnet, cni0 renumbered, every pod cut off)."""
+    import logging
+
+    store = etcd_store
+    store.put_config(CONFIG)
+    put_peer(store, "100.64.2.0-24", "198.18.0.2", MAC2)
+    kernel = node_kernel()
+    agent = start_agent(store, kernel)
+    agent.ready()
+    caplog.set_level(logging.ERROR)
+    own = agent.agent.keeper.current
+    addresses, env = _own_addresses(kernel), (tmp_path / "subnet.env").read_text()
+    ifindex = kernel.ifindex("cni0")
+
+    store.put(own.key, bad)
+    wait_for(lambda: agent.agent.metrics.get("flannel_reconciler_own_lease_overwritten_total", reason=reason) == 1,
+             what="the overwrite counted")
+    wait_for(lambda: store.get(own.key).value == own.value, what="our value written back")
+    assert agent.agent.keeper.current.subnet == own.subnet
+    assert [kv.key for kv in store.snapshot().kvs if ME in kv.value] == [own.key]   # no second lease
+    assert store.get(own.key).lease == own.lease_id                              # under our living lease
+    wait_for(lambda: agent.agent.metrics.get("flannel_reconciler_lease_revision") >= store.get(own.key).mod_revision,
+             what="the written-back value folded in")
+    assert _own_addresses(kernel) == addresses and kernel.ifindex("cni0") == ifindex
+    assert (tmp_path / "subnet.env").read_text() == env
+    assert "100.64.2.0/24" in routes(kernel)
+    assert any("wrote ours back" in r.getMessage() and own.key in r.getMessage() for r in caplog.records)
+    assert agent.agent.metrics.get("flannel_reconciler_own_lease_not_ours") == 0
+    assert agent.agent._readyz()[0] == 200
+
+
+def test_a_deleted_config_is_said_and_counted(etcd_store, start_agent, caplog):
+    """Issue 16 item 6: the config key deleted while running used to pass in silence
+    (``config_changed`` 0, no log), until the next restart anywhere hung waiting for it."""
+    import logging
+
+    store = etcd_store
+    store.put_config(CONFIG)
+    agent = start_agent(store, node_kernel())
+    agent.ready()
+    caplog.set_level(logging.ERROR)
+    metric = agent.agent.metrics.get
+    assert metric("flannel_reconciler_config_missing") == 0
+    store.delete(store.config_key)
+    wait_for(lambda: metric("flannel_reconciler_config_missing") == 1, what="config missing seen")
+    assert metric("flannel_reconciler_config_changed") == 1
+    time.sleep(1.0)   # several config checks (one per 0.3 s resync interval): said once
+    said = [r.getMessage() for r in caplog.records if "was deleted from etcd" in r.getMessage()]
+    assert len(said) == 1 and store.config_key in said[0] and "put it back" in said[0]
+    assert agent.agent.state.ready
+    store.put_config(CONFIG)
+    wait_for(lambda: metric("flannel_reconciler_config_missing") == 0 and metric("flannel_reconciler_config_changed") == 0,
+             what="config back")
+
+
+def _wipe(etcd_server) -> None:
+    """etcd restarted with an empty data dir, on the same ports (a lost disk, a fresh member)."""
+    import shutil
+
+    etcd_server.stop()
+    shutil.rmtree(etcd_server.data_dir)
+    etcd_server.start()
+
+
+def test_a_wiped_etcd_is_noticed_our_key_reasserted_and_nothing_deleted(etcd_server, start_agent, caplog):
+    """Issue 16 item 1: after a wipe the agent used to wait for its old revision forever on an
+    etcd at revision 1: our key never came back (its subnet free for anyone), a new peer was
+    never programmed, and /readyz said 200."""
+    import logging
+
+    from reconciler.etcd.store import EtcdStore
+
+    with EtcdStore([etcd_server.endpoint], timeout=1.0) as store:
+        store.put_config(CONFIG)
+        put_peer(store, "100.64.2.0-24", "198.18.0.2", MAC2)
+        put_peer(store, "100.64.3.0-24", "198.18.0.3", MAC3)
+        kernel = node_kernel()
+        agent = start_agent(store, kernel)
+        agent.ready()
+        caplog.set_level(logging.INFO)
+        own = agent.agent.keeper.current
+        metric = agent.agent.metrics.get
+        assert metric("flannel_reconciler_etcd_revision_backwards") == 0
+
+        _wipe(etcd_server)
+        wait_for(lambda: metric("flannel_reconciler_etcd_rollbacks_total") == 1, timeout=30,
+                 what="the rollback noticed")
+        assert metric("flannel_reconciler_etcd_revision_backwards") == 1
+        status, _, body = agent.agent._readyz()
+        assert status == 503 and "went back in time" in body
+        # Our key is back at once, same subnet, same bytes, under a fresh etcd lease.
+        wait_for(lambda: store.get(own.key) is not None, what="our key re-asserted")
+        assert store.get(own.key).value == own.value and store.time_to_live(store.get(own.key).lease) > 86000
+        # A peer joining the new etcd is programmed ...
+        put_peer(store, "100.64.4.0-24", "198.18.0.4", MAC4)
+        wait_for(lambda: "100.64.4.0/24" in routes(kernel), what="a peer of the new etcd programmed")
+        # ... and the peers the wipe lost are not deleted while it settles.
+        time.sleep(1.0)   # several resyncs and retries
+        assert {"100.64.2.0/24", "100.64.3.0/24"} <= set(routes(kernel))
+        assert kernel.dump(["flannel.1"]).get("fdb", ("flannel.1", MAC2)) is not None
+        said = [r.getMessage() for r in caplog.records if "went back in time" in r.getMessage()]
+        assert len(said) == 1 and "revision" in said[0], said
+        assert agent.agent.metrics.get("flannel_reconciler_etcd_up") == 1
+
+
+def test_after_a_wiped_etcd_settled_the_lost_peers_go_and_readyz_is_green(etcd_server, start_agent):
+    """The other half of item 1: once the new listing is in, our key is back and the settle time
+    passed, the view is trusted again: peers still absent are gone, /readyz is 200 again."""
+    from reconciler.etcd.store import EtcdStore
+
+    with EtcdStore([etcd_server.endpoint], timeout=1.0) as store:
+        store.put_config(CONFIG)
+        put_peer(store, "100.64.2.0-24", "198.18.0.2", MAC2)
+        kernel = node_kernel()
+        agent = start_agent(store, kernel, rollback_settle=2.0)
+        agent.ready()
+        metric = agent.agent.metrics.get
+        _wipe(etcd_server)
+        wait_for(lambda: metric("flannel_reconciler_etcd_rollbacks_total") == 1, timeout=30,
+                 what="the rollback noticed")
+        wait_for(lambda: "100.64.2.0/24" not in routes(kernel), timeout=30, what="the lost peer removed")
+        wait_for(lambda: agent.agent._readyz()[0] == 200, what="ready again")
+        assert metric("flannel_reconciler_etcd_revision_backwards") == 0
+        assert store.get(agent.agent.keeper.current.key).value == agent.agent.keeper.current.value

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from reconciler.core.errors import EtcdAuthError, EtcdCompacted, EtcdError
+from reconciler.core.errors import EtcdAuthError, EtcdCompacted, EtcdError, EtcdRolledBack
 from reconciler.etcd.store import EtcdLeaseNotFound, EtcdStore, WatchEvent
 from reconciler.core.leases import RawKV
 from tests.etcd_server import EtcdServer, enable_auth, free_port
@@ -247,6 +247,34 @@ def test_watch_compacted_revision(etcd_server):
         store.put(sub + "10.244.1.0-24", "after")
         [ev] = take(store.watch(rev + 1), 1)
         assert ev.kv.value == "after"
+
+
+def test_watch_from_a_revision_etcd_never_reached_says_history_went_back(etcd_store):
+    """etcd accepts a watch from a future revision and waits; after a wipe that is a revision it
+    had once: the watch must say so instead of waiting forever."""
+    snap = etcd_store.snapshot()
+    assert snap.cluster_id != 0
+    assert etcd_store.status() == (snap.revision, snap.cluster_id)
+    with pytest.raises(EtcdRolledBack) as err:
+        take(etcd_store.watch(snap.revision + 1000), 1)
+    assert (err.value.seen, err.value.now) == (snap.revision + 999, snap.revision)
+    # Another cluster id than the one first listed: not the etcd we knew.
+    with pytest.raises(EtcdRolledBack, match="another cluster"):
+        take(etcd_store.watch(snap.revision + 1, cluster_id=snap.cluster_id ^ 1), 1)
+    # The revision we know and the right cluster: an ordinary watch.
+    rev = etcd_store.put(etcd_store.subnets_prefix + "10.244.1.0-24", "x")
+    [ev] = take(etcd_store.watch(snap.revision + 1, cluster_id=snap.cluster_id), 1)
+    assert ev.revision == rev
+
+
+def test_keys_carry_their_create_revision(etcd_store):
+    key = etcd_store.subnets_prefix + "10.244.1.0-24"
+    created = etcd_store.put(key, "a")
+    etcd_store.put(key, "b")
+    assert etcd_store.get(key).create_revision == created
+    etcd_store.delete(key)
+    again = etcd_store.put(key, "c")
+    assert etcd_store.get(key).create_revision == again > created
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,8 +8,10 @@
 * ``acquire_lease`` applies a choice to etcd with compare-and-set writes and
   re-lists after a lost race (flanneld exits with status 1 there).
 * ``LeaseKeeper`` keeps the lease alive with keepalives on a timer driven by
-  the caller's clock, and re-acquires -- the same subnet when it is still free
-  -- when the key vanished or another node took it (flanneld exits there).
+  the caller's clock; re-acquires -- the same subnet when it is still free
+  -- when the key vanished or another node created it anew (flanneld exits
+  there); and writes ours back over a bad write in place (docs/decisions.md,
+  "Our own key").
 
 Where we differ from flanneld, on purpose:
 
@@ -17,8 +19,9 @@ Where we differ from flanneld, on purpose:
   we rewrite its value (new VtepMAC) with lease 0, never attach a TTL.
 * Renewal is a keepalive, not Grant + unconditional Put: peers see the same
   bytes and no watch event, instead of one PUT per node per day cluster-wide.
-* Every write over an existing key compares the value we read first, so a key
-  another PublicIP holds now is never overwritten (flannel #1289, #805).
+* Every write over an existing key compares the value we read first, so a
+  lease another node acquired is never overwritten (flannel #1289, #805); only
+  our own live key, overwritten in place, is written back.
 * Only expiring leases are deleted when our lease no longer fits the config;
   an operator's reservation is left alone.
 * Dual stack: a previous subnet is reused per family (flanneld drops both when
@@ -29,9 +32,10 @@ Where we differ from flanneld, on purpose:
 """
 from __future__ import annotations
 
+import collections
 import logging
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from typing import TYPE_CHECKING, Iterable, Literal
 
@@ -109,6 +113,9 @@ class Acquired:
     reservation: bool
     ttl: int = 0
     ipv6_subnet: IPv6Network | None = None
+    #: etcd's create revision of the key as we hold it (0: not known).  Tells our key overwritten
+    #: in place from our key deleted and created again by someone else (``LeaseKeeper.ensure``).
+    create_revision: int = field(default=0, compare=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,6 +300,15 @@ def acquire_lease(store: "EtcdStore", config: NetworkConfig, public_ip: str, vte
         snap = store.snapshot()
         kvs = {kv.key: kv for kv in snap.kvs if kv.key.startswith(base)}
         leases, occupied = _parse_subnets(kvs.values(), base)
+        # Our previous subnet's key holding a value nobody can parse names no other owner: it is
+        # ours to take back (docs/decisions.md, "Our own key"), not a reason to move the node.
+        # (IPv4 only: in dual stack the IPv6 half may be chosen anew, under another key.)
+        junk = {}
+        if previous is not None and not config.enable_ipv6:
+            prev = IPv4Network(previous, strict=False)
+            junk = {pair: kvs[base + subnet_key(*pair)] for pair in occupied
+                    if pair == (prev, None) and base + subnet_key(*pair) in kvs}
+            occupied = [pair for pair in occupied if pair not in junk]
         choice = choose_subnet(config, leases, public_ip, previous, rng, occupied=occupied,
                                previous_ipv6_subnet=previous6)
 
@@ -312,18 +328,26 @@ def acquire_lease(store: "EtcdStore", config: NetworkConfig, public_ip: str, vte
         else:
             key = base + subnet_key(choice.subnet, choice.ipv6_subnet)
             lease_id = store.grant(ttl)
+            taken_back = next((kv for kv in junk.values() if kv.key == key), None)
             try:
-                created = store.create_if_absent(key, value, lease_id)
+                if taken_back is not None:
+                    created = store.put_if_value(key, taken_back.value, value, lease_id)
+                    if created:
+                        log.error("our previous subnet's key %s held a value nobody can parse (%s): took it "
+                                  "back", esc(key), esc(taken_back.value))
+                else:
+                    created = store.create_if_absent(key, value, lease_id)
             except EtcdError:
                 _revoke_quietly(store, lease_id)
                 raise
             if created:
+                created_at = _create_revision(store, key)
                 if choice.ipv6_subnet is not None:
                     log.info("acquired %s subnet %s and %s IPv6 subnet %s (%s)", choice.source, choice.subnet,
                              choice.ipv6_source, choice.ipv6_subnet, key)
                 else:
                     log.info("acquired %s subnet %s (%s)", choice.source, choice.subnet, key)
-                return Acquired(choice.subnet, key, lease_id, value, False, ttl, choice.ipv6_subnet)
+                return Acquired(choice.subnet, key, lease_id, value, False, ttl, choice.ipv6_subnet, created_at)
             _revoke_quietly(store, lease_id)
         log.info("lost the race for %s (try %d of %d): listing again", choice.subnet, attempt, max_tries)
     raise AcquireError(f"could not acquire a subnet lease: lost the race {max_tries} times in a row")
@@ -365,7 +389,7 @@ def _reclaim(store: "EtcdStore", kv: RawKV, lease: Lease, value: str, ttl: int) 
         # Lease 0 stays lease 0; rewrite only if the value is stale (e.g. a new VtepMAC).
         if kv.value != value and not store.put_if_value(kv.key, kv.value, value, 0):
             return None
-        return Acquired(lease.subnet, kv.key, 0, value, True, 0, lease.ipv6_subnet)
+        return Acquired(lease.subnet, kv.key, 0, value, True, 0, lease.ipv6_subnet, kv.create_revision)
 
     if kv.value == value:
         # Same bytes: keep the lease, reset its TTL.  Peers see nothing at all.
@@ -376,7 +400,8 @@ def _reclaim(store: "EtcdStore", kv: RawKV, lease: Lease, value: str, ttl: int) 
                 raise
             remaining = 0
         if remaining >= ttl:
-            return Acquired(lease.subnet, kv.key, kv.lease, value, False, remaining, lease.ipv6_subnet)
+            return Acquired(lease.subnet, kv.key, kv.lease, value, False, remaining, lease.ipv6_subnet,
+                            kv.create_revision)
 
     # A new value (or a lease shorter than ours): one PUT with our own fresh lease,
     # over exactly the bytes we read.  The old lease is left to expire, as flanneld does.
@@ -389,7 +414,17 @@ def _reclaim(store: "EtcdStore", kv: RawKV, lease: Lease, value: str, ttl: int) 
     if not written:
         _revoke_quietly(store, lease_id)
         return None
-    return Acquired(lease.subnet, kv.key, lease_id, value, False, ttl, lease.ipv6_subnet)
+    return Acquired(lease.subnet, kv.key, lease_id, value, False, ttl, lease.ipv6_subnet, kv.create_revision)
+
+
+def _create_revision(store: "EtcdStore", key: str) -> int:
+    """The create revision of the key we just created (the transaction's answer does not carry
+    it); 0 when the read fails: the keeper then treats any overwrite as one in place."""
+    try:
+        kv = store.get(key)
+    except EtcdError:
+        return 0
+    return kv.create_revision if kv is not None else 0
 
 
 def _lease_gone(exc: EtcdError) -> bool:
@@ -444,6 +479,11 @@ class LeaseKeeper:
         self.current = acquired
         self.last_error: ReconcilerError | None = None
         self.next_due = now + self._interval()
+        #: Writes over our key by others, by kind ("unparseable", "foreign": written back;
+        #: "taken": re-created by another node, which keeps it): counted for the metrics.
+        self.overwritten: collections.Counter = collections.Counter()
+        #: Why our key does not hold our lease right now (None: it does, as of the last check).
+        self.not_ours: str | None = None
 
     def _interval(self) -> float:
         if self.current.reservation:
@@ -481,17 +521,23 @@ class LeaseKeeper:
         return lease_value(self.config, self.public_ip, self.vtep_mac, self.public_ipv6, self.v6_vtep_mac)
 
     def ensure(self) -> Acquired:
-        """Check we still hold our key and extend it; re-acquire otherwise.
+        """Check we still hold our key and extend it; repair or re-acquire otherwise.
 
-        Key gone (expired, deleted): re-acquired, on the same subnet if free.
-        Key now holds another PublicIP: left alone, and a new subnet acquired.
+        * Key gone (expired, deleted): re-acquired, on the same subnet if free.
+        * A value nobody can parse, or another PublicIP written over our key *in place* (its
+          create revision is still ours): nobody acquired it -- flanneld acquires only with
+          a create-if-absent, which fails on an existing key -- so it is a bad write.  Ours is
+          written back (over exactly the bytes read), the subnet and every kernel object are
+          kept, and the write is logged and counted (docs/decisions.md, "Our own key").
+        * Key deleted and created again by another PublicIP: that node acquired a subnet that
+          was free and already uses it; it keeps it, and we re-acquire elsewhere.
         """
         cur = self.current
         want = self._value()
         kv = self.store.get(cur.key)
         if kv is not None and kv.value == want == cur.value:
             if cur.reservation and kv.lease == 0:
-                return cur
+                return self._ours(kv)
             if not cur.reservation and kv.lease:
                 try:
                     remaining = self.store.refresh(kv.lease)
@@ -500,16 +546,68 @@ class LeaseKeeper:
                         raise
                 else:
                     self.current = replace(cur, lease_id=kv.lease, ttl=remaining)
-                    return self.current
-        if kv is None:
+                    return self._ours(kv)
+        kind = self._stranger(kv) if kv is not None else None
+        if kind is not None:
+            in_place = not cur.create_revision or not kv.create_revision \
+                or kv.create_revision == cur.create_revision
+            if in_place or kind == "unparseable":   # a value nobody can parse names no other owner
+                return self._write_back(cur, kv, want, kind)
+            self.overwritten["taken"] += 1
+            log.error("our lease %s was deleted and created again by another node (now %s): it keeps the "
+                      "subnet; re-acquiring", esc(cur.key), esc(kv.value))
+        elif kv is None:
             log.warning("our lease %s is gone: re-acquiring", esc(cur.key))
         elif kv.value != cur.value:
             log.warning("our lease %s changed (now %s): re-acquiring", esc(cur.key), esc(kv.value))
         self.current = acquire_lease(self.store, self.config, self.public_ip, self.vtep_mac,
                                      cur.subnet, self.rng, self.ttl, public_ipv6=self.public_ipv6,
                                      v6_vtep_mac=self.v6_vtep_mac, previous_ipv6_subnet=cur.ipv6_subnet)
+        self.not_ours = None
         if self.current.subnet != cur.subnet:
             log.warning("subnet changed from %s to %s", cur.subnet, self.current.subnet)
         if self.current.ipv6_subnet != cur.ipv6_subnet:
             log.warning("IPv6 subnet changed from %s to %s", cur.ipv6_subnet, self.current.ipv6_subnet)
+        return self.current
+
+    def _ours(self, kv: RawKV) -> Acquired:
+        self.not_ours = None
+        if kv.create_revision and kv.create_revision != self.current.create_revision:
+            self.current = replace(self.current, create_revision=kv.create_revision)
+        return self.current
+
+    def _stranger(self, kv: RawKV) -> str | None:
+        """"unparseable" or "foreign" (another PublicIP) when ``kv`` is not a lease of this node;
+        None when it is ours by PublicIP (a changed VtepMAC: re-acquisition rewrites it)."""
+        name = kv.key[len(self.store.subnets_prefix):]
+        try:
+            lease = parse_lease(name, kv.value, kv.lease)
+        except LeaseError:
+            return "unparseable"
+        return None if _same_ip(lease.public_ip, IPv4Address(self.public_ip)) else "foreign"
+
+    def _write_back(self, cur: Acquired, kv: RawKV, want: str, kind: str) -> Acquired:
+        """Put our value back over exactly the bytes read, under our etcd lease if it still lives
+        (the bad write detached the key from it), else a fresh one with our TTL."""
+        self.overwritten[kind] += 1
+        self.not_ours = f"our lease {esc(cur.key)} holds {'an unparseable value' if kind == 'unparseable' else 'another PublicIP'}"
+        lease_id, ttl = 0, 0
+        if not cur.reservation:
+            try:
+                lease_id, ttl = cur.lease_id, self.store.refresh(cur.lease_id)
+            except EtcdError as exc:
+                if not _lease_gone(exc):
+                    raise
+                lease_id, ttl = self.store.grant(self.ttl), self.ttl
+        if not self.store.put_if_value(kv.key, kv.value, want, lease_id):
+            # Written again meanwhile: the watch shows it and the next check decides again.
+            log.error("our lease %s was overwritten (%s: %s) and changed again before we could write it "
+                      "back; checking again", esc(cur.key), kind, esc(kv.value))
+            return cur
+        log.error("our lease %s was overwritten with %s (%s); wrote ours back: subnet %s kept, nothing on "
+                  "this node changed", esc(cur.key), "a value nobody can parse" if kind == "unparseable"
+                  else "another node's PublicIP", esc(kv.value), cur.subnet)
+        self.not_ours = None
+        self.current = replace(cur, lease_id=lease_id, value=want, ttl=ttl,
+                               create_revision=kv.create_revision or cur.create_revision)
         return self.current

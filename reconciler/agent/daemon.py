@@ -5,6 +5,9 @@ Threads, and what each may touch:
 * the **watch** thread reads ``<prefix>/subnets/`` from etcd and queues what
   it sees (single events, or a whole listing after a compaction or an
   outage); it never talks to the kernel;
+* the **etcd** thread makes every other etcd call: the lease keeper (keepalives, re-asserting
+  or writing back our key), the config check, and the probe a held-back deletion asks for;
+  it posts what it learns and never blocks the worker (a hung etcd must not stop drift repair);
 * the **kernel events** thread (when the backend has ``watch_kernel``)
   queues netlink notifications about our devices, addresses, routes,
   neighbours and FDB entries, so drift made by someone else is seen as it
@@ -25,9 +28,12 @@ Failing static (flannel #636; Felix's "in sync" gate):
 
 * no cycle runs before the first complete lease list has been read;
 * while etcd is unreachable cycles repair drift but delete nothing
-  (deletions need a trustworthy lease view; held-back deletions stay pending);
-* our own lease missing from the table (deleted, expired, taken by another
-  PublicIP) triggers re-acquisition, never a teardown;
+  (deletions need a trustworthy lease view; held-back deletions stay pending),
+  and no cycle waits for etcd;
+* after etcd's history went back (wiped, restored) nothing is deleted until the
+  new listing settled, and our key is re-asserted at once;
+* our own lease missing from the table (deleted, expired, overwritten)
+  triggers the keeper (re-creation, or writing ours back), never a teardown;
 * SIGTERM stops the loop at once and leaves every kernel object in place;
   SIGHUP asks for a resync now (``request_resync``).
 """
@@ -50,7 +56,7 @@ from reconciler.kernel.apply import apply_plan
 from reconciler.core.config import NetworkConfig, parse_network_config, require_ipv4, require_vxlan
 from reconciler.core.desired import NodeParams, underlay_mtu
 from reconciler.incremental.desired_index import DesiredIndex
-from reconciler.core.errors import EtcdAuthError, EtcdCompacted, EtcdError, ReconcilerError
+from reconciler.core.errors import EtcdAuthError, EtcdCompacted, EtcdError, EtcdRolledBack, ReconcilerError
 from reconciler.incremental.lease_index import LeaseIndex
 from reconciler.core.logtext import esc
 from reconciler.core.leases import Skipped, parse_lease
@@ -72,6 +78,8 @@ log = logging.getLogger("flannel_reconciler")
 #: Skipped leases logged one by one per window; the rest of a burst is one summary line per window.
 _SKIP_LINES = 20
 _SKIP_WINDOW = 10.0
+#: A deletion needs etcd to have answered within this many seconds (docs/incremental.md).
+_FRESH = 1.0
 
 
 @dataclass
@@ -117,6 +125,9 @@ class AgentOptions:
     renew_margin: float = 3600.0
     #: flanneld's --ip-blackhole-route: a blackhole route for our subnet(s) (``desired.node_objects``).
     blackhole_route: bool = False
+    #: After etcd's history went back (wiped, restored): deletions stay held this long after the
+    #: new listing, so that peers re-asserting their keys are back before absence means gone.
+    rollback_settle: float = 60.0
 
 
 def random_vtep_mac(rng: random.Random) -> str:
@@ -188,7 +199,20 @@ class Agent(RuleSync):
         self._kernel_q: collections.deque = collections.deque()
         self._revision = 0
         self._listed = False          # the first complete lease list has been queued
-        self._last_etcd_answer = 0.0  # monotonic time of the last watch event or listing
+        self._last_etcd_answer = 0.0  # monotonic time of the last watch event, listing or probe
+        # The etcd thread: woken for a probe or an own-lease check, posts "etcd" to the worker.
+        self._etcd_wake = threading.Event()
+        self._probe_wanted = False
+        self._relist_lock = threading.Lock()
+        self._cluster_id = 0          # etcd's cluster id as first listed (0: not known)
+        self._config_missing = False
+        # etcd's history went back (docs/incremental.md, "etcd going back"): why, whether the
+        # listing after it was folded in, until when deletions stay held, our key re-asserted.
+        self._rollback: str | None = None
+        self._rollback_listed = False
+        self._rollback_until = 0.0
+        self._rollback_reasserted = False
+        self._overwrites_seen: collections.Counter = collections.Counter()
         # Reconcile state: the worker's alone.
         self.index: LeaseIndex | None = None
         self.desired: DesiredIndex | None = None
@@ -340,22 +364,72 @@ class Agent(RuleSync):
                 return mac_of(lease)
         return random_vtep_mac(self.rng)
 
-    def _relist(self) -> None:
-        """A complete listing, queued for the worker as one item (it replaces the table)."""
-        snap = self.store.snapshot()
-        base = self.store.subnets_prefix
-        kvs = [kv for kv in snap.kvs if kv.key.startswith(base)]
-        self._revision = snap.revision
-        self._lease_q.append(("list", kvs, self.clock(), snap.revision))
-        self._listed = True
+    def _relist(self, checked: bool = False) -> None:
+        """A complete listing, queued for the worker as one item (it replaces the table).
+
+        A listing below a revision already seen, or from another cluster, is etcd's history
+        gone back (unless the caller ``checked`` that already): said, and the table it gives
+        is not trusted for deletions until it settled (``_etcd_went_back``)."""
+        with self._relist_lock:
+            seen = self._revision   # read first: a linearizable listing is never below what was seen before it
+            snap = self.store.snapshot()
+            if not checked:
+                if self._cluster_id and snap.cluster_id and snap.cluster_id != self._cluster_id:
+                    self._etcd_went_back(f"etcd is another cluster now (cluster id {snap.cluster_id:x}, "
+                                         f"was {self._cluster_id:x})")
+                elif snap.revision < seen:
+                    self._etcd_went_back(f"etcd is at revision {snap.revision}, below revision {seen} already seen")
+            self._cluster_id = snap.cluster_id or self._cluster_id
+            base = self.store.subnets_prefix
+            kvs = [kv for kv in snap.kvs if kv.key.startswith(base)]
+            self._revision = snap.revision
+            self._lease_q.append(("list", kvs, self.clock(), snap.revision, self._rollback is not None))
+            self._listed = True
         self._heard_from_etcd()
         self._mark("relist")
+
+    def _etcd_went_back(self, why: str) -> None:
+        """etcd lost history (a wiped data dir, a restored backup, another cluster): a watch
+        waiting for our old revision would wait forever, our key may be gone, and what is
+        missing from the new listing may only be missing for now.  Said once, counted and
+        shown (/readyz, a gauge); the caller re-lists; our key is re-asserted at once; and
+        deletions wait until the new listing is folded in, our key is back and
+        ``rollback_settle`` has passed (docs/incremental.md, "etcd going back")."""
+        if self._rollback is not None and not self._rollback_listed:
+            self._want_own_lease_check()
+            return      # the same one, seen again before its listing is in: said once
+        log.error("etcd went back in time: %s (wiped or restored from a backup?); re-listing, re-asserting "
+                  "our lease, deleting nothing for %.0fs; the kernel is left as it is", why,
+                  self.opts.rollback_settle)
+        self.metrics.inc("flannel_reconciler_etcd_rollbacks_total")
+        self.metrics.set("flannel_reconciler_etcd_revision_backwards", 1)
+        self._rollback_listed = False
+        self._rollback_reasserted = False
+        self._rollback = why
+        self._want_own_lease_check()
+
+    def _rollback_active(self) -> bool:
+        """True while a history gone back is not settled (the readiness condition)."""
+        if self._rollback is None:
+            return False
+        if self._rollback_listed and self._rollback_reasserted and self.clock() >= self._rollback_until:
+            log.info("etcd settled after going back (%s): deletions allowed again", self._rollback)
+            self._rollback = None
+            self.metrics.set("flannel_reconciler_etcd_revision_backwards", 0)
+            return False
+        return True
+
+    def _want_own_lease_check(self) -> None:
+        """Ask the etcd thread to check our key now (a watch event on it, no own lease in the
+        table, etcd gone back)."""
+        self.state.check_own_lease = True
+        self._etcd_wake.set()
 
     # ------------------------------------------------------------ the loops
     def run(self, stop: threading.Event) -> None:
         # A stop wakes the worker at once, whatever the resync interval.
-        threading.Thread(target=lambda: (stop.wait(), self.state.wake.set()), name="stop-waker",
-                         daemon=True).start()
+        threading.Thread(target=lambda: (stop.wait(), self.state.wake.set(), self._etcd_wake.set()),
+                         name="stop-waker", daemon=True).start()
         self.start(stop)
         threads = [threading.Thread(target=self._watch_loop, args=(stop,), name="lease-watch", daemon=True)]
         subscribed = threading.Event()
@@ -364,6 +438,7 @@ class Agent(RuleSync):
                                             name="kernel-events", daemon=True))
         else:
             subscribed.set()
+        threads.append(threading.Thread(target=self._etcd_loop, args=(stop,), name="etcd", daemon=True))
         if self.rules is not None:
             threads.append(threading.Thread(target=self._rules_loop, args=(stop,), name="rules", daemon=True))
         for t in threads:
@@ -402,15 +477,23 @@ class Agent(RuleSync):
                 # A progress probe every 5 s of silence: a hung etcd is noticed within
                 # ~10 s (probe + timeout), and reported through health at once.
                 for ev in self.store.watch(self._revision + 1, stop, progress_interval=5.0,
-                                           health=self._on_etcd_health):
+                                           health=self._on_etcd_health, cluster_id=self._cluster_id):
                     self._lease_q.append(("event", ev, self.clock()))
                     self._revision = max(self._revision, ev.revision)
                     self._heard_from_etcd()
                     if self.keeper is not None and ev.kv.key == self.keeper.current.key:
-                        self.state.check_own_lease = True
+                        self._want_own_lease_check()
                     self._mark("lease")
                     backoff = 0.1
                 return
+            except EtcdRolledBack as exc:
+                if exc.seen > self._revision:
+                    continue    # a listing already went back below what this watch saw: resume from it
+                self._etcd_went_back(str(exc))
+                self.metrics.inc("flannel_reconciler_etcd_watch_restarts_total", reason="rolled-back")
+                if not self._try_relist(stop, checked=True):
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, 5.0)
             except EtcdCompacted as exc:
                 # Our resume point is gone from history: re-list and diff the
                 # whole state (never flanneld's hot loop, #2470).
@@ -431,12 +514,14 @@ class Agent(RuleSync):
         else:
             self._set_etcd_ok(False)
 
-    def _try_relist(self, stop: threading.Event) -> None:
+    def _try_relist(self, stop: threading.Event, checked: bool = False) -> bool:
         try:
-            self._relist()
+            self._relist(checked)
         except ReconcilerError as exc:
             self._set_etcd_ok(False)
             log.warning("re-list failed: %s", exc)
+            return False
+        return True
 
     def _set_etcd_ok(self, ok: bool) -> None:
         if ok != self.state.etcd_ok:  # log transitions only
@@ -489,45 +574,81 @@ class Agent(RuleSync):
                 continue
             if "resync" in triggers:
                 self._check_surroundings()
-            self._keep_lease()
             self.cycle(triggers)
 
     def _check_surroundings(self) -> None:
         """Once per resync, what the agent read once at start-up and cannot follow by itself.
 
-        * The network config: flanneld and this agent read it at start-up only (a new
-          Network or VNI means new devices and leases); a change is said once, and
-          ``flannel_reconciler_config_changed`` turns 1, until the agent is restarted.
         * The namespace (``--netns``): deleted, it lives on only through our sockets,
           and nobody uses what we program there; /healthz turns 503 and it is logged
           every resync, so an operator or the kubelet restarts us.
+
+        (The network config is etcd's: the etcd thread checks it, ``_check_config``.)
         """
-        try:
-            raw = self.store.get_config()
-        except ReconcilerError:
-            raw = None      # the outage is reported by the etcd health signal
-        if raw is not None:
-            try:
-                changed = parse_network_config(raw) != self.config
-            except ReconcilerError as exc:
-                changed, raw = True, f"(unusable: {exc})"
-            if changed and raw != self._config_warned:
-                log.warning("the network config in etcd changed (now %s); it is read at start-up only, as "
-                            "flanneld does: restart the agent to apply it", esc(raw))
-                self._config_warned = raw
-            self.metrics.set("flannel_reconciler_config_changed", 1 if changed else 0)
         if self.opts.netns is not None and _netns_inode(self.opts.netns, missing_ok=True) != self._netns_inode:
             self.state.broken = (f"network namespace {self.opts.netns} was deleted or replaced: this agent "
                                  f"programs a namespace nobody uses; restart it")
             log.error("%s", self.state.broken)
 
-    def _keep_lease(self) -> None:
-        if self.keeper is None:
-            return
-        before = self.keeper.current
-        try:
+    # ------------------------------------------------------------ the etcd thread
+    def _etcd_loop(self, stop: threading.Event) -> None:
+        """Every etcd call but the watch and the listings, off the worker: a hung etcd blocks
+        this thread for up to the store's timeout per call, never the kernel side.  It runs
+        the lease keeper (when due, or at once when asked), checks the config every resync
+        interval, and answers a held-back deletion's request for a probe."""
+        next_config = self.clock() + self.opts.resync_interval
+        own_retry_at, own_backoff = 0.0, 1.0
+        while not stop.is_set():
+            now = self.clock()
+            due = min(next_config, self.keeper.next_due if self.keeper is not None else next_config)
             if self.state.check_own_lease:
-                self.state.check_own_lease = False
+                due = min(due, own_retry_at)
+            if self._probe_wanted:
+                due = now
+            # Real seconds for the wait; capped so that a fake clock in a test still moves things along.
+            self._etcd_wake.wait(min(max(0.0, due - now), 1.0))
+            self._etcd_wake.clear()
+            if stop.is_set():
+                return
+            now = self.clock()
+            try:
+                if self._probe_wanted:
+                    self._probe_wanted = False
+                    self._probe()
+                if self.keeper is not None and ((self.state.check_own_lease and now >= own_retry_at)
+                                                or now >= self.keeper.next_due):
+                    if self._keep_lease():
+                        own_backoff = 1.0
+                    else:       # never a tight loop while etcd is away
+                        own_retry_at, own_backoff = now + own_backoff, min(own_backoff * 2, 30.0)
+                if now >= next_config:
+                    next_config = now + self.opts.resync_interval
+                    self._check_config()
+            except Exception:   # a bug here must not end the keepalives for good: said, retried
+                log.exception("etcd thread: unexpected error; retrying in 1s")
+                stop.wait(1.0)
+
+    def _probe(self) -> None:
+        """One cheap linearizable read, asked for by a cycle that holds deletions back: an
+        answer makes the lease view trustworthy again for ``_FRESH`` s, and wakes the worker."""
+        try:
+            self.store.status()
+        except ReconcilerError as exc:
+            if self.state.etcd_ok:
+                log.warning("etcd probe before a deletion: %s", exc)
+            self._set_etcd_ok(False)
+            return
+        self._heard_from_etcd()
+        self._mark("etcd")
+
+    def _keep_lease(self) -> bool:
+        """Run the keeper (on the etcd thread); False when etcd did not answer."""
+        before = self.keeper.current
+        check = self.state.check_own_lease
+        rollback = self._rollback     # read before the check: only a check begun after it re-asserts
+        self.state.check_own_lease = False
+        try:
+            if check:
                 self.keeper.ensure()
             else:
                 self.keeper.tick(self.clock())
@@ -535,11 +656,62 @@ class Agent(RuleSync):
             log.warning("lease %s: %s", esc(before.key), exc)
             if isinstance(exc, EtcdError):
                 self._set_etcd_ok(False)
-            return
+            if check:
+                self.state.check_own_lease = True
+            return False
+        self._report_own_key()
+        if check and rollback is not None and rollback is self._rollback and not self._rollback_reasserted:
+            log.info("our lease %s re-asserted after etcd went back", esc(self.keeper.current.key))
+            self._rollback_reasserted = True
         if self.keeper.current.key != before.key:
             log.warning("our lease moved: %s -> %s", esc(before.key), esc(self.keeper.current.key))
-            self._pin_changes |= self.index.pin(self.keeper.current.key)
+            self._lease_q.append(("pin", self.keeper.current.key, self.clock()))
             self._try_relist(threading.Event())
+        return True
+
+    def _report_own_key(self) -> None:
+        """The keeper's findings about writes over our key: counted, and a gauge while our key
+        holds something that is not ours."""
+        for kind, n in self.keeper.overwritten.items():
+            if n > self._overwrites_seen[kind]:
+                self.metrics.inc("flannel_reconciler_own_lease_overwritten_total", n - self._overwrites_seen[kind],
+                                 reason=kind)
+                self._overwrites_seen[kind] = n
+        self.metrics.set("flannel_reconciler_own_lease_not_ours", 1 if self.keeper.not_ours else 0)
+
+    def _check_config(self) -> None:
+        """The network config: flanneld and this agent read it at start-up only (a new Network or
+        VNI means new devices and leases); a change is said once, and
+        ``flannel_reconciler_config_changed`` turns 1, until the agent is restarted.  A deleted
+        config is said too (an error): this node runs on, but any agent or flanneld started now
+        waits for it."""
+        try:
+            raw = self.store.get_config()
+        except ReconcilerError:
+            return      # the outage is reported by the etcd health signal
+        if raw is None:
+            if not self._config_missing:
+                log.error("the network config %s was deleted from etcd; this node keeps running with the one "
+                          "it read at start-up, but any agent or flanneld (re)started now waits for it: put it "
+                          "back", esc(self.store.config_key))
+                self._config_missing = True
+            self.metrics.set("flannel_reconciler_config_missing", 1)
+            self.metrics.set("flannel_reconciler_config_changed", 1)
+            return
+        if self._config_missing:
+            log.info("the network config %s is back", esc(self.store.config_key))
+            self._config_missing = False
+            self._config_warned = None
+        self.metrics.set("flannel_reconciler_config_missing", 0)
+        try:
+            changed = parse_network_config(raw) != self.config
+        except ReconcilerError as exc:
+            changed, raw = True, f"(unusable: {exc})"
+        if changed and raw != self._config_warned:
+            log.warning("the network config in etcd changed (now %s); it is read at start-up only, as "
+                        "flanneld does: restart the agent to apply it", esc(raw))
+            self._config_warned = raw
+        self.metrics.set("flannel_reconciler_config_changed", 1 if changed else 0)
 
     # ------------------------------------------------------------ one cycle
     def _drain_leases(self) -> tuple[set[str], float | None]:
@@ -549,9 +721,17 @@ class Agent(RuleSync):
         q = self._lease_q
         while q:
             item = q.popleft()
+            if item[0] == "pin":    # the keeper moved to another key (acquire.py)
+                changed |= self.index.pin(item[1])
+                continue
             if item[0] == "list":
                 changed |= self.index.replace_all(item[1])
                 revision = item[3] if len(item) > 3 else None
+                if len(item) > 4 and item[4] and self._rollback is not None and not self._rollback_listed:
+                    # The listing after etcd went back: complete, but what it lacks may only be
+                    # missing for now; deletions wait rollback_settle s more.
+                    self._rollback_listed = True
+                    self._rollback_until = self.clock() + self.opts.rollback_settle
             else:
                 ev = item[1]
                 changed |= self.index.put(ev.kv) if ev.type == "put" else self.index.delete(ev.kv.key)
@@ -648,7 +828,7 @@ class Agent(RuleSync):
                 log.warning("no valid lease has PublicIP %s: re-acquiring, kernel left as it is",
                             self.node.public_ip)
                 self._no_own_lease = True
-            self.state.check_own_lease = True
+            self._want_own_lease_check()
             self.metrics.inc("flannel_reconciler_cycles_total", trigger=primary, outcome="no-lease")
             return None
 
@@ -670,7 +850,7 @@ class Agent(RuleSync):
 
         plan = self.tracker.plan(self.desired.state)
         held: tuple = ()
-        if any(c.op == "delete" and c.kind != "link" for c in plan) and not self._etcd_reachable(changed):
+        if any(c.op == "delete" and c.kind != "link" for c in plan) and not self._deletions_trusted():
             # Fail static: a deletion needs a lease view we can trust; it stays pending.
             held = tuple(c for c in plan if c.op == "delete" and c.kind != "link")
             plan = Plan(tuple(c for c in plan if c.op != "delete" or c.kind == "link"), plan.conflicts)
@@ -742,24 +922,19 @@ class Agent(RuleSync):
         self._retry_at = self.clock() + self._retry_delay
         self._retry_delay = min(self._retry_delay * 2, self.opts.retry_max)
 
-    def _etcd_reachable(self, fresh: set[str]) -> bool:
-        """Before deleting: can we trust the lease view?  When this cycle folded in lease
-        events that etcd sent within the last second, it just spoke: yes, for free (a
-        peer's lease deleted is acted on without an extra round trip).  Otherwise one
-        cheap read decides.
-
-        The watch notices a dead etcd only when it gives up on reconnecting,
-        so deletions do not rely on it: they need etcd to answer *now*."""
-        if fresh and self.state.etcd_ok and self.clock() - self._last_etcd_answer < 1.0:
-            return True
-        try:
-            self.store.get_config()
-        except ReconcilerError as exc:
-            log.warning("etcd unreachable (%s): failing static, deletions held back", exc)
-            self._set_etcd_ok(False)
+    def _deletions_trusted(self) -> bool:
+        """Before deleting: can we trust the lease view?  Yes when etcd answered within the last
+        ``_FRESH`` s (a lease event, a watch progress answer, a probe): a peer's lease deleted is
+        acted on without an extra round trip.  Otherwise the etcd thread is asked for one
+        probe, and the deletions stay held (their keys dirty) until its answer wakes us: the
+        worker never waits for etcd.  Never while etcd's history went back and has not settled."""
+        if self._rollback_active():
             return False
-        self._heard_from_etcd()
-        return True
+        if self.state.etcd_ok and self.clock() - self._last_etcd_answer < _FRESH:
+            return True
+        self._probe_wanted = True
+        self._etcd_wake.set()
+        return False
 
     def _write_subnet_env(self) -> bool:
         """Write subnet.env when it changed.  A file we cannot write (read-only, full disk,
@@ -813,8 +988,21 @@ class Agent(RuleSync):
 
     def _readyz(self):
         if self.state.ready:
+            why = self._identity_conditions()
+            if why:
+                return 503, "text/plain", f"flannel-reconciler is not ready: {why}\n"
             return 200, "text/plain", "flannel-reconciler is ready\n"
         return 503, "text/plain", "flannel-reconciler is not ready yet\n"
+
+    def _identity_conditions(self) -> str:
+        """Why this node's identity in etcd is in doubt ("" when it is not): etcd's history
+        went back and has not settled, or our key holds something that is not ours."""
+        why = []
+        if self._rollback_active():
+            why.append(f"etcd went back in time ({self._rollback}); re-listed, deletions held back")
+        if self.keeper is not None and self.keeper.not_ours:
+            why.append(self.keeper.not_ours)
+        return "; ".join(why)
 
     def _metrics(self):
         return 200, CONTENT_TYPE, self.metrics.render()

@@ -64,12 +64,14 @@ SKIP_REASONS = ("bad-key", "bad-value", "missing-field", "key-value-mismatch", "
 #: one sets what the cycle costs (a resync dumps the kernel, a relist replaces
 #: the lease table, kernel notifications and retries revisit a few objects, a
 #: lease event one lease).
-TRIGGERS = ("resync", "relist", "kernel", "retry", "lease")
+TRIGGERS = ("resync", "relist", "etcd", "kernel", "retry", "lease")
 OUTCOMES = ("ok", "failed", "error", "no-lease")
 OP_KINDS = ("link", "address", "route", "neigh", "fdb", "nexthop", "rule")
 OPS = ("create", "update", "delete")
 OP_RESULTS = ("ok", "error", "skipped")
-WATCH_RESTART_REASONS = ("compacted", "error")
+WATCH_RESTART_REASONS = ("compacted", "error", "rolled-back")
+#: Writes by others over this node's lease key (``LeaseKeeper``): written back unless taken.
+OVERWRITE_KINDS = ("unparseable", "foreign", "taken")
 
 _SKIP_PATTERNS = (
     ("bad-key", re.compile(r"^(not a subnet key|'.*' is not an IPv[46] address|bad IPv[46] prefix length|"
@@ -185,6 +187,16 @@ FAMILIES: dict[str, Family] = {
         "gauge", "Other leases carrying this node's PublicIP (ignored: ours is the one we keep alive)."),
     "flannel_reconciler_config_changed": Family(
         "gauge", "1 when the network config in etcd differs from the one the agent started with."),
+    "flannel_reconciler_config_missing": Family("gauge", "1 while the network config key is missing from etcd."),
+    "flannel_reconciler_etcd_revision_backwards": Family(
+        "gauge", "1 while etcd's history went back (wiped or restored): re-listed, deletions held back."),
+    "flannel_reconciler_etcd_rollbacks_total": Family(
+        "counter", "Times etcd answered with a revision below one already seen, or another cluster id."),
+    "flannel_reconciler_own_lease_not_ours": Family(
+        "gauge", "1 while this node's lease key holds something else and could not be written back."),
+    "flannel_reconciler_own_lease_overwritten_total": Family(
+        "counter", "Writes by others over this node's lease key, by kind (written back unless taken).",
+        {"reason": OVERWRITE_KINDS}),
 }
 
 log = logging.getLogger("flannel_reconciler")

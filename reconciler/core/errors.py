@@ -77,6 +77,15 @@ class EtcdAuthError(EtcdError):
     pass
 
 
+class EtcdRolledBack(EtcdError):
+    """etcd's revision is lower than one we already saw, or its cluster id changed: its data dir
+    was wiped or restored from a backup.  A watch waiting for the old revision would wait forever."""
+
+    def __init__(self, message: str, seen: int = 0, now: int = 0) -> None:
+        super().__init__(message)
+        self.seen, self.now = seen, now
+
+
 class EtcdCompacted(EtcdError):
     def __init__(self, message: str, compact_revision: int = 0) -> None:
         super().__init__(message)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, Callable, Iterable
 
@@ -44,6 +44,10 @@ class RawKV:
     value: str
     lease: int = 0
     mod_revision: int = 0
+    #: The revision that created the key (0: not known).  Tells a key overwritten in place from one
+    #: deleted and created again (docs/decisions.md, "Our own key").  Not compared: the same bytes
+    #: read twice are the same lease.
+    create_revision: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +88,8 @@ class LeaseSnapshot:
     prefix: str
     revision: int
     kvs: tuple[RawKV, ...]
+    #: etcd's cluster id from the response header (0: not known, e.g. a snapshot file).
+    cluster_id: int = 0
 
 
 # --------------------------------------------------------------------------

@@ -412,7 +412,16 @@ class EtcdStore:
         response = self._call("snapshot", lambda c: c.get_range_response(
             start, pyetcd_utils.prefix_range_end(start.encode())))
         kvs = tuple(_raw_kv(kv) for kv in response.kvs)
-        return LeaseSnapshot(prefix=self.prefix, revision=int(response.header.revision), kvs=kvs)
+        return LeaseSnapshot(prefix=self.prefix, revision=int(response.header.revision), kvs=kvs,
+                             cluster_id=int(response.header.cluster_id))
+
+    def status(self) -> tuple[int, int]:
+        """(revision, cluster id) from one cheap linearizable read (the config key, keys only):
+        the member first catches up with the leader, so the revision is no older than any
+        revision the cluster already gave anyone.  The agent's liveness probe, and the proof
+        that a revision lower than one seen before is real, not a lagging follower."""
+        response = self._call("status", lambda c: c.get_response(self.config_key, keys_only=True))
+        return int(response.header.revision), int(response.header.cluster_id)
 
     def get(self, key: str) -> RawKV | None:
         response = self._call(f"get {key}", lambda c: c.get_response(key))
@@ -490,7 +499,7 @@ class EtcdStore:
 
     def watch(self, start_revision: int, stop: threading.Event | None = None, *,
               progress_interval: float = 30.0, give_up_after: float = 60.0,
-              health: Callable[[bool], None] | None = None) -> Iterator[WatchEvent]:
+              health: Callable[[bool], None] | None = None, cluster_id: int = 0) -> Iterator[WatchEvent]:
         """Changes under ``<prefix>/subnets/`` from ``start_revision`` on, in order.
 
         The stream is checked for liveness: after ``progress_interval`` s of
@@ -505,7 +514,10 @@ class EtcdStore:
         the caller can report an outage without waiting for ``give_up_after``.
 
         Raises ``EtcdCompacted`` if the revision to resume from was compacted
-        (the caller re-lists with ``snapshot()``), ``EtcdAuthError`` on
+        (the caller re-lists with ``snapshot()``), ``EtcdRolledBack`` if etcd
+        answers with a revision below ``start_revision - 1`` (confirmed by a
+        linearizable read) or with a cluster id other than ``cluster_id`` (when
+        given): its history was lost; the caller re-lists.  ``EtcdAuthError`` on
         credentials or permissions, and ``EtcdError`` when no endpoint has
         answered for ``give_up_after`` s.  Returns when ``stop`` is set
         (checked at least every 0.2 s), when the store is closed, or when the
@@ -513,13 +525,14 @@ class EtcdStore:
         """
         if start_revision < 1:
             raise ValueError(f"watch start revision must be >= 1, not {start_revision}")
-        return self._watch(int(start_revision), stop, float(progress_interval), float(give_up_after), health)
+        return self._watch(int(start_revision), stop, float(progress_interval), float(give_up_after), health,
+                           int(cluster_id))
 
     def _watch(self, next_rev: int, stop: threading.Event | None, progress_interval: float,
-               give_up_after: float, health=None) -> Iterator[WatchEvent]:
+               give_up_after: float, health=None, cluster_id: int = 0) -> Iterator[WatchEvent]:
         # The stream machinery lives in etcd_watch, which imports this module: import it late.
         from reconciler.etcd.watch import watch_subnets
-        return watch_subnets(self, next_rev, stop, progress_interval, give_up_after, health)
+        return watch_subnets(self, next_rev, stop, progress_interval, give_up_after, health, cluster_id)
 
 
 # --------------------------------------------------------------------------------------------
@@ -530,7 +543,7 @@ def _raw_kv(kv: object) -> RawKV:
     # Values that are not UTF-8 become U+FFFD: such a value is no lease anyway,
     # and a compare against the replaced text fails, so we never overwrite it.
     return RawKV(key=kv.key.decode("utf-8", "replace"), value=kv.value.decode("utf-8", "replace"),
-                 lease=int(kv.lease), mod_revision=int(kv.mod_revision))
+                 lease=int(kv.lease), mod_revision=int(kv.mod_revision), create_revision=int(kv.create_revision))
 
 
 def _clean_prefix(prefix: str) -> str:

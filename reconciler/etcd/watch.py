@@ -24,7 +24,7 @@ from pyetcd import exceptions as pyetcd_exc
 from pyetcd import utils as pyetcd_utils
 from pyetcd.etcdrpc import kv_pb2
 
-from reconciler.core.errors import EtcdAuthError, EtcdCompacted, EtcdError
+from reconciler.core.errors import EtcdAuthError, EtcdCompacted, EtcdError, EtcdRolledBack
 from reconciler.etcd.store import (_FAILOVER_CODES, _LEADER, _TOKEN, _TRANSIENT, EtcdStore, WatchEvent, _classify, _code_details,
                    _raw_kv)
 from reconciler.etcd.store import log  # the watch logs as reconciler.etcd.store, as before the split
@@ -38,7 +38,7 @@ _REQUIRE_LEADER = ("hasleader", "true")
 
 
 def watch_subnets(store: EtcdStore, next_rev: int, stop: threading.Event | None, progress_interval: float,
-                  give_up_after: float, health=None) -> Iterator[WatchEvent]:
+                  give_up_after: float, health=None, cluster_id: int = 0) -> Iterator[WatchEvent]:
     """The body of ``EtcdStore.watch()`` (see there), for ``store``."""
     key = store.subnets_prefix
     range_end = pyetcd_utils.prefix_range_end(key.encode())
@@ -97,6 +97,7 @@ def watch_subnets(store: EtcdStore, next_rev: int, stop: threading.Event | None,
                         raise _Broken(_code_details(item.error)[1], item.error)
                     raise _Broken("watch stream closed by the server", hung=True)
                 heard_at, probe_sent_at = now, None
+                _check_not_rolled_back(store, item.header, next_rev - 1, cluster_id, url)
                 if health is not None:
                     health(True)
                 if item.compact_revision:
@@ -141,6 +142,26 @@ def watch_subnets(store: EtcdStore, next_rev: int, stop: threading.Event | None,
         finally:
             if stream is not None:
                 stream.close()
+
+
+def _check_not_rolled_back(store: EtcdStore, header, seen: int, cluster_id: int, url: str) -> None:
+    """Every answer's header carries the member's revision: one lower than a revision we already
+    saw means etcd lost history (a wiped data dir, a restored backup), and a watch for the old
+    revision would wait forever (etcd accepts a start revision in the future).  A follower
+    lagging behind the leader can show a lower revision too, for a moment, so it is confirmed
+    with a linearizable read before it is believed (docs/incremental.md, "etcd going back")."""
+    if cluster_id and header.cluster_id and int(header.cluster_id) != cluster_id:
+        raise EtcdRolledBack(f"etcd via {url} is another cluster now (cluster id {int(header.cluster_id):x}, "
+                             f"was {cluster_id:x})", seen, int(header.revision))
+    if int(header.revision) >= seen:
+        return
+    try:
+        now, _ = store.status()
+    except EtcdError:
+        return      # unconfirmed: the stream's own health checks decide what happens next
+    if now < seen:
+        raise EtcdRolledBack(f"etcd via {url} is at revision {now}, below revision {seen} already seen",
+                             seen, now)
 
 
 # --------------------------------------------------------------------------------------------
