@@ -62,6 +62,7 @@ from reconciler.core.render import describe
 from reconciler.agent.sdnotify import Notifier
 from reconciler.agent.subnet_env import read_previous_ipv6_subnet, read_previous_subnet, render_subnet_env, write_subnet_env
 from reconciler.incremental.tracker import Tracker
+from reconciler.core.underlay_guard import UnderlayGuard
 
 __all__ = ["Agent", "AgentOptions", "CycleReport", "random_vtep_mac"]
 
@@ -222,7 +223,8 @@ class Agent(RuleSync):
         log.info("underlay %s (%s), mtu %d; bridge %s", underlay.name, underlay.address, underlay.mtu,
                  self.opts.bridge or "left to the CNI plugin (--no-bridge)")
         self._netns_inode = _netns_inode(self.opts.netns)
-        self.prepare(self.config, self.node, on_link_predicate(underlay.prefixes + underlay.prefixes6))
+        self.prepare(self.config, self.node, on_link_predicate(underlay.prefixes + underlay.prefixes6),
+                     underlay_prefixes=underlay.prefixes)
 
         def acquire():
             snap = self.store.snapshot()
@@ -249,13 +251,16 @@ class Agent(RuleSync):
         return UnderlaySpec(ifaces=ifaces, regexes=tuple(self.opts.iface_regex),
                             can_reach=self.opts.iface_can_reach, public_ip=self.opts.public_ip)
 
-    def prepare(self, config: NetworkConfig, node: NodeParams, on_link: Callable[[str], bool] | None = None) -> None:
+    def prepare(self, config: NetworkConfig, node: NodeParams, on_link: Callable[[str], bool] | None = None,
+                underlay_prefixes: tuple[str, ...] = ()) -> None:
         """The reconcile state for ``config`` and this node: an empty lease index, desired state
         and believed kernel view.  ``start`` calls it once it knows both; the tests and the
-        per-event benchmark call it to drive cycles without etcd."""
+        per-event benchmark call it to drive cycles without etcd.  ``underlay_prefixes``: the
+        underlay's connected prefixes, which no peer lease may capture (``underlay_guard``)."""
         self.config, self.node = config, node
         self._on_link = on_link or (lambda _ip: False)
-        self.index = LeaseIndex(config, self.store.prefix)
+        self.index = LeaseIndex(config, self.store.prefix,
+                                UnderlayGuard.of(node.public_ip, config.network, underlay_prefixes))
         self.desired = DesiredIndex(config, node, self._on_link)
         self.tracker = Tracker(FlannelOwnership(config, node.bridge))
 

@@ -39,7 +39,8 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 #: Bounded label sets (docs/metrics.md lists them): every label value the agent
 #: exports comes from one of these, never from a lease's or a kernel's text.
 SKIP_REASONS = ("bad-key", "bad-value", "missing-field", "key-value-mismatch", "outside-network",
-                "wrong-prefix-length", "not-vxlan", "vni-mismatch", "conflict", "other")
+                "wrong-prefix-length", "not-vxlan", "vni-mismatch", "conflict", "underlay-capture",
+                "unusable-public-ip", "other")
 _SKIP_PATTERNS = (
     ("bad-key", re.compile(r"^(not a subnet key|'.*' is not an IPv[46] address|bad IPv[46] prefix length|"
                            r"not aligned)")),
@@ -51,6 +52,8 @@ _SKIP_PATTERNS = (
     ("not-vxlan", re.compile(r"^BackendType .* is not vxlan")),
     ("vni-mismatch", re.compile(r"VNI .* differs")),
     ("conflict", re.compile(r"^conflict:")),
+    ("underlay-capture", re.compile(r"^underlay capture:")),
+    ("unusable-public-ip", re.compile(r"^unusable PublicIP:")),
     ("bad-value", re.compile(r"(VtepMAC|VNI|PublicIP)")),
 )
 

@@ -269,7 +269,7 @@ def compute(args, snap: LeaseSnapshot, backend=None, live: KernelState | None = 
     node, prefixes = node_params(args, config, backend)
     if live is None:
         live = dump_live(backend, config, node.bridge) if backend is not None else KernelState()
-    return compute_cycle(config, snap.kvs, snap.prefix, node, live, on_link_predicate(prefixes))
+    return compute_cycle(config, snap.kvs, snap.prefix, node, live, on_link_predicate(prefixes), prefixes)
 
 
 def _read_live_file(path: str) -> KernelState:
