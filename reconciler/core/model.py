@@ -216,9 +216,12 @@ class Route(_Base):
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]):
         # A route through a nexthop may have no gateway or device (the
-        # full-fidelity form leaves out every None); any other route names both.
+        # full-fidelity form leaves out every None); a connected route (the
+        # bridge's) has a device and no gateway; any other route names both.
         if obj.get("nhid"):
             obj = {"gateway": None, "dev": None, **obj}
+        elif "dev" in obj:
+            obj = {"gateway": None, **obj}
         return _Base.from_json.__func__(cls, obj)
 
 
