@@ -245,6 +245,11 @@ DRIFTS = [
     Drift("stale-fdb", lambda ns: run(ns, "bridge", "fdb", "add", mac_of(9), "dev", "flannel.1",
                                       "dst", "198.18.0.9", "self", "permanent"),
           (("stale", f"fdb {mac_of(9)} dev flannel.1 dst 198.18.0.9 self permanent"),)),
+    # A flood entry sends every broadcast frame (ARP too) to a host that is no peer; flanneld
+    # never writes one (learning is off), so it is ours to remove.
+    Drift("flood-entry", lambda ns: run(ns, "bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "flannel.1",
+                                        "dst", "198.18.0.9"),
+          (("stale", "fdb 00:00:00:00:00:00 dev flannel.1 dst 198.18.0.9 self permanent"),)),
     Drift("device-deleted", lambda ns: run(ns, "ip", "link", "del", "flannel.1"),
           (("missing", LINK), ("missing", "address 100.64.1.0/32 dev flannel.1"), ("missing", ROUTE2),
            ("missing", NEIGH2), ("missing", FDB2))),

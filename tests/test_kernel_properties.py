@@ -156,7 +156,9 @@ def kernel_view(ns: str, vxlan_devices) -> dict[str, dict]:
     rows = [(4, r) for r in ip_json(ns, "-4 route show table all")]
     rows += [(6, r) for r in ip_json(ns, "-6 route show table all")]
     for family, r in rows:
-        if _proto(r) == PROTOCOLS["kernel"] or r.get("type", "unicast") != "unicast":
+        # Kernel routes are the kernel's, except cni0's IPv4 connected route, which is desired state.
+        kernel_made = _proto(r) == PROTOCOLS["kernel"] and not (family == 4 and r.get("dev") == "cni0")
+        if kernel_made or r.get("type", "unicast") != "unicast":
             continue
         table = r.get("table", "main")
         table = TABLES.get(table, None) or int(table)

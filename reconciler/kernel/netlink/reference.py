@@ -83,7 +83,6 @@ F_REPLACE = F_ACK | NLM_F_CREATE | NLM_F_REPLACE        # ip ... replace
 
 #: How often an interrupted dump is tried before it is given up.
 DUMP_TRIES = 5
-_ZERO_MAC = "00:00:00:00:00:00"
 _FE80_64 = ipaddress.ip_network("fe80::/64")
 
 
@@ -323,7 +322,7 @@ class PyrouteBackend(UnderlayLookup):
     def _parse_fdb(msg, idx: int, name: str) -> Fdb | None:
         dst, mac = msg.get("NDA_DST"), msg.get("NDA_LLADDR")
         if (msg["ifindex"] != idx or msg["family"] != AF_BRIDGE or not msg["flags"] & NTF_SELF
-                or not msg["state"] & NUD_PERMANENT or not dst or not mac or mac == _ZERO_MAC):
+                or not msg["state"] & NUD_PERMANENT or not dst or not mac):
             return None
         return Fdb(dev=name, mac=mac.lower(), dst=_ip(dst))
 
