@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from reconciler.agent.acquire import LeaseKeeper, acquire_lease
+from reconciler.agent.conditions import DataPlaneHealth
+from reconciler.agent.failures import failure_lines
 from reconciler.agent.rule_sync import RuleSync
 from reconciler.kernel.apply import apply_plan
 from reconciler.core.config import NetworkConfig, parse_network_config, require_ipv4, require_vxlan
@@ -151,7 +153,7 @@ class _State:
     broken: str | None = None
 
 
-class Agent(RuleSync):
+class Agent(RuleSync, DataPlaneHealth):
     """One node's agent.  ``run(stop)`` blocks until ``stop`` is set."""
 
     def __init__(self, store, backend, opts: AgentOptions, *, clock: Callable[[], float] = time.monotonic,
@@ -223,6 +225,7 @@ class Agent(RuleSync):
         log.info("underlay %s (%s), mtu %d; bridge %s", underlay.name, underlay.address, underlay.mtu,
                  self.opts.bridge or "left to the CNI plugin (--no-bridge)")
         self._netns_inode = _netns_inode(self.opts.netns)
+        self._init_health(underlay)
         self.prepare(self.config, self.node, on_link_predicate(underlay.prefixes + underlay.prefixes6),
                      underlay_prefixes=underlay.prefixes)
 
@@ -674,8 +677,11 @@ class Agent(RuleSync):
             repaired = sum(1 for r in results if r.ok)
             if repaired:
                 self.metrics.inc("flannel_reconciler_drift_repaired_total", repaired)
-        for r in failed:
-            log.error("failed: %s", r.message)
+        lines, device_gone = failure_lines(failed)
+        for line in lines:
+            log.error("failed: %s", line)
+        if device_gone:
+            self.tracker.needs_dump = True      # the believed view has a device the kernel lost
         conflicts = plan.conflicts if not full else tuple(self.tracker.conflicts.values())
         for c in conflicts:
             log.warning("conflict: %s is held by a foreign route (%s, proto %s); left alone",
@@ -692,10 +698,14 @@ class Agent(RuleSync):
                      ", ".join(f"{k}={v}" for k, v in sorted(self._skip_counts.items()) if v))
         # subnet.env (what the CNI plugin needs) depends on our own devices and
         # addresses only: one peer's failing entry must not keep pods from starting.
+        if dumped and not any(r.ok and r.change.kind in ("link", "address") for r in results):
+            # (After a device or address write the kernel's side effects -- the bridge's connected
+            # route -- are known only to the next dump, which that write asks for: check then.)
+            self._check_data_plane()
         if not any(r.change.kind in ("link", "address") for r in failed):
             if self._write_subnet_env() and not self.state.ready:
                 self.state.ready = True
-                self.metrics.set("flannel_reconciler_ready", 1)
+                self.metrics.set("flannel_reconciler_ready", 0 if self._failing_conditions() else 1)
                 log.info("ready: first full sync done, %s written", self.opts.subnet_file)
                 # Like flanneld: READY=1 once our devices are programmed and subnet.env is written.
                 self.notifier.ready(f"ready: subnet {self.desired.own.subnet}, {len(self.index.valid)} leases, "
@@ -795,6 +805,9 @@ class Agent(RuleSync):
         return 503, "text/plain", f"reconcile loop stalled: last cycle {age:.1f}s ago\n"
 
     def _readyz(self):
+        bad = self._failing_conditions()
+        if self.state.ready and bad:
+            return 503, "text/plain", "".join(f"not ready: {c.name}: {c.reason}\n" for c in bad)
         if self.state.ready:
             return 200, "text/plain", "flannel-reconciler is ready\n"
         return 503, "text/plain", "flannel-reconciler is not ready yet\n"

@@ -119,7 +119,10 @@ class Metrics:
         "flannel_reconciler_etcd_up": ("gauge", "1 while etcd answers, 0 while the agent fails static."),
         "flannel_reconciler_last_successful_sync_timestamp_seconds": (
             "gauge", "Unix time of the last cycle that applied without a failed operation."),
-        "flannel_reconciler_ready": ("gauge", "1 once the first full sync is done and subnet.env written."),
+        "flannel_reconciler_ready": ("gauge", "1 once the first full sync is done and subnet.env written, "
+                                              "while no data-plane condition fails."),
+        "flannel_reconciler_condition": (
+            "gauge", "1 while a data-plane condition holds, 0 while it fails (its reason is on /readyz)."),
     }
 
     #: Histogram families and their bucket bounds (``observe`` uses these).

@@ -62,7 +62,7 @@ from reconciler.core.errors import DumpInterrupted, NamespaceNotFound, NetlinkEr
 from reconciler.core.model import RTPROT_RECONCILER, Address, Fdb, KernelState, Link, Neigh, Nexthop, Route
 from reconciler.core.plan import Change, OpResult
 from reconciler.kernel.netlink.common import DeviceVanished as _DeviceVanished
-from reconciler.kernel.netlink.common import UnderlayLookup, describe, in_netns, netns_path
+from reconciler.kernel.netlink.common import KernelFacts, UnderlayLookup, describe, in_netns, netns_path
 from reconciler.kernel.netlink.pyroute_msgs import (IFF_UP, RT_TABLE_MAIN, RTN_UNICAST, RTNH_F_ONLINK, _addr_dump_msg, _addr_flags, _cidr_of,
                            _ip, _local_of, _ndmsg, _route_dump_msg, _route_get_msg, address_msg, fdb_msg,
                            link_create_msg, link_set_msg, link_up_msg, neigh_msg, route_msg)
@@ -109,7 +109,7 @@ def _errtext(exc: BaseException) -> tuple[int, str]:
     return code, f"{detail} ({E.errorcode.get(code, code)})"
 
 
-class PyrouteBackend(UnderlayLookup):
+class PyrouteBackend(UnderlayLookup, KernelFacts):
     """``NetlinkBackend`` over one rtnetlink socket, optionally inside a named namespace.
 
     pyroute2 keeps its event loop per thread: use a backend only from the
@@ -188,6 +188,9 @@ class PyrouteBackend(UnderlayLookup):
         self._names = {m["index"]: m.get("IFLA_IFNAME") for m in msgs}
         self._index = {name: idx for idx, name in self._names.items()}
         return msgs
+
+    def _link_value(self, msg) -> Link:
+        return self._parse_link(msg)
 
     def _ifindex(self, name: str) -> int:
         if self._index is None:
