@@ -307,6 +307,21 @@ def test_drift_is_shown_then_repaired_by_one_apply(drift, applied, tmp_path, cap
 
 # ------------------------------------------------------------- foreign state
 
+def test_a_foreign_route_inside_a_peers_subnet_is_reported_and_left_alone(applied, leases, capsys):
+    """Longest prefix wins: a foreign /25 inside a peer's /24 sends half its pods elsewhere."""
+    ns = applied.ns
+    run(ns, "ip", "route", "add", "100.64.2.128/25", "via", GATEWAY, "dev", "eth0", "proto", "static")
+    rc, out, err = cli(capsys, "show", *node_args(leases, ns))
+    assert rc == 2, out + err
+    assert any(line.startswith("[conflict]") and ROUTE2 in line
+               and f"partly taken by foreign route 100.64.2.128/25 via {GATEWAY} dev eth0" in line
+               for line in out.splitlines()), out
+    rc, out, err = cli(capsys, "apply", *node_args(leases, ns))
+    assert "partly taken by foreign route 100.64.2.128/25" in out, out + err
+    assert ("100.64.2.128/25", GATEWAY, "eth0", "static", False) in observed(ns)["routes"]
+    assert ("100.64.2.0/24", "100.64.2.0", "flannel.1", "73", True) in observed(ns)["routes"]
+
+
 def _wait_until_settled(ns: str, devices: tuple[str, ...]) -> None:
     """Operational state moves asynchronously (linkwatch): wait until every device is UP,
     so before/after comparisons see settled rows.  Never asserts a duration."""

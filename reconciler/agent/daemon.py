@@ -60,7 +60,7 @@ from reconciler.kernel.netlink.common import UnderlaySpec
 from reconciler.core.ownership import BRIDGE_NAME, FlannelOwnership
 from reconciler.core.plan import Plan
 from reconciler.core.reconcile import dump_live, on_link_predicate, owned_devices
-from reconciler.core.render import describe
+from reconciler.core.render import conflict_words, describe
 from reconciler.agent.sdnotify import Notifier
 from reconciler.agent.subnet_env import read_previous_ipv6_subnet, read_previous_subnet, render_subnet_env, write_subnet_env
 from reconciler.incremental.tracker import Tracker
@@ -684,8 +684,8 @@ class Agent(RuleSync, DataPlaneHealth):
             self.tracker.needs_dump = True      # the believed view has a device the kernel lost
         conflicts = plan.conflicts if not full else tuple(self.tracker.conflicts.values())
         for c in conflicts:
-            log.warning("conflict: %s is held by a foreign route (%s, proto %s); left alone",
-                        describe(c.desired), describe(c.foreign), c.foreign.protocol)
+            log.warning("conflict: %s is %s a foreign route (%s, proto %s); left alone",
+                        describe(c.desired), conflict_words(c), describe(c.foreign), c.foreign.protocol)
         if failed or held:
             self._schedule_retry()
         else:

@@ -110,6 +110,29 @@ def _kernel_made_routes(desired, live, link_writes, gone_devices) -> set[tuple[s
     return out
 
 
+def _shadowed(desired_routes, foreign_routes) -> list["Conflict"]:
+    """Peer routes part of which a more specific foreign route takes (``100.64.2.0/25 via ...``
+    inside our ``100.64.2.0/24``): longest prefix wins, so that part of the peer's pods goes
+    elsewhere.  Reported as a conflict with the foreign route; ours is still written (the
+    foreign one holds another key) and the foreign one is left alone."""
+    out = []
+    for key, foreign in foreign_routes.items():
+        if key in desired_routes:
+            continue
+        try:
+            net = ipaddress.ip_network(foreign.dst)
+        except ValueError:
+            continue
+        for plen in range(net.prefixlen - 1, -1, -1):
+            sup = str(net.supernet(new_prefix=plen))
+            want = desired_routes.get((sup, 0)) or desired_routes.get((sup, 1024))
+            if want is not None:
+                if want.gateway is not None or want.nhid:   # a peer's, not the bridge's own subnet
+                    out.append(Conflict(want, foreign))
+                break
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Conflict:
     """A desired object whose kernel key is held by a foreign object.
@@ -275,6 +298,8 @@ def make_plan(desired, live, foreign_routes=None, foreign_nexthops=None) -> Plan
             if key not in desired_objs and not vanishes(kind, have) and not (
                     kind == "route" and have.nhid in gone_nhids):
                 deletes[kind].append(Change("delete", have))
+
+    conflicts += _shadowed(desired.of("route"), foreign_routes)
 
     ordered: list[Change] = []
     for op, kind in _STEPS:
