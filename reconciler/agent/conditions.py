@@ -53,10 +53,11 @@ class DataPlaneHealth:
         self._mtu_follows_underlay = not (self.opts.underlay_mtu or self.config.mtu)
 
     def _read_underlay(self):
-        if not self.node.underlay:
+        read = getattr(self.backend, "underlay", None)
+        if not self.node.underlay or read is None:
             return None
         try:
-            return self.backend.underlay(UnderlaySpec(ifaces=(self.node.underlay,)))
+            return read(UnderlaySpec(ifaces=(self.node.underlay,)))
         except (ReconcilerError, OSError) as exc:
             if getattr(exc, "errno", None) == errno.EADDRNOTAVAIL:
                 # It holds no usable IPv4 address: certainly not ours (MTU: not known, not judged).
