@@ -13,7 +13,7 @@ import re
 import pytest
 
 from reconciler.cli.main import main
-from tests.netns import ip_json, run
+from tests.netns import CommandFailed, ip_json, run
 from tests.test_agent_e2e import (PREFIX, endpoint_args, has_peer, lab, put_peer, store,  # noqa: F401
                                   wait_for)
 
@@ -31,6 +31,14 @@ def node(store, lab):
     for i, (subnet, _) in enumerate(peers):
         wait_for(lambda s=subnet, i=i: has_peer(node.ns, s, MACS[i], f"198.18.1.{10 + i}"), f"peer {subnet}", lab)
     return node, agent, peers
+
+
+def vxlan_local(ns: str) -> str | None:
+    """flannel.1's ``local`` (None while it does not exist: it is re-created)."""
+    try:
+        return ip_json(ns, "-d link show flannel.1")[0]["linkinfo"]["info_data"].get("local")
+    except CommandFailed:
+        return None
 
 
 def readyz(agent) -> tuple[int | None, str]:
@@ -110,16 +118,23 @@ def test_a_lowered_underlay_mtu_is_followed(node, lab):
     wait_for(lambda: readyz(agent)[0] == 200 and condition(agent, "underlay-mtu") == 1, "ready", lab)
 
 
-def test_a_moved_underlay_address_is_not_ready(node, lab):
+def test_a_moved_underlay_address_is_followed_and_re_advertised(node, store, lab):
     n, agent, _ = node
-    # (Deleted first: deleting the primary address takes the secondaries of its prefix with it.)
+    [key] = [kv.key for kv in store.snapshot().kvs if f'"PublicIP":"{n.ip}"' in kv.value]
+    # No address at all: nothing to follow, not ready, and why.
     run(n.ns, "ip", "addr", "del", f"{n.ip}/24", "dev", "eth0")
-    run(n.ns, "ip", "addr", "add", "198.18.0.51/24", "dev", "eth0")
     wait_for(lambda: readyz(agent)[0] == 503, "/readyz 503", lab)
     body = readyz(agent)[1]
-    assert f"underlay-address: the underlay eth0 now has 198.18.0.51, but flannel.1's local and our lease say {n.ip}" \
-        in body, body
+    assert f"underlay-address: the underlay eth0 now has no IPv4 address, but flannel.1's local and our lease " \
+           f"say {n.ip}" in body, body
     assert condition(agent, "underlay-address") == 0
+    # A new address: the device's local and our lease (same key, same subnet) follow it.
+    run(n.ns, "ip", "addr", "add", "198.18.0.51/24", "dev", "eth0")
+    wait_for(lambda: vxlan_local(n.ns) == "198.18.0.51", "flannel.1 local 198.18.0.51", lab)
+    wait_for(lambda: '"PublicIP":"198.18.0.51"' in (store.get(key).value if store.get(key) else ""),
+             "our lease re-advertised", lab)
+    wait_for(lambda: readyz(agent)[0] == 200 and condition(agent, "underlay-address") == 1, "ready", lab)
+    assert [kv.key for kv in store.snapshot().kvs if "198.18.0.51" in kv.value] == [key]
 
 
 def test_deleting_the_device_is_one_log_line_not_one_per_peer(node, lab):

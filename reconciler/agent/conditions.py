@@ -13,11 +13,13 @@ what to say.
   device's MTU comes from (no ``--underlay-mtu``, no ``Backend.MTU``): the
   devices and ``FLANNEL_MTU`` follow it.  cni0's connected route is desired
   state anyway (``core/desired.py``).
+* Repaired too: the underlay's address, when our PublicIP is the underlay's
+  own address (no ``--public-ip``) and it moved: the new one becomes our
+  PublicIP, our lease is rewritten in place by the keeper (same key, same
+  subnet) and the device re-created with the new ``local``.
 * Reported only: ``ip_forward`` off (the node's policy, not ours), our device
   renamed by hand (the name is ours, the renamed device is not: we cannot
-  know who renamed it and why), the underlay address moved away from the
-  one our device and lease carry (a new PublicIP is a new identity in etcd:
-  restart the agent).
+  know who renamed it and why), an underlay with no IPv4 address at all.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ import logging
 
 from reconciler.core.errors import ReconcilerError
 from reconciler.core.health import Condition, conditions, failing
+from reconciler.core.underlay_guard import UnderlayGuard
 from reconciler.kernel import facts
 from reconciler.kernel.netlink import Underlay
 from reconciler.kernel.netlink.common import UnderlaySpec
@@ -38,7 +41,7 @@ log = logging.getLogger("flannel_reconciler")
 
 class DataPlaneHealth:
     """Needs from the agent: ``backend``, ``config``, ``node``, ``desired``, ``tracker``, ``index``,
-    ``metrics``, ``opts``, ``state``, ``_mark``."""
+    ``keeper``, ``metrics``, ``opts``, ``state``, ``_mark``, ``_pin_changes``."""
 
     #: The underlay address our device's ``local`` and our lease carry, when it is the
     #: underlay's own (not a NAT'd --public-ip); None: not checked.
@@ -70,6 +73,9 @@ class DataPlaneHealth:
         underlay = self._read_underlay()
         if underlay is not None and self._mtu_follows_underlay and underlay.mtu != self.node.underlay_mtu:
             self._follow_underlay_mtu(underlay.mtu)
+        if (underlay is not None and underlay.address and self._health_local is not None
+                and not self.opts.public_ip and self._health_local not in (underlay.addresses or (underlay.address,))):
+            self._follow_underlay_address(underlay)
         found = facts.observe(self.backend, self.config, self.node, self.tracker.live, self.desired.state,
                               underlay, self._health_local, self.node.underlay_mtu)
         self._set_conditions(conditions(found))
@@ -82,6 +88,25 @@ class DataPlaneHealth:
         if self.desired.own_key is not None:
             # The MTU is in our own lease's objects only (the devices); the next cycle writes them.
             self.tracker.dirty |= self.desired.update(self.index, {self.desired.own_key})
+        self._mark("underlay")
+
+    def _follow_underlay_address(self, underlay) -> None:
+        """Our PublicIP was the underlay's address and that address is gone: the new one becomes
+        our PublicIP.  The device is re-created with it as ``local`` (an immutable attribute) once
+        our lease, rewritten in place by the keeper through the usual lease check, says so."""
+        old, new = self.node.public_ip, underlay.address
+        log.warning("the underlay %s's address moved from %s to %s: re-advertising our lease with it and "
+                    "re-creating %s with local %s", underlay.name, old, new, self.config.device_name, new)
+        self.node = dataclasses.replace(self.node, public_ip=new)
+        self.desired.node = self.node
+        self._health_local = new
+        # The node facts the lease checks use changed too (underlay_guard).
+        self._pin_changes |= self.index.set_guard(UnderlayGuard.of(new, self.config.network, underlay.prefixes))
+        if self.desired.own_key is not None:
+            self._pin_changes.add(self.desired.own_key)
+        if self.keeper is not None:
+            self.keeper.update_public_ip(new)
+            self.state.check_own_lease = True
         self._mark("underlay")
 
     def _set_conditions(self, conds: tuple[Condition, ...]) -> None:
