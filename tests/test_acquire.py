@@ -371,3 +371,28 @@ def test_keeper_retries_a_minute_later_after_an_etcd_error():
         keeper.tick(3600.0)
     assert keeper.next_due == 3660.0 and isinstance(keeper.last_error, EtcdError)
     assert keeper.tick(3630.0) == got                   # not due yet: no call, no error
+
+
+@pytest.mark.etcd
+def test_keeper_rewrites_our_lease_in_place_when_the_public_ip_moves(store):
+    """The underlay's address changed: same key, same etcd lease, the new PublicIP; flanneld's
+    order would have taken another subnet and left the old lease to expire."""
+    got = acquire_lease(store, CFG, ME, MAC, None, random.Random(0))
+    keeper = LeaseKeeper(store, CFG, ME, MAC, got, random.Random(99), now=0.0)
+    keeper.update_public_ip("192.168.0.77")
+    now = keeper.tick(1.0)
+    assert (now.key, now.subnet, now.lease_id) == (got.key, got.subnet, got.lease_id)
+    assert store.get(got.key).value == flanneld_value("192.168.0.77", MAC)
+    assert [kv.key for kv in store.snapshot().kvs if "/subnets/" in kv.key] == [got.key]
+
+
+@pytest.mark.etcd
+def test_a_moved_public_ip_never_overwrites_a_value_someone_else_wrote(store):
+    got = acquire_lease(store, CFG, ME, MAC, None, random.Random(0))
+    keeper = LeaseKeeper(store, CFG, ME, MAC, got, random.Random(99), now=0.0)
+    theirs = flanneld_value("192.168.0.99", "0e:00:00:00:00:99")
+    store.put(got.key, theirs, got.lease_id)
+    keeper.update_public_ip("192.168.0.77")
+    now = keeper.tick(1.0)
+    assert store.get(got.key).value == theirs         # left to its new owner
+    assert now.key != got.key and store.get(now.key).value == flanneld_value("192.168.0.77", MAC)
