@@ -696,12 +696,12 @@ class Agent(RuleSync, DataPlaneHealth):
         if full and self.index.skipped:
             log.info("%d leases skipped (%s)", len(self.index.skipped),
                      ", ".join(f"{k}={v}" for k, v in sorted(self._skip_counts.items()) if v))
-        # subnet.env (what the CNI plugin needs) depends on our own devices and
-        # addresses only: one peer's failing entry must not keep pods from starting.
         if dumped and not any(r.ok and r.change.kind in ("link", "address") for r in results):
             # (After a device or address write the kernel's side effects -- the bridge's connected
             # route -- are known only to the next dump, which that write asks for: check then.)
             self._check_data_plane()
+        # subnet.env (what the CNI plugin needs) depends on our own devices and
+        # addresses only: one peer's failing entry must not keep pods from starting.
         if not any(r.change.kind in ("link", "address") for r in failed):
             if self._write_subnet_env() and not self.state.ready:
                 self.state.ready = True

@@ -21,7 +21,7 @@ module.  IPv4 only: the IPv6 underlay is checked by nothing yet.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, ip_interface
 from typing import Any, Iterable
 
@@ -35,6 +35,11 @@ class UnderlayGuard:
     public_ip: str | None
     network: IPv4Network | None = None
     prefixes: tuple[IPv4Network, ...] = ()
+    #: ``public_ip`` parsed once (every lease is checked against it).
+    _me: IPv4Address | None = field(default=None, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_me", IPv4Address(self.public_ip) if self.public_ip else None)
 
     @classmethod
     def of(cls, public_ip: str | None, network: IPv4Network | None, prefixes: Iterable[str] = ()) -> "UnderlayGuard":
@@ -57,7 +62,7 @@ class UnderlayGuard:
         if self.public_ip is not None and lease.public_ip == self.public_ip:
             return None
         subnet: IPv4Network = lease.subnet
-        if self.public_ip is not None and IPv4Address(self.public_ip) in subnet:
+        if self._me is not None and self._me in subnet:
             return f"underlay capture: subnet {subnet} contains our PublicIP {self.public_ip}"
         for prefix in self.prefixes:
             if subnet.overlaps(prefix):
