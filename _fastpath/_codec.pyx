@@ -329,12 +329,11 @@ def decode_fdb(buf, ifindex, name):
     cdef const unsigned char[::1] view = bytes(buf)
     cdef Py_ssize_t n = view.shape[0]
     cdef const unsigned char* p = &view[0] if n else NULL
-    cdef Py_ssize_t off = 0, mlen, end, at, k
+    cdef Py_ssize_t off = 0, mlen, end, at
     cdef Py_ssize_t start[NATTR]
     cdef Py_ssize_t stop[NATTR]
     cdef unsigned int family, state, flags
     cdef long long idx, want = ifindex
-    cdef bint zero
     cdef list out = []
     while off < n:
         mlen = check_header(p, n, off)
@@ -352,14 +351,6 @@ def decode_fdb(buf, ifindex, name):
         if (idx != want or family != AF_BRIDGE or not flags & NTF_SELF or not state & NUD_PERMANENT
                 or start[NDA_DST] < 0 or start[NDA_LLADDR] < 0 or stop[NDA_LLADDR] == start[NDA_LLADDR]):
             continue
-        if stop[NDA_LLADDR] - start[NDA_LLADDR] == 6:
-            zero = True
-            for k in range(6):
-                if p[start[NDA_LLADDR] + k]:
-                    zero = False
-                    break
-            if zero:
-                continue
         out.append(Fdb(name, lladdr_text(p + start[NDA_LLADDR], stop[NDA_LLADDR] - start[NDA_LLADDR]),
                        addr_text(p + start[NDA_DST], stop[NDA_DST] - start[NDA_DST])))
     return out

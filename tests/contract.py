@@ -17,10 +17,15 @@ def already_right(cycle: Cycle) -> set[tuple[str, object]]:
     """``(kind, key)`` of the desired objects the kernel already had right,
     and that no side effect of the plan disturbs: no write may touch them."""
     recreated, mac_changed = side_effects(cycle)
+    # A device whose address or link the plan writes gets its connected route from the kernel
+    # again, over whatever route held that key (the bridge's, once ours after a flush).
+    readdressed = {c.obj.dev if c.kind == "address" else c.obj.name
+                   for c in cycle.plan if c.kind in ("address", "link") and c.op != "delete"}
     return {(o.KIND, o.key) for o in cycle.desired
             if (h := cycle.live.get(o.KIND, o.key)) is not None and not attr_diff(o, h)
             and (h.name if o.KIND == "link" else h.dev) not in recreated
-            and not (o.KIND == "neigh" and h.dev in mac_changed)}
+            and not (o.KIND == "neigh" and h.dev in mac_changed)
+            and not (o.KIND == "route" and o.gateway is None and not o.nhid and h.dev in readdressed)}
 
 
 def assert_converged(first: Cycle, again: Cycle, dump: KernelState) -> None:

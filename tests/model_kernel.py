@@ -145,6 +145,8 @@ class ModelKernel:
         self._rtnl = threading.RLock()
         self._next_index = itertools.count(2)  # 1 is lo
         self.links: dict[str, LinkEntry] = {}
+        #: ``sysctl`` values the model answers (a namespace's defaults differ: see ``sysctl``).
+        self.sysctls: dict[str, str] = {"net.ipv4.ip_forward": "1"}
         self.addresses: set[tuple[str, str]] = set()
         self.routes: dict[tuple[int, str, int], Route] = {}     # (table, dst, metric)
         self.neighs: dict[tuple[str, str], NeighEntry] = {}
@@ -226,6 +228,12 @@ class ModelKernel:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def sysctl(self, name: str) -> str | None:
+        return self.sysctls.get(name)
+
+    def all_links(self) -> list[Link]:
+        return [e.link for e in self.links.values()]
+
     def close(self) -> None:
         pass
 
@@ -239,7 +247,8 @@ class ModelKernel:
                 if e.link.type in ("vxlan", "bridge") or not addrs:
                     continue
                 prefixes = tuple(str(ipaddress.ip_interface(a).network) for a in addrs)
-                return Underlay(name, addrs[0].split("/")[0], e.link.mtu or 1500, prefixes)
+                return Underlay(name, addrs[0].split("/")[0], e.link.mtu or 1500, prefixes,
+                                addresses=tuple(a.split("/")[0] for a in addrs))
         raise NetlinkError(E.ENODEV, f"no underlay interface {spec or '(default route)'}")
 
     @_locked

@@ -485,3 +485,32 @@ def test_renew_margin_holds_as_flanneld_means_it(margin_minutes):
     assert min(store.left_at_renewal) >= margin_minutes * 60.0 - step
     if margin_minutes == 1439:
         assert max(SUBNET_TTL - left for left in store.left_at_renewal) <= 60.0 + step
+
+
+@pytest.mark.etcd
+def test_keeper_rewrites_our_lease_in_place_when_the_public_ip_moves(store):
+    """The underlay's address changed: same key, same etcd lease, the new PublicIP; flanneld's
+    order would have taken another subnet and left the old lease to expire."""
+    got = acquire_lease(store, CFG, ME, MAC, None, random.Random(0))
+    keeper = LeaseKeeper(store, CFG, ME, MAC, got, random.Random(99), now=0.0)
+    keeper.update_public_ip("192.168.0.77")
+    now = keeper.tick(1.0)
+    assert (now.key, now.subnet, now.lease_id) == (got.key, got.subnet, got.lease_id)
+    assert store.get(got.key).value == flanneld_value("192.168.0.77", MAC)
+    assert [kv.key for kv in store.snapshot().kvs if "/subnets/" in kv.key] == [got.key]
+
+
+@pytest.mark.etcd
+def test_a_moved_public_ip_meets_a_bad_write_in_place_and_writes_ours_back(store):
+    """The compare-and-swap of a moved PublicIP loses to a value someone wrote over our key in
+    place; that is a bad write (nobody acquires an existing key), so ours, with the new PublicIP,
+    is written back over it and counted, and the node keeps its subnet."""
+    got = acquire_lease(store, CFG, ME, MAC, None, random.Random(0))
+    keeper = LeaseKeeper(store, CFG, ME, MAC, got, random.Random(99), now=0.0)
+    theirs = flanneld_value("192.168.0.99", "0e:00:00:00:00:99")
+    store.put(got.key, theirs, got.lease_id)
+    keeper.update_public_ip("192.168.0.77")
+    now = keeper.tick(1.0)
+    assert (now.key, now.subnet) == (got.key, got.subnet)
+    assert store.get(got.key).value == flanneld_value("192.168.0.77", MAC)
+    assert keeper.overwritten["foreign"] == 1

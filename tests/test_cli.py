@@ -114,7 +114,7 @@ def test_drifted_live_file_shows_desired_and_live(tmp_path, capsys):
     assert code == 2
     assert "[drift]    link flannel.1" in out and "(mtu desired 1450, live 1500)" in out
     assert "[stale]    route 100.64.9.0/24 via 100.64.9.0 dev flannel.1 onlink" in out
-    assert out.splitlines()[-1] == "9 ok, 0 missing, 1 drift, 1 stale, 0 conflict"
+    assert out.splitlines()[-1] == "10 ok, 0 missing, 1 drift, 1 stale, 0 conflict"
 
 
 def test_skipped_lease_is_a_warning_on_stderr_naming_the_key(tmp_path, capsys):

@@ -22,13 +22,16 @@ def test_node_one_of_three_gets_devices_and_two_peers():
     assert set(state.of("route").values()) == {
         Route("100.64.2.0/24", "100.64.2.0", "flannel.1", True),
         Route("100.64.3.0/24", "100.64.3.0", "flannel.1", True),
+        Route("100.64.1.0/24", None, "cni0", False),  # the bridge's connected route
     }
 
 
 def test_no_route_to_own_subnet_and_none_to_the_whole_network():
+    """Our own subnet's only route is the bridge's connected one, never one into the tunnel."""
     state = desired_state(config(), three_leases(), NodeParams(public_ip=host2))
-    dsts = {r.dst for r in state.of("route").values()}
-    assert "100.64.2.0/24" not in dsts and "100.64.0.0/16" not in dsts
+    own = [r for r in state.of("route").values() if r.dst == "100.64.2.0/24"]
+    assert own == [Route("100.64.2.0/24", None, "cni0", False)]
+    assert "100.64.0.0/16" not in {r.dst for r in state.of("route").values()}
 
 
 def test_mtu_follows_underlay_and_vni_names_the_device():
@@ -36,7 +39,7 @@ def test_mtu_follows_underlay_and_vni_names_the_device():
     link = state.get("link", "flannel.7")
     assert link.mtu == 8951 and link.vni == 7 and link.port == 4789
     assert state.get("link", "cni0").mtu == 8951
-    assert all(r.dev == "flannel.7" for r in state.of("route").values())
+    assert all(r.dev == "flannel.7" for r in state.of("route").values() if r.gateway is not None)
 
 
 def test_unknown_node_is_an_error_naming_the_ip():
@@ -97,7 +100,8 @@ def test_scales_linearly_in_object_count():
     leases = [lease(IPv4Network((0x64400000 + (i << 8), 24)), f"198.18.{i // 250}.{i % 250 + 1}",
                     "02:00:00:%02x:%02x:00" % (i >> 8, i & 255)) for i in range(1, 2001)]
     state = desired_state(config(), leases, NodeParams(public_ip=leases[0].public_ip))
-    assert len(state.of("route")) == len(state.of("neigh")) == len(state.of("fdb")) == 1999
+    # 1,999 peers, and the bridge's connected route.
+    assert len(state.of("route")) - 1 == len(state.of("neigh")) == len(state.of("fdb")) == 1999
 
 
 def test_underlay_mtu_precedence_and_refusal():

@@ -135,7 +135,7 @@ def test_apply_builds_flanneld_ipv6_objects_exactly(node, leases, backend, capsy
 
     rc, out, err = cli(capsys, "show", *args(leases, node.ns, "--netlink-backend", backend,
                                              "--iptables-forward-rules=false"))
-    assert rc == 0 and out.splitlines()[-1] == "19 ok, 0 missing, 0 drift, 0 stale, 0 conflict", out + err
+    assert rc == 0 and out.splitlines()[-1] == "20 ok, 0 missing, 0 drift, 0 stale, 0 conflict", out + err
     rc, out, err = cli(capsys, "plan", *args(leases, node.ns, "--netlink-backend", backend,
                                              "--iptables-forward-rules=false"))
     assert (rc, out.splitlines()[-1]) == (0, "In sync: no changes."), out + err

@@ -20,7 +20,7 @@ from reconciler.core.config import parse_network_config
 from reconciler.core.desired import NodeParams, desired_state
 from reconciler.core.errors import NetlinkError, ReconcilerError
 from reconciler.core.leases import parse_snapshot, validate_leases
-from reconciler.core.model import Address, Link
+from reconciler.core.model import Address, Link, Route
 from reconciler.kernel.netlink.common import UnderlaySpec, compile_iface_regex, match_iface_regex
 from reconciler.core.ownership import FlannelOwnership
 from reconciler.core.reconcile import owned_devices
@@ -72,7 +72,8 @@ def test_no_bridge_leaves_out_the_bridge_and_its_addresses_and_owns_no_bridge():
     without = desired_state(cfg, leases, NodeParams(public_ip="198.18.0.1", bridge=None))
     assert with_bridge.get("link", "cni0") is not None
     assert set(with_bridge) - set(without) == {Link("cni0", "bridge", mtu=1450, up=True),
-                                               Address("cni0", "100.64.1.1/24")}
+                                               Address("cni0", "100.64.1.1/24"),
+                                               Route("100.64.1.0/24", None, "cni0", False)}
     assert not any(getattr(o, "dev", None) == "cni0" or getattr(o, "name", None) == "cni0" for o in without)
     policy = FlannelOwnership(cfg, None)
     assert not policy.owns(Link("cni0", "bridge")) and not policy.owns(Address("cni0", "100.64.1.1/24"))

@@ -185,7 +185,7 @@ def test_apply_on_an_empty_node_builds_exactly_flannels_state(node, leases, caps
     assert (rc, out.splitlines()[-1]) == (0, "In sync: no changes."), out + err
     rc, out, err = cli(capsys, "show", *node_args(leases, node.ns))
     assert rc == 0, out + err
-    assert out.splitlines()[-1] == "14 ok, 0 missing, 0 drift, 0 stale, 0 conflict"
+    assert out.splitlines()[-1] == "15 ok, 0 missing, 0 drift, 0 stale, 0 conflict"
     assert observed(node.ns) == expected(1, THREE)          # plan and show wrote nothing
 
 
@@ -208,6 +208,8 @@ class Drift:
     damage: Callable[[str], None]
     show: tuple[tuple[str, str], ...]                 # (status, text the line must contain)
     nodes: dict[int, str] = field(default_factory=lambda: dict(THREE))
+    #: cni0's connected route, once repaired, is ours (proto 73), no longer the kernel's.
+    connected_by_us: bool = False
 
 
 def _recreate_with_vni(ns: str) -> None:
@@ -215,6 +217,14 @@ def _recreate_with_vni(ns: str) -> None:
     run(ns, "ip", "link", "add", "flannel.1", "address", mac_of(1), "mtu", str(MTU), "type", "vxlan", "id", "7",
         "dev", "eth0", "local", "198.18.0.1", "dstport", str(VXLAN_PORT), "nolearning")
     run(ns, "ip", "link", "set", "flannel.1", "up")
+
+
+def _flush_main_table(ns: str) -> None:
+    """``ip route flush table main``, then the underlay's routes put back (they are not ours to repair)."""
+    run(ns, "ip", "route", "flush", "table", "main")
+    run(ns, "ip", "route", "add", "198.18.0.0/24", "dev", "eth0", "proto", "kernel", "scope", "link",
+        "src", "198.18.0.1")
+    run(ns, "ip", "route", "add", "default", "via", GATEWAY, "dev", "eth0", "proto", "boot")
 
 
 ROUTE2 = "route 100.64.2.0/24 via 100.64.2.0 dev flannel.1 onlink"
@@ -235,9 +245,18 @@ DRIFTS = [
     Drift("stale-fdb", lambda ns: run(ns, "bridge", "fdb", "add", mac_of(9), "dev", "flannel.1",
                                       "dst", "198.18.0.9", "self", "permanent"),
           (("stale", f"fdb {mac_of(9)} dev flannel.1 dst 198.18.0.9 self permanent"),)),
+    # A flood entry sends every broadcast frame (ARP too) to a host that is no peer; flanneld
+    # never writes one (learning is off), so it is ours to remove.
+    Drift("flood-entry", lambda ns: run(ns, "bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "flannel.1",
+                                        "dst", "198.18.0.9"),
+          (("stale", "fdb 00:00:00:00:00:00 dev flannel.1 dst 198.18.0.9 self permanent"),)),
     Drift("device-deleted", lambda ns: run(ns, "ip", "link", "del", "flannel.1"),
           (("missing", LINK), ("missing", "address 100.64.1.0/32 dev flannel.1"), ("missing", ROUTE2),
            ("missing", NEIGH2), ("missing", FDB2))),
+    # The kernel does not re-make cni0's connected route while its address stays: the local pods
+    # would be cut off (and the peers' routes come back by themselves in the agent).
+    Drift("main-table-flushed", lambda ns: _flush_main_table(ns),
+          (("missing", "route 100.64.1.0/24 dev cni0"), ("missing", ROUTE2)), connected_by_us=True),
     Drift("vni-changed", _recreate_with_vni,
           (("drift", "vni desired 1, live 7"), ("missing", "address 100.64.1.0/32 dev flannel.1"),
            ("missing", ROUTE2), ("missing", NEIGH2), ("missing", FDB2))),
@@ -278,12 +297,30 @@ def test_drift_is_shown_then_repaired_by_one_apply(drift, applied, tmp_path, cap
     assert rc == 0, out + err
     rc, out, err = cli(capsys, "plan", *node_args(leases, ns))
     assert rc == 0, out + err
-    assert observed(ns) == expected(1, drift.nodes)
+    want = expected(1, drift.nodes)
+    if drift.connected_by_us:
+        want["routes"] = sorted(r[:3] + ("73",) + r[4:] if r[2] == "cni0" else r for r in want["routes"])
+    assert observed(ns) == want
     rc, out, err = cli(capsys, "show", *node_args(leases, ns))
     assert rc == 0 and out.splitlines()[-1].endswith(" ok, 0 missing, 0 drift, 0 stale, 0 conflict"), out + err
 
 
 # ------------------------------------------------------------- foreign state
+
+def test_a_foreign_route_inside_a_peers_subnet_is_reported_and_left_alone(applied, leases, capsys):
+    """Longest prefix wins: a foreign /25 inside a peer's /24 sends half its pods elsewhere."""
+    ns = applied.ns
+    run(ns, "ip", "route", "add", "100.64.2.128/25", "via", GATEWAY, "dev", "eth0", "proto", "static")
+    rc, out, err = cli(capsys, "show", *node_args(leases, ns))
+    assert rc == 2, out + err
+    assert any(line.startswith("[conflict]") and ROUTE2 in line
+               and f"partly taken by foreign route 100.64.2.128/25 via {GATEWAY} dev eth0" in line
+               for line in out.splitlines()), out
+    rc, out, err = cli(capsys, "apply", *node_args(leases, ns))
+    assert "partly taken by foreign route 100.64.2.128/25" in out, out + err
+    assert ("100.64.2.128/25", GATEWAY, "eth0", "static", False) in observed(ns)["routes"]
+    assert ("100.64.2.0/24", "100.64.2.0", "flannel.1", "73", True) in observed(ns)["routes"]
+
 
 def _wait_until_settled(ns: str, devices: tuple[str, ...]) -> None:
     """Operational state moves asynchronously (linkwatch): wait until every device is UP,

@@ -142,6 +142,10 @@ def _link_row(row: dict) -> dict:
     return {k: v for k, v in row.items() if k != "operstate"}
 
 
+#: The pod range every generated cluster network lies in (tests/strategies.py).
+_PODS = ipaddress.ip_network("100.64.0.0/10")
+
+
 def kernel_view(ns: str, vxlan_devices) -> dict[str, dict]:
     """Every object iproute2 shows, keyed like the model, each with its model value and its ``ip -j`` row."""
     view: dict[str, dict] = {"link": {}, "address": {}, "route": {}, "neigh": {}, "fdb": {}}
@@ -156,7 +160,10 @@ def kernel_view(ns: str, vxlan_devices) -> dict[str, dict]:
     rows = [(4, r) for r in ip_json(ns, "-4 route show table all")]
     rows += [(6, r) for r in ip_json(ns, "-6 route show table all")]
     for family, r in rows:
-        if _proto(r) == PROTOCOLS["kernel"] or r.get("type", "unicast") != "unicast":
+        # Kernel routes are the kernel's, except cni0's IPv4 connected route, which is desired state.
+        kernel_made = _proto(r) == PROTOCOLS["kernel"] and not (
+            family == 4 and r.get("dev") == "cni0" and ipaddress.ip_network(r["dst"]).subnet_of(_PODS))
+        if kernel_made or r.get("type", "unicast") != "unicast":
             continue
         table = r.get("table", "main")
         table = TABLES.get(table, None) or int(table)

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from reconciler.core.config import parse_network_config
 from reconciler.incremental.lease_index import LeaseIndex
+from reconciler.core.underlay_guard import UnderlayGuard
 from reconciler.core.leases import RawKV, validate_leases
 from tests.strategies import PREFIX, lease_value, macs
 
@@ -42,8 +43,8 @@ def events(draw, dual: bool):
     return ("put", RawKV(key, value, lease=draw(st.sampled_from([0, 7001])), mod_revision=0))
 
 
-def _check(index: LeaseIndex, table: dict[str, RawKV], config) -> None:
-    leases, skipped = validate_leases(config, table.values(), PREFIX)
+def _check(index: LeaseIndex, table: dict[str, RawKV], config, guard=None) -> None:
+    leases, skipped = validate_leases(config, table.values(), PREFIX, guard)
     assert index.leases() == leases
     assert index.skips() == skipped
     for lease in leases:
@@ -129,3 +130,59 @@ def test_the_pinned_lease_wins_its_claims_and_the_other_is_reported():
     index.pin(None)
     leases, _ = validate_leases(CONFIG, [old, held], PREFIX)
     assert index.leases() == leases
+
+
+#: Underlay facts that make the event pool hit every guard reason: 198.18.0.1 is us, 100.64.3.0/24
+#: overlaps an underlay prefix, 198.18.0.3 is the broadcast address of 198.18.0.0/30.
+GUARD = UnderlayGuard.of("198.18.0.1", CONFIG.network, ["100.64.3.5/24", "198.18.0.1/30"])
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(st.lists(events(False), max_size=30), st.integers(0, 30))
+def test_index_with_underlay_guard_equals_full_validation(evs, switch_at):
+    """With node facts, and when they change half-way (the underlay moved), the index still gives
+    exactly validate_leases' answer."""
+    index = LeaseIndex(CONFIG, PREFIX)
+    table: dict[str, RawKV] = {}
+    guard = None
+    for rev, (op, arg) in enumerate(evs, start=1):
+        if rev == switch_at:
+            before = {k: index.status(k) for k in table}
+            guard = GUARD
+            changed = index.set_guard(guard)
+            assert changed == {k for k in before if before[k] != index.status(k)}
+        if op == "put":
+            table[arg.key] = RawKV(arg.key, arg.value, arg.lease, mod_revision=rev)
+            index.put(table[arg.key])
+        else:
+            table.pop(arg, None)
+            index.delete(arg)
+        _check(index, table, CONFIG, guard)
+
+
+def test_underlay_guard_skips_leases_that_would_capture_the_underlay():
+    """A Network overlapping the underlay: a peer subnet holding our PublicIP or overlapping the
+    underlay's prefix, and PublicIPs that cannot be a peer, are skipped with their reason."""
+    config = parse_network_config('{"Network":"198.18.0.0/15","SubnetLen":25,"Backend":{"Type":"vxlan"}}')
+    guard = UnderlayGuard.of("198.18.0.1", config.network, ["198.18.0.1/24"])
+    ours = RawKV(f"{PREFIX}/subnets/198.19.0.0-25", lease_value("198.18.0.1", "02:00:00:00:00:01", 1))
+    capture = RawKV(f"{PREFIX}/subnets/198.18.0.0-25", lease_value("192.0.2.7", "02:00:00:00:00:02", 1))
+    upper = RawKV(f"{PREFIX}/subnets/198.18.0.128-25", lease_value("192.0.2.8", "02:00:00:00:00:03", 1))
+    inside = RawKV(f"{PREFIX}/subnets/198.19.1.0-25", lease_value("198.18.0.2", "02:00:00:00:00:04", 1))
+    bcast = RawKV(f"{PREFIX}/subnets/198.19.2.0-25", lease_value("192.0.2.255", "02:00:00:00:00:05", 1))
+    fine = RawKV(f"{PREFIX}/subnets/198.19.3.0-25", lease_value("192.0.2.9", "02:00:00:00:00:06", 1))
+    guard2 = UnderlayGuard.of("198.18.0.1", config.network, ["198.18.0.1/24", "192.0.2.1/24"])
+    leases, skipped = validate_leases(config, [ours, capture, upper, inside, bcast, fine], PREFIX, guard2)
+    assert [lease.key for lease in leases] == ["198.19.0.0-25", "198.19.3.0-25"]
+    reasons = {s.key.rsplit("/", 1)[1]: s.reason for s in skipped}
+    assert reasons["198.18.0.0-25"] == "underlay capture: subnet 198.18.0.0/25 contains our PublicIP 198.18.0.1"
+    assert reasons["198.18.0.128-25"] == ("underlay capture: subnet 198.18.0.128/25 overlaps the underlay "
+                                          "prefix 198.18.0.0/24")
+    assert reasons["198.19.1.0-25"] == "unusable PublicIP: 198.18.0.2 is inside the overlay Network 198.18.0.0/15"
+    assert reasons["198.19.2.0-25"] == ("unusable PublicIP: 192.0.2.255 is the broadcast address of the underlay "
+                                        "prefix 192.0.2.0/24")
+    # Without node facts (plain validation) all of them are valid: the check is the guard's.
+    assert len(validate_leases(config, [ours, capture, upper, inside, bcast, fine], PREFIX)[0]) == 6
+    index = LeaseIndex(config, PREFIX, guard)
+    index.replace_all([ours, capture, fine])
+    assert set(index.valid) == {ours.key, fine.key}

@@ -68,17 +68,23 @@ def test_an_unknown_layout_is_refused():
 
 # --------------------------------------------------------------- desired
 
+def _connected(obj) -> bool:
+    """The bridge's connected route (desired in both layouts; the kernel makes it)."""
+    return obj.KIND == "route" and obj.gateway is None and not obj.nhid
+
+
 def test_desired_state_routes_every_peer_through_its_nexthop():
     state = desired_state(config(), three_leases(), NH)
     assert set(state.of("nexthop").values()) == {
         Nexthop(ID2, "100.64.2.0", "flannel.1", True), Nexthop(ID3, "100.64.3.0", "flannel.1", True)}
     assert set(state.of("route").values()) == {
-        Route("100.64.2.0/24", None, None, None, nhid=ID2), Route("100.64.3.0/24", None, None, None, nhid=ID3)}
+        Route("100.64.2.0/24", None, None, None, nhid=ID2), Route("100.64.3.0/24", None, None, None, nhid=ID3),
+        Route("100.64.1.0/24", None, "cni0", False)}     # the bridge's connected route, in both layouts
     # Neighbour and FDB entries are those of the onlink layout.
     onlink = desired_state(config(), three_leases(), NodeParams(public_ip=host1))
     assert state.of("neigh") == onlink.of("neigh") and state.of("fdb") == onlink.of("fdb")
     assert not onlink.of("nexthop")
-    assert all(r.nhid == 0 and r.onlink for r in onlink.of("route").values())
+    assert all(r.nhid == 0 and r.onlink for r in onlink.of("route").values() if not _connected(r))
 
 
 def test_every_node_gives_a_peer_the_same_id():
@@ -107,6 +113,8 @@ def test_plan_back_to_onlink_repoints_routes_before_deleting_nexthops():
     live = desired_state(config(), three_leases(), NH)
     # As dumped: the kernel repeats the nexthop's gateway, device and onlink.
     for r in list(live.of("route").values()):
+        if _connected(r):
+            continue
         nh = live.get("nexthop", r.nhid)
         live.add(replace(r, gateway=nh.gateway, dev=nh.dev, onlink=True, protocol=RTPROT_RECONCILER))
     desired = desired_state(config(), three_leases(), NodeParams(public_ip=host1))
@@ -135,7 +143,7 @@ def test_a_recreated_device_takes_nexthops_and_their_routes_with_it():
 
 def test_a_foreign_nexthop_at_our_id_is_a_conflict_never_taken_over():
     desired = desired_state(config(), three_leases(), NH)
-    live = KernelState(o for o in desired if o.KIND in ("link", "address", "neigh", "fdb"))
+    live = KernelState(o for o in desired if o.KIND in ("link", "address", "neigh", "fdb") or _connected(o))
     foreign = Nexthop(ID2, "198.18.0.254", UNDERLAY, False, 4)        # someone else's, on the underlay
     plan = make_plan(desired, live, foreign_nexthops={ID2: foreign})
     assert [(c.kind, c.obj.key) for c in plan] == [("nexthop", ID3), ("route", ("100.64.3.0/24", 0))]
@@ -203,7 +211,7 @@ def test_a_nexthop_is_not_written_when_its_neighbour_failed():
 def test_a_nexthop_whose_route_did_not_move_is_kept():
     k = _kernel_with_devices()
     nh_desired = desired_state(config(), three_leases(), NH)
-    plan = make_plan(nh_desired, KernelState(o for o in nh_desired if o.KIND in ("link", "address")))
+    plan = make_plan(nh_desired, KernelState(o for o in nh_desired if o.KIND in ("link", "address") or _connected(o)))
     assert all(r.ok for r in apply_plan(k, plan, nh_desired))
     onlink = desired_state(config(), three_leases(), NodeParams(public_ip=host1))
     cfg = config()

@@ -415,7 +415,7 @@ def test_neighbour_and_fdb_dumps_decode_as_the_reference_parses_them(decoders):
                    Neigh("flannel.1", "fd00:64:2::", "0a:58:64:40:02:00")]
     fdb = b"".join([
         neigh_msg(AF_BRIDGE, flags=2, dst=ip4("198.18.0.2"), lladdr=mac),
-        neigh_msg(AF_BRIDGE, flags=2, dst=ip4("198.18.0.9"), lladdr=bytes(6)),    # the default entry
+        neigh_msg(AF_BRIDGE, flags=2, dst=ip4("198.18.0.9"), lladdr=bytes(6)),    # a flood entry: reported
         neigh_msg(AF_BRIDGE, flags=0, dst=ip4("198.18.0.3"), lladdr=mac),         # not NTF_SELF
         neigh_msg(AF_BRIDGE, flags=2, state=0x40, dst=ip4("198.18.0.3"), lladdr=mac),   # NUD_NOARP
         neigh_msg(AF_BRIDGE, flags=2, lladdr=mac),                                # no dst
@@ -423,7 +423,8 @@ def test_neighbour_and_fdb_dumps_decode_as_the_reference_parses_them(decoders):
         DONE])
     got = decoders["fdb"](fdb, 3, "flannel.1")
     assert got == reference_entries(fdb, "fdb", 3, "flannel.1")
-    assert got == [Fdb("flannel.1", "0a:58:64:40:02:00", "198.18.0.2"), Fdb("flannel.1", "0a:58:64:40:02:00", "fd00::2")]
+    assert got == [Fdb("flannel.1", "0a:58:64:40:02:00", "198.18.0.2"), Fdb("flannel.1", "00:00:00:00:00:00", "198.18.0.9"),
+                   Fdb("flannel.1", "0a:58:64:40:02:00", "fd00::2")]
 
 
 def test_acks_and_dump_ends(decoders):

@@ -477,6 +477,8 @@ class LeaseKeeper:
         self.retry_every = retry_every
         self.renew_margin = renew_margin
         self.current = acquired
+        #: The PublicIP changed (``update_public_ip``): rewrite our lease in place at the next check.
+        self._moved = False
         self.last_error: ReconcilerError | None = None
         self.next_due = now + self._interval()
         #: Writes over our key by others, by kind ("unparseable", "foreign": written back;
@@ -517,6 +519,15 @@ class LeaseKeeper:
         self.vtep_mac, self.v6_vtep_mac = vtep_mac, v6
         self.next_due = float("-inf")
 
+    def update_public_ip(self, public_ip: str) -> None:
+        """The underlay's address moved: the next check rewrites our lease in place (same key, same
+        etcd lease) with the new PublicIP.  flanneld's order would look our lease up by the new
+        address, find none, and take another subnet while the old lease lives on until it expires."""
+        lease_value(self.config, public_ip, self.vtep_mac, self.public_ipv6, self.v6_vtep_mac)  # checks it
+        self.public_ip = public_ip
+        self._moved = True
+        self.next_due = float("-inf")
+
     def _value(self) -> str:
         return lease_value(self.config, self.public_ip, self.vtep_mac, self.public_ipv6, self.v6_vtep_mac)
 
@@ -547,6 +558,15 @@ class LeaseKeeper:
                 else:
                     self.current = replace(cur, lease_id=kv.lease, ttl=remaining)
                     return self._ours(kv)
+        if self._moved and kv is not None and kv.value == cur.value != want:
+            # Still ours, as we last wrote it: only the PublicIP changes (compare-and-swap, so a
+            # value someone else wrote meanwhile is never overwritten).
+            if self.store.put_if_value(cur.key, cur.value, want, kv.lease):
+                log.warning("our lease %s now advertises PublicIP %s", esc(cur.key), self.public_ip)
+                self._moved = False
+                self.current = replace(cur, value=want, lease_id=kv.lease)
+                self.not_ours = None
+                return self.current
         kind = self._stranger(kv) if kv is not None else None
         if kind is not None:
             in_place = not cur.create_revision or not kv.create_revision \

@@ -51,6 +51,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from reconciler.agent.acquire import LeaseKeeper, acquire_lease
+from reconciler.agent.conditions import DataPlaneHealth
+from reconciler.agent.failures import failure_lines
 from reconciler.agent.rule_sync import RuleSync
 from reconciler.kernel.apply import apply_plan
 from reconciler.core.config import NetworkConfig, parse_network_config, require_ipv4, require_vxlan
@@ -66,10 +68,11 @@ from reconciler.kernel.netlink.common import UnderlaySpec
 from reconciler.core.ownership import BRIDGE_NAME, FlannelOwnership
 from reconciler.core.plan import Plan
 from reconciler.core.reconcile import dump_live, on_link_predicate, owned_devices
-from reconciler.core.render import describe
+from reconciler.core.render import conflict_words, describe
 from reconciler.agent.sdnotify import Notifier
 from reconciler.agent.subnet_env import read_previous_ipv6_subnet, read_previous_subnet, render_subnet_env, write_subnet_env
 from reconciler.incremental.tracker import Tracker
+from reconciler.core.underlay_guard import UnderlayGuard
 
 __all__ = ["Agent", "AgentOptions", "CycleReport", "random_vtep_mac"]
 
@@ -167,7 +170,7 @@ class _State:
     broken: str | None = None
 
 
-class Agent(RuleSync):
+class Agent(RuleSync, DataPlaneHealth):
     """One node's agent.  ``run(stop)`` blocks until ``stop`` is set."""
 
     def __init__(self, store, backend, opts: AgentOptions, *, clock: Callable[[], float] = time.monotonic,
@@ -256,7 +259,9 @@ class Agent(RuleSync):
         log.info("underlay %s (%s), mtu %d; bridge %s", underlay.name, underlay.address, underlay.mtu,
                  self.opts.bridge or "left to the CNI plugin (--no-bridge)")
         self._netns_inode = _netns_inode(self.opts.netns)
-        self.prepare(self.config, self.node, on_link_predicate(underlay.prefixes + underlay.prefixes6))
+        self._init_health(underlay)
+        self.prepare(self.config, self.node, on_link_predicate(underlay.prefixes + underlay.prefixes6),
+                     underlay_prefixes=underlay.prefixes)
 
         def acquire():
             snap = self.store.snapshot()
@@ -284,13 +289,16 @@ class Agent(RuleSync):
         return UnderlaySpec(ifaces=ifaces, regexes=tuple(self.opts.iface_regex),
                             can_reach=self.opts.iface_can_reach, public_ip=self.opts.public_ip)
 
-    def prepare(self, config: NetworkConfig, node: NodeParams, on_link: Callable[[str], bool] | None = None) -> None:
+    def prepare(self, config: NetworkConfig, node: NodeParams, on_link: Callable[[str], bool] | None = None,
+                underlay_prefixes: tuple[str, ...] = ()) -> None:
         """The reconcile state for ``config`` and this node: an empty lease index, desired state
         and believed kernel view.  ``start`` calls it once it knows both; the tests and the
-        per-event benchmark call it to drive cycles without etcd."""
+        per-event benchmark call it to drive cycles without etcd.  ``underlay_prefixes``: the
+        underlay's connected prefixes, which no peer lease may capture (``underlay_guard``)."""
         self.config, self.node = config, node
         self._on_link = on_link or (lambda _ip: False)
-        self.index = LeaseIndex(config, self.store.prefix)
+        self.index = LeaseIndex(config, self.store.prefix,
+                                UnderlayGuard.of(node.public_ip, config.network, underlay_prefixes))
         self.desired = DesiredIndex(config, node, self._on_link)
         self.tracker = Tracker(FlannelOwnership(config, node.bridge))
 
@@ -871,12 +879,15 @@ class Agent(RuleSync):
             repaired = sum(1 for r in results if r.ok)
             if repaired:
                 self.metrics.inc("flannel_reconciler_drift_repaired_total", repaired)
-        for r in failed:
-            log.error("failed: %s", r.message)
+        lines, device_gone = failure_lines(failed)
+        for line in lines:
+            log.error("failed: %s", line)
+        if device_gone:
+            self.tracker.needs_dump = True      # the believed view has a device the kernel lost
         conflicts = plan.conflicts if not full else tuple(self.tracker.conflicts.values())
         for c in conflicts:
-            log.warning("conflict: %s is held by a foreign route (%s, proto %s); left alone",
-                        describe(c.desired), describe(c.foreign), c.foreign.protocol)
+            log.warning("conflict: %s is %s a foreign route (%s, proto %s); left alone",
+                        describe(c.desired), conflict_words(c), describe(c.foreign), c.foreign.protocol)
         if failed or held:
             self._schedule_retry()
         else:
@@ -887,12 +898,16 @@ class Agent(RuleSync):
         if full and self.index.skipped:
             log.info("%d leases skipped (%s)", len(self.index.skipped),
                      ", ".join(f"{k}={v}" for k, v in sorted(self._skip_counts.items()) if v))
+        if dumped and not any(r.ok and r.change.kind in ("link", "address") for r in results):
+            # (After a device or address write the kernel's side effects -- the bridge's connected
+            # route -- are known only to the next dump, which that write asks for: check then.)
+            self._check_data_plane()
         # subnet.env (what the CNI plugin needs) depends on our own devices and
         # addresses only: one peer's failing entry must not keep pods from starting.
         if not any(r.change.kind in ("link", "address") for r in failed):
             if self._write_subnet_env() and not self.state.ready:
                 self.state.ready = True
-                self.metrics.set("flannel_reconciler_ready", 1)
+                self.metrics.set("flannel_reconciler_ready", 0 if self._failing_conditions() else 1)
                 log.info("ready: first full sync done, %s written", self.opts.subnet_file)
                 # Like flanneld: READY=1 once our devices are programmed and subnet.env is written.
                 self.notifier.ready(f"ready: subnet {self.desired.own.subnet}, {len(self.index.valid)} leases, "
@@ -987,6 +1002,9 @@ class Agent(RuleSync):
         return 503, "text/plain", f"reconcile loop stalled: last cycle {age:.1f}s ago\n"
 
     def _readyz(self):
+        bad = self._failing_conditions()
+        if self.state.ready and bad:
+            return 503, "text/plain", "".join(f"not ready: {c.name}: {c.reason}\n" for c in bad)
         if self.state.ready:
             why = self._identity_conditions()
             if why:

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterable
 
+from reconciler.core.health import CONDITIONS
+
 import prometheus_client
 from prometheus_client import (CollectorRegistry, Counter, Gauge, GCCollector, Histogram, PlatformCollector,
                                ProcessCollector, generate_latest)
@@ -58,13 +60,14 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 #: Bounded label sets (docs/metrics.md lists them): every label value the agent
 #: exports comes from one of these, never from a lease's or a kernel's text.
 SKIP_REASONS = ("bad-key", "bad-value", "missing-field", "key-value-mismatch", "outside-network",
-                "wrong-prefix-length", "not-vxlan", "vni-mismatch", "conflict", "other")
+                "wrong-prefix-length", "not-vxlan", "vni-mismatch", "conflict", "underlay-capture",
+                "unusable-public-ip", "other")
 #: What woke the worker, widest first: a cycle's ``trigger`` label is the
 #: first of these among its triggers (``primary_trigger``), because the widest
 #: one sets what the cycle costs (a resync dumps the kernel, a relist replaces
 #: the lease table, kernel notifications and retries revisit a few objects, a
 #: lease event one lease).
-TRIGGERS = ("resync", "relist", "etcd", "kernel", "retry", "lease")
+TRIGGERS = ("resync", "relist", "underlay", "etcd", "kernel", "retry", "lease")
 OUTCOMES = ("ok", "failed", "error", "no-lease")
 OP_KINDS = ("link", "address", "route", "neigh", "fdb", "nexthop", "rule")
 OPS = ("create", "update", "delete")
@@ -84,6 +87,8 @@ _SKIP_PATTERNS = (
     ("not-vxlan", re.compile(r"^BackendType .* is not vxlan")),
     ("vni-mismatch", re.compile(r"VNI .* differs")),
     ("conflict", re.compile(r"^conflict:")),
+    ("underlay-capture", re.compile(r"^underlay capture:")),
+    ("unusable-public-ip", re.compile(r"^unusable PublicIP:")),
     ("bad-value", re.compile(r"(VtepMAC|VNI|PublicIP)")),
 )
 
@@ -177,7 +182,11 @@ FAMILIES: dict[str, Family] = {
     "flannel_reconciler_last_successful_sync_timestamp_seconds": Family(
         "gauge", "Unix time of the last cycle that applied without a failed operation (0: none yet)."),
     "flannel_reconciler_ready": Family(
-        "gauge", "1 once the first full sync is done and subnet.env written, 0 before."),
+        "gauge", "1 once the first full sync is done and subnet.env written, while no data-plane condition "
+                 "fails; 0 before and while one does."),
+    "flannel_reconciler_condition": Family(
+        "gauge", "1 while a data-plane condition holds, 0 while it fails (its reason is on /readyz).",
+        {"condition": CONDITIONS}),
     "flannel_reconciler_dumps_total": Family(
         "counter", "Full kernel dumps (resyncs, and after device changes)."),
     "flannel_reconciler_subnet_file_errors_total": Family("counter", "Failed attempts to write subnet.env."),

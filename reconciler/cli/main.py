@@ -308,7 +308,7 @@ def compute(args, snap: LeaseSnapshot, backend=None, live: KernelState | None = 
     node, prefixes = node_params(args, config, backend)
     if live is None:
         live = dump_live(backend, config, node.bridge) if backend is not None else KernelState()
-    return compute_cycle(config, snap.kvs, snap.prefix, node, live, on_link_predicate(prefixes))
+    return compute_cycle(config, snap.kvs, snap.prefix, node, live, on_link_predicate(prefixes), prefixes)
 
 
 def _read_live_file(path: str) -> KernelState:
@@ -396,21 +396,38 @@ def cmd_apply(args) -> int:
 
 def cmd_show(args) -> int:
     snap = load_snapshot(args)
+    conds: tuple = ()
     if args.live_file:
         cycle = compute(args, snap, live=_read_live_file(args.live_file))
     else:
         with open_backend(args) as backend:
             cycle = compute(args, snap, backend)
+            conds = _conditions(backend, cycle)
     _warn_skipped(cycle)
     rows = show_rows(cycle.desired, cycle.live, cycle.plan)
     desired_rules, rules, rr, note = cli_rule_plan(args, cycle, kernel=not args.live_file)
     _note(note)
     rows += rule_show_rows(desired_rules, rules, rr.last_live.xt if rr is not None else "")
     if args.output == "json":
-        print(json.dumps({"node": cycle.node_json(), "objects": status_json(rows)}, indent=2))
+        print(json.dumps({"node": cycle.node_json(), "objects": status_json(rows),
+                          "conditions": [{"condition": c.name, "ok": c.ok, "reason": c.reason} for c in conds]},
+                         indent=2))
     else:
         print(show_text(rows, colour=_colour()), end="")
-    return 0 if all(r[0] == "ok" for r in rows) else 2
+        for c in conds:
+            if not c.ok:
+                print(f"[not ready] {c.name}: {c.reason}")
+    return 0 if all(r[0] == "ok" for r in rows) and all(c.ok for c in conds) else 2
+
+
+def _conditions(backend, cycle: Cycle) -> tuple:
+    """The data-plane conditions the agent's /readyz reports (core/health.py), from the kernel as it is.
+    The underlay's address and MTU are not among them: ``show`` derives the desired state from
+    the underlay as it is now, so a change there shows as drift of the device."""
+    from reconciler.core.health import conditions
+    from reconciler.kernel import facts
+
+    return conditions(facts.observe(backend, cycle.config, cycle.node, cycle.live, cycle.desired))
 
 
 def _limit(args) -> int | None:

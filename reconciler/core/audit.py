@@ -51,6 +51,8 @@ _SKIP_CODES = (
     (re.compile(r"(IPv6 )?subnet \S+ is a /\d+, but (IPv6)?SubnetLen"), "wrong-subnet-len"),
     (re.compile(r"BackendType "), "backend-mismatch"),
     (re.compile(r"(BackendV6Data\.)?VNI \S+ differs"), "vni-mismatch"),
+    (re.compile(r"underlay capture: "), "underlay-capture"),
+    (re.compile(r"unusable PublicIP: "), "unusable-public-ip"),
 )
 _EFFECT = {
     "unparseable": "every node skips it: no node routes to this subnet, so its pods are unreachable",
@@ -61,6 +63,9 @@ _EFFECT = {
     "wrong-subnet-len": "every node skips it: no node routes to this subnet",
     "backend-mismatch": "every VXLAN node skips it, as flanneld's vxlan backend does",
     "vni-mismatch": "every node skips it: its FDB entries would carry another VNI and the peer would drop them",
+    "underlay-capture": "skipped where it would capture that node's underlay: a route to it would carry VXLAN "
+                        "packets into the tunnel",
+    "unusable-public-ip": "every node skips it: its PublicIP cannot be a peer's",
     "skipped": "every node skips it",
 }
 

@@ -201,6 +201,11 @@ def node_objects(config: NetworkConfig, node: NodeParams, own: Lease) -> tuple[K
         out += [
             Link(name=node.bridge, type="bridge", mtu=mtu, up=True),
             Address(node.bridge, f"{own.subnet.network_address + 1}/{own.subnet.prefixlen}"),
+            # The bridge's connected route: the kernel makes it from the address, but
+            # ``ip route flush`` removes it and leaves the address, cutting the local pods off.
+            # Desired, so that it is repaired; the planner leaves it to the kernel whenever
+            # the address or the device is written (plan._kernel_made_routes).
+            Route(dst=str(own.subnet), gateway=None, dev=node.bridge, onlink=False),
         ]
     if wants_v6(config, own):
         dev6 = config.v6_device_name

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable
 
 from reconciler.core.config import NetworkConfig, _ABSENT, _Obj, _decode, _fields, _json_type, _loads
 from reconciler.core.errors import LeaseError
+from reconciler.core.underlay_guard import UnderlayGuard
 
 __all__ = [
     "Lease",
@@ -521,7 +522,7 @@ def snapshot_to_json(snap: LeaseSnapshot) -> str:
 # The set of peers
 
 def validate_leases(
-    config: NetworkConfig, kvs: Iterable[RawKV], prefix: str
+    config: NetworkConfig, kvs: Iterable[RawKV], prefix: str, guard: UnderlayGuard | None = None
 ) -> tuple[list[Lease], list[Skipped]]:
     """The usable leases of a snapshot, and every other subnet key with the reason it was left out.
 
@@ -542,6 +543,10 @@ def validate_leases(
     leases are ranked, not taken in input order, the result does not depend
     on the order of ``kvs``.
 
+    With ``guard`` (this node's underlay facts), a peer lease that would
+    capture the underlay, or whose PublicIP cannot be a peer, is skipped too
+    (``underlay_guard.UnderlayGuard.peer_reason``).
+
     Returns leases sorted by key and skips sorted by etcd key; O(n log n).
     """
     base = _strip_prefix(prefix) + "/subnets/"
@@ -555,7 +560,7 @@ def validate_leases(
         except LeaseError as exc:
             skipped.append(Skipped(kv.key, exc.reason))
             continue
-        reason = _misfit(config, lease)
+        reason = _misfit(config, lease, guard)
         if reason is not None:
             skipped.append(Skipped(kv.key, reason))
             continue
@@ -586,8 +591,8 @@ def validate_leases(
     return leases, skipped
 
 
-def _misfit(config: NetworkConfig, lease: Lease) -> str | None:
-    """Why a parsed lease does not fit the config, or None."""
+def _misfit(config: NetworkConfig, lease: Lease, guard: UnderlayGuard | None = None) -> str | None:
+    """Why a parsed lease does not fit the config (or, with ``guard``, this node's underlay), or None."""
     if config.network is not None:
         if not _inside(lease.subnet, config.network):
             return f"subnet {lease.subnet} is outside Network {config.network}"
@@ -608,6 +613,8 @@ def _misfit(config: NetworkConfig, lease: Lease) -> str | None:
         return f"VNI {lease.vni} differs from the config's VNI {config.vni}"
     if config.enable_ipv6 and lease.ipv6_subnet is not None and lease.v6_vni != config.vni:
         return f"BackendV6Data.VNI {lease.v6_vni} differs from the config's VNI {config.vni}"
+    if guard is not None:
+        return guard.peer_reason(lease)
     return None
 
 

@@ -227,11 +227,14 @@ class Route(_Base):
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]):
         # A route through a nexthop, or a blackhole, may have no gateway or device
-        # (the full-fidelity form leaves out every None); any other route names both.
+        # (the full-fidelity form leaves out every None); a connected route (the
+        # bridge's) has a device and no gateway; any other route names both.
         if obj.get("type", "unicast") not in ROUTE_TYPES:
             raise TypeError(f"type must be one of {', '.join(ROUTE_TYPES)}, got {obj.get('type')!r}"[:200])
         if obj.get("nhid") or obj.get("type") == "blackhole":
             obj = {"gateway": None, "dev": None, **obj}
+        elif "dev" in obj:
+            obj = {"gateway": None, **obj}
         return _Base.from_json.__func__(cls, obj)
 
 

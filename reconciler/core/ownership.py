@@ -15,8 +15,10 @@ The agent owns, and only owns:
   *and* that either sit on a VXLAN device or carry our route protocol
   (``RTPROT_RECONCILER``).  Routes flanneld left (``proto boot`` on
   ``flannel.<VNI>``) therefore count as ours and are adopted or removed.
-  Routes the kernel made (``proto kernel``: the connected route of ``cni0``)
-  are never ours: the kernel keeps them in step with the addresses;
+  Routes the kernel made (``proto kernel``) are not ours, with one
+  exception: the IPv4 connected route of our bridge (``100.64.1.0/24 dev
+  cni0``), which is desired state so that it comes back after ``ip route
+  flush`` (the kernel does not re-make it while the address stays);
 * permanent neighbour entries and ``self`` permanent FDB entries on the
   VXLAN devices (the backend only reports permanent ones; the kernel's own
   reachable/stale entries are not ours and never enter the dump);
@@ -76,12 +78,13 @@ class OwnershipPolicy(Protocol):
 class FlannelOwnership:
     """The ownership rules above for one network config."""
 
-    __slots__ = ("vxlan_devices", "devices", "_networks", "_prefix_cache")
+    __slots__ = ("vxlan_devices", "devices", "bridge", "_networks", "_prefix_cache")
 
     def __init__(self, config: NetworkConfig, bridge: str | None = BRIDGE_NAME) -> None:
         self.vxlan_devices = frozenset({config.device_name, config.v6_device_name})
         # bridge None (--no-bridge): the CNI plugin owns the bridge, we own none.
         self.devices = self.vxlan_devices | ({bridge} if bridge else set())
+        self.bridge = bridge
         nets = []
         if config.network is not None:
             nets.append(config.network)
@@ -116,7 +119,9 @@ class FlannelOwnership:
             return obj.dev in self.devices and self.inside_network(obj.cidr.split("/", 1)[0])
         if isinstance(obj, Route):
             if obj.protocol == RTPROT_KERNEL:
-                return False
+                # Only the bridge's IPv4 connected route (metric 0; IPv6 ones have 256).
+                return (obj.dev is not None and obj.dev == self.bridge and obj.gateway is None
+                        and obj.metric == 0 and ":" not in obj.dst and self.inside_network(obj.dst))
             on_ours = obj.dev in self.vxlan_devices or obj.protocol == RTPROT_RECONCILER
             return on_ours and self.inside_network(obj.dst)
         if isinstance(obj, (Neigh, Fdb)):

@@ -92,6 +92,47 @@ def _connected_prefix(cidr: str) -> str | None:
     return None if net.prefixlen == net.max_prefixlen else str(net)
 
 
+def _kernel_made_routes(desired, live, link_writes, gone_devices) -> set[tuple[str, str]]:
+    """(device, prefix) of the connected routes the kernel makes as this plan runs: those of the
+    addresses it writes, and of every address on a device it creates, re-creates or sets up.
+
+    A desired connected route (the bridge's subnet on ``cni0``) is written only when it is
+    missing while its address stays (``ip route flush``); otherwise the kernel makes it and a
+    write of ours would only replace it."""
+    touched = {c.obj.name for c in link_writes} | gone_devices
+    live_addrs = live.of("address")
+    out: set[tuple[str, str]] = set()
+    for key, want in desired.of("address").items():
+        if want.dev in touched or key not in live_addrs:
+            prefix = _connected_prefix(want.cidr)
+            if prefix is not None:
+                out.add((want.dev, prefix))
+    return out
+
+
+def _shadowed(desired_routes, foreign_routes) -> list["Conflict"]:
+    """Peer routes part of which a more specific foreign route takes (``100.64.2.0/25 via ...``
+    inside our ``100.64.2.0/24``): longest prefix wins, so that part of the peer's pods goes
+    elsewhere.  Reported as a conflict with the foreign route; ours is still written (the
+    foreign one holds another key) and the foreign one is left alone."""
+    out = []
+    for key, foreign in foreign_routes.items():
+        if key in desired_routes:
+            continue
+        try:
+            net = ipaddress.ip_network(foreign.dst)
+        except ValueError:
+            continue
+        for plen in range(net.prefixlen - 1, -1, -1):
+            sup = str(net.supernet(new_prefix=plen))
+            want = desired_routes.get((sup, 0)) or desired_routes.get((sup, 1024))
+            if want is not None:
+                if want.gateway is not None or want.nhid:   # a peer's, not the bridge's own subnet
+                    out.append(Conflict(want, foreign))
+                break
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Conflict:
     """A desired object whose kernel key is held by a foreign object.
@@ -210,6 +251,8 @@ def make_plan(desired, live, foreign_routes=None, foreign_nexthops=None) -> Plan
             if prefix is not None:
                 dying_connected.add((have.dev, prefix))
 
+    made_by_kernel = _kernel_made_routes(desired, live, writes["link"], gone_devices)
+
     conflicts: list[Conflict] = []
     foreign_routes = foreign_routes or {}
     foreign_nexthops = foreign_nexthops or {}
@@ -246,6 +289,8 @@ def make_plan(desired, live, foreign_routes=None, foreign_nexthops=None) -> Plan
             if have is not None and vanishes(kind, have):
                 have = None  # the kernel drops it as a side effect of a change above
             if have is None:
+                if kind == "route" and want.gateway is None and (want.dev, want.dst) in made_by_kernel:
+                    continue    # the address this plan writes makes it (docs/kernel-facts.md)
                 writes[kind].append(Change("create", want))
             elif attr_diff(want, have):
                 writes[kind].append(Change("update", want, have))
@@ -253,6 +298,8 @@ def make_plan(desired, live, foreign_routes=None, foreign_nexthops=None) -> Plan
             if key not in desired_objs and not vanishes(kind, have) and not (
                     kind == "route" and have.nhid in gone_nhids):
                 deletes[kind].append(Change("delete", have))
+
+    conflicts += _shadowed(desired.of("route"), foreign_routes)
 
     ordered: list[Change] = []
     for op, kind in _STEPS:

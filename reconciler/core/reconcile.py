@@ -31,6 +31,7 @@ from reconciler.core.leases import Lease, RawKV, Skipped, validate_leases
 from reconciler.core.model import KernelState
 from reconciler.core.ownership import FlannelOwnership, owned_nexthop_id
 from reconciler.core.plan import Plan, make_plan
+from reconciler.core.underlay_guard import UnderlayGuard
 
 __all__ = ["Cycle", "compute_cycle", "dump_live", "on_link_predicate", "owned_devices"]
 
@@ -94,12 +95,18 @@ def compute_cycle(
     node: NodeParams,
     live_dump: KernelState,
     on_link: Callable[[str], bool] | None = None,
+    underlay_prefixes: Sequence[str] | None = None,
 ) -> Cycle:
     """Validate leases, build desired state, filter the live dump, and plan.
 
+    ``underlay_prefixes`` (the underlay's connected prefixes, when known) and
+    our PublicIP make the node facts that refuse a peer lease able to capture
+    the underlay (``underlay_guard``); offline only our PublicIP is known.
+
     Raises ``NoOwnLease`` when no valid lease carries our PublicIP.
     """
-    leases, skipped = validate_leases(config, kvs, prefix)
+    guard = UnderlayGuard.of(node.public_ip, config.network, underlay_prefixes or ())
+    leases, skipped = validate_leases(config, kvs, prefix, guard)
     own = find_own_lease(leases, node.public_ip)
     desired = desired_state(config, leases, node, on_link or (lambda _ip: False))
     policy = FlannelOwnership(config, node.bridge)

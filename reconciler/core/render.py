@@ -158,7 +158,7 @@ def plan_text(
                      if all(c.foreign.KIND == "route" for c in plan.conflicts) else
                      "conflicts (left alone: the kernel key is held by an object that is not ours):")
         for c in plan.conflicts:
-            line = f"! {describe(c.desired)}: held by foreign {describe(c.foreign)} proto {c.foreign.protocol}"
+            line = f"! {describe(c.desired)}: {conflict_words(c)} foreign {describe(c.foreign)} proto {c.foreign.protocol}"
             lines.append("  " + (f"\033[35m{line}{_RESET}" if colour else line))
     s = plan.summary()
     if plan.in_sync:
@@ -214,6 +214,12 @@ def plan_json(
 
 # --- show: desired beside live, like ``ifquery --check`` -------------------
 
+def conflict_words(c) -> str:
+    """``held by`` (the foreign object sits at our key) or ``partly taken by`` (a more specific
+    foreign route inside a peer's subnet, plan._shadowed)."""
+    return "held by" if c.foreign.KIND != "route" or c.foreign.key == c.desired.key else "partly taken by"
+
+
 def show_rows(desired: KernelState, live: KernelState, plan: Plan) -> list[tuple[str, str, str]]:
     """``(status, object, detail)`` per desired object and per stale owned object.
 
@@ -233,7 +239,8 @@ def show_rows(desired: KernelState, live: KernelState, plan: Plan) -> list[tuple
         have = live.get(obj.KIND, obj.key)
         if (obj.KIND, obj.key) in conflicted:
             foreign = conflicted[(obj.KIND, obj.key)].foreign
-            rows.append(("conflict", describe(obj), f"held by foreign {describe(foreign)}"))
+            rows.append(("conflict", describe(obj), f"{conflict_words(conflicted[(obj.KIND, obj.key)])} "
+                                                    f"foreign {describe(foreign)}"))
         elif c is None:
             rows.append(("ok", describe(obj), ""))
         elif have is None:

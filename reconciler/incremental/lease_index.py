@@ -27,6 +27,7 @@ from typing import Any, Iterable
 
 from reconciler.core.config import NetworkConfig
 from reconciler.core.errors import LeaseError
+from reconciler.core.underlay_guard import UnderlayGuard
 from reconciler.core.leases import Lease, RawKV, Skipped, _misfit, _strip_prefix, parse_lease
 
 __all__ = ["LeaseIndex", "Status"]
@@ -52,8 +53,10 @@ class LeaseIndex:
     reason changed): exactly what the desired state and the log need.
     """
 
-    def __init__(self, config: NetworkConfig, prefix: str) -> None:
+    def __init__(self, config: NetworkConfig, prefix: str, guard: UnderlayGuard | None = None) -> None:
         self.config = config
+        #: This node's underlay facts (``validate_leases``'s ``guard``).
+        self.guard = guard
         self.base = _strip_prefix(prefix) + "/subnets/"
         self._entries: dict[str, _Entry] = {}
         self._claimants: dict[tuple[str, Any], set[str]] = {}
@@ -135,6 +138,20 @@ class LeaseIndex:
             seeds |= self._store(kv)
         return self._resolve(seeds)
 
+    def set_guard(self, guard: UnderlayGuard | None) -> set[str]:
+        """New underlay facts (the underlay's address or prefixes changed): every lease is judged
+        again; returns the keys whose standing changed."""
+        if guard == self.guard:
+            return set()
+        self.guard = guard
+        kvs = self.kvs()
+        for kv in kvs:
+            self._unclaim(kv.key, self._entries.pop(kv.key))
+        seeds: set[str] = set()
+        for kv in kvs:
+            seeds |= self._store(kv)
+        return self._resolve(seeds)
+
     # ----------------------------------------------------------- internals
     def _store(self, kv: RawKV) -> set[str]:
         """Record ``kv``; return the keys whose standing may change (its own, and its old rivals)."""
@@ -160,7 +177,7 @@ class LeaseIndex:
             lease = parse_lease(kv.key[len(self.base):], kv.value, kv.lease)
         except LeaseError as exc:
             return None, exc.reason
-        reason = _misfit(self.config, lease)
+        reason = _misfit(self.config, lease, self.guard)
         return (None, reason) if reason is not None else (lease, None)
 
     def _unclaim(self, key: str, entry: _Entry) -> set[str]:

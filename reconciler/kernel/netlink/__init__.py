@@ -54,6 +54,10 @@ The contract, which ``tests/`` checks for every backend:
     from the interface's IPv6 addresses.  Raises ``NetlinkError`` when it
     has no usable one and ``public_ipv6`` is not given.
 
+``sysctl(name)``, ``all_links()`` (optional; the health conditions, ``core/health.py``)
+    A sysctl's value inside the namespace (None when absent), and every
+    link as a ``Link``: what ``kernel/facts.py`` reads besides the dump.
+
 ``close()``
     Release sockets.  Backends are context managers.
 """
@@ -80,6 +84,8 @@ class Underlay:
     #: (flanneld's preference) and its connected IPv6 prefixes.
     address6: str | None = None
     prefixes6: tuple[str, ...] = ()
+    #: Every IPv4 address it holds (the health check: is our ``local`` still one of them?).
+    addresses: tuple[str, ...] = ()
 
 
 @runtime_checkable

@@ -86,7 +86,7 @@ from reconciler.core.model import Address, KernelState, Link
 from reconciler.core.plan import Change, OpResult
 from reconciler.kernel.netlink import wire
 from reconciler.kernel.netlink.common import DeviceVanished as _DeviceVanished
-from reconciler.kernel.netlink.common import UnderlayLookup, describe, in_netns, netns_path
+from reconciler.kernel.netlink.common import KernelFacts, UnderlayLookup, describe, in_netns, netns_path
 from reconciler.kernel.netlink.wire import SOL_NETLINK
 
 __all__ = ["BatchedBackend"]
@@ -155,7 +155,7 @@ def _nexthop_layout(change: Change) -> bool:
         bool(getattr(change.obj, "nhid", 0)) or getattr(change.obj, "type", "unicast") != "unicast"))
 
 
-class BatchedBackend(UnderlayLookup):
+class BatchedBackend(UnderlayLookup, KernelFacts):
     """``NetlinkBackend`` over one raw rtnetlink socket, optionally inside a named namespace.
 
     ``accelerate``: use the compiled decoders when they are built
@@ -278,6 +278,9 @@ class BatchedBackend(UnderlayLookup):
         self._names = {m.index: m.name for m in msgs}
         self._index = {name: idx for idx, name in self._names.items()}
         return msgs
+
+    def _link_value(self, msg: wire.LinkMsg) -> Link:
+        return wire.link_value(msg, self._names)
 
     def _ifindex(self, name: str) -> int:
         if self._index is None:

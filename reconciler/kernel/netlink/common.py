@@ -164,7 +164,8 @@ def underlay_of(name: str, mtu: int, addrs: list[tuple[str, int, int]], given: s
             net = str(ipaddress.ip_network(f"{local}/{plen}", strict=False))
             if net not in prefixes:
                 prefixes.append(net)
-    return Underlay(name=name, address=given, mtu=mtu, prefixes=tuple(prefixes))
+    return Underlay(name=name, address=given, mtu=mtu, prefixes=tuple(prefixes),
+                    addresses=tuple(a[0] for a in addrs if a[0]))
 
 
 def underlay_v6_of(underlay: Underlay, addrs: list[tuple[str, int, int]], public_ipv6: str | None,
@@ -265,6 +266,30 @@ def match_iface_regex(pattern: str, interfaces: Sequence[tuple[int, str, Sequenc
         if rx.search(name):
             return idx, None
     return None
+
+
+class KernelFacts:
+    """What the health conditions read besides the dump (``core/health.py``), for a backend with
+    ``_netns_file``, ``_refresh_links()`` and ``_link_value(msg)``."""
+
+    def sysctl(self, name: str) -> str | None:
+        """``sysctl NAME`` inside the backend's namespace (``net.ipv4.ip_forward``); None if absent.
+
+        /proc/sys/net shows the namespace of the calling thread, hence ``in_netns``."""
+        path = "/proc/sys/" + name.replace(".", "/")
+
+        def read() -> str | None:
+            try:
+                with open(path) as f:
+                    return f.read().strip()
+            except OSError:
+                return None
+
+        return in_netns(self._netns_file, read)
+
+    def all_links(self) -> list:
+        """Every link of the namespace (``ip -d link show``), as ``Link`` values."""
+        return [self._link_value(m) for m in self._refresh_links()]
 
 
 class UnderlayLookup:

@@ -62,7 +62,7 @@ from reconciler.core.errors import DumpInterrupted, NamespaceNotFound, NetlinkEr
 from reconciler.core.model import RTPROT_RECONCILER, Address, Fdb, KernelState, Link, Neigh, Nexthop, Route
 from reconciler.core.plan import Change, OpResult
 from reconciler.kernel.netlink.common import DeviceVanished as _DeviceVanished
-from reconciler.kernel.netlink.common import UnderlayLookup, describe, in_netns, netns_path
+from reconciler.kernel.netlink.common import KernelFacts, UnderlayLookup, describe, in_netns, netns_path
 from reconciler.kernel.netlink.pyroute_msgs import (IFF_UP, ROUTE_TYPE_NAMES, RT_TABLE_MAIN, RTN_UNICAST, RTNH_F_ONLINK, _addr_dump_msg, _addr_flags, _cidr_of,
                            _ip, _local_of, _ndmsg, _route_dump_msg, _route_get_msg, address_msg, fdb_msg,
                            link_create_msg, link_set_msg, link_up_msg, neigh_msg, route_msg)
@@ -83,7 +83,6 @@ F_REPLACE = F_ACK | NLM_F_CREATE | NLM_F_REPLACE        # ip ... replace
 
 #: How often an interrupted dump is tried before it is given up.
 DUMP_TRIES = 5
-_ZERO_MAC = "00:00:00:00:00:00"
 _FE80_64 = ipaddress.ip_network("fe80::/64")
 
 
@@ -110,7 +109,7 @@ def _errtext(exc: BaseException) -> tuple[int, str]:
     return code, f"{detail} ({E.errorcode.get(code, code)})"
 
 
-class PyrouteBackend(UnderlayLookup):
+class PyrouteBackend(UnderlayLookup, KernelFacts):
     """``NetlinkBackend`` over one rtnetlink socket, optionally inside a named namespace.
 
     pyroute2 keeps its event loop per thread: use a backend only from the
@@ -189,6 +188,9 @@ class PyrouteBackend(UnderlayLookup):
         self._names = {m["index"]: m.get("IFLA_IFNAME") for m in msgs}
         self._index = {name: idx for idx, name in self._names.items()}
         return msgs
+
+    def _link_value(self, msg) -> Link:
+        return self._parse_link(msg)
 
     def _ifindex(self, name: str) -> int:
         if self._index is None:
@@ -324,7 +326,7 @@ class PyrouteBackend(UnderlayLookup):
     def _parse_fdb(msg, idx: int, name: str) -> Fdb | None:
         dst, mac = msg.get("NDA_DST"), msg.get("NDA_LLADDR")
         if (msg["ifindex"] != idx or msg["family"] != AF_BRIDGE or not msg["flags"] & NTF_SELF
-                or not msg["state"] & NUD_PERMANENT or not dst or not mac or mac == _ZERO_MAC):
+                or not msg["state"] & NUD_PERMANENT or not dst or not mac):
             return None
         return Fdb(dev=name, mac=mac.lower(), dst=_ip(dst))
 

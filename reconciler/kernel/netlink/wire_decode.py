@@ -41,7 +41,6 @@ __all__ = [
     "split_nets",
 ]
 
-_ZERO_MAC = "00:00:00:00:00:00"
 _FE80_64 = ipaddress.ip_network("fe80::/64")
 
 
@@ -193,8 +192,9 @@ def decode_neighs(buf, ifindex: int, name: str) -> list[Neigh]:
 
 
 def decode_fdb(buf, ifindex: int, name: str) -> list[Fdb]:
-    """``NTF_SELF`` permanent FDB entries with a ``dst`` of device ``ifindex`` (AF_BRIDGE dump);
-    the all-zeros default entry is left out."""
+    """``NTF_SELF`` permanent FDB entries with a ``dst`` of device ``ifindex`` (AF_BRIDGE dump),
+    the all-zeros flood entry included: flanneld never writes one on its device, and one that
+    is there sends every broadcast frame to its ``dst`` (docs/kernel-facts.md)."""
     out: list[Fdb] = []
     for mtype, _f, _s, off, end in _messages(buf):
         if mtype != RTM_NEWNEIGH:
@@ -206,10 +206,7 @@ def decode_fdb(buf, ifindex: int, name: str) -> list[Fdb]:
         if (idx != ifindex or family != AF_BRIDGE or not flags & NTF_SELF or not state & NUD_PERMANENT
                 or not dst or not lladdr):
             continue
-        mac = lladdr.hex(":")
-        if mac == _ZERO_MAC:
-            continue
-        out.append(Fdb(dev=name, mac=mac, dst=ip_text(dst)))
+        out.append(Fdb(dev=name, mac=lladdr.hex(":"), dst=ip_text(dst)))
     return out
 
 

@@ -221,6 +221,9 @@ def underlay(count: int = 2, mtu: int = 1500, dev: str = "eth0",
             run(ns, "ip", "addr", "add", f"{ip}/{UNDERLAY_PREFIXLEN}", "dev", dev)
             run(ns, "ip", "link", "set", dev, "up")
             run(ns, "ip", "route", "add", "default", "via", GATEWAY, "dev", dev)
+            # A node forwards (kubeadm's preflight insists; a fresh namespace has it off), and
+            # the agent is not ready while it does not (core/health.py).
+            run(ns, "tee", "/proc/sys/net/ipv4/ip_forward", input="1\n")
             ip6 = None
             if ipv6:
                 ip6 = f"{UNDERLAY6_PREFIX}{i:x}"
