@@ -51,6 +51,7 @@ class LocalEtcd:
         self.start_timeout = start_timeout
         self.dir: Path | None = None
         self.client_port = 0
+        self.peer_port = 0
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -90,9 +91,9 @@ class LocalEtcd:
             raise
         raise AssertionError("unreachable")
 
-    def _spawn(self) -> None:
-        self.client_port, peer_port = _free_port(), _free_port()
-        client, peer = self.endpoint, f"http://{LOOPBACK}:{peer_port}"
+    def _spawn(self, ports: tuple[int, int] | None = None) -> None:
+        self.client_port, self.peer_port = ports or (_free_port(), _free_port())
+        client, peer = self.endpoint, f"http://{LOOPBACK}:{self.peer_port}"
         argv = [self.binary, "--name", "demo", "--data-dir", str(self.dir / "data"),
                 "--listen-client-urls", client, "--advertise-client-urls", client,
                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
@@ -141,6 +142,48 @@ class LocalEtcd:
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
+
+    # ------------------------------------------------------- faults (the soak)
+    def pause(self) -> None:
+        """SIGSTOP: the server hangs, its sockets stay open (a hung etcd, not a dead one)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+
+    def halt(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        """Stop the server (SIGTERM: clean; SIGKILL: a crash) and keep its data dir for ``restart``."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)   # a paused server could not act on SIGTERM
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout)
+
+    def restart(self, wipe: bool = False) -> None:
+        """Start again on the same ports (the agents keep their endpoint), with the
+        old data or, with ``wipe``, none: a member restored from nothing."""
+        assert self.dir is not None, "restart() before start()"
+        self.halt()
+        if wipe:
+            shutil.rmtree(self.dir / "data", ignore_errors=True)
+        # The ports were ours a moment ago; a start that fails (one taken meanwhile)
+        # is tried again on the same ports, since the agents know only this endpoint.
+        for attempt in range(5):
+            self._spawn((self.client_port, self.peer_port))
+            try:
+                self._wait_healthy()
+                return
+            except RuntimeError:
+                self._kill()
+                if attempt == 4:
+                    raise
+                time.sleep(0.5)
 
     def log_tail(self, chars: int = 1500) -> str:
         try:
