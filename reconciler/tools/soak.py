@@ -65,7 +65,7 @@ from reconciler.tools.lab import cni as lab_cni
 from reconciler.tools.lab import etcd as lab_etcd
 from reconciler.tools.lab.netns import CommandFailed, Node, delete_netns, netns, run, underlay
 
-__all__ = ["FAULTS", "KNOWN_FAILING", "SOAK_PREFIX", "SoakOptions", "main", "parse_fault_set", "run_soak",
+__all__ = ["FAULTS", "KNOWN_FAILING", "SOAK_PREFIX", "SoakOptions", "main", "parse_fault_set", "plant_foreign", "read_foreign", "run_soak",
            "schedule"]
 
 #: Namespaces made by the soak: ``frs-<pid>-<n>-<tag>``.
@@ -130,10 +130,15 @@ def parse_fault_set(faults: str | None, skip: str | None) -> list[str]:
 
 
 def schedule(seed: int, kinds: Sequence[str]) -> Iterator[str]:
-    """The endless fault sequence of a seed: it depends on nothing but (seed, kinds)."""
+    """The endless fault sequence of a seed: it depends on nothing but (seed, kinds).
+
+    Rounds of a seeded permutation of the kinds, so that every kind runs once in
+    every ``len(kinds)`` steps: a short run still covers the whole fault set."""
     rng = random.Random(f"soak:{seed}:{','.join(kinds)}")
     while True:
-        yield rng.choice(list(kinds))
+        order = list(kinds)
+        rng.shuffle(order)
+        yield from order
 
 
 def step_rng(seed: int, step: int) -> random.Random:
@@ -223,6 +228,55 @@ class EtcdHttp:
         ops = [{"request_put": {"key": _b64(k), "value": _b64(v), **({"lease": str(lease)} if lease else {})}}
                for k, v, lease in items]
         self.call("kv/txn", {"success": ops})
+
+
+# --------------------------------------------------------------------------------------------
+# Foreign objects: someone else's, in every node
+# --------------------------------------------------------------------------------------------
+
+def plant_foreign(node: Node, i: int) -> dict[str, str]:
+    """Someone else's objects in the node, each read back by the command that shows it."""
+    ns = node.ns
+    for argv in (
+        ["ip", "link", "add", "vxfrgn", "type", "vxlan", "id", "99", "local", node.ip, "dev", node.dev,
+         "dstport", "4790", "nolearning"],
+        ["ip", "link", "set", "vxfrgn", "mtu", "1400", "up"],
+        ["ip", "addr", "add", f"100.127.254.{i}/32", "dev", "vxfrgn"],
+        ["ip", "neigh", "add", "100.127.250.1", "lladdr", "02:5a:00:00:00:01", "dev", "vxfrgn", "nud", "permanent"],
+        ["bridge", "fdb", "append", "02:5a:00:00:00:01", "dev", "vxfrgn", "dst", "198.18.0.250", "self", "permanent"],
+        ["ip", "route", "add", "100.127.250.0/24", "via", "100.127.250.1", "dev", "vxfrgn", "onlink"],
+        ["ip", "route", "add", "100.127.251.0/24", "via", "198.18.0.254", "dev", node.dev],
+        ["ip", "route", "add", "100.127.252.0/24", "via", "198.18.0.254", "dev", node.dev, "table", "100"],
+        ["ip", "neigh", "add", "198.18.0.77", "lladdr", "02:5a:00:00:00:77", "dev", node.dev, "nud", "permanent"],
+        ["iptables", "-N", "SOAK-FOREIGN"],
+        ["iptables", "-A", "SOAK-FOREIGN", "-s", "198.19.0.0/24", "-j", "RETURN"],
+        ["iptables", "-I", "FORWARD", "1", "-s", "198.19.1.0/24", "-m", "comment", "--comment",
+         FOREIGN_IPTABLES_TAG, "-j", "ACCEPT"],
+        ["iptables", "-t", "nat", "-A", "POSTROUTING", "-s", "198.19.2.0/24", "-m", "comment", "--comment",
+         FOREIGN_IPTABLES_TAG, "-j", "RETURN"],
+    ):
+        run(ns, *argv)
+    return read_foreign(node)
+
+def read_foreign(node: Node) -> dict[str, str]:
+    """The foreign objects of a node, as text: what ``plant_foreign`` planted must stay byte for byte."""
+    ns = node.ns
+    shows = {
+        "link vxfrgn": ["ip", "-d", "link", "show", "vxfrgn"],
+        "addr vxfrgn": ["ip", "-4", "addr", "show", "dev", "vxfrgn"],
+        "neigh vxfrgn": ["ip", "neigh", "show", "dev", "vxfrgn"],
+        "fdb vxfrgn": ["bridge", "fdb", "show", "dev", "vxfrgn"],
+        "route 100.127.250.0/24": ["ip", "route", "show", "100.127.250.0/24"],
+        "route 100.127.251.0/24": ["ip", "route", "show", "100.127.251.0/24"],
+        "route table 100": ["ip", "route", "show", "table", "100"],
+        f"neigh 198.18.0.77 dev {node.dev}": ["ip", "neigh", "show", "198.18.0.77", "dev", node.dev],
+    }
+    out = {label: run(ns, *argv, check=False).stdout for label, argv in shows.items()}
+    for table in ("filter", "nat"):
+        text = run(ns, "iptables-save", "-t", table, check=False).stdout
+        out[f"iptables -t {table}"] = "\n".join(
+            line for line in text.splitlines() if FOREIGN_IPTABLES_TAG in line or "SOAK-FOREIGN" in line)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -338,7 +392,7 @@ class Soak:
             # Docker's FORWARD policy, and forwarding on, as on a node.
             run(node.ns, "iptables", "-P", "FORWARD", "DROP")
             self._ip_forward(node, 1)
-            self.foreign.append(self._plant_foreign(node, i))
+            self.foreign.append(plant_foreign(node, i))
             self.monitors.append(self.stack.enter_context(NetlinkMonitor(node.ns)))
         for i, node in enumerate(self.nodes, 1):
             agent = AgentProcess(node.ns, self.workdir / f"node-{i}", ["--etcd-endpoints", self.etcd.endpoint],
@@ -367,49 +421,6 @@ class Soak:
 
     def _ip_forward(self, node: Node, value: int) -> None:
         run(node.ns, "tee", "/proc/sys/net/ipv4/ip_forward", input=f"{value}\n")
-
-    def _plant_foreign(self, node: Node, i: int) -> dict[str, str]:
-        """Someone else's objects in the node, each read back by the command that shows it."""
-        ns = node.ns
-        for argv in (
-            ["ip", "link", "add", "vxfrgn", "type", "vxlan", "id", "99", "local", node.ip, "dev", node.dev,
-             "dstport", "4790", "nolearning"],
-            ["ip", "link", "set", "vxfrgn", "mtu", "1400", "up"],
-            ["ip", "addr", "add", f"100.127.254.{i}/32", "dev", "vxfrgn"],
-            ["ip", "neigh", "add", "100.127.250.1", "lladdr", "02:5a:00:00:00:01", "dev", "vxfrgn", "nud", "permanent"],
-            ["bridge", "fdb", "append", "02:5a:00:00:00:01", "dev", "vxfrgn", "dst", "198.18.0.250", "self", "permanent"],
-            ["ip", "route", "add", "100.127.250.0/24", "via", "100.127.250.1", "dev", "vxfrgn", "onlink"],
-            ["ip", "route", "add", "100.127.251.0/24", "via", "198.18.0.254", "dev", node.dev],
-            ["ip", "route", "add", "100.127.252.0/24", "via", "198.18.0.254", "dev", node.dev, "table", "100"],
-            ["ip", "neigh", "add", "198.18.0.77", "lladdr", "02:5a:00:00:00:77", "dev", node.dev, "nud", "permanent"],
-            ["iptables", "-N", "SOAK-FOREIGN"],
-            ["iptables", "-A", "SOAK-FOREIGN", "-s", "198.19.0.0/24", "-j", "RETURN"],
-            ["iptables", "-I", "FORWARD", "1", "-s", "198.19.1.0/24", "-m", "comment", "--comment",
-             FOREIGN_IPTABLES_TAG, "-j", "ACCEPT"],
-            ["iptables", "-t", "nat", "-A", "POSTROUTING", "-s", "198.19.2.0/24", "-m", "comment", "--comment",
-             FOREIGN_IPTABLES_TAG, "-j", "RETURN"],
-        ):
-            run(ns, *argv)
-        return self._read_foreign(node)
-
-    def _read_foreign(self, node: Node) -> dict[str, str]:
-        ns = node.ns
-        shows = {
-            "link vxfrgn": ["ip", "-d", "link", "show", "vxfrgn"],
-            "addr vxfrgn": ["ip", "-4", "addr", "show", "dev", "vxfrgn"],
-            "neigh vxfrgn": ["ip", "neigh", "show", "dev", "vxfrgn"],
-            "fdb vxfrgn": ["bridge", "fdb", "show", "dev", "vxfrgn"],
-            "route 100.127.250.0/24": ["ip", "route", "show", "100.127.250.0/24"],
-            "route 100.127.251.0/24": ["ip", "route", "show", "100.127.251.0/24"],
-            "route table 100": ["ip", "route", "show", "table", "100"],
-            f"neigh 198.18.0.77 dev {node.dev}": ["ip", "neigh", "show", "198.18.0.77", "dev", node.dev],
-        }
-        out = {label: run(ns, *argv, check=False).stdout for label, argv in shows.items()}
-        for table in ("filter", "nat"):
-            text = run(ns, "iptables-save", "-t", table, check=False).stdout
-            out[f"iptables -t {table}"] = "\n".join(
-                line for line in text.splitlines() if FOREIGN_IPTABLES_TAG in line or "SOAK-FOREIGN" in line)
-        return out
 
     # -------------------------------------------------------------- the peers
     def _peer_sets(self) -> tuple[set[str], set[str], set[str]]:
@@ -680,7 +691,7 @@ class Soak:
     def check_after(self, step: int, kind: str) -> None:
         """The invariants that do not converge: foreign objects, logs, memory, subnets."""
         for i, (node, planted) in enumerate(zip(self.nodes, self.foreign), 1):
-            now = self._read_foreign(node)
+            now = read_foreign(node)
             for label, text in planted.items():
                 if now.get(label) != text:
                     self.violate(step, kind, "foreign objects untouched",

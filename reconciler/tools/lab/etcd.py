@@ -31,6 +31,15 @@ ETCD_BIN = "/usr/bin/etcd"
 LOOPBACK = "127.0.0.1"
 
 
+def _state(pid: int) -> str | None:
+    """The process state letter of ``/proc/<pid>/stat`` (``T``: stopped); None when gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 class EtcdNotInstalled(RuntimeError):
     """The etcd server binary is missing."""
 
@@ -148,6 +157,11 @@ class LocalEtcd:
         """SIGSTOP: the server hangs, its sockets stay open (a hung etcd, not a dead one)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGSTOP)
+            # The stop reaches every thread asynchronously; a request sent meanwhile
+            # could still be answered.  Wait (bounded) until the kernel says "stopped".
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline and _state(self.proc.pid) not in ("T", None):
+                time.sleep(0.01)
 
     def resume(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -1,0 +1,145 @@
+"""The chaos soak (``python3 -m reconciler.tools.soak``): its pure parts, its etcd and
+kernel probes, and a short seeded run in CI that fails on any invariant violation.
+
+The short run leaves out the fault kinds the agent is known to fail today
+(``KNOWN_FAILING`` in the soak, listed in the README's "Chaos soak"); when
+one is fixed, it moves into ``CI_FAULTS``.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+
+import pytest
+
+from reconciler.tools import soak
+from reconciler.tools.lab import etcd as lab_etcd
+from reconciler.tools.lab.netns import underlay
+from tests.conftest_etcd import require_etcd
+from tests.conftest_netns import require_root
+
+#: The kinds the CI run injects: every kind but those the agent is known to fail.
+CI_FAULTS = [k for k in soak.FAULTS if k not in soak.KNOWN_FAILING]
+
+
+# ------------------------------------------------------------------------------ pure parts
+
+def test_fault_set_defaults_to_every_kind_in_a_fixed_order():
+    assert soak.parse_fault_set(None, None) == list(soak.FAULTS)
+    assert soak.parse_fault_set("vxlan_del,lease_churn", None) == ["lease_churn", "vxlan_del"]
+    assert "ip_forward_off" not in soak.parse_fault_set(None, "ip_forward_off,etcd_wipe")
+
+
+@pytest.mark.parametrize("faults, skip", [("lease_churn,bogus", None), (None, "nope"), ("route_del", "route_del")])
+def test_fault_set_refuses_unknown_kinds_and_an_empty_set(faults, skip):
+    with pytest.raises(ValueError):
+        soak.parse_fault_set(faults, skip)
+
+
+def test_the_cli_refuses_an_unknown_fault_kind(capsys):
+    assert soak.main(["--faults", "lease_churn,bogus"]) == 1
+    assert "bogus" in capsys.readouterr().err
+
+
+def test_the_schedule_depends_on_the_seed_alone_and_covers_every_kind_each_round():
+    kinds = soak.parse_fault_set(None, None)
+    first = list(itertools.islice(soak.schedule(16, kinds), 3 * len(kinds)))
+    assert first == list(itertools.islice(soak.schedule(16, kinds), 3 * len(kinds)))
+    assert first != list(itertools.islice(soak.schedule(17, kinds), 3 * len(kinds)))
+    for r in range(3):
+        assert sorted(first[r * len(kinds):(r + 1) * len(kinds)]) == sorted(kinds)
+    assert soak.step_rng(16, 4).random() == soak.step_rng(16, 4).random() != soak.step_rng(16, 5).random()
+
+
+def test_peer_deletions_are_those_of_peers_and_of_the_vxlan_device():
+    events = [("route", "del", "100.64.5.0/24"), ("route", "new", "100.64.6.0/24"),
+              ("route", "del", "100.127.250.0/24"), ("neigh", "del", "100.64.5.0"),
+              ("fdb", "del", "0a:58:00:00:05:00"), ("fdb", "del", "02:5a:00:00:00:01"),
+              ("link", "del", "flannel.1", None), ("link", "del", "vxfrgn", None)]
+    found = soak.peer_deletions(events, {"100.64.5.0/24"}, {"100.64.5.0"}, {"0a:58:00:00:05:00"})
+    assert found == [events[0], events[3], events[4], events[6]]
+
+
+def test_tracebacks_are_found_with_their_context():
+    log = "a\nTraceback (most recent call last):\n  File x\nValueError: boom\nb\n"
+    (tb,) = soak.new_tracebacks(log)
+    assert "ValueError: boom" in tb
+    assert soak.new_tracebacks("cycle trigger=lease leases=3\n") == []
+
+
+def test_the_text_summary_names_every_violation_and_how_to_reproduce_it():
+    summary = {"seed": 3, "steps_run": 2, "duration_s": 9.0, "nodes": 3, "simulated_leases": 10,
+               "resync_interval_s": 5, "faults_by_type": {"route_del": 1, "vxlan_del": 1},
+               "convergence_s": {"all": soak.stats([1.0]), "route_del": soak.stats([1.0])},
+               "pings": {"sent": 12, "ok": 10}, "rss_mib": {"max": [50, 51, 52], "last": [50, 50, 50]},
+               "violations": [{"step": 2, "fault": "vxlan_del", "invariant": "bounded log growth",
+                               "detail": "node 1: the log grew 900 KiB"}],
+               "failing_fault_kinds": ["vxlan_del"], "reproduce": "python3 -m reconciler.tools.soak --seed 3"}
+    text = soak.render_text(summary)
+    assert "step 2 vxlan_del: bounded log growth: node 1: the log grew 900 KiB" in text
+    assert "vxlan_del" in text and "--seed 3" in text and "10/12" in text
+
+
+# ------------------------------------------------------------------- etcd and kernel probes
+
+@pytest.fixture
+def etcd(tmp_path):
+    require_root()
+    require_etcd()
+    with lab_etcd.LocalEtcd(tmp_path) as server:
+        yield server
+
+
+def test_the_json_gateway_client_and_the_restarts_the_faults_use(etcd):
+    http = soak.EtcdHttp(etcd.endpoint)
+    lease = http.grant(60)
+    http.txn_put([("/p/subnets/a", "1", lease), ("/p/subnets/b", "2", 0), ("/p/config", "c", 0)])
+    assert http.range_prefix("/p/subnets/") == {"/p/subnets/a": ("1", lease), "/p/subnets/b": ("2", 0)}
+    http.revoke(lease)
+    http.delete("/p/subnets/b")
+    assert http.range_prefix("/p/subnets/") == {}
+    http.compact(http.revision())
+    port = etcd.client_port
+    etcd.halt(signal.SIGKILL)
+    etcd.restart()                        # with its data, on the same port
+    assert etcd.client_port == port and http.range_prefix("/p/") == {"/p/config": ("c", 0)}
+    etcd.pause()
+    with pytest.raises(OSError):
+        soak.EtcdHttp(etcd.endpoint, timeout=0.5).range_prefix("/p/")
+    etcd.resume()
+    etcd.restart(wipe=True)
+    assert etcd.client_port == port and http.range_prefix("/p/") == {}
+
+
+def test_a_changed_foreign_object_is_seen(tmp_path):
+    require_root()
+    with underlay(1) as net:
+        node = net.nodes[0]
+        planted = soak.plant_foreign(node, 1)
+        assert soak.read_foreign(node) == planted
+        assert all(planted.values()), planted
+        subprocess.run(["ip", "-n", node.ns, "route", "del", "100.127.251.0/24"], check=True)
+        subprocess.run(["ip", "netns", "exec", node.ns, "iptables", "-t", "nat", "-F", "POSTROUTING"], check=True)
+        now = soak.read_foreign(node)
+        changed = {label for label in planted if now[label] != planted[label]}
+        assert changed == {"route 100.127.251.0/24", "iptables -t nat"}
+
+
+# --------------------------------------------------------------------------- the CI soak
+
+def test_a_short_seeded_soak_finds_no_violation(tmp_path):
+    """One round of every CI fault kind, plus a few more steps, with a fixed seed."""
+    require_root()
+    require_etcd()
+    opts = soak.SoakOptions(seed=16, steps=len(CI_FAULTS) + 3, faults=CI_FAULTS, leases=50,
+                            converge_timeout=45, out_dir=str(tmp_path))
+    summary = soak.run_soak(opts, out=open(os.devnull, "w"))
+    assert summary["aborted"] is None, summary["aborted"]
+    assert summary["violations"] == [], soak.render_text(summary)
+    assert set(summary["faults_by_type"]) == set(CI_FAULTS)
+    assert summary["steps_run"] == opts.steps and summary["pings"]["ok"] > 0
+    assert (tmp_path / "soak-seed16.json").exists() and (tmp_path / "soak-seed16.txt").exists()
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert f"{soak.SOAK_PREFIX}-{os.getpid()}-" not in left
