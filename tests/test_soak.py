@@ -2,8 +2,8 @@
 kernel probes, and a short seeded run in CI that fails on any invariant violation.
 
 The short run leaves out the fault kinds the agent is known to fail today
-(``KNOWN_FAILING`` in the soak, listed in the README's "Chaos soak"); when
-one is fixed, it moves into ``CI_FAULTS``.
+(``KNOWN_FAILING``, also listed in the README's "Chaos soak"); when one is
+fixed, delete its entry and the CI run injects it too.
 """
 from __future__ import annotations
 
@@ -20,8 +20,16 @@ from reconciler.tools.lab.netns import underlay
 from tests.conftest_etcd import require_etcd
 from tests.conftest_netns import require_root
 
+#: The kinds the agent fails today, with how (found by the soak itself).
+KNOWN_FAILING = {
+    "drift_while_etcd_down": "no cycle runs while etcd hangs: drift made then is repaired only after SIGCONT",
+    "etcd_wipe": "the agents never put their own lease back into a wiped etcd: plan exits 1 on every node",
+    "cni0_route_flush": "the pod subnet's route on cni0 is neither repaired nor reported: pods cut off",
+    "ip_forward_off": "ip_forward 0 is neither repaired nor reported: pods cut off",
+    "vxlan_del": "one 'failed: ... Cannot find device' line per peer and object (206 lines at 200 peers)",
+}
 #: The kinds the CI run injects: every kind but those the agent is known to fail.
-CI_FAULTS = [k for k in soak.FAULTS if k not in soak.KNOWN_FAILING]
+CI_FAULTS = [k for k in soak.FAULTS if k not in KNOWN_FAILING]
 
 
 # ------------------------------------------------------------------------------ pure parts
@@ -130,10 +138,10 @@ def test_a_changed_foreign_object_is_seen(tmp_path):
 # --------------------------------------------------------------------------- the CI soak
 
 def test_a_short_seeded_soak_finds_no_violation(tmp_path):
-    """One round of every CI fault kind, plus a few more steps, with a fixed seed."""
+    """One round of every CI fault kind (each exactly once), with a fixed seed."""
     require_root()
     require_etcd()
-    opts = soak.SoakOptions(seed=16, steps=len(CI_FAULTS) + 3, faults=CI_FAULTS, leases=50,
+    opts = soak.SoakOptions(seed=16, steps=len(CI_FAULTS), faults=CI_FAULTS, leases=200,
                             converge_timeout=45, out_dir=str(tmp_path))
     summary = soak.run_soak(opts, out=open(os.devnull, "w"))
     assert summary["aborted"] is None, summary["aborted"]

@@ -65,7 +65,7 @@ from reconciler.tools.lab import cni as lab_cni
 from reconciler.tools.lab import etcd as lab_etcd
 from reconciler.tools.lab.netns import CommandFailed, Node, delete_netns, netns, run, underlay
 
-__all__ = ["FAULTS", "KNOWN_FAILING", "SOAK_PREFIX", "SoakOptions", "main", "parse_fault_set", "plant_foreign", "read_foreign", "run_soak",
+__all__ = ["FAULTS", "SOAK_PREFIX", "SoakOptions", "main", "parse_fault_set", "plant_foreign", "read_foreign", "run_soak",
            "schedule"]
 
 #: Namespaces made by the soak: ``frs-<pid>-<n>-<tag>``.
@@ -96,9 +96,6 @@ FAULTS: dict[str, str] = {
     "cni0_route_flush": "cni0's routes flushed (the pod subnet's connected route gone)",
     "ip_forward_off": "net.ipv4.ip_forward set to 0 in the node",
 }
-#: Kinds the agent on this branch is known to fail (reported, not hidden: see the README's
-#: "Chaos soak"); the CI run leaves them out until they are fixed.
-KNOWN_FAILING: dict[str, str] = {}
 
 RESYNC_INTERVAL = 5.0
 CONVERGE_TIMEOUT = 60.0
@@ -1017,7 +1014,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.list_faults:
         for kind, what in FAULTS.items():
-            print(f"{kind:<24}{what}" + (f"  [known failing: {KNOWN_FAILING[kind]}]" if kind in KNOWN_FAILING else ""))
+            print(f"{kind:<24}{what}")
         return 0
     try:
         kinds = parse_fault_set(args.faults, args.skip_faults)
