@@ -151,3 +151,17 @@ def test_a_short_seeded_soak_finds_no_violation(tmp_path):
     assert (tmp_path / "soak-seed16.json").exists() and (tmp_path / "soak-seed16.txt").exists()
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert f"{soak.SOAK_PREFIX}-{os.getpid()}-" not in left
+
+
+def test_the_readme_table_merges_runs_per_fault_kind():
+    def run(seed, steps, violations):
+        return {"seed": seed, "steps_run": len(steps), "duration_s": 60.0, "steps": steps, "violations": violations,
+                "pings": {"sent": 6, "ok": 6}, "rss_mib": {"max": [50.0, 61.4, 52.0]}}
+
+    a = run(1, [{"fault": "route_del", "converged_s": 0.2}, {"fault": "ip_forward_off", "converged_s": None}],
+            [{"fault": "ip_forward_off"}])
+    b = run(2, [{"fault": "route_del", "converged_s": 1.0}], [])
+    table = soak.render_markdown([a, b])
+    assert "| `route_del` | 2 | 2 | 0.6 / 0.9 / 1.0 |  |" in table
+    assert "| `ip_forward_off` | 1 | 0 | - / - / - | 1 |" in table
+    assert "| **all** | 3 | 2 |" in table and "12/12" in table and "61 MiB" in table

@@ -960,6 +960,39 @@ def render_text(s: dict) -> str:
     return "\n".join(lines)
 
 
+def render_markdown(summaries: Sequence[dict]) -> str:
+    """The README's table from one or more JSON summaries (runs merged, per fault kind)."""
+    def num(v):
+        return "-" if v is None else f"{v:.1f}"
+
+    times: dict[str, list[float]] = {}
+    counts: dict[str, int] = {}
+    failed: dict[str, int] = {}
+    for s in summaries:
+        for r in s["steps"]:
+            counts[r["fault"]] = counts.get(r["fault"], 0) + 1
+            if r["converged_s"] is not None:
+                times.setdefault(r["fault"], []).append(r["converged_s"])
+        for v in s["violations"]:
+            failed[v["fault"]] = failed.get(v["fault"], 0) + 1
+    lines = ["| fault | injected | converged | convergence p50 / p90 / max (s) | violations |", "|---|---|---|---|---|"]
+    for kind in [k for k in FAULTS if k in counts]:
+        st = stats(times.get(kind, []))
+        lines.append(f"| `{kind}` | {counts[kind]} | {st['n']} | {num(st['p50'])} / {num(st['p90'])} / {num(st['max'])} "
+                     f"| {failed.get(kind, 0) or ''} |")
+    st = stats([t for ts in times.values() for t in ts])
+    lines.append(f"| **all** | {sum(counts.values())} | {st['n']} | {num(st['p50'])} / {num(st['p90'])} / "
+                 f"{num(st['max'])} | {sum(failed.values()) or ''} |")
+    sent = sum(s["pings"]["sent"] for s in summaries)
+    ok = sum(s["pings"]["ok"] for s in summaries)
+    rss = max((r for s in summaries for r in s["rss_mib"]["max"]), default=0.0)
+    runs = "; ".join(f"seed {s['seed']}: {s['steps_run']} steps, {s['duration_s'] / 60:.1f} min" for s in summaries)
+    lines.append("")
+    lines.append(f"Runs: {runs}. Pings: {ok}/{sent} answered (those sent while a fault was still being repaired "
+                 f"included). Agent RSS: at most {rss:.0f} MiB.")
+    return "\n".join(lines)
+
+
 def run_soak(opts: SoakOptions, out=None) -> dict:
     """Set up, run, summarize, clean up.  Returns the summary (also written to ``opts.out_dir``)."""
     out = out or sys.stdout
@@ -1003,6 +1036,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--faults", default=None, help="comma-separated fault kinds to use (default: all)")
     p.add_argument("--skip-faults", default=None, help="comma-separated fault kinds to leave out")
     p.add_argument("--list-faults", action="store_true", help="list the fault kinds and exit")
+    p.add_argument("--report", nargs="+", metavar="JSON",
+                   help="print the README's markdown table from these summaries and exit (runs nothing)")
     p.add_argument("--leases", type=int, default=200, help="simulated peers (default %(default)s)")
     p.add_argument("--resync-interval", type=float, default=RESYNC_INTERVAL)
     p.add_argument("--converge-timeout", type=float, default=CONVERGE_TIMEOUT)
@@ -1012,6 +1047,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--fail-fast", action="store_true", help="stop at the first violation")
     p.add_argument("--out", default="soak-results", help="directory for the JSON and text summaries")
     args = p.parse_args(argv)
+    if args.report:
+        try:
+            summaries = [json.loads(Path(f).read_text()) for f in args.report]
+        except (OSError, ValueError) as exc:
+            print(f"error: --report: {exc}", file=sys.stderr)
+            return 1
+        print(render_markdown(summaries))
+        return 0
     if args.list_faults:
         for kind, what in FAULTS.items():
             print(f"{kind:<24}{what}")
