@@ -364,6 +364,8 @@ class Soak:
         self.rss_max: list[float] = []
         self.rss_last: list[float] = []
         self.violations: list[Violation] = []
+        self.started: float | None = None
+        self.step_started = 0                     # the last step begun (an abort may cut it short)
         self._own_deletions: set[tuple] = set()   # what the harness itself deleted in an etcd-down window
         self.records: list[dict] = []
         self.pings = {"sent": 0, "ok": 0}
@@ -381,7 +383,8 @@ class Soak:
     # ------------------------------------------------------------------- set-up
     def setup(self) -> None:
         o = self.opts
-        self.etcd = lab_etcd.LocalEtcd(self.workdir).start()
+        # etcd_wipe puts every lease back in one transaction: more than etcd's default 128 operations.
+        self.etcd = lab_etcd.LocalEtcd(self.workdir, extra_args=["--max-txn-ops", str(o.leases + 4096)]).start()
         self.http = EtcdHttp(self.etcd.endpoint)
         self.http.put(f"{PREFIX}/config", self.cluster.config)
         for remote in self.cluster.remotes:
@@ -826,7 +829,7 @@ class Soak:
             raise Aborted("the cluster did not converge before the first fault")
         self.check_after(0, "baseline")
         self.say(f"baseline: converged in {took:.1f}s")
-        started = time.monotonic()
+        started = self.started = time.monotonic()
         kinds = schedule(o.seed, o.faults)
         for step in itertools.count(1):
             if o.steps is not None and step > o.steps:
@@ -834,6 +837,7 @@ class Soak:
             if o.duration is not None and time.monotonic() - started > o.duration:
                 break
             kind = next(kinds)
+            self.step_started = step
             rng = step_rng(o.seed, step)
             before = len(self.violations)
             self.say(f"step {step}: {kind}")
@@ -862,7 +866,6 @@ class Soak:
                                                       "NOT converged") + f", rss {self._rss_text()}")
             if o.fail_fast and self.violations:
                 break
-        self.elapsed = time.monotonic() - started
 
     def _rss_text(self) -> str:
         return "/".join(f"{r:.0f}" for r in self.rss_last) + " MiB"
@@ -879,7 +882,7 @@ class Soak:
         failing = sorted({v.kind for v in self.violations})
         return {
             "seed": self.opts.seed, "steps_run": len(self.records),
-            "duration_s": round(getattr(self, "elapsed", 0.0), 1),
+            "duration_s": round(time.monotonic() - self.started, 1) if self.started is not None else 0.0,
             "faults_enabled": list(self.opts.faults), "nodes": len(self.nodes), "simulated_leases": self.opts.leases,
             "resync_interval_s": self.opts.resync_interval, "converge_timeout_s": self.opts.converge_timeout,
             "faults_by_type": counts,
@@ -889,7 +892,7 @@ class Soak:
             "violations": [v.to_json() for v in self.violations],
             "failing_fault_kinds": failing,
             "aborted": error,
-            "reproduce": (f"python3 -m reconciler.tools.soak --seed {self.opts.seed} --steps {len(self.records)} "
+            "reproduce": (f"python3 -m reconciler.tools.soak --seed {self.opts.seed} --steps {self.step_started} "
                           f"--leases {self.opts.leases} --faults {','.join(self.opts.faults)}"),
             "steps": self.records,
         }

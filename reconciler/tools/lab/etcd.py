@@ -24,6 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Sequence
 
 __all__ = ["ETCD_BIN", "EtcdNotInstalled", "LocalEtcd"]
 
@@ -54,8 +55,9 @@ class LocalEtcd:
     """One etcd member on loopback.  ``start()`` waits until it is healthy."""
 
     def __init__(self, parent_dir: str | os.PathLike[str] | None = None, *, binary: str | None = None,
-                 start_timeout: float = 20.0) -> None:
+                 start_timeout: float = 20.0, extra_args: Sequence[str] = ()) -> None:
         self.parent_dir = parent_dir
+        self.extra_args = list(extra_args)
         self.binary = binary or ETCD_BIN
         self.start_timeout = start_timeout
         self.dir: Path | None = None
@@ -107,7 +109,7 @@ class LocalEtcd:
                 "--listen-client-urls", client, "--advertise-client-urls", client,
                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
                 "--initial-cluster", f"demo={peer}", "--initial-cluster-state", "new",
-                "--initial-cluster-token", f"flannel-demo-{os.getpid()}"]
+                "--initial-cluster-token", f"flannel-demo-{os.getpid()}", *self.extra_args]
         # Our variables only: an ETCD_* setting of the host must not reconfigure it.
         env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}
         with open(self.log_path, "ab") as log:
