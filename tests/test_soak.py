@@ -165,3 +165,45 @@ def test_the_readme_table_merges_runs_per_fault_kind():
     assert "| `route_del` | 2 | 2 | 0.6 / 0.9 / 1.0 |  |" in table
     assert "| `ip_forward_off` | 1 | 0 | - / - / - | 1 |" in table
     assert "| **all** | 3 | 2 |" in table and "12/12" in table and "61 MiB" in table
+
+
+def test_an_interrupted_soak_leaves_nothing_behind(tmp_path):
+    """Ctrl-C in the middle of a run: agents, etcd, namespaces and work directory all go."""
+    require_root()
+    require_etcd()
+    import re
+    import sys
+    import threading
+
+    from reconciler.tools.demo import child_env
+
+    proc = subprocess.Popen([sys.executable, "-m", "reconciler.tools.soak", "--seed", "1", "--steps", "500",
+                             "--leases", "10", "--faults", "route_del,reput_storm", "--out", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env())
+    seen = []
+    watchdog = threading.Timer(300, proc.kill)   # bounds the read below if the soak never gets to step 1
+    watchdog.start()
+    try:
+        for line in proc.stdout:      # ends when the soak exits; it must reach step 1 first
+            seen.append(line)
+            if line.startswith("step 1:"):
+                break
+        workdir = re.search(r"work directory (\S+)", "".join(seen))
+        assert workdir and seen[-1].startswith("step 1:"), "".join(seen)
+        proc.send_signal(signal.SIGINT)
+        rest = proc.communicate(timeout=120)[0]
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1 and "interrupted" in rest, rest
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert f"{soak.SOAK_PREFIX}-{proc.pid}-" not in left
+    assert not os.path.exists(workdir.group(1))
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
+        except OSError:
+            continue
+        assert workdir.group(1) not in cmdline, cmdline
