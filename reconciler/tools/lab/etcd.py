@@ -24,11 +24,21 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Sequence
 
 __all__ = ["ETCD_BIN", "EtcdNotInstalled", "LocalEtcd"]
 
 ETCD_BIN = "/usr/bin/etcd"
 LOOPBACK = "127.0.0.1"
+
+
+def _state(pid: int) -> str | None:
+    """The process state letter of ``/proc/<pid>/stat`` (``T``: stopped); None when gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return None
 
 
 class EtcdNotInstalled(RuntimeError):
@@ -45,12 +55,14 @@ class LocalEtcd:
     """One etcd member on loopback.  ``start()`` waits until it is healthy."""
 
     def __init__(self, parent_dir: str | os.PathLike[str] | None = None, *, binary: str | None = None,
-                 start_timeout: float = 20.0) -> None:
+                 start_timeout: float = 20.0, extra_args: Sequence[str] = ()) -> None:
         self.parent_dir = parent_dir
+        self.extra_args = list(extra_args)
         self.binary = binary or ETCD_BIN
         self.start_timeout = start_timeout
         self.dir: Path | None = None
         self.client_port = 0
+        self.peer_port = 0
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -90,14 +102,14 @@ class LocalEtcd:
             raise
         raise AssertionError("unreachable")
 
-    def _spawn(self) -> None:
-        self.client_port, peer_port = _free_port(), _free_port()
-        client, peer = self.endpoint, f"http://{LOOPBACK}:{peer_port}"
+    def _spawn(self, ports: tuple[int, int] | None = None) -> None:
+        self.client_port, self.peer_port = ports or (_free_port(), _free_port())
+        client, peer = self.endpoint, f"http://{LOOPBACK}:{self.peer_port}"
         argv = [self.binary, "--name", "demo", "--data-dir", str(self.dir / "data"),
                 "--listen-client-urls", client, "--advertise-client-urls", client,
                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
                 "--initial-cluster", f"demo={peer}", "--initial-cluster-state", "new",
-                "--initial-cluster-token", f"flannel-demo-{os.getpid()}"]
+                "--initial-cluster-token", f"flannel-demo-{os.getpid()}", *self.extra_args]
         # Our variables only: an ETCD_* setting of the host must not reconfigure it.
         env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}
         with open(self.log_path, "ab") as log:
@@ -141,6 +153,53 @@ class LocalEtcd:
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
+
+    # ------------------------------------------------------- faults (the soak)
+    def pause(self) -> None:
+        """SIGSTOP: the server hangs, its sockets stay open (a hung etcd, not a dead one)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGSTOP)
+            # The stop reaches every thread asynchronously; a request sent meanwhile
+            # could still be answered.  Wait (bounded) until the kernel says "stopped".
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline and _state(self.proc.pid) not in ("T", None):
+                time.sleep(0.01)
+
+    def resume(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+
+    def halt(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        """Stop the server (SIGTERM: clean; SIGKILL: a crash) and keep its data dir for ``restart``."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)   # a paused server could not act on SIGTERM
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout)
+
+    def restart(self, wipe: bool = False) -> None:
+        """Start again on the same ports (the agents keep their endpoint), with the
+        old data or, with ``wipe``, none: a member restored from nothing."""
+        assert self.dir is not None, "restart() before start()"
+        self.halt()
+        if wipe:
+            shutil.rmtree(self.dir / "data", ignore_errors=True)
+        # The ports were ours a moment ago; a start that fails (one taken meanwhile)
+        # is tried again on the same ports, since the agents know only this endpoint.
+        for attempt in range(5):
+            self._spawn((self.client_port, self.peer_port))
+            try:
+                self._wait_healthy()
+                return
+            except RuntimeError:
+                self._kill()
+                if attempt == 4:
+                    raise
+                time.sleep(0.5)
 
     def log_tail(self, chars: int = 1500) -> str:
         try:
