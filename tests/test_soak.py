@@ -21,13 +21,7 @@ from tests.conftest_etcd import require_etcd
 from tests.conftest_netns import require_root
 
 #: The kinds the agent fails today, with how (found by the soak itself).
-KNOWN_FAILING = {
-    "drift_while_etcd_down": "no cycle runs while etcd hangs: drift made then is repaired only after SIGCONT",
-    "etcd_wipe": "the agents never put their own lease back into a wiped etcd: plan exits 1 on every node",
-    "cni0_route_flush": "the pod subnet's route on cni0 is neither repaired nor reported: pods cut off",
-    "ip_forward_off": "ip_forward 0 is neither repaired nor reported: pods cut off",
-    "vxlan_del": "one 'failed: ... Cannot find device' line per peer and object (206 lines at 200 peers)",
-}
+KNOWN_FAILING: dict[str, str] = {}
 #: The kinds the CI run injects: every kind but those the agent is known to fail.
 CI_FAULTS = [k for k in soak.FAULTS if k not in KNOWN_FAILING]
 

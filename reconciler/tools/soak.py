@@ -97,6 +97,10 @@ FAULTS: dict[str, str] = {
     "ip_forward_off": "net.ipv4.ip_forward set to 0 in the node",
 }
 
+#: Faults the agent leaves alone on purpose (the node's own policy) but must report: the condition
+#: its ``/readyz`` names.  The harness checks the report, then undoes the fault itself.
+REPORTED_NOT_REPAIRED = {"ip_forward_off": "forwarding"}
+
 RESYNC_INTERVAL = 5.0
 CONVERGE_TIMEOUT = 60.0
 MAX_LOG_GROWTH_KIB = 256      # per agent per step
@@ -707,6 +711,24 @@ class Soak:
                 unmet.append(f"node {i}: plan exit {rc}:\n{output.strip()[-1500:]}")
         return unmet
 
+    def _expect_reported(self, step: int, kind: str, params: dict) -> None:
+        """A fault the agent must not repair (the node's policy) but must report: the node's
+        ``/readyz`` turns 503 naming the condition within the quiet period, or it is a violation."""
+        condition = REPORTED_NOT_REPAIRED[kind]
+        agent = self.agents[params["node"] - 1]
+        deadline = time.monotonic() + self.opts.converge_timeout
+        start = time.monotonic()
+        body = ""
+        while time.monotonic() < deadline:
+            status, body = agent.get("/readyz", timeout=2)
+            if status == 503 and condition in (body or ""):
+                params["reported_s"] = round(time.monotonic() - start, 3)
+                return
+            time.sleep(0.2)
+        self.violate(step, kind, f"/readyz says {condition}",
+                     f"node {params['node']}: /readyz never turned 503 naming {condition} "
+                     f"(last: {(body or '').strip()[:200]})")
+
     def converge(self, timeout: float) -> tuple[float | None, list[str]]:
         """Poll until converged: (seconds taken, []) or (None, what is still wrong)."""
         start = time.monotonic()
@@ -842,6 +864,9 @@ class Soak:
             before = len(self.violations)
             self.say(f"step {step}: {kind}")
             params = self.fault(kind, rng, step)
+            if kind in REPORTED_NOT_REPAIRED:
+                self._expect_reported(step, kind, params)
+                self.heal(kind, params)
             took, unmet = self.converge(o.converge_timeout)
             record = {"step": step, "fault": kind, "params": params,
                       "converged_s": None if took is None else round(took, 3)}
