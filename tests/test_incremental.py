@@ -14,6 +14,7 @@ faults and failing writes:
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import tempfile
 from dataclasses import replace
@@ -23,10 +24,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reconciler.core.config import parse_network_config
-from reconciler.core.desired import NodeParams, desired_state
+from reconciler.core.desired import NodeParams, desired_state, nexthop_id
 from reconciler.etcd.store import WatchEvent
 from reconciler.core.leases import RawKV, validate_leases
-from reconciler.core.model import Fdb, KernelState, Link, Neigh, Route, attr_diff
+from reconciler.core.model import Fdb, KernelState, Link, Neigh, Nexthop, Route, attr_diff
 from reconciler.core.ownership import FlannelOwnership
 from reconciler.core.plan import make_plan
 from reconciler.core.reconcile import dump_live
@@ -52,9 +53,9 @@ def _kernel() -> ModelKernel:
 class Harness:
     """An Agent whose worker state is set up by hand, driven one cycle at a time."""
 
-    def __init__(self, kernel: ModelKernel, subnet_file: str) -> None:
+    def __init__(self, kernel: ModelKernel, subnet_file: str, layout: str = "onlink") -> None:
         self.kernel = kernel
-        self.node = NodeParams(public_ip=ME, underlay_mtu=1500, underlay="eth0")
+        self.node = NodeParams(public_ip=ME, underlay_mtu=1500, underlay="eth0", route_layout=layout)
         self.agent = offline_agent(kernel, CONFIG, self.node, subnet_file)
         self.table: dict[str, RawKV] = {}
         self.rev = 0
@@ -174,16 +175,17 @@ def _assert_converged(h: Harness) -> None:
     a = h.agent
     assert a.desired.state == _full_recompute(h)
     dump = h.dump()
-    policy = FlannelOwnership(CONFIG)
-    owned = KernelState(o for o in dump if policy.owns(o))
-    foreign = {o.key: o for o in dump if o.KIND == "route" and not policy.owns(o) and policy.inside_network(o.dst)}
+    split = FlannelOwnership(CONFIG).split(dump)
+    owned = split.live
     # What the agent believes is what the kernel holds.
     believed = a.tracker.live
     assert {(o.KIND, o.key) for o in believed} == {(o.KIND, o.key) for o in owned}
     for o in believed:
         assert not attr_diff(o, owned.get(o.KIND, o.key)), (o, owned.get(o.KIND, o.key))
-    # And a full resync has nothing left to do.
-    assert make_plan(a.desired.state, owned, foreign).changes == ()
+    # And a full resync has nothing left to do, and the same conflicts to report.
+    full = make_plan(a.desired.state, owned, split.foreign_routes, split.foreign_nexthops)
+    assert full.changes == ()
+    assert set(full.conflicts) == set(a.tracker.conflicts.values())
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -314,6 +316,38 @@ def test_a_foreign_route_taking_our_key_is_a_conflict_and_left_alone(harness):
     assert report.plan.changes == ()
     assert [c.foreign.gateway for c in report.plan.conflicts] == ["198.18.0.9"]
     assert k.routes[(254, "100.64.3.0/24", 0)].gateway == "198.18.0.9"
+
+
+def test_a_running_agent_leaves_a_foreign_nexthop_at_one_of_our_ids_alone(tmp_path):
+    """With --route-layout nexthop, a foreign nexthop at the id a peer's route wants is a conflict
+    for the running agent as for ``plan`` and ``apply``: never replaced, reported every cycle."""
+    h = Harness(_kernel(), str(tmp_path / "subnet.env"), layout="nexthop")
+    nhid = nexthop_id(CONFIG.network, ipaddress.ip_network("100.64.3.0/24"))
+    foreign = Nexthop(nhid, "198.18.0.9", "eth0", False, 4)
+    h.kernel.add_nexthop(foreign)
+    h.seen = h.dump()
+    h.lease("put", OWN_KEY, lease_value(ME, "02:00:00:00:00:01", 1))
+    for sid in (2, 3, 4):
+        h.lease("put", *_peer(sid, sid, f"02:00:00:00:01:{sid:02x}"))
+    h.list_all()
+    for trigger in ("relist", "kernel", "resync", "lease"):
+        report = h.cycle(trigger)
+        assert h.kernel.nexthops[nhid] == foreign, trigger
+        assert ("route", ("100.64.3.0/24", 0)) not in {(c.kind, c.obj.key) for c in report.plan}
+    assert {(c.desired.KIND, c.foreign) for c in h.agent.tracker.conflicts.values()} == \
+        {("nexthop", foreign), ("route", foreign)}
+    # The other peers are programmed through nexthops of ours.
+    assert {i for i, nh in h.kernel.nexthops.items() if nh.protocol == 73} == \
+        {nexthop_id(CONFIG.network, ipaddress.ip_network(f"100.64.{s}.0/24")) for s in (2, 4)}
+    # The foreign nexthop goes: ours and the route through it are written at the next cycle.
+    with h.kernel._rtnl:
+        del h.kernel.nexthops[nhid]
+    h.announce()
+    h.cycle("kernel")
+    assert h.kernel.nexthops[nhid].dev == "flannel.1"
+    assert h.kernel.routes[(254, "100.64.3.0/24", 0)].nhid == nhid
+    assert not h.agent.tracker.conflicts
+    _assert_converged(h)
 
 
 def test_fdb_neigh_of_a_peer_are_keyed_as_the_kernel_keys_them(harness):

@@ -24,7 +24,7 @@ from reconciler.core.config import parse_network_config
 from reconciler.core.desired import NodeParams, desired_state
 from reconciler.etcd.store import WatchEvent
 from reconciler.core.leases import RawKV, validate_leases
-from reconciler.core.model import KernelState, attr_diff
+from reconciler.core.model import attr_diff
 from reconciler.kernel.netlink.batched import BatchedBackend
 from reconciler.core.ownership import FlannelOwnership
 from reconciler.core.plan import make_plan
@@ -127,15 +127,15 @@ def test_incremental_equals_full_recomputation_on_the_real_kernel(seq):
             leases, _ = validate_leases(CONFIG, table.values(), PREFIX)
             assert agent.desired.state == desired_state(CONFIG, leases, node)
             dump = dump_live(backend, CONFIG)
-            policy = FlannelOwnership(CONFIG)
-            owned = KernelState(o for o in dump if policy.owns(o))
-            foreign = {o.key: o for o in dump if o.KIND == "route" and not policy.owns(o)
-                       and policy.inside_network(o.dst)}
+            split = FlannelOwnership(CONFIG).split(dump)
+            owned = split.live
             believed = agent.tracker.live
             assert {(o.KIND, o.key) for o in believed} == {(o.KIND, o.key) for o in owned}
             for o in believed:
                 assert not attr_diff(o, owned.get(o.KIND, o.key)), (o, owned.get(o.KIND, o.key))
-            assert make_plan(agent.desired.state, owned, foreign).changes == ()
+            full = make_plan(agent.desired.state, owned, split.foreign_routes, split.foreign_nexthops)
+            assert full.changes == ()
+            assert set(full.conflicts) == set(agent.tracker.conflicts.values())
         finally:
             stop.set()
             watcher.join(timeout=5)

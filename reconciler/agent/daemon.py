@@ -673,8 +673,8 @@ class Agent(RuleSync):
             log.error("failed: %s", r.message)
         conflicts = plan.conflicts if not full else tuple(self.tracker.conflicts.values())
         for c in conflicts:
-            log.warning("conflict: %s is held by a foreign route (%s, proto %s); left alone",
-                        describe(c.desired), describe(c.foreign), c.foreign.protocol)
+            log.warning("conflict: %s is held by a foreign %s (%s, proto %s); left alone",
+                        describe(c.desired), c.foreign.KIND, describe(c.foreign), c.foreign.protocol)
         if failed or held:
             self._schedule_retry()
         else:

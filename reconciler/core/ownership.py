@@ -41,14 +41,15 @@ whatever their address.
 from __future__ import annotations
 
 import ipaddress
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Protocol
 
 from reconciler.core.config import NetworkConfig
 from reconciler.core.model import (RTPROT_KERNEL, RTPROT_RECONCILER, Address, Fdb, KernelObject, KernelState, Link, Neigh, Nexthop,
                     Route)
 
-__all__ = ["BRIDGE_NAME", "FlannelOwnership", "NEXTHOP_ID_BASE", "NEXTHOP_ID_SPAN", "OwnershipPolicy",
-           "RTPROT_KERNEL", "owned_nexthop_id"]
+__all__ = ["BRIDGE_NAME", "DumpSplit", "FlannelOwnership", "NEXTHOP_ID_BASE", "NEXTHOP_ID_SPAN",
+           "OwnershipPolicy", "RTPROT_KERNEL", "owned_nexthop_id"]
 
 BRIDGE_NAME = "cni0"
 
@@ -65,6 +66,17 @@ NEXTHOP_ID_SPAN = 1 << 20
 def owned_nexthop_id(nhid: int) -> bool:
     """Is ``nhid`` inside the range our nexthop ids come from?"""
     return NEXTHOP_ID_BASE <= nhid < NEXTHOP_ID_BASE + 2 * NEXTHOP_ID_SPAN
+
+
+@dataclass
+class DumpSplit:
+    """A dump split by ownership: what is ours (``live``, the planner's input) and the foreign
+    objects that hold a key we may want -- routes into the network by route key, nexthops at an
+    id of our range by id -- which the planner must see to leave them alone and report them."""
+
+    live: KernelState = field(default_factory=KernelState)
+    foreign_routes: dict[Any, Route] = field(default_factory=dict)
+    foreign_nexthops: dict[int, Nexthop] = field(default_factory=dict)
 
 
 class OwnershipPolicy(Protocol):
@@ -124,6 +136,28 @@ class FlannelOwnership:
         if isinstance(obj, Nexthop):
             return obj.dev in self.vxlan_devices and owned_nexthop_id(obj.id)
         return False
+
+    def holds_our_key(self, obj: KernelObject) -> bool:
+        """Could this object, when not ours, sit at a key we may want?  A route into the network,
+        or a nexthop at an id of our range; the other kinds' keys never collide with a foreign one."""
+        if isinstance(obj, Route):
+            return self.inside_network(obj.dst)
+        if isinstance(obj, Nexthop):
+            return owned_nexthop_id(obj.id)
+        return False
+
+    def split(self, dump: Iterable[KernelObject]) -> DumpSplit:
+        """The one place a dump is split into ours and foreign (full cycle, tracker, test oracles)."""
+        out = DumpSplit()
+        for obj in dump:
+            if self.owns(obj):
+                out.live.add(obj)
+            elif self.holds_our_key(obj):
+                if isinstance(obj, Route):
+                    out.foreign_routes[obj.key] = obj
+                else:
+                    out.foreign_nexthops[obj.key] = obj
+        return out
 
     def filter(self, live: KernelState) -> KernelState:
         """The owned part of a live dump."""
