@@ -54,7 +54,7 @@ def add_commands(sub) -> None:
 
 
 def cmd_run(args) -> int:
-    from reconciler.cli.main import _public_ipv6, check_underlay_address, open_backend, open_store
+    from reconciler.cli.inputs import check_underlay_address, open_backend, open_store, public_ipv6
     from reconciler.agent.daemon import Agent, AgentOptions
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -67,7 +67,7 @@ def cmd_run(args) -> int:
         logging.getLogger("flannel_reconciler").info("signal %d: stopping, kernel state left in place", signum)
         stop.set()
 
-    from reconciler.cli.main import bridge_name, underlay_spec
+    from reconciler.cli.inputs import bridge_name, underlay_spec
 
     spec = underlay_spec(args)
     opts = AgentOptions(
@@ -75,7 +75,7 @@ def cmd_run(args) -> int:
         iface_regex=list(spec.regexes), iface_can_reach=spec.can_reach, bridge=bridge_name(args),
         subnet_file=args.subnet_file, resync_interval=args.resync_interval, healthz_ip=args.healthz_ip,
         healthz_port=args.healthz_port, metrics_port=args.metrics_port, ip_masq=args.ip_masq,
-        public_ipv6=_public_ipv6(args),
+        public_ipv6=public_ipv6(args),
         forward_rules=args.iptables_forward_rules, masq_fully_random_disable=args.ip_masq_fully_random_disable,
         iptables_resync=args.iptables_resync,
         route_layout=args.route_layout, netns=args.netns,
@@ -101,7 +101,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_snapshot(args) -> int:
-    from reconciler.cli.main import load_snapshot
+    from reconciler.cli.inputs import load_snapshot
     from reconciler.core.leases import snapshot_to_json
 
     text = snapshot_to_json(load_snapshot(args))

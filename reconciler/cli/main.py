@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from reconciler.cli import flags
+from reconciler.cli.inputs import (bridge_name, check_underlay_address, first_iface, load_snapshot,  # noqa: F401
+                                   open_backend, open_store, read_input_file, underlay_spec)
+from reconciler.cli.inputs import public_ipv6 as public_ipv6_arg
 from reconciler.core.config import NetworkConfig, parse_network_config, require_ipv4, require_vxlan
 from reconciler.core.desired import NodeParams, underlay_mtu
 from reconciler.core.errors import ConfigError, ReconcilerError
-from reconciler.core.leases import LeaseSnapshot, parse_snapshot
+from reconciler.core.leases import LeaseSnapshot
 from reconciler.core.model import KernelState
-from reconciler.kernel.netlink.common import UnderlaySpec, compile_iface_regex
-from reconciler.core.ownership import BRIDGE_NAME
 from reconciler.core.reconcile import Cycle, compute_cycle, dump_live, on_link_predicate
 from reconciler.core.render import describe, plan_json, plan_text, show_rows, show_text, status_json
 from reconciler.rules.commands import cli_rule_plan, rule_show_rows
@@ -115,44 +116,6 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
 
 # --- inputs -----------------------------------------------------------------
 
-def read_input_file(flag: str, path: str) -> str:
-    """A JSON input file's text; binary content is refused naming the flag."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ReconcilerError(f"cannot read {flag} {path}: {exc.strerror}") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ReconcilerError(f"{flag} {path}: not UTF-8 text (byte {exc.start}): a JSON file is expected") from None
-
-
-def load_snapshot(args) -> LeaseSnapshot:
-    if args.leases_file:
-        text = read_input_file("--leases-file", args.leases_file)
-        try:
-            return parse_snapshot(text)
-        except ValueError as exc:
-            raise ReconcilerError(f"--leases-file {args.leases_file}: {exc}") from None
-    with open_store(args) as store:
-        return store.snapshot()
-
-
-def open_store(args):
-    from reconciler.etcd.store import EtcdStore
-
-    return EtcdStore(
-        list(args.etcd_endpoints),
-        prefix=args.etcd_prefix,
-        ca_file=args.etcd_cafile,
-        cert_file=args.etcd_certfile,
-        key_file=args.etcd_keyfile,
-        username=args.etcd_username,
-        password=args.etcd_password,
-        timeout=args.etcd_timeout,
-    )
-
-
 def config_from_snapshot(snap: LeaseSnapshot) -> NetworkConfig:
     key = snap.prefix.rstrip("/") + "/config"
     for kv in snap.kvs:
@@ -174,54 +137,6 @@ def _is_ip(s: str) -> bool:
     return True
 
 
-def open_backend(args):
-    kind = getattr(args, "netlink_backend", "batched")   # checked by flags.py, the variable too
-    if kind == "batched":
-        from reconciler.kernel.netlink.batched import BatchedBackend
-
-        return BatchedBackend(netns=args.netns)
-    from reconciler.kernel.netlink.reference import PyrouteBackend
-
-    return PyrouteBackend(netns=args.netns)
-
-
-def underlay_spec(args) -> UnderlaySpec:
-    """flanneld's interface flags as one ``UnderlaySpec`` (their ``FLANNELD_*`` variables: ``flags.py``)."""
-    ifaces = tuple(args.iface or ())
-    regexes = tuple(getattr(args, "iface_regex", None) or ())
-    for pattern in regexes:
-        compile_iface_regex(pattern)            # a bad pattern is refused before anything is read
-    return UnderlaySpec(ifaces=tuple(ifaces), regexes=tuple(regexes),
-                        can_reach=getattr(args, "iface_can_reach", None) or None, public_ip=args.public_ip)
-
-
-def bridge_name(args) -> str | None:
-    """The pod bridge we manage, or None (``--no-bridge``: the CNI plugin's)."""
-    if getattr(args, "no_bridge", False):
-        return None
-    name = getattr(args, "bridge", None) or BRIDGE_NAME
-    if len(name) > 15 or "/" in name or not name.strip() or name in (".", ".."):
-        raise ReconcilerError(f"--bridge {name!r}: not a valid interface name (at most 15 characters, no '/')")
-    return name
-
-
-def first_iface(args) -> str | None:
-    """The underlay named by ``--iface``: the first one given (flanneld tries them in order)."""
-    return args.iface[0] if args.iface else None
-
-
-def check_underlay_address(args, underlay) -> str:
-    """The PublicIP: ``--public-ip``, else the underlay's address, which must be one peers can reach."""
-    if args.public_ip:
-        return args.public_ip
-    try:
-        return flags.public_ipv4(underlay.address)
-    except ValueError as exc:
-        named = f"--iface {first_iface(args)}" if args.iface else f"the default-route interface {underlay.name}"
-        raise ReconcilerError(f"{named}: its address {underlay.address} is {exc}; "
-                              "name the underlay interface with --iface or give --public-ip") from None
-
-
 def node_params(args, config: NetworkConfig, backend=None) -> tuple[NodeParams, tuple[str, ...]]:
     """This node's parameters and the underlay's connected prefixes.
 
@@ -234,7 +149,7 @@ def node_params(args, config: NetworkConfig, backend=None) -> tuple[NodeParams, 
     public_ip = check_underlay_address(args, underlay) if underlay else args.public_ip
     if not public_ip:
         raise ReconcilerError("--public-ip is required when the kernel is not read (offline plan)")
-    public_ipv6 = _public_ipv6(args)
+    public_ipv6 = public_ipv6_arg(args)
     if underlay is not None and config.enable_ipv6:
         underlay = backend.underlay_v6(underlay, public_ipv6)
         public_ipv6 = public_ipv6 or underlay.address6
@@ -249,19 +164,6 @@ def node_params(args, config: NetworkConfig, backend=None) -> tuple[NodeParams, 
                         public_ipv6=public_ipv6 if config.enable_ipv6 else None,
                         route_layout=getattr(args, "route_layout", "onlink"))
     return params, ((underlay.prefixes + underlay.prefixes6) if underlay else ())
-
-
-def _public_ipv6(args) -> str | None:
-    """``--public-ipv6`` in Go's text form; a value that is not a unicast IPv6 address is refused."""
-    value = getattr(args, "public_ipv6", None)
-    if not value:
-        return None
-    from reconciler.core.leases import _usable_ipv6  # the lease encoder's own check: what it would not write, we refuse
-
-    try:
-        return _usable_ipv6(value)
-    except ValueError as exc:
-        raise ReconcilerError(f"--public-ipv6: {exc}") from None
 
 
 def compute(args, snap: LeaseSnapshot, backend=None, live: KernelState | None = None) -> Cycle:
