@@ -543,9 +543,12 @@ def test_pure_and_compiled_decoders_give_identical_events(netns):
     require_fastpath()
     _node(netns)
     path = netns_path(netns)
+    def opener(a: bool):
+        return lambda: BatchedBackend(None, accelerate=a)
+
     watches = [_Watch(lambda cb, stop, ready, a=a: watch_kernel(path, DEVICES, NETWORKS, cb, stop, ready,
-                                                                 accelerate=a,
-                                                                 open_dumper=lambda a=a: BatchedBackend(None, accelerate=a))) for a in (False, True)]
+                                                                 accelerate=a, open_dumper=opener(a)))
+               for a in (False, True)]
     try:
         for cmd in FOREIGN[:4]:
             run(netns, *cmd.split())

@@ -167,11 +167,12 @@ class Agent(RuleSync):
         self.notifier = notifier or Notifier()
         self.state = _State()
         self._lock = threading.Lock()
-        self.config: NetworkConfig | None = None
-        self.node: NodeParams | None = None
+        # Set by ``start`` (through ``prepare``) before any thread reads them: declared, not None.
+        self.config: NetworkConfig
+        self.node: NodeParams
         self.keeper: LeaseKeeper | None = None
-        self._on_link = None
-        self._servers = []
+        self._on_link: Callable[[str], bool]
+        self._servers: list = []
         self._subnet_env_text: str | None = None
         self._subnet_env_error: str | None = None
         self.last_cycle: CycleReport | None = None
@@ -181,10 +182,10 @@ class Agent(RuleSync):
         self._revision = 0
         self._listed = False          # the first complete lease list has been queued
         self._last_etcd_answer = 0.0  # monotonic time of the last watch event or listing
-        # Reconcile state: the worker's alone.
-        self.index: LeaseIndex | None = None
-        self.desired: DesiredIndex | None = None
-        self.tracker: Tracker | None = None
+        # Reconcile state: the worker's alone, made by ``prepare``.
+        self.index: LeaseIndex
+        self.desired: DesiredIndex
+        self.tracker: Tracker
         self._skip_labels: dict[str, str] = {}
         self._skip_counts: collections.Counter = collections.Counter()
         self._own_ip_dups: set[str] = set()
@@ -343,8 +344,11 @@ class Agent(RuleSync):
     # ------------------------------------------------------------ the loops
     def run(self, stop: threading.Event) -> None:
         # A stop wakes the worker at once, whatever the resync interval.
-        threading.Thread(target=lambda: (stop.wait(), self.state.wake.set()), name="stop-waker",
-                         daemon=True).start()
+        def waker() -> None:
+            stop.wait()
+            self.state.wake.set()
+
+        threading.Thread(target=waker, name="stop-waker", daemon=True).start()
         self.start(stop)
         threads = [threading.Thread(target=self._watch_loop, args=(stop,), name="lease-watch", daemon=True)]
         subscribed = threading.Event()
@@ -744,6 +748,8 @@ class Agent(RuleSync):
         a directory at the path) is logged once per distinct error and retried; it never
         stops the agent, which keeps the node's kernel state serving traffic."""
         own = self.desired.own
+        if own is None:             # called after a cycle that found our lease; never without one
+            return False
         text = render_subnet_env(self.config, own.subnet, self.node.underlay_mtu, self.opts.ip_masq,
                                  own.ipv6_subnet if self.config.enable_ipv6 else None)
         if text == self._subnet_env_text:

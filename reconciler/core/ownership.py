@@ -94,7 +94,7 @@ class FlannelOwnership:
         self.vxlan_devices = frozenset({config.device_name, config.v6_device_name})
         # bridge None (--no-bridge): the CNI plugin owns the bridge, we own none.
         self.devices = self.vxlan_devices | ({bridge} if bridge else set())
-        nets = []
+        nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         if config.network is not None:
             nets.append(config.network)
         if config.ipv6_network is not None:
@@ -113,7 +113,7 @@ class FlannelOwnership:
             except ValueError:
                 hit = False
             else:
-                hit = any(net.version == n.version and net.subnet_of(n) for n in self._networks)
+                hit = any(net.version == n.version and net.subnet_of(n) for n in self._networks)  # type: ignore[arg-type]
             if len(self._prefix_cache) > 200_000:
                 self._prefix_cache.clear()
             self._prefix_cache[prefix] = hit
@@ -155,8 +155,8 @@ class FlannelOwnership:
             elif self.holds_our_key(obj):
                 if isinstance(obj, Route):
                     out.foreign_routes[obj.key] = obj
-                else:
-                    out.foreign_nexthops[obj.key] = obj
+                elif isinstance(obj, Nexthop):
+                    out.foreign_nexthops[obj.id] = obj
         return out
 
     def filter(self, live: KernelState) -> KernelState:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import grpc
 from pyetcd import exceptions as pyetcd_exc
@@ -85,7 +85,7 @@ def classify(exc: BaseException) -> str:
     return FATAL
 
 
-def raw_kv(kv: object) -> RawKV:
+def raw_kv(kv: Any) -> RawKV:
     # Values that are not UTF-8 become U+FFFD: such a value is no lease anyway,
     # and a compare against the replaced text fails, so we never overwrite it.
     return RawKV(key=kv.key.decode("utf-8", "replace"), value=kv.value.decode("utf-8", "replace"),

@@ -17,7 +17,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Iterator, Protocol, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import grpc
 from pyetcd import etcdrpc
@@ -38,8 +38,11 @@ log = logging.getLogger("reconciler.etcd.store")
 class WatchedStore(Protocol):
     """What a watch needs of ``EtcdStore``."""
 
-    endpoints: Sequence[str]
-    timeout: float
+    @property
+    def endpoints(self) -> Sequence[str]: ...
+
+    @property
+    def timeout(self) -> float: ...
 
     @property
     def subnets_prefix(self) -> str: ...
@@ -247,7 +250,7 @@ class _WatchStream:
         self._reader.join(timeout=2.0)
 
 
-def _watch_event(ev: object) -> WatchEvent:
+def _watch_event(ev: Any) -> WatchEvent:
     kv = ev.kv
     if ev.type == kv_pb2.Event.PUT:
         return WatchEvent("put", raw_kv(kv), int(kv.mod_revision))

@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Iterable
 
-from reconciler.core.model import RTPROT_RECONCILER, KernelObject, KernelState, Nexthop, Route
+from reconciler.core.model import RTPROT_RECONCILER, KernelObject, KernelState, Link, Nexthop, Route
 from reconciler.core.ownership import FlannelOwnership
 from reconciler.core.plan import Conflict, OpResult, Plan, make_plan
 
@@ -78,7 +78,7 @@ class Tracker:
 
     def _observe_one(self, op: str, obj: KernelObject, kind: str, key: Any) -> bool:
         cur = self.live.get(kind, key)
-        if kind == "link":
+        if isinstance(obj, Link):
             if obj.name not in self.policy.devices:
                 return False
             if op == "set":

@@ -94,7 +94,7 @@ def decoders(accelerate: bool = True) -> dict:
     """The dump decoders by name: compiled when asked for and built, pure otherwise."""
     import _fastpath
 
-    return _fastpath.DECODERS if accelerate and _fastpath.AVAILABLE else wire.DECODERS
+    return _fastpath.DECODERS if accelerate and _fastpath.DECODERS is not None else wire.DECODERS
 
 
 def _as_new(buf, off: int, end: int, mtype: int):
