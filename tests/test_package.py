@@ -137,3 +137,25 @@ def test_the_contract_sees_a_cycle_made_by_a_function_level_import(tmp_path):
     graph = import_graph(pkg, "pkg")
     assert cycles(graph) == [["pkg.core.a", "pkg.core.b"]]
     assert graph["pkg.core.c"] == {"pkg.kernel.wire"}
+
+
+def test_tests_are_marked_by_the_fixtures_they_use(request):
+    """The conftest hook marks every collected test from its fixture closure: a test that reaches
+    a namespace or an etcd fixture, even through another fixture, carries ``root`` or ``etcd``."""
+    from tests.conftest import ETCD_FIXTURES, ROOT_FIXTURES, marks_for
+
+    assert marks_for(["tmp_path", "etcd_store"]) == {"etcd"}
+    assert marks_for(["netns", "etcd_shared"]) == {"root", "etcd"}
+    assert marks_for(["kernel"]) == set()
+    checked = 0
+    for item in request.session.items:
+        names = set(getattr(item, "fixturenames", ()))
+        marks = {m.name for m in item.iter_markers()}
+        if names & ROOT_FIXTURES:
+            assert "root" in marks, item.nodeid
+            checked += 1
+        if names & ETCD_FIXTURES:
+            assert "etcd" in marks, item.nodeid
+            checked += 1
+    if len(request.session.items) > 1:
+        assert checked, "no collected test uses a root or etcd fixture: run with the whole suite to check the hook"
