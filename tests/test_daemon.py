@@ -281,7 +281,7 @@ def test_one_peers_failing_entry_does_not_hold_back_readiness(etcd_store, start_
 
 
 def test_etcd_up_drops_during_an_outage_with_nothing_to_delete(etcd_server, start_agent):
-    """Issue #11 item 4: a hung etcd (SIGSTOP) or a dead one turns etcd_up to 0 while it lasts,
+    """A hung etcd (SIGSTOP) or a dead one turns etcd_up to 0 while it lasts,
     even when no deletion is pending (the watch's liveness probe reports it), and back to 1."""
     from reconciler.etcd.store import EtcdStore
 
@@ -305,7 +305,7 @@ def test_etcd_up_drops_during_an_outage_with_nothing_to_delete(etcd_server, star
 
 
 def test_stop_is_immediate_whatever_the_resync_interval(etcd_store, tmp_path):
-    """Issue #11 item 3: SIGTERM (here: the stop event) ends the loop at once, not at the next resync."""
+    """SIGTERM (here: the stop event) ends the loop at once, not at the next resync."""
     etcd_store.put_config(CONFIG)
     kernel = node_kernel()
     stop = threading.Event()
@@ -321,7 +321,7 @@ def test_stop_is_immediate_whatever_the_resync_interval(etcd_store, tmp_path):
 
 
 def test_an_unwritable_subnet_file_is_retried_and_never_kills_the_agent(etcd_store, tmp_path):
-    """Issue #11 item 1: a directory at the subnet file's path (as good as read-only or full):
+    """A directory at the subnet file's path (as good as read-only or full):
     the kernel is still programmed, the agent stays up and not ready, and once the path can be
     written the file appears and the agent turns ready."""
     etcd_store.put_config(CONFIG)
@@ -356,7 +356,7 @@ def test_an_unwritable_subnet_file_is_retried_and_never_kills_the_agent(etcd_sto
 
 
 def test_one_rule_decides_which_lease_is_ours(etcd_store, start_agent, tmp_path):
-    """Issue #11 item 2: our expiring lease plus a reservation for our PublicIP added later.
+    """Our expiring lease plus a reservation for our PublicIP added later.
     Acquisition takes the reservation (the operator's word); the cycles must program that same
     subnet, not the older lease nobody renews any more, and report the other one loudly."""
     store = etcd_store
@@ -377,7 +377,7 @@ def test_one_rule_decides_which_lease_is_ours(etcd_store, start_agent, tmp_path)
 
 
 def test_hostile_etcd_content_neither_floods_nor_forges_the_log(etcd_store, start_agent, caplog):
-    """Issue #11 items 6 and 7: 10,000 junk keys, a 1 MB bad value and a key with a newline.
+    """10,000 junk keys, a 1 MB bad value and a key with a newline.
     The log grows by a bounded number of lines (not one per key per cycle), every line is one
     line, no line carries the megabyte, and the skip metric keeps its fixed label set."""
     import logging
@@ -415,7 +415,7 @@ def test_hostile_etcd_content_neither_floods_nor_forges_the_log(etcd_store, star
 
 
 def test_a_config_changed_in_etcd_is_said_once_and_counted(etcd_store, start_agent, caplog):
-    """Issue #11 item 10: the config is read at start-up (as flanneld); a change is not silent."""
+    """The config is read at start-up (as flanneld); a change is not silent."""
     import logging
 
     store = etcd_store
@@ -433,7 +433,7 @@ def test_a_config_changed_in_etcd_is_said_once_and_counted(etcd_store, start_age
 
 
 def test_a_deleted_namespace_turns_healthz_red(etcd_store, start_agent):
-    """Issue #11 item 11: the agent's namespace deleted under it: /healthz 503, logged."""
+    """The agent's namespace deleted under it: /healthz 503, logged."""
     import subprocess
 
     from tests.conftest_netns import require_root

@@ -401,7 +401,7 @@ class Agent(RuleSync):
                 return
             except EtcdCompacted as exc:
                 # Our resume point is gone from history: re-list and diff the
-                # whole state (never flanneld's hot loop, #2470).
+                # whole state (never flanneld's hot loop, flannel #2470).
                 log.warning("lease watch: %s; re-listing", exc)
                 self.metrics.inc("flannel_reconciler_etcd_watch_restarts_total", reason="compacted")
                 self._try_relist(stop)
