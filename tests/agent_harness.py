@@ -2,7 +2,7 @@
 
 ``offline_agent`` gives an agent with its reconcile state prepared (``Agent.prepare``);
 the caller queues lease events and kernel notifications as the watch and the netlink
-monitor would (``agent._lease_q``, ``agent._kernel_q``) and calls ``agent.cycle``.
+monitor would (``Agent.queue_lease_event``, ``queue_kernel_events``) and calls ``agent.cycle``.
 """
 from __future__ import annotations
 
@@ -33,5 +33,4 @@ def offline_agent(backend, config: NetworkConfig, node: NodeParams, subnet_file:
 
 def queue_listing(agent: Agent, kvs: list[RawKV], revision: int = 0) -> None:
     """A complete lease listing, as the watch thread queues it after start-up or a compaction."""
-    agent._lease_q.append(("list", list(kvs), 0.0, revision))
-    agent._listed = True
+    agent.queue_listing(kvs, revision)

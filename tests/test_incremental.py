@@ -76,9 +76,9 @@ class Harness:
             self.table[key] = kv
         else:
             self.table.pop(key, None)
-        if not self.agent._listed:
+        if not self.agent.listed:
             return
-        self.agent._lease_q.append(("event", WatchEvent(op, kv, self.rev), self.agent.clock()))
+        self.agent.queue_lease_event(WatchEvent(op, kv, self.rev))
 
     def list_all(self) -> None:
         queue_listing(self.agent, list(self.table.values()))
@@ -97,7 +97,7 @@ class Harness:
             if link is not None and not any(e.obj.KIND == "link" for e in events):
                 events.append(KernelEvent("set", replace(link.link, up=False)))   # the flap's two link events
                 events.append(KernelEvent("set", link.link))
-        self.agent._kernel_q.append(None if silent else events)
+        self.agent.queue_kernel_events(None if silent else events)
         self.seen = now
 
     def cycle(self, *triggers: str):
@@ -418,10 +418,14 @@ def test_a_failed_write_stays_pending_and_is_retried(harness):
     report = harness.cycle("lease")
     assert not all(r.ok for r in report.results)
     assert ("neigh", ("flannel.1", "100.64.41.0")) in harness.agent.tracker.dirty
-    assert harness.agent._retry_at is not None
+    assert harness.agent.retry_at is not None
+    assert harness.agent.pending()["dirty_keys"] >= 1
     report = harness.cycle("retry")
     assert {c.kind for c in report.plan} == {"neigh", "route"} and all(r.ok for r in report.results)
     _assert_converged(harness)
+    harness.agent.cycle({"kernel"})         # the echoes of the retry's writes
+    assert harness.agent.pending() == {"lease_items": 0, "kernel_items": 0, "dirty_keys": 0, "dump": 0,
+                                       "full_plan": 0}
 
 
 def test_a_foreign_route_taking_our_key_is_a_conflict_and_left_alone(harness):

@@ -104,7 +104,7 @@ def test_incremental_equals_full_recomputation_on_the_real_kernel(layout, seq):
         stop, ready = threading.Event(), threading.Event()
         networks = [str(CONFIG.network), str(CONFIG.ipv6_network)]
         watcher = threading.Thread(target=backend.watch_kernel, daemon=True, args=(
-            set(owned_devices(CONFIG)), networks, agent._kernel_q.append, stop, ready))
+            set(owned_devices(CONFIG)), networks, agent.queue_kernel_events, stop, ready))
         watcher.start()
         try:
             assert ready.wait(10), "the netlink monitor did not subscribe"
@@ -120,7 +120,7 @@ def test_incremental_equals_full_recomputation_on_the_real_kernel(layout, seq):
                     table[key] = kv
                 else:
                     table.pop(key, None)
-                agent._lease_q.append(("event", WatchEvent(op, kv, rev), 0.0))
+                agent.queue_lease_event(WatchEvent(op, kv, rev))
 
             key, value = _kv(1, "0a:58:64:40:00:01", True, own=True)
             table[key] = RawKV(key, value, 7001, 0)
@@ -155,11 +155,8 @@ def test_incremental_equals_full_recomputation_on_the_real_kernel(layout, seq):
             quiet_since = time.monotonic()
             deadline = quiet_since + 20
             while time.monotonic() < deadline:
-                busy = bool(agent._kernel_q) or bool(agent.tracker.dirty) or agent.tracker.needs_dump \
-                    or agent._retry_at is not None
-                if busy:
+                if any(agent.pending().values()):
                     quiet_since = time.monotonic()
-                    agent._retry_at = None
                     agent.cycle({"kernel"})
                 elif time.monotonic() - quiet_since > 0.5:
                     break

@@ -41,7 +41,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from reconciler.agent.acquire import LeaseKeeper, acquire_lease
 from reconciler.agent.rule_sync import RuleSync
@@ -52,7 +52,7 @@ from reconciler.incremental.desired_index import DesiredIndex
 from reconciler.core.errors import EtcdAuthError, EtcdCompacted, EtcdError, ReconcilerError
 from reconciler.incremental.lease_index import LeaseIndex
 from reconciler.core.logtext import esc
-from reconciler.core.leases import Skipped, parse_lease
+from reconciler.core.leases import RawKV, Skipped, parse_lease
 from reconciler.agent.metrics import Metrics, build_info_labels, serve_http, skip_reason_label
 from reconciler.kernel.netlink.common import UnderlaySpec
 from reconciler.core.ownership import BRIDGE_NAME, FlannelOwnership
@@ -62,6 +62,9 @@ from reconciler.core.render import describe
 from reconciler.agent.sdnotify import Notifier
 from reconciler.agent.subnet_env import read_previous_ipv6_subnet, read_previous_subnet, render_subnet_env, write_subnet_env
 from reconciler.incremental.tracker import Tracker
+
+if TYPE_CHECKING:
+    from reconciler.etcd.rpc import WatchEvent
 
 __all__ = ["Agent", "AgentOptions", "CycleReport", "random_vtep_mac"]
 
@@ -259,6 +262,39 @@ class Agent(RuleSync):
         self.index = LeaseIndex(config, self.store.prefix)
         self.desired = DesiredIndex(config, node, self._on_link)
         self.tracker = Tracker(FlannelOwnership(config, node.bridge))
+
+    # What the watch and kernel-event threads queue, for callers that drive ``cycle`` themselves
+    # (tests, the per-event benchmark), and what is still waiting: a public surface instead of
+    # the queues themselves.
+    def queue_lease_event(self, event: WatchEvent) -> None:
+        """One lease event, as the watch thread queues it."""
+        self._lease_q.append(("event", event, self.clock()))
+
+    def queue_listing(self, kvs: Iterable[RawKV], revision: int = 0) -> None:
+        """A complete lease listing, as after start-up or a compaction: it replaces the table."""
+        self._lease_q.append(("list", list(kvs), self.clock(), revision))
+        self._listed = True
+
+    def queue_kernel_events(self, events: list | None) -> None:
+        """Kernel notifications as the monitor delivers them (None: some were lost)."""
+        self._kernel_q.append(events)
+
+    @property
+    def listed(self) -> bool:
+        """Whether a complete lease listing has been queued (no cycle runs before one)."""
+        return self._listed
+
+    @property
+    def retry_at(self) -> float | None:
+        """When failed or held-back changes are looked at again (the agent's clock), or None."""
+        return self._retry_at
+
+    def pending(self) -> dict[str, int]:
+        """What the worker has still to do: queued lease and kernel items, dirty keys, and
+        whether a dump or a full plan is due.  All zero: idle."""
+        return {"lease_items": len(self._lease_q), "kernel_items": len(self._kernel_q),
+                "dirty_keys": len(self.tracker.dirty), "dump": int(self.tracker.needs_dump),
+                "full_plan": int(self.tracker.full)}
 
     def _retry_etcd(self, what: str, fn, stop: threading.Event):
         """Start-up steps wait for etcd like flanneld does, with a capped backoff,
