@@ -6,6 +6,8 @@ monitor would (``Agent.queue_lease_event``, ``queue_kernel_events``) and calls `
 """
 from __future__ import annotations
 
+import re
+
 from reconciler.core.config import NetworkConfig
 from reconciler.agent.daemon import Agent, AgentOptions
 from reconciler.core.desired import NodeParams
@@ -34,3 +36,16 @@ def offline_agent(backend, config: NetworkConfig, node: NodeParams, subnet_file:
 def queue_listing(agent: Agent, kvs: list[RawKV], revision: int = 0) -> None:
     """A complete lease listing, as the watch thread queues it after start-up or a compaction."""
     agent.queue_listing(kvs, revision)
+
+
+def cycles_done(metrics_text: str, trigger: str = "resync") -> int:
+    """How many cycles an agent's ``/metrics`` text counts whose triggers include ``trigger``:
+    what a test waits on instead of sleeping through "several resyncs"."""
+    total = 0.0
+    for line in metrics_text.splitlines():
+        if line.startswith("flannel_reconciler_cycles_total{"):
+            series, _, value = line.rpartition(" ")
+            m = re.search(r'trigger="([^"]*)"', series)
+            if m and trigger in m.group(1).split("+"):
+                total += float(value)
+    return int(total)

@@ -33,6 +33,7 @@ import pytest
 from reconciler.tools.demo import AgentProcess, wait_all_ready
 from reconciler.etcd.store import EtcdStore
 from reconciler.tools.lab.cni import cni_add, cni_del, flannel_delegate_config
+from tests.agent_harness import cycles_done
 from tests.conftest_etcd import require_etcd
 from tests.conftest_netns import require_root
 from tests.netns import Node, bridge_json, ip_json, netns, run, underlay
@@ -441,7 +442,9 @@ def test_our_subnet_taken_by_another_public_ip_is_left_to_it(store, etcd_server,
     wait_for(lambda: f"FLANNEL_SUBNET={gw}\n" in agent.subnet_file.read_text(), "subnet.env rewritten", lab)
     # The old subnet is now the other node's: a peer like any other.
     wait_for(lambda: has_peer(node.ns, old_subnet, "0a:58:c6:12:00:4d", "198.18.0.77"), "the taker as a peer", lab)
-    time.sleep(3)   # a few resyncs and lease checks (1 s each): none may write the key back
+    # A few resyncs and lease checks: none may write the key back.
+    start = cycles_done(agent.get("/metrics")[1])
+    wait_for(lambda: cycles_done(agent.get("/metrics")[1]) >= start + 2, "two resync cycles", lab)
     assert store.get(key).value == foreign
     log = agent.log()
     assert f"our lease {key} changed" in log and "subnet changed from" in log, agent.log_tail()

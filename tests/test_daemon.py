@@ -16,6 +16,7 @@ import pytest
 from reconciler.agent.daemon import Agent, AgentOptions
 from reconciler.core.leases import encode_lease_value
 from reconciler.core.model import Link, Route
+from tests.agent_harness import cycles_done
 from tests.model_kernel import ModelKernel
 
 # The agent allocates its own subnet from 100.64.100.0 up, so it never collides with the
@@ -71,6 +72,12 @@ class Running:
             self.agent.run(self.stop)
         except BaseException as exc:  # surfaced by close()
             self.error = exc
+
+    def resyncs(self, n: int, timeout: float = 30.0) -> None:
+        """Return once ``n`` more resync cycles have run (the agent's own count of them)."""
+        start = cycles_done(self.agent.metrics.render())
+        wait_for(lambda: cycles_done(self.agent.metrics.render()) >= start + n, timeout=timeout,
+                 what=f"{n} resync cycles")
 
     def ready(self, timeout=15.0):
         wait_for(lambda: self.agent.state.ready or self.error, timeout, "agent ready")
@@ -203,7 +210,7 @@ def test_fail_static_while_etcd_is_down(etcd_server, start_agent):
             kernel.routes = {k: r for k, r in kernel.routes.items() if r.dst != "100.64.2.0/24"}
         wait_for(lambda: "100.64.2.0/24" in routes(kernel), what="repair while etcd is down")
         wait_for(lambda: agent.agent.metrics.get("flannel_reconciler_etcd_up") == 0, what="etcd marked down")
-        time.sleep(1.0)  # several resync cycles
+        agent.resyncs(2)
         assert "100.64.77.0/24" in routes(kernel), "deleted something while failing static"
         assert agent.agent._healthz()[0] == 200
 
@@ -400,7 +407,7 @@ def test_hostile_etcd_content_neither_floods_nor_forges_the_log(etcd_store, star
         revision = store.put(f"{store.subnets_prefix}junk-{i}", "not json")
     wait_for(lambda: agent.agent.metrics.get("flannel_reconciler_lease_revision") >= revision, timeout=120,
              what="every junk key folded in")
-    time.sleep(4.5)   # two resyncs with all of it in the table
+    agent.resyncs(2)   # with all of it in the table
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) < 150, f"{len(messages)} log lines for 10,002 junk keys"
     assert all("\n" not in m for m in messages), "a key forged a log line"
@@ -425,7 +432,7 @@ def test_a_config_changed_in_etcd_is_said_once_and_counted(etcd_store, start_age
     caplog.set_level(logging.WARNING, logger="flannel_reconciler")
     store.put_config(CONFIG.replace('"SubnetLen":24', '"SubnetLen":25'))
     wait_for(lambda: agent.agent.metrics.get("flannel_reconciler_config_changed") == 1, what="config change seen")
-    time.sleep(1.0)   # several resyncs: said once
+    agent.resyncs(2)   # said once, not once per resync
     said = [r.getMessage() for r in caplog.records if "network config in etcd changed" in r.getMessage()]
     assert len(said) == 1 and "restart the agent" in said[0]
     store.put_config(CONFIG)
