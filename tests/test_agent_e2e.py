@@ -331,8 +331,10 @@ def test_etcd_outage_deletes_nothing_and_the_watch_resumes(store, etcd_server, l
     etcd_server.stop()
     run(nodes[0].ns, "ip", "route", "add", STALE, "via", STALE.split("/")[0], "dev", "flannel.1", "onlink",
         "proto", "73")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    # Checked over and over until node 1 has said it fails static and run three more resyncs.
+    start = cycles_done(agents[0].get("/metrics")[1])
+    deadline = time.monotonic() + 60
+    while True:
         for node, expected in zip(nodes, before):
             state = peer_state(node.ns)
             state["routes"].pop(STALE, None)
@@ -341,7 +343,10 @@ def test_etcd_outage_deletes_nothing_and_the_watch_resumes(store, etcd_server, l
         for agent in agents:
             assert_alive_and_healthy(agent, lab)
         assert ping(pods[0], pods[1].ip) and ping(pods[1], pods[0].ip), "pod traffic stopped"
-        time.sleep(1.0)
+        if "failing static" in agents[0].log() and cycles_done(agents[0].get("/metrics")[1]) >= start + 3:
+            break
+        assert time.monotonic() < deadline, f"node 1 never said it fails static\n{lab.logs()}"
+        time.sleep(0.2)
     # Node 1 wanted to delete and asked etcd first: it knows etcd is down.
     assert agents[0].metric("flannel_reconciler_etcd_up") == 0
     assert "failing static" in agents[0].log()

@@ -252,7 +252,10 @@ def test_health_ready_and_metrics_endpoints(etcd_store, start_agent):
     assert get("/healthz")[0] == 503
 
 
-def test_agent_waits_for_etcd_at_start_instead_of_exiting(etcd_server, start_agent):
+def test_agent_waits_for_etcd_at_start_instead_of_exiting(etcd_server, start_agent, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="flannel_reconciler")
     from reconciler.etcd.store import EtcdStore
 
     with EtcdStore([etcd_server.endpoint], timeout=1.0) as store:
@@ -261,7 +264,9 @@ def test_agent_waits_for_etcd_at_start_instead_of_exiting(etcd_server, start_age
         etcd_server.stop()
         kernel = node_kernel()
         agent = start_agent(store, kernel)
-        time.sleep(1.5)
+        # Two failed attempts to read the config, each said and retried.
+        wait_for(lambda: sum(r.getMessage().startswith("etcd: ") for r in caplog.records) >= 2,
+                 what="two attempts at the config")
         assert agent.thread.is_alive() and agent.error is None and not agent.agent.state.ready
         etcd_server.start()
         agent.ready(timeout=30)
