@@ -43,7 +43,7 @@ def converged_agent(n: int, tmp: str) -> tuple[Agent, ModelKernel, list[RawKV]]:
 
 
 def _event_cost(agent: Agent, kv: RawKV, rev: int) -> float:
-    agent._lease_q.append(("event", WatchEvent("put", kv, rev), 0.0))
+    agent.queue_lease_event(WatchEvent("put", kv, rev))
     t0 = time.perf_counter()
     agent.cycle({"lease"})
     return time.perf_counter() - t0
@@ -83,7 +83,7 @@ def test_one_lease_event(benchmark, n):
             state["rev"] += 1
             moved = RawKV(kv.key, encode_lease_value(ip, "0a:59:%02x:%02x:00:02" % (i >> 8 & 255, i & 255), 1),
                           kv.lease, state["rev"])
-            agent._lease_q.append(("event", WatchEvent("put", moved, state["rev"]), 0.0))
+            agent.queue_lease_event(WatchEvent("put", moved, state["rev"]))
             return agent.cycle({"lease"})
 
         report = benchmark(one)

@@ -2,9 +2,11 @@
 
 ``offline_agent`` gives an agent with its reconcile state prepared (``Agent.prepare``);
 the caller queues lease events and kernel notifications as the watch and the netlink
-monitor would (``agent._lease_q``, ``agent._kernel_q``) and calls ``agent.cycle``.
+monitor would (``Agent.queue_lease_event``, ``queue_kernel_events``) and calls ``agent.cycle``.
 """
 from __future__ import annotations
+
+import re
 
 from reconciler.core.config import NetworkConfig
 from reconciler.agent.daemon import Agent, AgentOptions
@@ -32,5 +34,17 @@ def offline_agent(backend, config: NetworkConfig, node: NodeParams, subnet_file:
 
 def queue_listing(agent: Agent, kvs: list[RawKV], revision: int = 0) -> None:
     """A complete lease listing, as the watch thread queues it after start-up or a compaction."""
-    agent._lease_q.append(("list", list(kvs), 0.0, revision))
-    agent._listed = True
+    agent.queue_listing(kvs, revision)
+
+
+def cycles_done(metrics_text: str, trigger: str = "resync") -> int:
+    """How many cycles an agent's ``/metrics`` text counts whose triggers include ``trigger``:
+    what a test waits on instead of sleeping through "several resyncs"."""
+    total = 0.0
+    for line in metrics_text.splitlines():
+        if line.startswith("flannel_reconciler_cycles_total{"):
+            series, _, value = line.rpartition(" ")
+            m = re.search(r'trigger="([^"]*)"', series)
+            if m and trigger in m.group(1).split("+"):
+                total += float(value)
+    return int(total)

@@ -128,17 +128,15 @@ def test_ipv6_only_is_refused_clearly():
         choose_subnet(v6only, [], ME, None, random.Random(0))
 
 
-def test_5000_leases_is_fast():
+def test_a_free_subnet_is_found_past_5000_taken():
+    """Correct at scale; how fast is ``benchmarks/bench_core.py``'s (a ratio between sizes)."""
     big = parse_network_config('{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}')
     leases = [parse_lease(f"10.{i >> 8}.{i & 255}.0-24",
                           encode_lease_value(f"172.16.{i >> 8}.{i & 255}", "0e:00:00:00:%02x:%02x" % (i >> 8, i & 255), 1),
                           7) for i in range(1, 5001)]
-    t0 = time.perf_counter()
     c = choose_subnet(big, leases, ME, net("10.0.3.0/24"), random.Random(1))
-    elapsed = time.perf_counter() - t0
     assert c.source == "random"
     assert net("10.19.137.0/24").network_address <= c.subnet.network_address  # above the 5,000 taken
-    assert elapsed < 0.25, elapsed
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ import pytest
 from reconciler.tools.demo import AgentProcess, wait_all_ready
 from reconciler.etcd.store import EtcdStore
 from reconciler.tools.lab.cni import cni_add, cni_del, flannel_delegate_config
+from tests.agent_harness import cycles_done
 from tests.conftest_etcd import require_etcd
 from tests.conftest_netns import require_root
 from tests.netns import Node, bridge_json, ip_json, netns, run, underlay
@@ -330,8 +331,10 @@ def test_etcd_outage_deletes_nothing_and_the_watch_resumes(store, etcd_server, l
     etcd_server.stop()
     run(nodes[0].ns, "ip", "route", "add", STALE, "via", STALE.split("/")[0], "dev", "flannel.1", "onlink",
         "proto", "73")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    # Checked over and over until node 1 has said it fails static and run three more resyncs.
+    start = cycles_done(agents[0].get("/metrics")[1])
+    deadline = time.monotonic() + 60
+    while True:
         for node, expected in zip(nodes, before):
             state = peer_state(node.ns)
             state["routes"].pop(STALE, None)
@@ -340,7 +343,10 @@ def test_etcd_outage_deletes_nothing_and_the_watch_resumes(store, etcd_server, l
         for agent in agents:
             assert_alive_and_healthy(agent, lab)
         assert ping(pods[0], pods[1].ip) and ping(pods[1], pods[0].ip), "pod traffic stopped"
-        time.sleep(1.0)
+        if "failing static" in agents[0].log() and cycles_done(agents[0].get("/metrics")[1]) >= start + 3:
+            break
+        assert time.monotonic() < deadline, f"node 1 never said it fails static\n{lab.logs()}"
+        time.sleep(0.2)
     # Node 1 wanted to delete and asked etcd first: it knows etcd is down.
     assert agents[0].metric("flannel_reconciler_etcd_up") == 0
     assert "failing static" in agents[0].log()
@@ -442,7 +448,9 @@ def test_another_public_ip_written_over_our_key_is_written_back(store, etcd_serv
     wait_for(lambda: store.get(key).value == value, "our value written back", lab)
     assert leases_by_ip(store)[node.ip] == (subnet, value, lease_id)   # our living etcd lease, too
     assert "198.18.0.77" not in leases_by_ip(store)
-    time.sleep(3)   # a few resyncs (1 s each): nothing moves
+    # A few resyncs (1 s each): nothing moves.
+    start = cycles_done(agent.get("/metrics")[1])
+    wait_for(lambda: cycles_done(agent.get("/metrics")[1]) >= start + 2, "two resync cycles", lab)
     assert agent.subnet_file.read_text() == env
     assert ip_json(node.ns, "-4 addr show dev cni0")[0]["addr_info"] == cni0
     log = agent.log()

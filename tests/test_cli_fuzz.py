@@ -1,4 +1,4 @@
-"""Fuzzing the operator's inputs (issue #11 item 5): random bytes and random JSON
+"""Fuzzing the operator's inputs: random bytes and random JSON
 shapes as ``--leases-file``/``--live-file``, random text in every flag and every
 ``FLANNELD_*`` variable.  Whatever comes in: exit 0, 1 or 2, and an error is one
 ``error: ...`` line, never a traceback and never an internal error.

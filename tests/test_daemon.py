@@ -16,6 +16,7 @@ import pytest
 from reconciler.agent.daemon import Agent, AgentOptions
 from reconciler.core.leases import encode_lease_value
 from reconciler.core.model import Link, Route
+from tests.agent_harness import cycles_done
 from tests.model_kernel import ModelKernel
 
 # The agent allocates its own subnet from 100.64.100.0 up, so it never collides with the
@@ -71,6 +72,12 @@ class Running:
             self.agent.run(self.stop)
         except BaseException as exc:  # surfaced by close()
             self.error = exc
+
+    def resyncs(self, n: int, timeout: float = 30.0) -> None:
+        """Return once ``n`` more resync cycles have run (the agent's own count of them)."""
+        start = cycles_done(self.agent.metrics.render())
+        wait_for(lambda: cycles_done(self.agent.metrics.render()) >= start + n, timeout=timeout,
+                 what=f"{n} resync cycles")
 
     def ready(self, timeout=15.0):
         wait_for(lambda: self.agent.state.ready or self.error, timeout, "agent ready")
@@ -202,7 +209,7 @@ def test_fail_static_while_etcd_is_down(etcd_server, start_agent):
             kernel.routes = {k: r for k, r in kernel.routes.items() if r.dst != "100.64.2.0/24"}
         wait_for(lambda: "100.64.2.0/24" in routes(kernel), what="repair while etcd is down")
         wait_for(lambda: agent.agent.metrics.get("flannel_reconciler_etcd_up") == 0, what="etcd marked down")
-        time.sleep(1.0)  # several resync cycles
+        agent.resyncs(2)
         assert "100.64.77.0/24" in routes(kernel), "deleted something while failing static"
         assert agent.agent._healthz()[0] == 200
 
@@ -269,7 +276,10 @@ def test_health_ready_and_metrics_endpoints(etcd_store, start_agent):
     assert get("/healthz")[0] == 503
 
 
-def test_agent_waits_for_etcd_at_start_instead_of_exiting(etcd_server, start_agent):
+def test_agent_waits_for_etcd_at_start_instead_of_exiting(etcd_server, start_agent, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="flannel_reconciler")
     from reconciler.etcd.store import EtcdStore
 
     with EtcdStore([etcd_server.endpoint], timeout=1.0) as store:
@@ -286,6 +296,9 @@ def test_agent_waits_for_etcd_at_start_instead_of_exiting(etcd_server, start_age
         assert m["flannel_reconciler_ready"] == 0 and m["flannel_reconciler_cycle_duration_seconds_count"] == 0
         assert m['flannel_reconciler_cycles_total{outcome="ok",trigger="resync"}'] == 0
         assert m["process_resident_memory_bytes"] > 0
+        # Two failed attempts to read the config, each said and retried.
+        wait_for(lambda: sum(r.getMessage().startswith("etcd: ") for r in caplog.records) >= 2,
+                 what="two attempts at the config")
         assert agent.thread.is_alive() and agent.error is None and not agent.agent.state.ready
         etcd_server.start()
         agent.ready(timeout=30)
@@ -314,7 +327,7 @@ def test_one_peers_failing_entry_does_not_hold_back_readiness(etcd_store, start_
 
 
 def test_etcd_up_drops_during_an_outage_with_nothing_to_delete(etcd_server, start_agent):
-    """Issue #11 item 4: a hung etcd (SIGSTOP) or a dead one turns etcd_up to 0 while it lasts,
+    """A hung etcd (SIGSTOP) or a dead one turns etcd_up to 0 while it lasts,
     even when no deletion is pending (the watch's liveness probe reports it), and back to 1."""
     from reconciler.etcd.store import EtcdStore
 
@@ -338,7 +351,7 @@ def test_etcd_up_drops_during_an_outage_with_nothing_to_delete(etcd_server, star
 
 
 def test_stop_is_immediate_whatever_the_resync_interval(etcd_store, tmp_path):
-    """Issue #11 item 3: SIGTERM (here: the stop event) ends the loop at once, not at the next resync."""
+    """SIGTERM (here: the stop event) ends the loop at once, not at the next resync."""
     etcd_store.put_config(CONFIG)
     kernel = node_kernel()
     stop = threading.Event()
@@ -354,7 +367,7 @@ def test_stop_is_immediate_whatever_the_resync_interval(etcd_store, tmp_path):
 
 
 def test_an_unwritable_subnet_file_is_retried_and_never_kills_the_agent(etcd_store, tmp_path):
-    """Issue #11 item 1: a directory at the subnet file's path (as good as read-only or full):
+    """A directory at the subnet file's path (as good as read-only or full):
     the kernel is still programmed, the agent stays up and not ready, and once the path can be
     written the file appears and the agent turns ready."""
     etcd_store.put_config(CONFIG)
@@ -389,7 +402,7 @@ def test_an_unwritable_subnet_file_is_retried_and_never_kills_the_agent(etcd_sto
 
 
 def test_one_rule_decides_which_lease_is_ours(etcd_store, start_agent, tmp_path):
-    """Issue #11 item 2: our expiring lease plus a reservation for our PublicIP added later.
+    """Our expiring lease plus a reservation for our PublicIP added later.
     Acquisition takes the reservation (the operator's word); the cycles must program that same
     subnet, not the older lease nobody renews any more, and report the other one loudly."""
     store = etcd_store
@@ -410,7 +423,7 @@ def test_one_rule_decides_which_lease_is_ours(etcd_store, start_agent, tmp_path)
 
 
 def test_hostile_etcd_content_neither_floods_nor_forges_the_log(etcd_store, start_agent, caplog):
-    """Issue #11 items 6 and 7: 10,000 junk keys, a 1 MB bad value and a key with a newline.
+    """10,000 junk keys, a 1 MB bad value and a key with a newline.
     The log grows by a bounded number of lines (not one per key per cycle), every line is one
     line, no line carries the megabyte, and the skip metric keeps its fixed label set."""
     import logging
@@ -435,7 +448,7 @@ def test_hostile_etcd_content_neither_floods_nor_forges_the_log(etcd_store, star
         revision = store.put(f"{store.subnets_prefix}junk-{i}", "not json")
     wait_for(lambda: agent.agent.metrics.get("flannel_reconciler_lease_revision") >= revision, timeout=120,
              what="every junk key folded in")
-    time.sleep(4.5)   # two resyncs with all of it in the table
+    agent.resyncs(2)   # with all of it in the table
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) < 150, f"{len(messages)} log lines for 10,002 junk keys"
     assert all("\n" not in m for m in messages), "a key forged a log line"
@@ -451,7 +464,7 @@ def test_hostile_etcd_content_neither_floods_nor_forges_the_log(etcd_store, star
 
 
 def test_a_config_changed_in_etcd_is_said_once_and_counted(etcd_store, start_agent, caplog):
-    """Issue #11 item 10: the config is read at start-up (as flanneld); a change is not silent."""
+    """The config is read at start-up (as flanneld); a change is not silent."""
     import logging
 
     store = etcd_store
@@ -461,7 +474,7 @@ def test_a_config_changed_in_etcd_is_said_once_and_counted(etcd_store, start_age
     caplog.set_level(logging.WARNING, logger="flannel_reconciler")
     store.put_config(CONFIG.replace('"SubnetLen":24', '"SubnetLen":25'))
     wait_for(lambda: agent.agent.metrics.get("flannel_reconciler_config_changed") == 1, what="config change seen")
-    time.sleep(1.0)   # several resyncs: said once
+    agent.resyncs(2)   # said once, not once per resync
     said = [r.getMessage() for r in caplog.records if "network config in etcd changed" in r.getMessage()]
     assert len(said) == 1 and "restart the agent" in said[0]
     store.put_config(CONFIG)
@@ -469,7 +482,7 @@ def test_a_config_changed_in_etcd_is_said_once_and_counted(etcd_store, start_age
 
 
 def test_a_deleted_namespace_turns_healthz_red(etcd_store, start_agent):
-    """Issue #11 item 11: the agent's namespace deleted under it: /healthz 503, logged."""
+    """The agent's namespace deleted under it: /healthz 503, logged."""
     import subprocess
 
     from tests.conftest_netns import require_root

@@ -7,7 +7,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
@@ -84,7 +83,7 @@ def test_fail_static_with_ipv6_objects(etcd_server, start_agent):
             kernel.routes = {k: r for k, r in kernel.routes.items() if r.dst != "fd00:100:64:2::/64"}
         wait_for(lambda: "fd00:100:64:2::/64" in v6_routes(kernel), what="IPv6 repair while etcd is down")
         wait_for(lambda: agent.agent.metrics.get("flannel_reconciler_etcd_up") == 0, what="etcd marked down")
-        time.sleep(1.0)  # several resync cycles
+        agent.resyncs(2)
         assert "fd00:100:64:77::/64" in v6_routes(kernel), "deleted an IPv6 route while failing static"
         etcd_server.start()
         wait_for(lambda: "fd00:100:64:77::/64" not in v6_routes(kernel), timeout=30,

@@ -165,30 +165,24 @@ def test_watch_put_and_delete(etcd_store):
     ]
     assert [got[0].revision, got[1].revision] == [r1, r2]
     assert got[2].revision == got[2].kv.mod_revision > r2
-    # stop ends the iterator promptly
+    # stop ends the iterator (how soon: benchmarks/bench_etcd.py)
     stop.set()
-    t0 = time.monotonic()
     assert list(events) == []
-    assert time.monotonic() - t0 < 1.0
 
 
 def test_watch_stop_while_idle(etcd_store):
     stop = threading.Event()
     events = etcd_store.watch(etcd_store.snapshot().revision + 1, stop)
     threading.Timer(0.3, stop.set).start()
-    t0 = time.monotonic()
     assert list(events) == []
-    assert time.monotonic() - t0 < 2.0
 
 
 def test_closing_the_store_ends_its_watch(etcd_shared, etcd_prefix):
     store = EtcdStore([etcd_shared.endpoint], prefix=etcd_prefix)
     events = store.watch(store.snapshot().revision + 1)
     threading.Timer(0.3, store.close).start()
-    t0 = time.monotonic()
     with pytest.raises(StopIteration):      # ends quietly: no event, no error
         take(events, 1, timeout=3.0)
-    assert time.monotonic() - t0 < 2.0
 
 
 def test_watch_resumes_after_etcd_restart(etcd_server):
@@ -223,15 +217,12 @@ def test_watch_detects_a_hung_server_and_gives_up_bounded(etcd_server):
         take(events, 1)
         etcd_server.pause()                        # SIGSTOP: sockets stay open, nothing answers
         try:
-            t0 = time.monotonic()
             with pytest.raises(EtcdError) as err:
                 take(events, 1, timeout=15)
-            elapsed = time.monotonic() - t0
         finally:
             etcd_server.resume()
         assert not isinstance(err.value, EtcdAuthError)
-        assert "no endpoint answered" in str(err.value)
-        assert 2.5 < elapsed < 8.0
+        assert "no endpoint answered" in str(err.value)     # how soon: benchmarks/bench_etcd.py
 
 
 def test_watch_compacted_revision(etcd_server):
@@ -284,10 +275,8 @@ def test_keys_carry_their_create_revision(etcd_store):
 def test_unreachable_endpoint_fails_fast_and_names_it():
     url = f"http://127.0.0.1:{free_port()}"          # nothing listens there
     with EtcdStore([url], timeout=1.0) as store:
-        t0 = time.monotonic()
         with pytest.raises(EtcdError) as err:
             store.snapshot()
-        assert time.monotonic() - t0 < 3.5            # two attempts of <= 1 s, one 1 s wait
         assert url in str(err.value) or "no endpoint answered" in str(err.value)
         assert not isinstance(err.value, EtcdAuthError)
         with pytest.raises(EtcdError):
@@ -299,10 +288,8 @@ def test_hung_server_call_times_out(etcd_server):
         store.put_config(CONFIG)
         etcd_server.pause()
         try:
-            t0 = time.monotonic()
             with pytest.raises(EtcdError, match="no answer within 1s|no endpoint answered"):
                 store.get_config()
-            assert time.monotonic() - t0 < 4.0        # 2 * timeout + time_retry
         finally:
             etcd_server.resume()
         assert store.get_config() == CONFIG           # and it recovers
@@ -362,10 +349,8 @@ def test_tls_wrong_credentials_are_clear_errors(etcd_tls, case):
         url = url.replace("https://", "http://")
         kwargs = {}
     with EtcdStore([url], timeout=2.0, **kwargs) as store:
-        t0 = time.monotonic()
         with pytest.raises(EtcdError) as err:
             store.get_config()
-        assert time.monotonic() - t0 < 6.0
     text = str(err.value)
     assert url in text
     if case == "rogue-ca":                       # we reject the server: certificate verification

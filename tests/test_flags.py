@@ -1,4 +1,4 @@
-"""flanneld-compatible flags (issue #12) and the operator-error path (issue #11 items 5, 9, 11).
+"""flanneld-compatible flags, and the operator-error path (bad values, out-of-range MTUs, a vanished namespace).
 
 Every flag: Go's one-dash forms, its ``FLANNELD_*`` variable, the command line
 winning over the variable, a bad value named with its flag or variable.
@@ -215,7 +215,7 @@ def test_usage_errors_are_one_line_and_exit_1_not_2(capsys):
         one_error(err)
 
 
-# --- issue #11 item 5 ---------------------------------------------------------
+# --- a --public-ip no peer can reach is refused, naming the flag ----------------
 
 @pytest.mark.parametrize("ip", ["garbage", "0.0.0.0", "127.0.0.1", "224.0.0.1", "2001:db8::1",
                                 "255.255.255.255"])
@@ -295,7 +295,7 @@ def test_live_file_of_the_wrong_shape_or_types_is_refused(capsys, tmp_path, live
     assert code == 1 and out == "" and message in one_error(err)
 
 
-# --- issue #11 item 9 ---------------------------------------------------------
+# --- an MTU out of range is refused, naming the flag ----------------------------
 
 @pytest.mark.parametrize("mtu", ["-1", "117", "0", "65536", "big"])
 def test_underlay_mtu_out_of_range_is_refused(capsys, mtu):

@@ -14,21 +14,23 @@ faults and failing writes:
 from __future__ import annotations
 
 import errno
+import ipaddress
+import json
 import os
 import tempfile
 from dataclasses import replace
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from reconciler.core.config import parse_network_config
-from reconciler.core.desired import NodeParams, desired_state
+from reconciler.core.desired import NodeParams, desired_state, nexthop_id
 from reconciler.etcd.store import WatchEvent
-from reconciler.core.leases import RawKV, validate_leases
-from reconciler.core.model import Fdb, KernelState, Link, Neigh, Route, attr_diff
+from reconciler.core.leases import RawKV, subnet_key, validate_leases
+from reconciler.core.model import RTPROT_RECONCILER, Fdb, KernelState, Link, Neigh, Nexthop, Route, attr_diff
 from reconciler.core.ownership import FlannelOwnership
-from reconciler.core.plan import make_plan
+from reconciler.core.plan import Change, make_plan
 from reconciler.core.reconcile import dump_live
 from reconciler.kernel.netlink.kernel_events import KernelEvent
 from tests.agent_harness import offline_agent, queue_listing
@@ -52,16 +54,20 @@ def _kernel() -> ModelKernel:
 class Harness:
     """An Agent whose worker state is set up by hand, driven one cycle at a time."""
 
-    def __init__(self, kernel: ModelKernel, subnet_file: str) -> None:
+    def __init__(self, kernel: ModelKernel, subnet_file: str, layout: str = "onlink", config=CONFIG,
+                 public_ipv6: str | None = None) -> None:
         self.kernel = kernel
-        self.node = NodeParams(public_ip=ME, underlay_mtu=1500, underlay="eth0")
-        self.agent = offline_agent(kernel, CONFIG, self.node, subnet_file)
+        self.config = config
+        self.node = NodeParams(public_ip=ME, underlay_mtu=1500, underlay="eth0", route_layout=layout,
+                               public_ipv6=public_ipv6)
+        self.agent = offline_agent(kernel, config, self.node, subnet_file)
         self.table: dict[str, RawKV] = {}
         self.rev = 0
         self.seen = self.dump()
+        self.foreign_nh: dict[int, Nexthop] = {}      # what a step added by hand, by id
 
     def dump(self) -> KernelState:
-        return dump_live(self.kernel, CONFIG)
+        return dump_live(self.kernel, self.config)
 
     def lease(self, op: str, key: str, value: str = "") -> None:
         self.rev += 1
@@ -70,9 +76,9 @@ class Harness:
             self.table[key] = kv
         else:
             self.table.pop(key, None)
-        if not self.agent._listed:
+        if not self.agent.listed:
             return
-        self.agent._lease_q.append(("event", WatchEvent(op, kv, self.rev), self.agent.clock()))
+        self.agent.queue_lease_event(WatchEvent(op, kv, self.rev))
 
     def list_all(self) -> None:
         queue_listing(self.agent, list(self.table.values()))
@@ -91,7 +97,7 @@ class Harness:
             if link is not None and not any(e.obj.KIND == "link" for e in events):
                 events.append(KernelEvent("set", replace(link.link, up=False)))   # the flap's two link events
                 events.append(KernelEvent("set", link.link))
-        self.agent._kernel_q.append(None if silent else events)
+        self.agent.queue_kernel_events(None if silent else events)
         self.seen = now
 
     def cycle(self, *triggers: str):
@@ -166,24 +172,25 @@ def _damage(k: ModelKernel, fault: str, pick: int) -> bool:
 
 
 def _full_recompute(h: Harness):
-    leases, _ = validate_leases(CONFIG, h.table.values(), PREFIX)
-    return desired_state(CONFIG, leases, h.node)
+    leases, _ = validate_leases(h.config, h.table.values(), PREFIX)
+    return desired_state(h.config, leases, h.node)
 
 
 def _assert_converged(h: Harness) -> None:
     a = h.agent
     assert a.desired.state == _full_recompute(h)
     dump = h.dump()
-    policy = FlannelOwnership(CONFIG)
-    owned = KernelState(o for o in dump if policy.owns(o))
-    foreign = {o.key: o for o in dump if o.KIND == "route" and not policy.owns(o) and policy.inside_network(o.dst)}
+    split = FlannelOwnership(h.config).split(dump)
+    owned = split.live
     # What the agent believes is what the kernel holds.
     believed = a.tracker.live
     assert {(o.KIND, o.key) for o in believed} == {(o.KIND, o.key) for o in owned}
     for o in believed:
         assert not attr_diff(o, owned.get(o.KIND, o.key)), (o, owned.get(o.KIND, o.key))
-    # And a full resync has nothing left to do.
-    assert make_plan(a.desired.state, owned, foreign).changes == ()
+    # And a full resync has nothing left to do, and the same conflicts to report.
+    full = make_plan(a.desired.state, owned, split.foreign_routes, split.foreign_nexthops)
+    assert full.changes == ()
+    assert set(full.conflicts) == set(a.tracker.conflicts.values())
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -212,6 +219,117 @@ def test_incremental_equals_full_recomputation_then_resync_is_empty(seq):
         for _ in range(4):
             h.cycle("retry")
         _assert_converged(h)
+
+
+DUAL = parse_network_config('{"Network":"100.64.0.0/16","SubnetLen":24,"EnableIPv6":true,'
+                            '"IPv6Network":"fd00:64::/48","IPv6SubnetLen":64,"Backend":{"Type":"vxlan"}}')
+ME6 = "fd00:18::1"
+
+
+def _dual_kv(sid: int, host: int, mac: str, v6: bool) -> tuple[str, str]:
+    """A dual-stack cluster's lease: 100.64.sid.0/24, and fd00:64:0:sid::/64 when ``v6``."""
+    sn6 = ipaddress.ip_network(f"fd00:64:0:{sid:x}::/64") if v6 else None
+    public6 = (ME6 if host == 1 else f"fd00:18::{host:x}") if v6 else None
+    value = lease_value(ME if host == 1 else f"198.18.0.{host}", mac, 1, public_ipv6=public6,
+                        mac6=("02:00:00:00:60:" + mac[-2:]) if v6 else None)
+    return f"{PREFIX}/subnets/{subnet_key(ipaddress.ip_network(f'100.64.{sid}.0/24'), sn6)}", value
+
+
+@st.composite
+def wide_steps(draw):
+    """Everything ``steps`` does, and: peers with and without IPv6, our own lease moving to
+    another subnet or flipping IPv6 on and off, a relisting or a resync in the middle, foreign
+    nexthops at our ids (appearing and going) and our nexthops deleted by hand."""
+    kind = draw(st.sampled_from(["put", "put", "delete", "own", "relist", "resync", "foreign-nh",
+                                 "foreign-nh-gone", "del-nh", "fault"]))
+    if kind == "put":
+        return ("put", draw(st.integers(2, 6)), draw(st.integers(2, 6)), draw(st.sampled_from(MACS)),
+                draw(st.booleans()))
+    if kind == "delete":
+        return ("delete", draw(st.integers(2, 6)))
+    if kind == "own":
+        return ("own", draw(st.sampled_from([1, 9])), draw(st.booleans()))     # (subnet, a cycle without it)
+    if kind in ("foreign-nh", "del-nh"):
+        return (kind, draw(st.integers(2, 6)), draw(st.booleans()))
+    if kind == "fault":
+        return ("fault", draw(st.sampled_from(["del-route", "del-neigh", "del-fdb", "route-gw", "mtu", "down",
+                                               "del-link", "foreign-route"])), draw(st.integers(0, 10)))
+    return (kind,)
+
+
+def _key_sid(key: str) -> int:
+    return int(key.rsplit("/", 1)[1].split(".")[2])
+
+
+def _wide_step(h: Harness, step: tuple) -> str:
+    """Carry out one step; return the cycle trigger that follows it."""
+    op, k = step[0], h.kernel
+    if op == "put":
+        h.lease("put", *_dual_kv(step[1], step[2], step[3], step[4]))
+    elif op == "delete":
+        for key in [key for key in h.table if _key_sid(key) == step[1]]:
+            h.lease("delete", key)
+    elif op == "own":
+        # Our lease moves (a new subnet) or is re-acquired.  A cycle without it flips the node's
+        # IPv6 overlay off and back on: every peer's v6 entries are recomputed.
+        for key in [key for key in h.table if json.loads(h.table[key].value)["PublicIP"] == ME]:
+            h.lease("delete", key)
+        if step[2]:
+            assert h.cycle("lease") is None       # no own lease: the kernel is left as it is
+        h.lease("put", *_dual_kv(step[1], 1, "02:00:00:00:00:01", True))
+    elif op == "relist":
+        queue_listing(h.agent, list(h.table.values()), h.rev)
+        return "relist"
+    elif op == "resync":
+        return "resync"
+    elif op == "foreign-nh":
+        v6 = step[2]
+        subnet = ipaddress.ip_network(f"fd00:64:0:{step[1]:x}::/64" if v6 else f"100.64.{step[1]}.0/24")
+        nhid = nexthop_id(h.config.ipv6_network if v6 else h.config.network, subnet)
+        # ``ip nexthop replace`` by someone else, over ours too; then the peer that wants the id.
+        h.foreign_nh[nhid] = Nexthop(nhid, "fd00:18::99" if v6 else "198.18.0.99", "eth0", False, 4)
+        k.add_nexthop(h.foreign_nh[nhid])
+        if not any(_key_sid(key) == step[1] for key in h.table):
+            h.lease("put", *_dual_kv(step[1], step[1], MACS[step[1] % 4], v6))
+    elif op == "foreign-nh-gone":
+        with k._rtnl:
+            k.nexthops = {i: nh for i, nh in k.nexthops.items() if i not in h.foreign_nh}
+            h.foreign_nh.clear()
+            k.routes = {key: r for key, r in k.routes.items() if not r.nhid or r.nhid in k.nexthops}
+    elif op == "del-nh":
+        ours = sorted(i for i, nh in k.nexthops.items() if nh.protocol == RTPROT_RECONCILER)
+        if ours:
+            k._nexthop_delete(Change("delete", k.nexthops[ours[step[1] % len(ours)]]))
+    else:
+        quiet = _damage(k, step[1], step[2])
+        h.announce(quiet_v4_routes=quiet)
+        return "kernel"
+    h.announce()
+    return "lease"
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(["onlink", "nexthop"]), st.lists(wide_steps(), max_size=20))
+def test_incremental_equals_full_recomputation_both_layouts_dual_stack(layout, seq):
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(_kernel(), os.path.join(tmp, "subnet.env"), layout=layout, config=DUAL, public_ipv6=ME6)
+        h.kernel.add_address("eth0", f"{ME6}/64")
+        h.seen = h.dump()
+        h.lease("put", *_dual_kv(1, 1, "02:00:00:00:00:01", True))
+        h.lease("put", *_dual_kv(2, 2, MACS[0], True))
+        h.lease("put", *_dual_kv(3, 3, MACS[1], False))
+        h.list_all()
+        h.cycle("relist")
+        for step in seq:
+            h.cycle(_wide_step(h, step))
+            # Foreign nexthops are never replaced (they sit on eth0, which nothing deletes).
+            assert {i: h.kernel.nexthops.get(i) for i in h.foreign_nh} == h.foreign_nh
+            if set(h.foreign_nh) & set(h.agent.desired.state.of("nexthop")):
+                event("a foreign nexthop holds an id we want")
+        for _ in range(3):
+            h.cycle("retry")
+        _assert_converged(h)
+        event(f"layout {layout}")
 
 
 @pytest.fixture
@@ -300,10 +418,14 @@ def test_a_failed_write_stays_pending_and_is_retried(harness):
     report = harness.cycle("lease")
     assert not all(r.ok for r in report.results)
     assert ("neigh", ("flannel.1", "100.64.41.0")) in harness.agent.tracker.dirty
-    assert harness.agent._retry_at is not None
+    assert harness.agent.retry_at is not None
+    assert harness.agent.pending()["dirty_keys"] >= 1
     report = harness.cycle("retry")
     assert {c.kind for c in report.plan} == {"neigh", "route"} and all(r.ok for r in report.results)
     _assert_converged(harness)
+    harness.agent.cycle({"kernel"})         # the echoes of the retry's writes
+    assert harness.agent.pending() == {"lease_items": 0, "kernel_items": 0, "dirty_keys": 0, "dump": 0,
+                                       "full_plan": 0}
 
 
 def test_a_foreign_route_taking_our_key_is_a_conflict_and_left_alone(harness):
@@ -314,6 +436,38 @@ def test_a_foreign_route_taking_our_key_is_a_conflict_and_left_alone(harness):
     assert report.plan.changes == ()
     assert [c.foreign.gateway for c in report.plan.conflicts] == ["198.18.0.9"]
     assert k.routes[(254, "100.64.3.0/24", 0)].gateway == "198.18.0.9"
+
+
+def test_a_running_agent_leaves_a_foreign_nexthop_at_one_of_our_ids_alone(tmp_path):
+    """With --route-layout nexthop, a foreign nexthop at the id a peer's route wants is a conflict
+    for the running agent as for ``plan`` and ``apply``: never replaced, reported every cycle."""
+    h = Harness(_kernel(), str(tmp_path / "subnet.env"), layout="nexthop")
+    nhid = nexthop_id(CONFIG.network, ipaddress.ip_network("100.64.3.0/24"))
+    foreign = Nexthop(nhid, "198.18.0.9", "eth0", False, 4)
+    h.kernel.add_nexthop(foreign)
+    h.seen = h.dump()
+    h.lease("put", OWN_KEY, lease_value(ME, "02:00:00:00:00:01", 1))
+    for sid in (2, 3, 4):
+        h.lease("put", *_peer(sid, sid, f"02:00:00:00:01:{sid:02x}"))
+    h.list_all()
+    for trigger in ("relist", "kernel", "resync", "lease"):
+        report = h.cycle(trigger)
+        assert h.kernel.nexthops[nhid] == foreign, trigger
+        assert ("route", ("100.64.3.0/24", 0)) not in {(c.kind, c.obj.key) for c in report.plan}
+    assert {(c.desired.KIND, c.foreign) for c in h.agent.tracker.conflicts.values()} == \
+        {("nexthop", foreign), ("route", foreign)}
+    # The other peers are programmed through nexthops of ours.
+    assert {i for i, nh in h.kernel.nexthops.items() if nh.protocol == 73} == \
+        {nexthop_id(CONFIG.network, ipaddress.ip_network(f"100.64.{s}.0/24")) for s in (2, 4)}
+    # The foreign nexthop goes: ours and the route through it are written at the next cycle.
+    with h.kernel._rtnl:
+        del h.kernel.nexthops[nhid]
+    h.announce()
+    h.cycle("kernel")
+    assert h.kernel.nexthops[nhid].dev == "flannel.1"
+    assert h.kernel.routes[(254, "100.64.3.0/24", 0)].nhid == nhid
+    assert not h.agent.tracker.conflicts
+    _assert_converged(h)
 
 
 def test_fdb_neigh_of_a_peer_are_keyed_as_the_kernel_keys_them(harness):

@@ -1,4 +1,4 @@
-"""One agent per network namespace and per subnet file (issue #11 item 8)."""
+"""One agent per network namespace and per subnet file."""
 from __future__ import annotations
 
 import os
@@ -65,7 +65,7 @@ def test_run_refuses_to_start_next_to_a_running_agent(tmp_path):
 
 
 def test_an_unwritable_subnet_directory_skips_that_lock_only(tmp_path):
-    """The agent retries an unwritable subnet.env (issue #11 item 1): the lock must not make it fatal."""
+    """The agent retries an unwritable subnet.env: the lock must not make it fatal."""
     blocker = tmp_path / "file"
     blocker.write_text("")
     lock = acquire_instance_lock(None, str(blocker / "sub" / "subnet.env"), lock_dir=str(tmp_path / "locks"))

@@ -116,7 +116,7 @@ def test_freeing_a_mac_lets_the_older_loser_win():
 
 
 def test_the_pinned_lease_wins_its_claims_and_the_other_is_reported():
-    """Issue #11 item 2: an older lease with our PublicIP must not shadow the one we hold."""
+    """An older lease with our PublicIP must not shadow the one we hold."""
     old = RawKV(f"{PREFIX}/subnets/100.64.1.0-24", lease_value("198.18.0.1", "02:00:00:00:00:01", 1), 7001, 1)
     held = RawKV(f"{PREFIX}/subnets/100.64.2.0-24", lease_value("198.18.0.1", "02:00:00:00:00:01", 1), 0, 2)
     index = LeaseIndex(CONFIG, PREFIX)

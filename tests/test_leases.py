@@ -5,7 +5,6 @@ import dataclasses
 import json
 import subprocess
 import sys
-import time
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
@@ -522,19 +521,17 @@ def test_conflict_winner_independent_of_order(data, kvs):
             assert rank[winner] < rank[s.key]                # the older lease won
 
 
-def test_five_thousand_leases_fast():
+def test_five_thousand_leases_with_mac_conflicts():
+    """Correct at scale; how fast is ``benchmarks/bench_core.py``'s (a ratio between sizes)."""
     kvs = [kv(f"10.{i >> 8}.{i & 0xFF}.0-24", value(public_ip=f"172.16.{i >> 8}.{i & 0xFF}", mac=mac_of(i)),
               rev=i) for i in range(1, 5001)]
     # 50 newcomers duplicating established MACs.
     kvs += [kv(f"10.100.{i}.0-24", value(public_ip=f"172.31.0.{i + 1}", mac=mac_of(i + 1)), rev=10_000 + i)
             for i in range(50)]
     big = parse_network_config('{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}')
-    start = time.perf_counter()
     leases, skipped = validate_leases(big, reversed(kvs), PREFIX)
-    elapsed = time.perf_counter() - start
     assert len(leases) == 5000 and len(skipped) == 50
     assert all(s.reason.startswith("conflict: VtepMAC") for s in skipped)
-    assert elapsed < 5, f"validate_leases took {elapsed:.2f}s for 5,050 leases"
 
 
 # --- snapshot files -------------------------------------------------------------------------

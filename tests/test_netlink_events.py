@@ -350,6 +350,8 @@ BASE = [
     f"ip route replace 100.64.{i}.0/24 via 100.64.{i}.0 dev flannel.1 onlink proto 73",
 )]
 
+#: A nexthop id of our range (docs/route-layouts.md).
+NHID = 0x464C0002
 #: name -> (commands, (op, kind, key) that must be among the events)
 SCENARIOS = {
     "route-del": (["ip route del 100.64.2.0/24"], ("del", "route", ("100.64.2.0/24", 0))),
@@ -374,6 +376,18 @@ SCENARIOS = {
     "addr-del": (["ip addr del 100.64.1.0/32 dev flannel.1"], ("del", "route", ("100.64.2.0/24", 0))),
     "cni-addr-del": (["ip addr del 100.64.1.1/24 dev cni0"], ("del", "address", ("cni0", "100.64.1.1/24"))),
     "addr-added": (["ip addr add 100.64.1.7/24 dev cni0"], ("set", "address", ("cni0", "100.64.1.7/24"))),
+    "nexthop-added": ([f"ip nexthop add id {NHID} via 100.64.2.0 dev flannel.1 onlink proto 73"],
+                      ("set", "nexthop", NHID)),
+    # The kernel deletes the IPv4 route through a deleted nexthop without a word.
+    "nexthop-del": ([f"ip nexthop add id {NHID} via 100.64.2.0 dev flannel.1 onlink proto 73",
+                     f"ip route replace 100.64.2.0/24 nhid {NHID} proto 73", f"ip nexthop del id {NHID}"],
+                    ("del", "route", ("100.64.2.0/24", 0))),
+    # A replaced nexthop changes the gateway a dump shows for the route through it.
+    "nexthop-replaced": ([f"ip nexthop add id {NHID} via 100.64.2.0 dev flannel.1 onlink proto 73",
+                          f"ip route replace 100.64.2.0/24 nhid {NHID} proto 73",
+                          f"ip nexthop replace id {NHID} via 100.64.3.0 dev flannel.1 onlink proto 73"],
+                         ("set", "nexthop", NHID)),
+    "nexthop-foreign": ([f"ip nexthop add id {NHID} via 198.18.0.254 dev veth0 proto 4"], ("set", "nexthop", NHID)),
 }
 
 FOREIGN = [
@@ -531,6 +545,7 @@ def test_a_renamed_device_asks_for_a_resync(netns):
 
 
 def test_pure_and_compiled_decoders_give_identical_events(netns):
+    from reconciler.kernel.netlink.batched import BatchedBackend
     from reconciler.kernel.netlink.common import netns_path
     from reconciler.kernel.netlink.events import watch_kernel
     from tests.netns import run
@@ -538,8 +553,12 @@ def test_pure_and_compiled_decoders_give_identical_events(netns):
     require_fastpath()
     _node(netns)
     path = netns_path(netns)
+    def opener(a: bool):
+        return lambda: BatchedBackend(None, accelerate=a)
+
     watches = [_Watch(lambda cb, stop, ready, a=a: watch_kernel(path, DEVICES, NETWORKS, cb, stop, ready,
-                                                                 accelerate=a)) for a in (False, True)]
+                                                                 accelerate=a, open_dumper=opener(a)))
+               for a in (False, True)]
     try:
         for cmd in FOREIGN[:4]:
             run(netns, *cmd.split())

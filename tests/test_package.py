@@ -1,4 +1,9 @@
-"""The package's shape: a flat public surface, and a core that imports no shell."""
+"""The package's shape: a flat public surface, a core that imports no shell, and the import
+contract between the layers (no layer imports one it must not, and no import cycle)."""
+from __future__ import annotations
+
+import ast
+import pathlib
 import subprocess
 import sys
 import types
@@ -25,3 +30,132 @@ def test_the_core_imports_no_shell():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout == "ok\n", out.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# The import contract: layers apart, and no cycle, function-level imports included
+# --------------------------------------------------------------------------------------------
+
+ROOT = pathlib.Path(reconciler.__file__).resolve().parent
+
+#: layer -> the layers it must never import (README "Design"; docs/design.md has the map).
+FORBIDDEN = {
+    "core": {"incremental", "agent", "etcd", "kernel", "rules", "cli", "tools"},
+    "incremental": {"agent", "etcd", "kernel", "cli", "tools"},
+    "agent": {"cli", "tools"},
+    "etcd": {"incremental", "agent", "kernel", "rules", "cli", "tools"},
+    "kernel": {"incremental", "agent", "etcd", "rules", "cli", "tools"},
+    "rules": {"incremental", "agent", "etcd", "kernel", "cli", "tools"},
+}
+
+
+def import_graph(root: pathlib.Path, package: str) -> dict[str, set[str]]:
+    """Module -> the package's modules it imports anywhere in its text (module level, inside a
+    function, under ``if TYPE_CHECKING``): every ``import`` statement counts."""
+    modules: dict[str, pathlib.Path] = {}
+    for path in root.rglob("*.py"):
+        parts = (package,) + path.relative_to(root).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        here = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(here[:len(here) - node.level + 1] + ([base] if base else []))
+                for alias in node.names:
+                    sub = f"{base}.{alias.name}"
+                    targets.add(sub if sub in modules else base)
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(out)
+
+
+def _layer(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
+def test_no_import_cycle_anywhere_function_level_imports_included():
+    assert cycles(import_graph(ROOT, "reconciler")) == []
+
+
+def test_no_layer_imports_a_layer_it_must_not():
+    graph = import_graph(ROOT, "reconciler")
+    wrong = sorted((m, t) for m, targets in graph.items() for t in targets
+                   if _layer(t) in FORBIDDEN.get(_layer(m), ()))
+    assert wrong == []
+
+
+def test_the_contract_sees_a_cycle_made_by_a_function_level_import(tmp_path):
+    """The checks above are only as good as the graph: a cycle closed inside a function, through a
+    relative import, is found; so is a core module reaching into the kernel."""
+    pkg = tmp_path / "pkg"
+    (pkg / "core").mkdir(parents=True)
+    (pkg / "kernel").mkdir()
+    for d in (pkg, pkg / "core", pkg / "kernel"):
+        (d / "__init__.py").write_text("")
+    (pkg / "core" / "a.py").write_text("from pkg.core import b\n")
+    (pkg / "core" / "b.py").write_text("def f():\n    from . import a\n    return a\n")
+    (pkg / "core" / "c.py").write_text("def g():\n    from ..kernel import wire\n")
+    (pkg / "kernel" / "wire.py").write_text("import os\n")
+    graph = import_graph(pkg, "pkg")
+    assert cycles(graph) == [["pkg.core.a", "pkg.core.b"]]
+    assert graph["pkg.core.c"] == {"pkg.kernel.wire"}
+
+
+def test_tests_are_marked_by_the_fixtures_they_use(request):
+    """The conftest hook marks every collected test from its fixture closure: a test that reaches
+    a namespace or an etcd fixture, even through another fixture, carries ``root`` or ``etcd``."""
+    from tests.conftest import ETCD_FIXTURES, ROOT_FIXTURES, marks_for
+
+    assert marks_for(["tmp_path", "etcd_store"]) == {"etcd"}
+    assert marks_for(["netns", "etcd_shared"]) == {"root", "etcd"}
+    assert marks_for(["kernel"]) == set()
+    checked = 0
+    for item in request.session.items:
+        names = set(getattr(item, "fixturenames", ()))
+        marks = {m.name for m in item.iter_markers()}
+        if names & ROOT_FIXTURES:
+            assert "root" in marks, item.nodeid
+            checked += 1
+        if names & ETCD_FIXTURES:
+            assert "etcd" in marks, item.nodeid
+            checked += 1
+    if len(request.session.items) > 1:
+        assert checked, "no collected test uses a root or etcd fixture: run with the whole suite to check the hook"

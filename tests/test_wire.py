@@ -604,7 +604,7 @@ def test_pure_garbage_decodes_the_same_or_fails_the_same(buf):
        capped=st.booleans(), text=st.text(max_size=40).filter(lambda t: "\0" not in t))
 def test_random_acks_agree(seq, codes, capped, text):
     buf = b""
-    for i, code in enumerate(codes):
+    for code in codes:
         echoed = struct.pack("=IHHII", 16 if capped else 24, 28, 0x505, seq, 0) + (b"" if capped else b"\x01" * 8)
         tlv = rta(1, text.encode() + b"\0") if text else b""
         buf += nlmsg(2, struct.pack("=i", code) + echoed + tlv,

@@ -48,7 +48,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from reconciler.agent.acquire import LeaseKeeper, acquire_lease
 from reconciler.agent.conditions import DataPlaneHealth
@@ -61,7 +61,7 @@ from reconciler.incremental.desired_index import DesiredIndex
 from reconciler.core.errors import EtcdAuthError, EtcdCompacted, EtcdError, EtcdRolledBack, ReconcilerError
 from reconciler.incremental.lease_index import LeaseIndex
 from reconciler.core.logtext import esc
-from reconciler.core.leases import Skipped, parse_lease
+from reconciler.core.leases import RawKV, Skipped, parse_lease
 from reconciler.agent.metrics import (CONTENT_TYPE, SKIP_REASONS, Metrics, build_info_labels, primary_trigger,
                                       serve_http, skip_reason_label)
 from reconciler.kernel.netlink.common import UnderlaySpec
@@ -73,6 +73,9 @@ from reconciler.agent.sdnotify import Notifier
 from reconciler.agent.subnet_env import read_previous_ipv6_subnet, read_previous_subnet, render_subnet_env, write_subnet_env
 from reconciler.incremental.tracker import Tracker
 from reconciler.core.underlay_guard import UnderlayGuard
+
+if TYPE_CHECKING:
+    from reconciler.etcd.rpc import WatchEvent
 
 __all__ = ["Agent", "AgentOptions", "CycleReport", "random_vtep_mac"]
 
@@ -189,11 +192,12 @@ class Agent(RuleSync, DataPlaneHealth):
         self.notifier = notifier or Notifier()
         self.state = _State()
         self._lock = threading.Lock()
-        self.config: NetworkConfig | None = None
-        self.node: NodeParams | None = None
+        # Set by ``start`` (through ``prepare``) before any thread reads them: declared, not None.
+        self.config: NetworkConfig
+        self.node: NodeParams
         self.keeper: LeaseKeeper | None = None
-        self._on_link = None
-        self._servers = []
+        self._on_link: Callable[[str], bool]
+        self._servers: list = []
         self._subnet_env_text: str | None = None
         self._subnet_env_error: str | None = None
         self.last_cycle: CycleReport | None = None
@@ -216,10 +220,10 @@ class Agent(RuleSync, DataPlaneHealth):
         self._rollback_until = 0.0
         self._rollback_reasserted = False
         self._overwrites_seen: collections.Counter = collections.Counter()
-        # Reconcile state: the worker's alone.
-        self.index: LeaseIndex | None = None
-        self.desired: DesiredIndex | None = None
-        self.tracker: Tracker | None = None
+        # Reconcile state: the worker's alone, made by ``prepare``.
+        self.index: LeaseIndex
+        self.desired: DesiredIndex
+        self.tracker: Tracker
         self._skip_labels: dict[str, str] = {}
         self._skip_counts: collections.Counter = collections.Counter()
         self._skips_exported: tuple = ()      # the counts flannel_reconciler_leases_skipped shows
@@ -301,6 +305,39 @@ class Agent(RuleSync, DataPlaneHealth):
                                 UnderlayGuard.of(node.public_ip, config.network, underlay_prefixes))
         self.desired = DesiredIndex(config, node, self._on_link)
         self.tracker = Tracker(FlannelOwnership(config, node.bridge))
+
+    # What the watch and kernel-event threads queue, for callers that drive ``cycle`` themselves
+    # (tests, the per-event benchmark), and what is still waiting: a public surface instead of
+    # the queues themselves.
+    def queue_lease_event(self, event: WatchEvent) -> None:
+        """One lease event, as the watch thread queues it."""
+        self._lease_q.append(("event", event, self.clock()))
+
+    def queue_listing(self, kvs: Iterable[RawKV], revision: int = 0) -> None:
+        """A complete lease listing, as after start-up or a compaction: it replaces the table."""
+        self._lease_q.append(("list", list(kvs), self.clock(), revision))
+        self._listed = True
+
+    def queue_kernel_events(self, events: list | None) -> None:
+        """Kernel notifications as the monitor delivers them (None: some were lost)."""
+        self._kernel_q.append(events)
+
+    @property
+    def listed(self) -> bool:
+        """Whether a complete lease listing has been queued (no cycle runs before one)."""
+        return self._listed
+
+    @property
+    def retry_at(self) -> float | None:
+        """When failed or held-back changes are looked at again (the agent's clock), or None."""
+        return self._retry_at
+
+    def pending(self) -> dict[str, int]:
+        """What the worker has still to do: queued lease and kernel items, dirty keys, and
+        whether a dump or a full plan is due.  All zero: idle."""
+        return {"lease_items": len(self._lease_q), "kernel_items": len(self._kernel_q),
+                "dirty_keys": len(self.tracker.dirty), "dump": int(self.tracker.needs_dump),
+                "full_plan": int(self.tracker.full)}
 
     def _retry_etcd(self, what: str, fn, stop: threading.Event):
         """Start-up steps wait for etcd like flanneld does, with a capped backoff,
@@ -436,8 +473,12 @@ class Agent(RuleSync, DataPlaneHealth):
     # ------------------------------------------------------------ the loops
     def run(self, stop: threading.Event) -> None:
         # A stop wakes the worker at once, whatever the resync interval.
-        threading.Thread(target=lambda: (stop.wait(), self.state.wake.set(), self._etcd_wake.set()),
-                         name="stop-waker", daemon=True).start()
+        def waker() -> None:
+            stop.wait()
+            self.state.wake.set()
+            self._etcd_wake.set()
+
+        threading.Thread(target=waker, name="stop-waker", daemon=True).start()
         self.start(stop)
         threads = [threading.Thread(target=self._watch_loop, args=(stop,), name="lease-watch", daemon=True)]
         subscribed = threading.Event()
@@ -504,7 +545,7 @@ class Agent(RuleSync, DataPlaneHealth):
                     backoff = min(backoff * 2, 5.0)
             except EtcdCompacted as exc:
                 # Our resume point is gone from history: re-list and diff the
-                # whole state (never flanneld's hot loop, #2470).
+                # whole state (never flanneld's hot loop, flannel #2470).
                 log.warning("lease watch: %s; re-listing", exc)
                 self.metrics.inc("flannel_reconciler_etcd_watch_restarts_total", reason="compacted")
                 self._try_relist(stop)
@@ -886,8 +927,9 @@ class Agent(RuleSync, DataPlaneHealth):
             self.tracker.needs_dump = True      # the believed view has a device the kernel lost
         conflicts = plan.conflicts if not full else tuple(self.tracker.conflicts.values())
         for c in conflicts:
-            log.warning("conflict: %s is %s a foreign route (%s, proto %s); left alone",
-                        describe(c.desired), conflict_words(c), describe(c.foreign), c.foreign.protocol)
+            log.warning("conflict: %s is %s a foreign %s (%s, proto %s); left alone",
+                        describe(c.desired), conflict_words(c), c.foreign.KIND, describe(c.foreign),
+                        c.foreign.protocol)
         if failed or held:
             self._schedule_retry()
         else:
@@ -956,6 +998,8 @@ class Agent(RuleSync, DataPlaneHealth):
         a directory at the path) is logged once per distinct error and retried; it never
         stops the agent, which keeps the node's kernel state serving traffic."""
         own = self.desired.own
+        if own is None:             # called after a cycle that found our lease; never without one
+            return False
         text = render_subnet_env(self.config, own.subnet, self.node.underlay_mtu, self.opts.ip_masq,
                                  own.ipv6_subnet if self.config.enable_ipv6 else None)
         if text == self._subnet_env_text:

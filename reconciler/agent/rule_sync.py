@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
+from reconciler.core.config import NetworkConfig
 from reconciler.core.errors import ReconcilerError
 
 __all__ = ["RuleSync"]
@@ -20,6 +22,15 @@ log = logging.getLogger("flannel_reconciler")
 
 
 class RuleSync:
+    # Provided by ``daemon.Agent`` (see above).
+    rules: Any
+    config: NetworkConfig
+    opts: Any
+    metrics: Any
+    _rules_lock: threading.Lock
+    _rules_lease: Any
+    _rules_error: str | None
+
     def _sync_rules(self, own_lease) -> None:
         """Plan and apply our packet filter rules (docs/traffic-rules.md).
 

@@ -56,7 +56,7 @@ def add_commands(sub) -> None:
 
 
 def cmd_run(args) -> int:
-    from reconciler.cli.main import _public_ipv6, check_underlay_address, open_backend, open_store
+    from reconciler.cli.inputs import check_underlay_address, open_backend, open_store, public_ipv6
     from reconciler.agent.daemon import Agent, AgentOptions
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -65,7 +65,7 @@ def cmd_run(args) -> int:
     logging.getLogger("pyroute2").setLevel(max(logging.INFO, logging.getLogger().level))
     stop = threading.Event()
 
-    from reconciler.cli.main import bridge_name, underlay_spec
+    from reconciler.cli.inputs import bridge_name, underlay_spec
 
     spec = underlay_spec(args)
     opts = AgentOptions(
@@ -73,7 +73,7 @@ def cmd_run(args) -> int:
         iface_regex=list(spec.regexes), iface_can_reach=spec.can_reach, bridge=bridge_name(args),
         subnet_file=args.subnet_file, resync_interval=args.resync_interval, healthz_ip=args.healthz_ip,
         healthz_port=args.healthz_port, metrics_port=args.metrics_port, ip_masq=args.ip_masq,
-        public_ipv6=_public_ipv6(args),
+        public_ipv6=public_ipv6(args),
         forward_rules=args.iptables_forward_rules, masq_fully_random_disable=args.ip_masq_fully_random_disable,
         iptables_resync=args.iptables_resync,
         route_layout=args.route_layout, netns=args.netns,
@@ -144,7 +144,7 @@ def handle_signals(stop: threading.Event, resync: Callable[[], None]) -> None:
 
 
 def cmd_snapshot(args) -> int:
-    from reconciler.cli.main import load_snapshot
+    from reconciler.cli.inputs import load_snapshot
     from reconciler.core.leases import snapshot_to_json
 
     text = snapshot_to_json(load_snapshot(args))

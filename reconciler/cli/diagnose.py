@@ -34,7 +34,7 @@ def add_commands(sub) -> None:
 # audit
 
 def cmd_audit(args) -> int:
-    from reconciler.cli.main import config_from_snapshot, load_snapshot, open_store
+    from reconciler.cli.inputs import config_from_snapshot, load_snapshot, open_store
     from reconciler.core.audit import audit_cluster
 
     ttls = None
@@ -82,7 +82,7 @@ def audit_text(result) -> str:
 # plan --config
 
 def cmd_plan_config(args) -> int:
-    from reconciler.cli.main import config_from_snapshot, load_snapshot, read_input_file, bridge_name
+    from reconciler.cli.inputs import bridge_name, config_from_snapshot, load_snapshot, read_input_file
     from reconciler.core.config import parse_network_config, require_ipv4, require_vxlan
     from reconciler.core.whatif import NodeTemplate, cluster_whatif
 
@@ -143,7 +143,7 @@ def whatif_text(result) -> str:
 # explain
 
 def cmd_explain(args) -> int:
-    from reconciler.cli.main import config_from_snapshot, load_snapshot, node_params, open_backend, open_store
+    from reconciler.cli.inputs import config_from_snapshot, load_snapshot, node_params, open_backend, open_store
     from reconciler.core.explain import Facts, explain, resolve_target
     from reconciler.core.reconcile import compute_cycle, dump_live, on_link_predicate
     from reconciler.rules.commands import cli_rule_plan, rule_show_rows

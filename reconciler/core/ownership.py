@@ -43,14 +43,15 @@ whatever their address.
 from __future__ import annotations
 
 import ipaddress
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Protocol
 
 from reconciler.core.config import NetworkConfig
 from reconciler.core.model import (RTPROT_KERNEL, RTPROT_RECONCILER, Address, Fdb, KernelObject, KernelState, Link, Neigh, Nexthop,
                     Route)
 
-__all__ = ["BRIDGE_NAME", "FlannelOwnership", "NEXTHOP_ID_BASE", "NEXTHOP_ID_SPAN", "OwnershipPolicy",
-           "RTPROT_KERNEL", "owned_nexthop_id"]
+__all__ = ["BRIDGE_NAME", "DumpSplit", "FlannelOwnership", "NEXTHOP_ID_BASE", "NEXTHOP_ID_SPAN",
+           "OwnershipPolicy", "RTPROT_KERNEL", "owned_nexthop_id"]
 
 BRIDGE_NAME = "cni0"
 
@@ -69,6 +70,17 @@ def owned_nexthop_id(nhid: int) -> bool:
     return NEXTHOP_ID_BASE <= nhid < NEXTHOP_ID_BASE + 2 * NEXTHOP_ID_SPAN
 
 
+@dataclass
+class DumpSplit:
+    """A dump split by ownership: what is ours (``live``, the planner's input) and the foreign
+    objects that hold a key we may want -- routes into the network by route key, nexthops at an
+    id of our range by id -- which the planner must see to leave them alone and report them."""
+
+    live: KernelState = field(default_factory=KernelState)
+    foreign_routes: dict[Any, Route] = field(default_factory=dict)
+    foreign_nexthops: dict[int, Nexthop] = field(default_factory=dict)
+
+
 class OwnershipPolicy(Protocol):
     def owns(self, obj: KernelObject) -> bool: ...
 
@@ -85,7 +97,7 @@ class FlannelOwnership:
         # bridge None (--no-bridge): the CNI plugin owns the bridge, we own none.
         self.devices = self.vxlan_devices | ({bridge} if bridge else set())
         self.bridge = bridge
-        nets = []
+        nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         if config.network is not None:
             nets.append(config.network)
         if config.ipv6_network is not None:
@@ -104,7 +116,7 @@ class FlannelOwnership:
             except ValueError:
                 hit = False
             else:
-                hit = any(net.version == n.version and net.subnet_of(n) for n in self._networks)
+                hit = any(net.version == n.version and net.subnet_of(n) for n in self._networks)  # type: ignore[arg-type]
             if len(self._prefix_cache) > 200_000:
                 self._prefix_cache.clear()
             self._prefix_cache[prefix] = hit
@@ -129,6 +141,28 @@ class FlannelOwnership:
         if isinstance(obj, Nexthop):
             return obj.dev in self.vxlan_devices and owned_nexthop_id(obj.id)
         return False
+
+    def holds_our_key(self, obj: KernelObject) -> bool:
+        """Could this object, when not ours, sit at a key we may want?  A route into the network,
+        or a nexthop at an id of our range; the other kinds' keys never collide with a foreign one."""
+        if isinstance(obj, Route):
+            return self.inside_network(obj.dst)
+        if isinstance(obj, Nexthop):
+            return owned_nexthop_id(obj.id)
+        return False
+
+    def split(self, dump: Iterable[KernelObject]) -> DumpSplit:
+        """The one place a dump is split into ours and foreign (full cycle, tracker, test oracles)."""
+        out = DumpSplit()
+        for obj in dump:
+            if self.owns(obj):
+                out.live.add(obj)
+            elif self.holds_our_key(obj):
+                if isinstance(obj, Route):
+                    out.foreign_routes[obj.key] = obj
+                elif isinstance(obj, Nexthop):
+                    out.foreign_nexthops[obj.id] = obj
+        return out
 
     def filter(self, live: KernelState) -> KernelState:
         """The owned part of a live dump."""

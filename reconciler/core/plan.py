@@ -8,7 +8,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from reconciler.core.model import KINDS, RTPROT_KERNEL, KernelObject, attr_diff
+from reconciler.core.model import KINDS, RTPROT_KERNEL, KernelObject, Nexthop, Route, attr_diff
 
 __all__ = ["Change", "Conflict", "OpResult", "Plan", "make_plan"]
 
@@ -146,7 +146,7 @@ class Conflict:
     """
 
     desired: KernelObject
-    foreign: KernelObject
+    foreign: Route | Nexthop
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ from reconciler.core.config import NetworkConfig
 from reconciler.core.desired import NodeParams, desired_state, find_own_lease
 from reconciler.core.leases import Lease, RawKV, Skipped, validate_leases
 from reconciler.core.model import KernelState
-from reconciler.core.ownership import FlannelOwnership, owned_nexthop_id
+from reconciler.core.ownership import FlannelOwnership
 from reconciler.core.plan import Plan, make_plan
 from reconciler.core.underlay_guard import UnderlayGuard
 
@@ -109,17 +109,7 @@ def compute_cycle(
     leases, skipped = validate_leases(config, kvs, prefix, guard)
     own = find_own_lease(leases, node.public_ip)
     desired = desired_state(config, leases, node, on_link or (lambda _ip: False))
-    policy = FlannelOwnership(config, node.bridge)
-    live = KernelState()
-    foreign_routes = {}
-    foreign_nexthops = {}
-    for obj in live_dump:
-        if policy.owns(obj):
-            live.add(obj)
-        elif obj.KIND == "route" and policy.inside_network(obj.dst):
-            foreign_routes[obj.key] = obj
-        elif obj.KIND == "nexthop" and owned_nexthop_id(obj.id):
-            foreign_nexthops[obj.id] = obj
+    split = FlannelOwnership(config, node.bridge).split(live_dump)
     return Cycle(
         config=config,
         node=node,
@@ -127,6 +117,6 @@ def compute_cycle(
         leases=tuple(leases),
         skipped=tuple(skipped),
         desired=desired,
-        live=live,
-        plan=make_plan(desired, live, foreign_routes, foreign_nexthops),
+        live=split.live,
+        plan=make_plan(desired, split.live, split.foreign_routes, split.foreign_nexthops),
     )

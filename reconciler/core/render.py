@@ -70,7 +70,7 @@ def describe(obj: KernelObject) -> str:
     if isinstance(obj, Fdb):
         return f"fdb {obj.mac} dev {obj.dev} dst {obj.dst} self permanent"
     if getattr(obj, "KIND", None) == "rule":  # packet filter rules describe themselves (reconciler/rules)
-        return obj.describe()
+        return obj.describe()  # type: ignore[attr-defined]
     if isinstance(obj, Nexthop):
         return f"nexthop id {obj.id}{_next_hop(obj)}"
     return repr(obj)

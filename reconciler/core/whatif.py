@@ -298,4 +298,4 @@ def _own_changes(old, new, lease_old: Lease, lease_new: Lease, template: NodeTem
 
 def _own_left(old, new, lease: Lease, template: NodeTemplate) -> list[KernelObject]:
     policy = FlannelOwnership(new, template.bridge)
-    return [o for o in node_objects(old, _node(template, old, lease), lease) if not policy.owns(o)]
+    return [o for o in _as_written(node_objects(old, _node(template, old, lease), lease)) if not policy.owns(o)]

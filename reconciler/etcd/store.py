@@ -1,4 +1,4 @@
-"""The etcd v3 seam: with ``etcd_watch.py`` (the watch stream, split off),
+"""The etcd v3 seam: with ``watch.py`` (the watch stream) and ``rpc.py`` (what both share),
 the only modules that import ``pyetcd`` and ``grpc``.
 
 Everything above this module sees typed values (``RawKV``, ``LeaseSnapshot``,
@@ -16,7 +16,7 @@ docs/kernel-facts.md section 7, shape this module:
   then a follower still forwarding to it until the election;
 * every call carries a timeout (a SIGSTOPped server would otherwise block
   forever);
-* a watch dies silently with its server, so the watch (in ``etcd_watch.py``)
+* a watch dies silently with its server, so the watch (in ``watch.py``)
   is our own stream with a liveness probe (etcd's progress request) and
   resumes from the last revision + 1;
 * "lease not found" escapes as a raw gRPC NOT_FOUND: it becomes
@@ -35,8 +35,7 @@ import posixpath
 import re
 import threading
 import time
-from dataclasses import dataclass
-from typing import Callable, Iterator, Literal, Sequence, TypeVar
+from typing import Callable, Iterator, Sequence, TypeVar
 from urllib.parse import urlsplit
 
 import grpc
@@ -47,6 +46,17 @@ from pyetcd import utils as pyetcd_utils
 
 from reconciler.core.errors import EtcdAuthError, EtcdError
 from reconciler.core.leases import LeaseSnapshot, RawKV
+from reconciler.etcd.rpc import FAILOVER_CODES as _FAILOVER_CODES
+from reconciler.etcd.rpc import LEADER as _LEADER
+from reconciler.etcd.rpc import LEADER_DETAIL as _LEADER_DETAIL
+from reconciler.etcd.rpc import TLS_DETAIL as _TLS_DETAIL
+from reconciler.etcd.rpc import TOKEN as _TOKEN
+from reconciler.etcd.rpc import TRANSIENT as _TRANSIENT
+from reconciler.etcd.rpc import WatchEvent
+from reconciler.etcd.rpc import classify as _classify
+from reconciler.etcd.rpc import code_details as _code_details
+from reconciler.etcd.rpc import raw_kv as _raw_kv
+from reconciler.etcd.rpc import rpc_error as _rpc_error
 
 __all__ = ["EtcdLeaseNotFound", "EtcdStore", "WatchEvent", "DEFAULT_PREFIX"]
 
@@ -69,13 +79,7 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 
-# Codes after which pyetcd marks the endpoint failed; we do the same for the
-# raw stub calls (auth, watch) it does not wrap.
-_FAILOVER_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL)
-
 _MAX_ATTEMPTS = 3
-
-_TLS_DETAIL = re.compile(r"handshake|certificate|ssl|tls|tsi_", re.IGNORECASE)
 
 T = TypeVar("T")
 
@@ -86,69 +90,6 @@ class EtcdLeaseNotFound(EtcdError):
     def __init__(self, message: str, lease_id: int) -> None:
         super().__init__(message)
         self.lease_id = lease_id
-
-
-@dataclass(frozen=True, slots=True)
-class WatchEvent:
-    """One change under ``<prefix>/subnets/``.
-
-    For a delete, ``kv.value`` is "" and ``kv.lease`` 0 (etcd sends no value);
-    ``revision`` is the revision of the change (``kv.mod_revision``).
-    """
-
-    type: Literal["put", "delete"]
-    kv: RawKV
-    revision: int
-
-
-# --------------------------------------------------------------------------------------------
-# Error classification and translation
-# --------------------------------------------------------------------------------------------
-
-# transient: the endpoint did not answer (retry after failover); leader: a member
-# answered that the cluster is between leaders (retry after a pause); token:
-# re-authenticate; fatal: raise now.
-_TRANSIENT, _LEADER, _TOKEN, _FATAL = "transient", "leader", "token", "fatal"
-
-# etcd's own answers while a leader is being elected (rpctypes ErrNoLeader,
-# ErrTimeout*, ErrLeaderChanged): the server is alive, the request was not applied
-# or is harmless to repeat for our callers (a lost create re-lists).
-_LEADER_DETAIL = re.compile(r"etcdserver: (no leader|request timed out|leader changed)")
-
-
-def _rpc_error(exc: BaseException) -> grpc.RpcError | None:
-    """The gRPC error behind ``exc``: pyetcd replaces some with its own
-    exception raised inside the ``except`` block, so the original is the context."""
-    if isinstance(exc, grpc.RpcError):
-        return exc
-    ctx = exc.__context__
-    return ctx if isinstance(ctx, grpc.RpcError) else None
-
-
-def _code_details(exc: BaseException) -> tuple[grpc.StatusCode | None, str]:
-    rpc = _rpc_error(exc)
-    if rpc is None:
-        return None, str(exc) or type(exc).__name__
-    try:
-        return rpc.code(), rpc.details() or ""
-    except Exception:  # not a call object (should not happen): keep the text
-        return None, str(rpc)
-
-
-def _classify(exc: BaseException) -> str:
-    """One of _TRANSIENT, _LEADER, _TOKEN, _FATAL (see above)."""
-    if isinstance(exc, (pyetcd_exc.NoServerAvailableError, pyetcd_exc.WatchTimedOut)):
-        return _TRANSIENT
-    if isinstance(exc, ValueError) and "failed node" in str(exc):
-        return _TRANSIENT
-    code, details = _code_details(exc)
-    if code == grpc.StatusCode.UNAUTHENTICATED or "invalid auth token" in details:
-        return _TOKEN
-    if code in _FAILOVER_CODES:
-        if _LEADER_DETAIL.search(details):
-            return _LEADER
-        return _FATAL if _TLS_DETAIL.search(details) else _TRANSIENT
-    return _FATAL
 
 
 # --------------------------------------------------------------------------------------------
@@ -496,6 +437,37 @@ class EtcdStore:
         return int(response.TTL)
 
     # -- watch ----------------------------------------------------------------------------------
+    # The surface the watch stream (``watch.py``) uses; the rest of the store stays private.
+
+    @property
+    def closed(self) -> threading.Event:
+        """Set when the store is closed: every watch ends."""
+        return self._closed
+
+    @property
+    def has_credentials(self) -> bool:
+        """Whether calls carry an auth token (``--etcd-username``): an expired one is renewed once."""
+        return bool(self._username)
+
+    def open_watch_channel(self, *metadata: tuple[str, str]) -> tuple[str, str, grpc.Channel, list[tuple[str, str]]]:
+        """For a new watch stream: the endpoint's label and URL, its channel, and the call
+        metadata (the auth token, if any, and ``metadata``)."""
+        self._ensure_token()
+        label, channel = self._open_channel()
+        return label, self._url_by_netloc.get(label, self.endpoint_in_use), channel, self._metadata(*metadata)
+
+    def renew_token(self) -> None:
+        """Drop the auth token: the next call or stream authenticates again."""
+        self._invalidate_token()
+
+    def translate_error(self, op: str, url: str, exc: BaseException) -> EtcdError:
+        """The ``EtcdError`` that names ``op``, the endpoint and the cause of ``exc``."""
+        return self._translate(op, url, exc)
+
+    def fail_endpoint(self, label: str) -> None:
+        """Skip this endpoint for a while: the next stream goes to another."""
+        self._fail_endpoint(label)
+
 
     def watch(self, start_revision: int, stop: threading.Event | None = None, *,
               progress_interval: float = 30.0, give_up_after: float = 60.0,
@@ -530,7 +502,7 @@ class EtcdStore:
 
     def _watch(self, next_rev: int, stop: threading.Event | None, progress_interval: float,
                give_up_after: float, health=None, cluster_id: int = 0) -> Iterator[WatchEvent]:
-        # The stream machinery lives in etcd_watch, which imports this module: import it late.
+        # Imported when first watched: plan, apply and show never load the stream machinery.
         from reconciler.etcd.watch import watch_subnets
         return watch_subnets(self, next_rev, stop, progress_interval, give_up_after, health, cluster_id)
 
@@ -538,13 +510,6 @@ class EtcdStore:
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
-
-def _raw_kv(kv: object) -> RawKV:
-    # Values that are not UTF-8 become U+FFFD: such a value is no lease anyway,
-    # and a compare against the replaced text fails, so we never overwrite it.
-    return RawKV(key=kv.key.decode("utf-8", "replace"), value=kv.value.decode("utf-8", "replace"),
-                 lease=int(kv.lease), mod_revision=int(kv.mod_revision), create_revision=int(kv.create_revision))
-
 
 def _clean_prefix(prefix: str) -> str:
     """flanneld joins keys with Go's ``path.Join``, which cleans the path: a

@@ -1,9 +1,9 @@
 """The etcd watch stream: ``EtcdStore.watch()``'s machinery.
 
-With ``reconciler.etcd.store``, the only modules that import ``pyetcd`` and
-``grpc``; split from it to keep both readable.  ``EtcdStore._watch`` calls
-``watch_subnets`` here; the store itself, its error classification and
-``WatchEvent`` stay in ``reconciler.etcd.store`` (import ``WatchEvent`` from there).
+With ``store.py`` and ``rpc.py``, the only modules that import ``pyetcd`` and
+``grpc``.  ``EtcdStore.watch`` calls ``watch_subnets`` here, which uses the
+store's small public watch surface (``WatchedStore``) and the error
+classification of ``rpc.py``; it imports nothing from ``store.py``.
 
 A watch dies silently with its server, so this is our own bidirectional
 stream with a reader thread (so the consumer can wait with a timeout) and a
@@ -12,11 +12,12 @@ available endpoint from the last delivered revision + 1.
 """
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator, Protocol, Sequence
 
 import grpc
 from pyetcd import etcdrpc
@@ -25,24 +26,57 @@ from pyetcd import utils as pyetcd_utils
 from pyetcd.etcdrpc import kv_pb2
 
 from reconciler.core.errors import EtcdAuthError, EtcdCompacted, EtcdError, EtcdRolledBack
-from reconciler.etcd.store import (_FAILOVER_CODES, _LEADER, _TOKEN, _TRANSIENT, EtcdStore, WatchEvent, _classify, _code_details,
-                   _raw_kv)
-from reconciler.etcd.store import log  # the watch logs as reconciler.etcd.store, as before the split
+from reconciler.etcd.rpc import FAILOVER_CODES, LEADER, TOKEN, TRANSIENT, WatchEvent, classify, code_details, raw_kv
 from reconciler.core.leases import RawKV
 
-__all__ = ["watch_subnets"]
+__all__ = ["WatchedStore", "watch_subnets"]
+
+# The watch logs as the store: one logger name for everything etcd says.
+log = logging.getLogger("reconciler.etcd.store")
+
+
+class WatchedStore(Protocol):
+    """What a watch needs of ``EtcdStore``."""
+
+    @property
+    def endpoints(self) -> Sequence[str]: ...
+
+    @property
+    def timeout(self) -> float: ...
+
+    @property
+    def subnets_prefix(self) -> str: ...
+
+    @property
+    def endpoint_in_use(self) -> str: ...
+
+    @property
+    def closed(self) -> threading.Event: ...
+
+    @property
+    def has_credentials(self) -> bool: ...
+
+    def open_watch_channel(self, *metadata: tuple[str, str]) -> tuple[str, str, grpc.Channel, list]: ...
+
+    def renew_token(self) -> None: ...
+
+    def translate_error(self, op: str, url: str, exc: BaseException) -> EtcdError: ...
+
+    def fail_endpoint(self, label: str) -> None: ...
+
+    def status(self) -> tuple[int, int]: ...
 
 # clientv3's WithRequireLeader: a member that lost its leader cancels our watch
 # ("etcdserver: no leader") instead of leaving it silently stale.
 _REQUIRE_LEADER = ("hasleader", "true")
 
 
-def watch_subnets(store: EtcdStore, next_rev: int, stop: threading.Event | None, progress_interval: float,
+def watch_subnets(store: WatchedStore, next_rev: int, stop: threading.Event | None, progress_interval: float,
                   give_up_after: float, health=None, cluster_id: int = 0) -> Iterator[WatchEvent]:
     """The body of ``EtcdStore.watch()`` (see there), for ``store``."""
     key = store.subnets_prefix
     range_end = pyetcd_utils.prefix_range_end(key.encode())
-    closed = store._closed.is_set
+    closed = store.closed.is_set
     stopped = (lambda: stop.is_set() or closed()) if stop is not None else closed
     heard_at = time.monotonic()  # the last time any endpoint answered us
     backoff = _Backoff()
@@ -53,10 +87,8 @@ def watch_subnets(store: EtcdStore, next_rev: int, stop: threading.Event | None,
         stream: _WatchStream | None = None
         try:
             try:
-                store._ensure_token()
-                label, channel = store._open_channel()
-                url = store._url_by_netloc.get(label, url)
-                stream = _WatchStream(channel, store._metadata(_REQUIRE_LEADER), etcdrpc.WatchRequest(
+                label, url, channel, metadata = store.open_watch_channel(_REQUIRE_LEADER)
+                stream = _WatchStream(channel, metadata, etcdrpc.WatchRequest(
                     create_request=etcdrpc.WatchCreateRequest(key=key.encode(), range_end=range_end,
                                                               start_revision=next_rev)))
             except EtcdAuthError:
@@ -88,13 +120,13 @@ def watch_subnets(store: EtcdStore, next_rev: int, stop: threading.Event | None,
                     continue
                 if isinstance(item, _StreamEnded):
                     if item.error is not None:
-                        kind = _classify(item.error)
-                        if kind == _TOKEN and store._username and not reauthed:
+                        kind = classify(item.error)
+                        if kind == TOKEN and store.has_credentials and not reauthed:
                             reauthed = True
-                            store._invalidate_token()
-                        elif kind not in (_TRANSIENT, _LEADER):
-                            raise store._translate("watch", url, item.error) from item.error
-                        raise _Broken(_code_details(item.error)[1], item.error)
+                            store.renew_token()
+                        elif kind not in (TRANSIENT, LEADER):
+                            raise store.translate_error("watch", url, item.error) from item.error
+                        raise _Broken(code_details(item.error)[1], item.error)
                     raise _Broken("watch stream closed by the server", hung=True)
                 heard_at, probe_sent_at = now, None
                 _check_not_rolled_back(store, item.header, next_rev - 1, cluster_id, url)
@@ -108,9 +140,9 @@ def watch_subnets(store: EtcdStore, next_rev: int, stop: threading.Event | None,
                     reason = item.cancel_reason or "canceled by the server"
                     if "permission denied" in reason or "auth" in reason:
                         # An expired token shows up here as "permission denied": one fresh token, then give up.
-                        if store._username and not reauthed:
+                        if store.has_credentials and not reauthed:
                             reauthed = True
-                            store._invalidate_token()
+                            store.renew_token()
                             raise _Broken(reason)
                         raise EtcdAuthError(f"etcd watch {key} via {url}: {reason}")
                     # "no leader" and the like: this member is no use, try another.
@@ -131,20 +163,20 @@ def watch_subnets(store: EtcdStore, next_rev: int, stop: threading.Event | None,
             if health is not None:
                 health(False)  # the caller fails static now, not when we give up
             if label is not None and (broken.hung or (
-                    broken.error is not None and _code_details(broken.error)[0] in _FAILOVER_CODES)):
-                store._fail_endpoint(label)  # and move on: the next stream goes elsewhere
+                    broken.error is not None and code_details(broken.error)[0] in FAILOVER_CODES)):
+                store.fail_endpoint(label)  # and move on: the next stream goes elsewhere
             silent_for = time.monotonic() - heard_at
             if silent_for > give_up_after:
                 raise EtcdError(f"etcd watch {key}: no endpoint answered for {silent_for:.0f}s "
                                 f"({', '.join(store.endpoints)}); last error via {url}: {broken}") from broken
             log.info("etcd watch via %s broken (%s); resuming from revision %d", url, broken, next_rev)
-            (stop if stop is not None else store._closed).wait(backoff.next())
+            (stop if stop is not None else store.closed).wait(backoff.next())
         finally:
             if stream is not None:
                 stream.close()
 
 
-def _check_not_rolled_back(store: EtcdStore, header, seen: int, cluster_id: int, url: str) -> None:
+def _check_not_rolled_back(store: WatchedStore, header, seen: int, cluster_id: int, url: str) -> None:
     """Every answer's header carries the member's revision: one lower than a revision we already
     saw means etcd lost history (a wiped data dir, a restored backup), and a watch for the old
     revision would wait forever (etcd accepts a start revision in the future).  A follower
@@ -241,9 +273,9 @@ class _WatchStream:
         self._reader.join(timeout=2.0)
 
 
-def _watch_event(ev: object) -> WatchEvent:
+def _watch_event(ev: Any) -> WatchEvent:
     kv = ev.kv
     if ev.type == kv_pb2.Event.PUT:
-        return WatchEvent("put", _raw_kv(kv), int(kv.mod_revision))
+        return WatchEvent("put", raw_kv(kv), int(kv.mod_revision))
     return WatchEvent("delete", RawKV(key=kv.key.decode("utf-8", "replace"), value="", lease=0,
                                       mod_revision=int(kv.mod_revision)), int(kv.mod_revision))

@@ -129,8 +129,8 @@ class LeaseIndex:
         fresh = {kv.key: kv for kv in kvs if kv.key.startswith(self.base)}
         seeds: set[str] = set()
         for key in [k for k in self._entries if k not in fresh]:
-            old = self._entries.pop(key)
-            seeds |= {key} | self._unclaim(key, old)
+            gone = self._entries.pop(key)
+            seeds |= {key} | self._unclaim(key, gone)
         for kv in fresh.values():
             old = self._entries.get(kv.key)
             if old is not None and old.kv == kv:
@@ -198,7 +198,7 @@ class LeaseIndex:
 
     def _claims(self, lease: Lease) -> list[tuple[str, Any]]:
         # The same claims, in the same order, as ``validate_leases``.
-        claims = [("subnet", lease.subnet), ("VtepMAC", lease.vtep_mac), ("PublicIP", lease.public_ip)]
+        claims: list[tuple[str, Any]] = [("subnet", lease.subnet), ("VtepMAC", lease.vtep_mac), ("PublicIP", lease.public_ip)]
         if self.config.enable_ipv6 and lease.ipv6_subnet is not None:
             claims += [("IPv6 subnet", lease.ipv6_subnet), ("v6 VtepMAC", lease.v6_vtep_mac),
                        ("PublicIPv6", lease.public_ipv6)]

@@ -2,8 +2,9 @@
 
 Calico Felix's delta tracker is the model (docs/incremental.md): two views
 kept apart -- what we want (``DesiredIndex.state``) and what we believe the
-kernel holds (``live``, owned objects only, plus ``foreign`` routes inside
-the network) -- and the set of object keys where they may differ
+kernel holds (``live``, owned objects only, plus the foreign routes and
+nexthops at keys we may want, split off by ``FlannelOwnership.split``) --
+and the set of object keys where they may differ
 (``dirty``).  Between full resyncs a cycle looks only at the dirty keys:
 
 * a lease event dirties the keys of that lease's objects;
@@ -31,7 +32,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Iterable
 
-from reconciler.core.model import RTPROT_RECONCILER, KernelObject, KernelState, Route
+from reconciler.core.model import RTPROT_RECONCILER, KernelObject, KernelState, Link, Nexthop, Route
 from reconciler.core.ownership import FlannelOwnership
 from reconciler.core.plan import Conflict, OpResult, Plan, make_plan
 
@@ -46,7 +47,8 @@ class Tracker:
     def __init__(self, policy: FlannelOwnership) -> None:
         self.policy = policy
         self.live = KernelState()
-        self.foreign: dict[Any, Route] = {}
+        self.foreign_routes: dict[Any, Route] = {}
+        self.foreign_nexthops: dict[int, Nexthop] = {}
         self.dirty: set[ObjKey] = set()
         #: The next plan compares everything (after a dump, or a link/address key changed).
         self.full = True
@@ -58,14 +60,8 @@ class Tracker:
     # ----------------------------------------------------------- the kernel
     def replace_live(self, dump: KernelState) -> None:
         """A complete dump: the believed view becomes exactly its owned part."""
-        live = KernelState()
-        foreign: dict[Any, Route] = {}
-        for obj in dump:
-            if self.policy.owns(obj):
-                live.add(obj)
-            elif obj.KIND == "route" and self.policy.inside_network(obj.dst):
-                foreign[obj.key] = obj
-        self.live, self.foreign = live, foreign
+        split = self.policy.split(dump)
+        self.live, self.foreign_routes, self.foreign_nexthops = split.live, split.foreign_routes, split.foreign_nexthops
         self.full = True
         self.needs_dump = False
 
@@ -82,7 +78,7 @@ class Tracker:
 
     def _observe_one(self, op: str, obj: KernelObject, kind: str, key: Any) -> bool:
         cur = self.live.get(kind, key)
-        if kind == "link":
+        if isinstance(obj, Link):
             if obj.name not in self.policy.devices:
                 return False
             if op == "set":
@@ -103,24 +99,34 @@ class Tracker:
             if cur is not None and _same_entry(cur, obj):
                 self.live.discard(cur)
                 gone = True
-            if kind == "route" and key in self.foreign and _same_entry(self.foreign[key], obj):
-                del self.foreign[key]
+            if kind == "route" and key in self.foreign_routes and _same_entry(self.foreign_routes[key], obj):
+                del self.foreign_routes[key]
+                gone = True
+            if kind == "nexthop" and self.foreign_nexthops.pop(key, None) is not None:
+                self.full = True        # the routes it blocked may be written now
                 gone = True
             return gone
         if self.policy.owns(obj):
             if kind == "route":
-                self.foreign.pop(key, None)
+                self.foreign_routes.pop(key, None)
+            elif kind == "nexthop" and self.foreign_nexthops.pop(key, None) is not None:
+                self.full = True
             if cur == obj:
                 return False
             self.live.add(obj)
             return True
-        if kind == "route" and self.policy.inside_network(obj.dst):
-            # A foreign route now holds the key (maybe replacing ours).
+        if self.policy.holds_our_key(obj):
+            # A foreign object now holds the key (maybe replacing ours).
+            foreign: dict = self.foreign_routes if kind == "route" else self.foreign_nexthops
             if cur is not None:
                 self.live.discard(cur)
-            if self.foreign.get(key) == obj:
+            if foreign.get(key) == obj:
                 return cur is not None
-            self.foreign[key] = obj
+            foreign[key] = obj
+            if kind == "nexthop":
+                # The routes through that id are conflicts now; they are not dirty keys
+                # themselves, so the next plan compares everything (in memory).
+                self.full = True
             return True
         return False
 
@@ -128,7 +134,7 @@ class Tracker:
     def plan(self, desired: KernelState) -> Plan:
         """The changes for the dirty keys (or for everything, when needed), and their conflicts."""
         if self.full or any(k in ("link", "address") for k, _ in self.dirty):
-            plan = make_plan(desired, self.live, self.foreign)
+            plan = make_plan(desired, self.live, self.foreign_routes, self.foreign_nexthops)
             self.conflicts = {c.desired.key: c for c in plan.conflicts}
             self._planned = None
             return plan
@@ -142,11 +148,13 @@ class Tracker:
             obj = self.live.get(kind, key)
             if obj is not None:
                 have.add(obj)
-            if kind == "route":
+            if kind in ("route", "nexthop"):
                 self.conflicts.pop(key, None)
-                if key in self.foreign:
-                    foreign[key] = self.foreign[key]
-        plan = make_plan(want, have, foreign)
+            if kind == "route" and key in self.foreign_routes:
+                foreign[key] = self.foreign_routes[key]
+        # All foreign nexthops: a dirty route through one is a conflict even when the
+        # nexthop's own key is not dirty.
+        plan = make_plan(want, have, foreign, self.foreign_nexthops)
         for c in plan.conflicts:
             self.conflicts[c.desired.key] = c
         self._planned = keys

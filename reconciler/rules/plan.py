@@ -133,7 +133,7 @@ def _seq_changes(want: Sequence[Any], have: Sequence[Any], key, group: tuple) ->
             out.append(RuleChange("update", want[j], have[i], (("position", j + 1, i + 1),), group))
         else:
             out.append(RuleChange("create", want[j], None, (), group))
-    for k, idxs in spare.items():
+    for idxs in spare.values():
         for i in idxs:
             out.append(RuleChange("delete", have[i], None, (), group))
     return out

@@ -341,7 +341,7 @@ class _Demo:
         self.heading("Leases in etcd, and each node's plan")
         self._print_leases()
         in_sync = True
-        for i, node in enumerate(self.nodes, 1):
+        for node in self.nodes:
             rc, output = self._settled_plan(node)
             argv = ["python", "-m", "reconciler", *self._plan_args(node)]
             self.say(f"  $ {' '.join(argv)}")

@@ -698,7 +698,8 @@ class Soak:
                 status, body = agent.get(path, timeout=2)
                 if status != 200:
                     unmet.append(f"node {i}: {path} {status}: {body.strip()[:200]}")
-            metrics = parse_metrics(agent.get("/metrics", timeout=2)[1] or "")
+            status, text = agent.get("/metrics", timeout=2)
+            metrics = parse_metrics(text) if status == 200 else {}   # no answer yet: /healthz says why
             up = metrics.get("flannel_reconciler_etcd_up")
             if up and up[0][1] != 1:
                 unmet.append(f"node {i}: flannel_reconciler_etcd_up {up[0][1]:g}")

@@ -271,6 +271,10 @@ class BatchedBackend(UnderlayLookup, KernelFacts):
         raise DumpInterrupted(E.EINTR, f"{what} dump{self._where()} was interrupted (NLM_F_DUMP_INTR) "
                                        f"{DUMP_TRIES} times in a row; not trusting it")
 
+    def links(self) -> list[wire.LinkMsg]:
+        """The link messages of the last link dump (every link; ``dump`` takes one)."""
+        return list(self._links.values())
+
     def _refresh_links(self) -> list[wire.LinkMsg]:
         """``ip link show``: one dump of all links, which also refreshes the name cache."""
         msgs = wire.decode_links(self._dump(wire.encode_getlink, "link"))
@@ -632,7 +636,9 @@ class BatchedBackend(UnderlayLookup, KernelFacts):
         """
         from reconciler.kernel.netlink.events import watch_kernel
 
-        watch_kernel(self._netns_file, devices, networks, callback, stop, ready, accelerate=self.accelerated)
+        accelerate = self.accelerated
+        watch_kernel(self._netns_file, devices, networks, callback, stop, ready, accelerate=accelerate,
+                     open_dumper=lambda: BatchedBackend(None, accelerate=accelerate))
 
 
 

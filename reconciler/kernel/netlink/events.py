@@ -1,7 +1,8 @@
 """Netlink events: the kernel monitor (``watch_kernel``) and link "look again" signals (``watch_links``).
 
 ``watch_kernel`` listens on one raw rtnetlink socket to links, addresses,
-routes and neighbours (FDB entries are ``AF_BRIDGE`` neighbours) and hands
+routes, neighbours (FDB entries are ``AF_BRIDGE`` neighbours) and nexthop
+objects and hands
 the caller typed ``KernelEvent`` values equal to what a dump would show; the
 decoding and filtering are ``kernel_events.EventTracker``'s (pure), this
 module is the socket, the namespace and the dumps around it.  See
@@ -25,16 +26,27 @@ import select
 import socket
 import struct
 import threading
-from typing import Callable, Collection
+from typing import Callable, Collection, ContextManager, Iterable, Protocol
 
 from reconciler.core.errors import DumpInterrupted, NetlinkError
+from reconciler.core.model import KernelState
 from reconciler.kernel.netlink import wire
 from reconciler.kernel.netlink.common import enter_netns
-from reconciler.kernel.netlink.kernel_events import RTMGRP_ALL, EventTracker, KernelEvent
+from reconciler.kernel.netlink.kernel_events import RTMGRP_ALL, RTNLGRP_NEXTHOP, EventTracker, KernelEvent
 
-__all__ = ["KernelEvent", "watch_kernel", "watch_links"]
+__all__ = ["Dumper", "KernelEvent", "watch_kernel", "watch_links"]
+
+
+class Dumper(Protocol):
+    """What the monitor needs of a backend to seed itself and re-check: its dump, and the
+    link messages that dump read (every link, for the ifindex map)."""
+
+    def dump(self, devices: Collection[str], networks: Collection[str] = ()) -> KernelState: ...
+
+    def links(self) -> Iterable[wire.LinkMsg]: ...
 
 NETLINK_ROUTE = 0
+NETLINK_ADD_MEMBERSHIP = 1
 RTMGRP_LINK = 1
 RTM_NEWLINK, RTM_DELLINK = 16, 17
 IFLA_IFNAME = 3
@@ -121,6 +133,8 @@ def _open_monitor() -> socket.socket:
         except PermissionError:                 # not root: as much as rmem_max allows
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
         sock.bind((0, RTMGRP_ALL))
+        # Groups past 32 have no bit in bind()'s mask; nexthop's is the 32nd, joined the same way.
+        sock.setsockopt(wire.SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, RTNLGRP_NEXTHOP)
     except OSError as exc:
         sock.close()
         raise NetlinkError(exc.errno, "cannot subscribe to kernel events") from exc
@@ -129,7 +143,8 @@ def _open_monitor() -> socket.socket:
 
 def watch_kernel(netns_path: str | None, devices: Collection[str], networks: Collection[str],
                  callback: Callable[[list[KernelEvent] | None], None], stop: threading.Event,
-                 ready: threading.Event | None = None, poll: float = 0.5, *, accelerate: bool = True) -> None:
+                 ready: threading.Event | None = None, poll: float = 0.5, *, accelerate: bool = True,
+                 open_dumper: Callable[[], ContextManager[Dumper]]) -> None:
     """Deliver the kernel's changes to what ``dump(devices, networks)`` shows, until ``stop`` is set.
 
     ``callback(events)``: the ``KernelEvent`` values of the datagrams read
@@ -139,18 +154,17 @@ def watch_kernel(netns_path: str | None, devices: Collection[str], networks: Col
     ``ready`` is set once subscribed (and the tracker seeded): a dump taken
     after that misses nothing.  Runs on the calling thread, which it moves
     into ``netns_path`` first (when given).  ``accelerate``: the compiled
-    decoders when built (identical values).  ``NetlinkError`` when the socket
-    fails.
+    decoders when built (identical values).  ``open_dumper()``: a backend
+    opened in the calling thread's namespace (the backends hand in a
+    ``BatchedBackend``).  ``NetlinkError`` when the socket fails.
     """
-    from reconciler.kernel.netlink.batched import BatchedBackend
-
     if netns_path is not None:
         enter_netns(netns_path)
     tracker = EventTracker(devices, networks, accelerate)
     sock = _open_monitor()
     # The dumps (seed and re-checks) go over a socket of their own, opened
     # on this thread, so in this namespace; never over the subscribed one.
-    with sock, BatchedBackend(None, accelerate=accelerate) as dumper:
+    with sock, open_dumper() as dumper:
 
         def dump():
             return dumper.dump(tracker.devices, [str(n) for n in tracker.nets])
@@ -158,7 +172,7 @@ def watch_kernel(netns_path: str | None, devices: Collection[str], networks: Col
         def seed() -> None:
             state = dump()
             # The link dump behind that state (every link, for the ifindex map).
-            tracker.seed(state, dumper._links.values())
+            tracker.seed(state, dumper.links())
 
         seed()
         if ready is not None:

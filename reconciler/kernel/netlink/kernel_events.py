@@ -26,6 +26,12 @@ show each case):
   address (``fib_flush``).  On those notifications, when a believed IPv4
   route is on that device, the tracker asks ``recheck()`` for a fresh dump
   and reports the believed IPv4 routes it lacks as ``del``.
+* **nexthop objects** (the ``nexthop`` route layout): a dump shows every
+  nexthop, so every ``RTM_NEWNEXTHOP``/``RTM_DELNEXTHOP`` is an event.
+  Deleting a nexthop deletes the routes through it, and for IPv4 the
+  kernel says nothing of them: the believed routes with that ``nhid`` are
+  reported as ``del``.  (Replacing a nexthop is announced for the routes
+  through it too: ``RTM_NEWROUTE`` with their new gateway.)
 * a **rename** into or out of our device names (or of a device our routes or
   VXLAN devices point at) changes what a dump shows without a notification
   per object: ``feed`` then says ``resync``, and the shell delivers
@@ -42,11 +48,11 @@ from typing import Callable, Collection, Iterable, Literal
 from reconciler.core.model import Address, KernelObject, KernelState
 from reconciler.kernel.netlink import wire
 from reconciler.kernel.netlink.wire_base import (NDMSG, NTF_PROXY, RT_TABLE_MAIN, RTA_DST, RTA_PRIORITY, RTA_TABLE, RTM_DELADDR,
-                        RTM_DELLINK, RTM_DELNEIGH, RTM_DELROUTE, RTM_F_CLONED, RTM_NEWADDR, RTM_NEWLINK,
-                        RTM_NEWNEIGH, RTM_NEWROUTE, RTMSG, _attrs, _messages)
+                        RTM_DELLINK, RTM_DELNEIGH, RTM_DELNEXTHOP, RTM_DELROUTE, RTM_F_CLONED, RTM_NEWADDR,
+                        RTM_NEWLINK, RTM_NEWNEIGH, RTM_NEWNEXTHOP, RTM_NEWROUTE, RTMSG, _attrs, _messages)
 from reconciler.kernel.netlink.wire_decode import ip_text
 
-__all__ = ["KernelEvent", "EventTracker", "RTMGRP_ALL", "decoders"]
+__all__ = ["KernelEvent", "EventTracker", "RTMGRP_ALL", "RTNLGRP_NEXTHOP", "decoders"]
 
 # linux/rtnetlink.h: the legacy multicast group bits ``bind()`` takes.
 RTMGRP_LINK = 0x1
@@ -58,10 +64,13 @@ RTMGRP_IPV6_ROUTE = 0x400
 #: Every group the monitor listens to: what ``ip monitor link address route neigh`` hears.
 RTMGRP_ALL = (RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE
               | RTMGRP_IPV6_ROUTE | RTMGRP_NEIGH)
+#: Nexthop objects' group (a group number, joined with ``NETLINK_ADD_MEMBERSHIP``): what
+#: ``ip monitor nexthop`` hears.
+RTNLGRP_NEXTHOP = 32
 
 #: ``RTM_DEL*`` -> the ``RTM_NEW*`` whose layout it shares.
 _AS_NEW = {RTM_DELLINK: RTM_NEWLINK, RTM_DELADDR: RTM_NEWADDR, RTM_DELROUTE: RTM_NEWROUTE,
-           RTM_DELNEIGH: RTM_NEWNEIGH}
+           RTM_DELNEIGH: RTM_NEWNEIGH, RTM_DELNEXTHOP: RTM_NEWNEXTHOP}
 _DELS = frozenset(_AS_NEW)
 _U16 = struct.Struct("=H")
 _U32 = struct.Struct("=I")
@@ -85,7 +94,7 @@ def decoders(accelerate: bool = True) -> dict:
     """The dump decoders by name: compiled when asked for and built, pure otherwise."""
     import _fastpath
 
-    return _fastpath.DECODERS if accelerate and _fastpath.AVAILABLE else wire.DECODERS
+    return _fastpath.DECODERS if accelerate and _fastpath.DECODERS is not None else wire.DECODERS
 
 
 def _as_new(buf, off: int, end: int, mtype: int):
@@ -174,6 +183,8 @@ class EventTracker:
             elif mtype in (RTM_NEWADDR, RTM_DELADDR):
                 if self._addr(buf, off, end, mtype, out) and recheck is not None:
                     self._recheck(recheck, out)
+            elif mtype in (RTM_NEWNEXTHOP, RTM_DELNEXTHOP):
+                self._nexthop(buf, off, end, mtype, out)
             elif mtype in (RTM_NEWLINK, RTM_DELLINK):
                 flush, renamed = self._link(buf, off, end, mtype, out)
                 resync = resync or renamed
@@ -273,6 +284,19 @@ class EventTracker:
         metric = _U32.unpack_from(msg, span[0])[0] if span is not None and span[1] - span[0] == 4 else 0
         net = ipaddress.ip_network((dst, dst_len), strict=False)
         return (str(net), metric)
+
+    # nexthop objects: RTM_NEWNEXTHOP / RTM_DELNEXTHOP
+    def _nexthop(self, buf, off: int, end: int, mtype: int, out: list[KernelEvent]) -> None:
+        values = wire.decode_nexthops(_as_new(buf, off, end, mtype), self.names)
+        if not values:
+            return
+        nh = values[0]
+        if mtype == RTM_NEWNEXTHOP:
+            out.append(KernelEvent("set", nh))
+            return
+        out.append(KernelEvent("del", nh))
+        for key in [k for k, r in self.routes.items() if r.nhid == nh.id]:    # gone with it, unannounced for IPv4
+            out.append(KernelEvent("del", self.routes.pop(key)))
 
     # addresses: RTM_NEWADDR / RTM_DELADDR
     def _addr(self, buf, off: int, end: int, mtype: int, out: list[KernelEvent]) -> bool:

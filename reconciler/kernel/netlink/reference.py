@@ -574,6 +574,8 @@ class PyrouteBackend(UnderlayLookup, KernelFacts):
         Blocks: run it on a thread of its own (it joins the namespace, which
         moves only the calling thread).
         """
+        from reconciler.kernel.netlink.batched import BatchedBackend
         from reconciler.kernel.netlink.events import watch_kernel
 
-        watch_kernel(self._netns_file, devices, networks, callback, stop, ready, accelerate=True)
+        watch_kernel(self._netns_file, devices, networks, callback, stop, ready, accelerate=True,
+                     open_dumper=lambda: BatchedBackend(None))
