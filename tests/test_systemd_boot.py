@@ -10,7 +10,8 @@ built here, a venv at /opt/flannel-reconciler), the unit from deploy/ with an
   unit's whole sandbox (ProtectSystem=strict and the rest, docs/systemd.md): flannel.1, the
   route to the peer's lease, accept_ra=0 on flannel.1, subnet.env in /run/flannel, and the
   masquerading rules written with iptables-legacy, whose lock file (/run/xtables.lock) the
-  container's fresh /run does not have until the unit makes it;
+  container's fresh /run does not have until the unit makes it; every file the agent made
+  under /run is one the unit makes writable;
 * ``systemctl stop`` ends it on SIGTERM (Result=success, not a stop timeout), and the kernel
   objects stay;
 * a second start rewrites nothing: its first cycle plans no change and no rule is written.
@@ -104,6 +105,25 @@ def _journal(box: Booted, invocation: str, until: str, timeout: float = 60) -> s
         time.sleep(0.2)
 
 
+def _run_tree(box: Booted) -> set[str]:
+    """Everything under the container's /run but systemd's and journald's own files."""
+    out = box.run("find", "/run", "-mindepth", "1", "(", "-path", "/run/systemd", "-o", "-path", "/run/log",
+                  "-o", "-path", "/run/credentials", ")", "-prune", "-o", "-print").stdout
+    return set(out.split())
+
+
+def _writable() -> tuple[str, ...]:
+    """What the unit makes writable under /run: its RuntimeDirectory= and ReadWritePaths= entries."""
+    paths = []
+    for line in (ROOT / "deploy" / f"{UNIT}.service").read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key == "RuntimeDirectory":
+            paths += [f"/run/{d}" for d in value.split()]
+        elif key == "ReadWritePaths":
+            paths += [p.lstrip("-") for p in value.split()]
+    return tuple(p for p in paths if p.startswith("/run/"))
+
+
 def _etcdctl(ns: str, endpoint: str, *argv: str) -> None:
     run(ns, ETCDCTL_BIN, "--endpoints", endpoint, *argv, env={"PATH": os.environ["PATH"], "ETCDCTL_API": "3"})
 
@@ -131,6 +151,7 @@ def test_the_unit_boots_converges_stops_and_restarts(tmp_path, underlay_factory)
                     log=tmp_path / "nspawn.log") as box:
             assert box.run("test", "-e", "/run/xtables.lock", check=False).returncode != 0
             box.run("sh", "-ec", "cd /srv/stage && " + " && ".join(NODE))
+            before = _run_tree(box)
             box.run("tee", "/etc/default/flannel-reconciler", input=(
                 f"FLANNELD_ETCD_ENDPOINTS={etcd.endpoint}\n"
                 f"FLANNELD_ETCD_PREFIX={PREFIX}\n"
@@ -156,6 +177,13 @@ def test_the_unit_boots_converges_stops_and_restarts(tmp_path, underlay_factory)
             rules = run(node.ns, "iptables-legacy-save", "-t", "nat").stdout
             assert "-A POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG" in rules, log
             assert " ERROR " not in log, log
+            # ProtectSystem=strict makes /run read-only but for what the unit lists.  Inside
+            # systemd-nspawn, ProtectKernelTunables=, ProtectControlGroups= and ProtectProc= leave
+            # the service's /run writable (docs/systemd.md), so a write the sandbox would refuse
+            # on a host would pass here unseen: every file the agent made must be a listed one.
+            made = _run_tree(box) - before
+            stray = sorted(p for p in made if not any(p == w or p.startswith(w + "/") for w in _writable()))
+            assert not stray and "/run/flannel/subnet.env" in made, (stray, sorted(made))
 
             # Stop: on SIGTERM, not the stop timeout's SIGKILL; the kernel state stays.
             box.run("systemctl", "stop", UNIT)
