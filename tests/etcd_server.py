@@ -175,7 +175,7 @@ class EtcdServer:
     def __init__(self, *, data_dir: str | os.PathLike[str] | None = None, name: str = "default",
                  tls: TLSFiles | None = None, client_port: int | None = None, peer_port: int | None = None,
                  initial_cluster: str | None = None, cluster_token: str | None = None,
-                 extra_args: Sequence[str] = ()) -> None:
+                 extra_args: Sequence[str] = (), netns: str | None = None) -> None:
         if not etcd_available():
             raise FileNotFoundError(f"{ETCD_BIN} is not installed")
         self._own_dir = data_dir is None
@@ -190,6 +190,9 @@ class EtcdServer:
         self.initial_cluster = initial_cluster
         self.cluster_token = cluster_token or f"test-{os.getpid()}-{id(self):x}"
         self.extra_args = list(extra_args)
+        #: A network namespace name: etcd runs there, on that namespace's 127.0.0.1 (for
+        #: clients inside it, such as an agent in a container joined to it).
+        self.netns = netns
         self.proc: subprocess.Popen[bytes] | None = None
         self._log = None
         self._ever_healthy = False
@@ -234,7 +237,9 @@ class EtcdServer:
         if self.tls:
             argv += ["--cert-file", str(self.tls.server_cert), "--key-file", str(self.tls.server_key),
                      "--trusted-ca-file", str(self.tls.ca), "--client-cert-auth"]
-        return argv + self.extra_args
+        argv += self.extra_args
+        # ip netns exec execs etcd: the pid stays etcd's.
+        return ["ip", "netns", "exec", self.netns, *argv] if self.netns else argv
 
     def spawn(self) -> None:
         """Start the process without waiting for health (clusters start members together)."""
@@ -283,9 +288,17 @@ class EtcdServer:
         if self.tls:
             ctx = ssl.create_default_context(cafile=str(self.tls.ca))
             ctx.load_cert_chain(str(self.tls.client_cert), str(self.tls.client_key))
-        try:
+        def get() -> str:
             with urllib.request.urlopen(f"{self.endpoint}/health", timeout=0.5, context=ctx) as r:
-                body = r.read().decode()
+                return r.read().decode()
+
+        try:
+            if self.netns:
+                from reconciler.kernel.netlink.common import in_netns, netns_path
+
+                body = in_netns(netns_path(self.netns), get)   # the socket is made in the namespace
+            else:
+                body = get()
             return json.loads(body).get("health") == "true", body
         except (OSError, ValueError, urllib.error.URLError) as exc:
             return False, str(exc)

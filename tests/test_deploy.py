@@ -1,6 +1,8 @@
 """deploy/: what can be checked without a cluster or an image build.
 
-* the systemd unit passes ``systemd-analyze verify`` (when the tool exists) and is ``Type=notify``;
+* the systemd unit passes ``systemd-analyze verify``, is ``Type=notify``, cannot hold kubelet
+  back for ever, and ``systemd-analyze security`` rates its sandbox "OK" (exposure at most 3.0);
+  tests/test_systemd_boot.py runs it in a booted systemd;
 * the DaemonSet parses as YAML and has what the agent needs (host network, NET_ADMIN and
   NET_RAW, /run/flannel and the xtables lock, probes on the ports the agent serves), and its
   arguments are flags the agent accepts;
@@ -10,6 +12,7 @@
 from __future__ import annotations
 
 import configparser
+import os
 import re
 import shutil
 import subprocess
@@ -39,6 +42,18 @@ def _unit() -> configparser.ConfigParser:
     return cp
 
 
+def _settings(section: str, key: str) -> list[str]:
+    """Every value of a setting that may be repeated (configparser keeps the last one only)."""
+    values, current = [], None
+    for line in UNIT.read_text().splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            current = line.strip("[]")
+        elif current == section and line.startswith(key + "="):
+            values.append(line.split("=", 1)[1])
+    return values
+
+
 def test_the_unit_is_type_notify_with_a_watchdog_and_runs_the_agent():
     unit = _unit()
     service = unit["Service"]
@@ -50,13 +65,67 @@ def test_the_unit_is_type_notify_with_a_watchdog_and_runs_the_agent():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert Path(service["ExecStart"].split()[0]).name in scripts
     assert set(service["CapabilityBoundingSet"].split()) == {"CAP_NET_ADMIN", "CAP_NET_RAW"}
-    assert "/run/flannel" in service["ReadWritePaths"].split()
+    assert service["EnvironmentFile"] == "-/etc/default/flannel-reconciler"
+
+
+def test_the_unit_makes_the_directories_the_agent_writes():
+    """Under ProtectSystem=strict only listed paths are writable: subnet.env's directory, the lock
+    directory (a fixed path, so that apply from a shell finds the agent's lock), and the xtables lock."""
+    from reconciler.agent.instance_lock import LOCK_DIR
+    from reconciler.cli.flags import FLAGS
+
+    service = _unit()["Service"]
+    assert service["ProtectSystem"] == "strict"
+    subnet_dir = os.path.dirname(next(f.default for f in FLAGS if f.name == "subnet-file"))
+    runtime = {f"/run/{d}" for d in service["RuntimeDirectory"].split()}
+    assert {subnet_dir, LOCK_DIR} <= runtime
+    assert "-/run/xtables.lock" in _settings("Service", "ReadWritePaths")
+    # ReadWritePaths= can only open up a file that exists when the sandbox is built.
+    assert "+/usr/bin/touch /run/xtables.lock" in _settings("Service", "ExecStartPre")
+
+
+def test_the_unit_cannot_hold_kubelet_back_for_ever():
+    """Where etcd is a static pod, kubelet and its runtime must run for etcd to exist, and the
+    agent is not READY without etcd: no ordering before them, and no endless start."""
+    unit = _unit()
+    before = " ".join(_settings("Unit", "Before")).split()
+    assert not {"kubelet.service", "containerd.service", "docker.service", "crio.service"} & set(before)
+    timeout = unit["Service"]["TimeoutStartSec"]
+    assert timeout != "infinity" and int(timeout) > 0
+
+
+def _analyze() -> str:
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        # CI installs systemd (.ci/install-deps test): there a missing tool is a failure.
+        if os.environ.get("CI") or os.geteuid() == 0:
+            pytest.fail("systemd-analyze is not installed (apt-get install systemd)", pytrace=False)
+        pytest.skip("systemd-analyze is not installed (not root and CI unset)")
+    return tool
+
+
+def _exposure(tool: str, unit: Path) -> tuple[float, str]:
+    proc = subprocess.run([tool, "security", "--offline=yes", "--no-pager", str(unit)],
+                          capture_output=True, text=True, timeout=60)
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d) (\w+)", proc.stdout)
+    assert m, proc.stdout + proc.stderr
+    return float(m.group(1)), m.group(2)
+
+
+def test_the_sandbox_is_rated_ok_by_systemd_analyze_security(tmp_path):
+    tool = _analyze()
+    exposure, verdict = _exposure(tool, UNIT)
+    assert exposure <= 3.0 and verdict == "OK", (exposure, verdict)
+    # The threshold means something: without its sandbox the same unit is rated far worse.
+    bare = tmp_path / UNIT.name
+    bare.write_text("\n".join(line for line in UNIT.read_text().splitlines()
+                              if not re.match(r"(Protect|Private|Restrict|SystemCall|Capability|Lock|Memory"
+                                              r"|NoNew|UMask|Keyring)", line)))
+    assert _exposure(tool, bare)[0] > 6.0
 
 
 def test_the_unit_passes_systemd_analyze_verify(tmp_path):
-    tool = shutil.which("systemd-analyze")
-    if tool is None:
-        pytest.skip("systemd-analyze is not installed")
+    tool = _analyze()
     # verify insists that ExecStart exists: point it at an executable that does.
     text = UNIT.read_text().replace("/usr/local/bin/flannel-reconciler", sys.executable)
     unit = tmp_path / UNIT.name
@@ -67,9 +136,7 @@ def test_the_unit_passes_systemd_analyze_verify(tmp_path):
 
 
 def test_verify_would_catch_a_bad_setting(tmp_path):
-    tool = shutil.which("systemd-analyze")
-    if tool is None:
-        pytest.skip("systemd-analyze is not installed")
+    tool = _analyze()
     unit = tmp_path / UNIT.name
     unit.write_text(UNIT.read_text().replace("/usr/local/bin/flannel-reconciler", sys.executable)
                     .replace("Type=notify", "Type=notifyy"))

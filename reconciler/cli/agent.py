@@ -84,6 +84,10 @@ def cmd_run(args) -> int:
 
     # Before etcd or the kernel is touched: one agent per namespace and subnet file.
     lock = acquire_instance_lock(netns_path(args.netns) if args.netns else None, args.subnet_file)
+    for what in lock.skipped:
+        logging.getLogger("flannel_reconciler").warning("lock not taken: %s (the namespace lock still is)", what)
+    for what in lock.notes:
+        logging.getLogger("flannel_reconciler").warning("lock taken, but %s", what)
     with lock, open_store(args) as store, open_backend(args) as backend:
         # The operator's mistakes are refused before the agent starts; the
         # agent itself logs and retries and never exits.

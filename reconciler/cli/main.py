@@ -211,17 +211,27 @@ def cmd_plan(args) -> int:
 
 
 def cmd_apply(args) -> int:
+    from contextlib import ExitStack
+
+    from reconciler.agent.instance_lock import acquire_namespace_lock
     from reconciler.kernel.apply import apply_plan
+    from reconciler.kernel.netlink.common import netns_path
 
     snap = load_snapshot(args)
-    with open_backend(args) as backend:
+    with ExitStack() as stack:
+        backend = stack.enter_context(open_backend(args))    # refuses a namespace that does not exist
+        # An agent managing this namespace would see its objects and rules
+        # deleted under it (they are not in our --leases-file, or a wrong
+        # --etcd-prefix): refused while it runs, and none starts while we write.
+        stack.enter_context(acquire_namespace_lock(netns_path(args.netns) if args.netns else None))
         cycle = compute(args, snap, backend)
         _warn_skipped(cycle)
         results = apply_plan(backend, cycle.plan, cycle.desired)
-    _, rules, rr, note = cli_rule_plan(args, cycle, kernel=True)
-    _note(note)
-    if rr is not None:
-        results = list(results) + rr.apply(rules)
+        backend.close()                 # the rules below need no netlink socket
+        _, rules, rr, note = cli_rule_plan(args, cycle, kernel=True)
+        _note(note)
+        if rr is not None:
+            results = list(results) + rr.apply(rules)
     plan = _with_rules(cycle.plan, rules)
     bad = [r for r in results if not r.ok]
     if args.output == "json":
