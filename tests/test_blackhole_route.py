@@ -16,9 +16,7 @@ from reconciler.core.config import parse_network_config
 from reconciler.core.desired import BLACKHOLE_METRIC, NodeParams, desired_state
 from reconciler.core.model import KernelState, Route
 from reconciler.core.ownership import FlannelOwnership
-from reconciler.core.plan import make_plan
 from reconciler.core.render import describe
-from tests.model_kernel import ModelKernel
 from tests.netns import run
 from tests.test_dual_stack import DUAL, ME, dual_lease
 from tests.test_kernel_e2e import THREE, cli, node_args, write_snapshot

@@ -6,6 +6,7 @@ winning over the variable, a bad value named with its flag or variable.
 from __future__ import annotations
 
 import json
+import re as _re
 import socket
 import subprocess
 import sys
@@ -432,8 +433,6 @@ def _get(urllib_request, port):
 
 
 # --- the documentation is true to the flag table and to --help, both ways -------------------
-
-import re as _re
 
 _NAME = _re.compile(r"`--?([A-Za-z0-9_-]+)`")
 

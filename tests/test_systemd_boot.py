@@ -74,7 +74,7 @@ def test_the_readme_says_it():
     readme = (ROOT / "README.md").read_text()
     for line in (BUILD, *NODE, *START):
         assert line in readme, line
-    assert f"Install (README" in (ROOT / "deploy" / f"{UNIT}.service").read_text()
+    assert "Install (README" in (ROOT / "deploy" / f"{UNIT}.service").read_text()
 
 
 def _require_tools() -> None:

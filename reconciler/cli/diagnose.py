@@ -118,7 +118,7 @@ def whatif_text(result) -> str:
     groups: dict[tuple, list] = defaultdict(list)
     for node in result.nodes:
         groups[node.summary()].append(node)
-    for summary, nodes in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+    for nodes in sorted(groups.values(), key=lambda group: -len(group)):
         first = nodes[0]
         who = (f"{len(nodes)} nodes" if len(nodes) > 1 else "1 node") + " (" + ", ".join(
             n.public_ip for n in nodes[:3]) + (", ..." if len(nodes) > 3 else "") + ")"

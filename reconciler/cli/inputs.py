@@ -3,7 +3,6 @@
 underlay, bridge and public addresses as the flags give them (``flags.py`` defines the flags)."""
 from __future__ import annotations
 
-from pathlib import Path
 
 from reconciler.cli import flags
 from reconciler.core.config import NetworkConfig, parse_network_config, require_ipv4, require_vxlan

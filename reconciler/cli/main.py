@@ -24,10 +24,7 @@ from reconciler.cli import flags
 from reconciler.cli.inputs import (bridge_name, check_underlay_address, config_from_snapshot,  # noqa: F401
                                    first_iface, load_snapshot, node_params, open_backend, open_store,
                                    read_input_file, underlay_spec)
-from reconciler.cli.inputs import public_ipv6 as public_ipv6_arg
-from reconciler.core.config import NetworkConfig, parse_network_config, require_ipv4, require_vxlan
-from reconciler.core.desired import NodeParams, underlay_mtu
-from reconciler.core.errors import ConfigError, ReconcilerError
+from reconciler.core.errors import ReconcilerError
 from reconciler.core.leases import LeaseSnapshot
 from reconciler.core.model import KernelState
 from reconciler.core.reconcile import Cycle, compute_cycle, dump_live, on_link_predicate

@@ -192,7 +192,7 @@ def audit_cluster(config: NetworkConfig, kvs: Iterable[RawKV], prefix: str, revi
         standings.append(LeaseStanding(s.key, "skipped", p.public_ip if p else None, p.vtep_mac if p else None,
                                        s.reason, ttl_of(by_key[s.key])))
         code = skip_code(s.reason) if p is not None else "unparseable"
-        keys = (s.key,)
+        keys: tuple[str, ...] = (s.key,)
         winner = _conflict_winner(s.reason)
         if winner is not None:
             keys = (base + winner, s.key)

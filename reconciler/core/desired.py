@@ -44,7 +44,8 @@ from reconciler.core.leases import Lease
 from reconciler.core.model import Address, Fdb, KernelObject, KernelState, Link, Neigh, Nexthop, Route
 from reconciler.core.ownership import BRIDGE_NAME, NEXTHOP_ID_BASE, NEXTHOP_ID_SPAN
 
-__all__ = ["BLACKHOLE_METRIC", "NodeParams", "NoOwnLease", "ROUTE_LAYOUTS", "blackhole_route", "VXLAN6_OVERHEAD", "VXLAN_OVERHEAD", "check_route_layout",
+__all__ = ["BLACKHOLE_METRIC", "NodeParams", "NoOwnLease", "ROUTE_LAYOUTS", "blackhole_route", "VXLAN6_OVERHEAD",
+           "VXLAN_OVERHEAD", "check_route_layout",
            "desired_state", "find_own_lease", "flannel_mtu", "nexthop_id", "node_objects", "peer_objects",
            "underlay_mtu", "wants_v6"]
 

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 from reconciler.core.desired import VXLAN6_OVERHEAD, VXLAN_OVERHEAD, peer_objects, wants_v6
 from reconciler.core.leases import Lease, Skipped, parse_lease, parse_subnet_key
 from reconciler.core.errors import LeaseError
-from reconciler.core.model import KINDS, KernelObject, KernelState, Route, attr_diff
+from reconciler.core.model import KernelObject, KernelState, Route, attr_diff
 from reconciler.core.render import describe
 
 __all__ = ["Explanation", "PathLink", "Resolution", "explain", "resolve_target", "OK_STATUSES"]
@@ -143,7 +143,8 @@ def resolve_target(target: str, leases: Sequence[Lease], skipped: Sequence[Skipp
         if (lease.public_ip if fam == 4 else lease.public_ipv6) == str(addr):
             if lease.key == own.key:
                 return Resolution(text, "local", lease, base + lease.key, "this node's own PublicIP", fam)
-            target_ip = str((lease.subnet if fam == 4 else lease.ipv6_subnet).network_address)
+            peer_net = lease.subnet if fam == 4 else lease.ipv6_subnet
+            target_ip = str(peer_net.network_address) if peer_net is not None else None
             return Resolution(text, "peer", lease, base + lease.key, family=fam, address=target_ip)
     # A pod IP: the lease whose subnet holds it.
     res = _by_subnet(text, ipaddress.ip_network(f"{addr}/{addr.max_prefixlen}"), leases, skipped, raw, own, base)
@@ -225,6 +226,7 @@ def explain(resolution: Resolution, cycle: Any, dump: KernelState, facts: Facts,
         links += _local_links(cycle, dump, r)
         return Explanation(r, tuple(links))
     lease = r.lease
+    assert lease is not None            # a peer is always found by its lease
     wanted = [o for o in peer_objects(config, node, lease, wants_v6(config, cycle.own), on_link)
               if _family(o) == r.family]
     dev = config.v6_device_name if v6 else config.device_name
@@ -258,6 +260,7 @@ def _lease_link(r: Resolution, facts: Facts) -> PathLink:
     if r.kind == "skipped":
         return PathLink("lease", "skipped", r.key, r.reason)
     lease = r.lease
+    assert lease is not None            # "peer" and "local" are always found by their lease
     ttl = "no TTL (reservation)" if lease.is_reservation else (
         f"TTL {facts.ttl} s" if facts.ttl is not None else "TTL unknown (a snapshot)")
     mac = lease.vtep_mac if r.family == 4 else lease.v6_vtep_mac
@@ -309,11 +312,13 @@ def _diff_text(diff: dict) -> str:
 def _covering_foreign_routes(r: Resolution, lease: Lease, dump: KernelState, cycle: Any) -> list[PathLink]:
     """Foreign routes more specific than the peer's subnet that catch the target (a /25 inside a /24)."""
     subnet = lease.subnet if r.family == 4 else lease.ipv6_subnet
+    if subnet is None:
+        return []
     probe = ipaddress.ip_address(r.address) if r.address else subnet.network_address
     out = []
     ours = cycle.live.of("route")
     for route in dump.of("route").values():
-        if route.key in ours or (route.dst == str(subnet)):
+        if not isinstance(route, Route) or route.key in ours or route.dst == str(subnet):
             continue
         try:
             net = ipaddress.ip_network(route.dst, strict=False)
@@ -377,7 +382,8 @@ def _local_links(cycle: Any, dump: KernelState, r: Resolution) -> list[PathLink]
             have = cycle.live.get("address", addr.key)
             out.append(PathLink("address", "ok" if have is not None else "missing", describe(addr)))
             net = str(ipaddress.ip_interface(addr.cidr).network)
-            connected = [rt for rt in dump.of("route").values() if rt.dst == net and rt.dev == bridge]
+            connected = [rt for rt in dump.of("route").values()
+                         if isinstance(rt, Route) and rt.dst == net and rt.dev == bridge]
             out.append(PathLink("connected route", "ok" if connected else "missing", f"{net} dev {bridge}",
                                 "" if connected else "the kernel has no route to the local pods"))
     return out

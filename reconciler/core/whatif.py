@@ -25,7 +25,7 @@ from typing import Callable, Iterable, Sequence
 from reconciler.core.config import NetworkConfig
 from reconciler.core.desired import NodeParams, desired_state, node_objects, peer_objects, wants_v6
 from reconciler.core.leases import Lease, RawKV, Skipped, _strip_prefix, validate_leases
-from reconciler.core.model import RTPROT_RECONCILER, KernelObject, KernelState, Route
+from reconciler.core.model import RTPROT_RECONCILER, KernelObject, KernelState, Link, Route
 from reconciler.core.ownership import BRIDGE_NAME, FlannelOwnership
 from reconciler.core.plan import Change, make_plan
 
@@ -161,7 +161,7 @@ def _summarise(key: str, public_ip: str, changes: Iterable[Change], left: Iterab
     deleted_links, created_links, updated = set(), set(), []
     for c in changes:
         counts[(c.op, c.kind)] += 1
-        if c.kind == "link":
+        if isinstance(c.obj, Link):
             if c.op == "delete":
                 deleted_links.add(c.obj.name)
             elif c.op == "create":

@@ -39,7 +39,6 @@ import base64
 import ipaddress
 import itertools
 import json
-import os
 import random
 import shutil
 import signal
@@ -755,7 +754,7 @@ class Soak:
                     self.violate(step, kind, "foreign objects untouched",
                                  f"node {i}: {label} was\n{text.strip()}\nnow\n{now.get(label, '').strip()}")
                     planted[label] = now.get(label, "")   # said once: later steps compare with this
-        for i, (node, subnet, agent) in enumerate(zip(self.nodes, self.subnets, self.agents), 1):
+        for i, (subnet, agent) in enumerate(zip(self.subnets, self.agents), 1):
             try:
                 now = lab_cni.parse_subnet_env(agent.subnet_file.read_text())["subnet"]
             except (OSError, ValueError) as exc:

@@ -63,7 +63,8 @@ from reconciler.core.model import RTPROT_RECONCILER, Address, Fdb, KernelState, 
 from reconciler.core.plan import Change, OpResult
 from reconciler.kernel.netlink.common import DeviceVanished as _DeviceVanished
 from reconciler.kernel.netlink.common import KernelFacts, UnderlayLookup, describe, in_netns, netns_path
-from reconciler.kernel.netlink.pyroute_msgs import (IFF_UP, ROUTE_TYPE_NAMES, RT_TABLE_MAIN, RTN_UNICAST, RTNH_F_ONLINK, _addr_dump_msg, _addr_flags, _cidr_of,
+from reconciler.kernel.netlink.pyroute_msgs import (IFF_UP, ROUTE_TYPE_NAMES, RT_TABLE_MAIN, RTN_UNICAST, RTNH_F_ONLINK,
+                           _addr_dump_msg, _addr_flags, _cidr_of,
                            _ip, _local_of, _ndmsg, _route_dump_msg, _route_get_msg, address_msg, fdb_msg,
                            link_create_msg, link_set_msg, link_up_msg, neigh_msg, route_msg)
 from reconciler.kernel.netlink.pyroute_msgs import (RTM_DELNEXTHOP, RTM_GETNEXTHOP, RTM_NEWNEXTHOP, _nexthop_dump_msg, nexthop_msg,
