@@ -640,3 +640,53 @@ def test_after_a_wiped_etcd_settled_the_lost_peers_go_and_readyz_is_green(etcd_s
         wait_for(lambda: agent.agent._readyz()[0] == 200, what="ready again")
         assert metric("flannel_reconciler_etcd_revision_backwards") == 0
         assert store.get(agent.agent.keeper.current.key).value == agent.agent.keeper.current.value
+
+
+def test_a_lone_lease_event_is_not_kept_waiting_but_a_burst_is_folded(etcd_store, tmp_path):
+    """Coalescing only while events keep arriving: after a quiet spell the first event goes
+    straight to a cycle (no coalescing wait before its writes); a burst of puts does wait, so a
+    storm still folds into few cycles."""
+    store = etcd_store
+    store.put_config(CONFIG)
+    kernel = node_kernel()
+    trace: list[str] = []
+
+    class Traced(threading.Event):
+        def wait(self, timeout=None):
+            if timeout == 0.01:
+                trace.append("coalesce")
+            return super().wait(timeout)
+
+    real_apply = kernel.apply
+
+    def apply(changes):
+        trace.append("apply")
+        return real_apply(changes)
+
+    kernel.apply = apply
+    stop = Traced()
+    agent = Agent(store, kernel, AgentOptions(iface="eth0", subnet_file=str(tmp_path / "subnet.env"),
+                                              resync_interval=3600, coalesce=0.01, burst_window=0.05))
+    thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: agent.state.ready, 15.0, "agent ready")
+        # A quiet spell longer than the burst window: the agent's own wake-ups are over.
+        def quiet() -> bool:
+            n = len(trace)
+            time.sleep(0.2)
+            return len(trace) == n
+
+        wait_for(quiet, 10.0, "a quiet spell")
+        start = len(trace)
+        put_peer(store, "100.64.2.0-24", "198.18.0.2", MAC2)
+        wait_for(lambda: "100.64.2.0/24" in routes(kernel), 10.0, "the lone peer's route")
+        assert trace[start] == "apply", trace[start:]
+        start = len(trace)
+        for i in range(10, 40):
+            put_peer(store, f"100.64.{i}.0-24", f"198.18.0.{i}", f"0a:58:64:40:{i:02x}:00")
+        wait_for(lambda: all(f"100.64.{i}.0/24" in routes(kernel) for i in range(10, 40)), 20.0, "the burst's routes")
+        assert "coalesce" in trace[start:], trace[start:]
+    finally:
+        stop.set()
+        thread.join(timeout=10)

@@ -113,11 +113,12 @@ class AgentOptions:
     iptables_resync: float = 5.0
     #: ``onlink`` or ``nexthop`` (``desired.ROUTE_LAYOUTS``).
     route_layout: str = "onlink"
-    #: Events arriving within this window are folded into one cycle.
-    #: After a wake-up, wait this long for more events to fold into the same cycle.  Short
-    #: (a change reaches the kernel 2 ms later), but a storm of etcd events (a rolling
-    #: restart re-puts every lease) then costs a few hundred cycles instead of thousands.
+    #: While events keep arriving (a wake-up within ``burst_window`` of the previous one), wait
+    #: this long after a wake-up for more to fold into the same cycle: a storm of etcd events (a
+    #: rolling restart re-puts every lease) then costs a few hundred cycles instead of thousands.
+    #: A lone event is not kept waiting: it costs the watch plus one cycle.
     coalesce: float = 0.002
+    burst_window: float = 0.05
     #: /healthz fails when no cycle finished for this long (default: 3 resyncs, at least 60 s).
     liveness_window: float | None = None
     #: The network namespace the agent programs (``--netns``), watched for deletion.
@@ -206,6 +207,7 @@ class Agent(RuleSync, DataPlaneHealth):
         self._kernel_q: collections.deque = collections.deque()
         self._revision = 0
         self._listed = False          # the first complete lease list has been queued
+        self._last_wake = float("-inf")  # monotonic time of the worker's previous wake-up (coalescing)
         self._last_etcd_answer = 0.0  # monotonic time of the last watch event, listing or probe
         # The etcd thread: woken for a probe or an own-lease check, posts "etcd" to the worker.
         self._etcd_wake = threading.Event()
@@ -605,7 +607,10 @@ class Agent(RuleSync, DataPlaneHealth):
                 timeout = min(timeout, self.notifier.watchdog)
             self.notifier.ping()
             if self.state.wake.wait(timeout) and self.opts.coalesce:
-                stop.wait(self.opts.coalesce)  # let a burst of events land
+                woke = time.monotonic()
+                if woke - self._last_wake < self.opts.burst_window:
+                    stop.wait(self.opts.coalesce)  # events keep arriving: let the burst land
+                self._last_wake = woke
             if stop.is_set():
                 break
             with self._lock:
