@@ -56,6 +56,7 @@ from typing import Callable, Iterator, Sequence
 
 from reconciler.tools.bench.cluster import ADD_OFFSET, LEASE_TTL, Remote, layout, mac_for
 from reconciler.tools.bench.monitor import NetlinkMonitor
+from reconciler.agent.daemon import AgentOptions as _AgentOptions
 from reconciler.tools.bench.probe import parse_metrics, rss_mib
 from reconciler.tools.bench.report import percentile
 from reconciler.tools.demo import (AgentFailed, AgentProcess, _interrupt, _ping, _signals, child_env,
@@ -99,6 +100,11 @@ FAULTS: dict[str, str] = {
 #: Faults the agent leaves alone on purpose (the node's own policy) but must report: the condition
 #: its ``/readyz`` names.  The harness checks the report, then undoes the fault itself.
 REPORTED_NOT_REPAIRED = {"ip_forward_off": "forwarding"}
+
+#: Faults after which the agent is not ready on purpose for a while, on top of the quiet period:
+#: after etcd's history went back it holds deletions (and says so on /readyz) until peers had
+#: time to re-assert their keys (``AgentOptions.rollback_settle``).
+SETTLE = {"etcd_wipe": _AgentOptions.rollback_settle}
 
 RESYNC_INTERVAL = 5.0
 CONVERGE_TIMEOUT = 60.0
@@ -867,7 +873,7 @@ class Soak:
             if kind in REPORTED_NOT_REPAIRED:
                 self._expect_reported(step, kind, params)
                 self.heal(kind, params)
-            took, unmet = self.converge(o.converge_timeout)
+            took, unmet = self.converge(o.converge_timeout + SETTLE.get(kind, 0.0))
             record = {"step": step, "fault": kind, "params": params,
                       "converged_s": None if took is None else round(took, 3)}
             if unmet:
