@@ -24,7 +24,7 @@ One test, with podman (docs/container.md):
 podman's configuration is a ``containers.conf`` of the test's own (``CONTAINERS_CONF``): no
 default ulimits (they cannot be raised in this sandbox) and the cgroupfs manager (no systemd);
 the OCI runtime is runc.  Everything made here is removed afterwards but the base and the
-image, which a later run reuses.
+image's two stages, which a later run reuses (it prunes the layers earlier runs left behind).
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 CACHE = Path("/var/cache/flannel-reconciler-tests")
 BASE = "localhost/debian:bookworm"
-IMAGE = "localhost/flannel-reconciler:test"
+IMAGE = "localhost/flannel-reconciler:test"     # and its build stage: IMAGE + "-build"
 PREFIX = "/coreos.com/network"
 CONFIG = '{"Network":"100.64.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan","VNI":1}}'
 CONTAINERS_CONF = """\
@@ -126,13 +126,17 @@ def _build_image(podman: Podman) -> None:
     # environment and which no layer keeps; the CA file as a read-only volume of the build.
     pip = _pip_settings()
     args = ["build", "--runtime", "runc", "--network", "host", "-f", str(DEPLOY / "Dockerfile"),
-            "--build-arg", f"BASE={BASE}", "-t", IMAGE]
+            "--build-arg", f"BASE={BASE}"]
     cert = pip.get("cert") or os.environ.get("PIP_CERT")
     if cert and os.path.isfile(cert):
         args += ["--volume", f"{os.path.realpath(cert)}:/run/pip-ca.crt:ro", "--build-arg", "PIP_CERT=/run/pip-ca.crt"]
     if pip.get("index-url", "").startswith(("http://", "https://")):
         args += ["--build-arg", f"PIP_INDEX_URL={pip['index-url']}"]
-    podman(*args, str(ROOT), timeout=900)
+    # The build stage is tagged too, so that pruning the images older runs left dangling keeps
+    # both stages' layers for the next run (a local run after a change rebuilds only what changed).
+    podman(*args, "--target", "build", "-t", IMAGE + "-build", str(ROOT), timeout=900)
+    podman(*args, "-t", IMAGE, str(ROOT), timeout=900)
+    podman("image", "prune", "-f", timeout=300)
 
 
 # ------------------------------------------------------------------ the pod spec
