@@ -38,7 +38,6 @@ import urllib.error
 import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import pytest
 

@@ -81,22 +81,27 @@ def test_a_read_only_proc_sys_creates_the_device_reports_success_and_warns_once(
 
 
 def test_the_warning_is_said_once_per_device_and_other_errors_still_fail(monkeypatch, caplog):
+    # What the write fails with, per device; the fake namespace runner raises it instead of writing.
     failures = {"flannel.1": errno.EROFS, "flannel-v6.1": errno.EACCES, "flannel.2": errno.EIO}
+    calls = []
 
-    def in_netns(path, fn):
-        # What open() raises for each device; the write itself never happens here.
-        code = failures[name]
-        raise OSError(code, f"{errno.errorcode[code]} text")
+    def disable(name: str) -> None:
+        def in_netns(path, fn):
+            calls.append(name)
+            raise OSError(failures[name], f"{errno.errorcode[failures[name]]} text")
 
-    monkeypatch.setattr(common, "in_netns", in_netns)
+        monkeypatch.setattr(common, "in_netns", in_netns)
+        common.disable_accept_ra("/var/run/netns/x", name)
+
     monkeypatch.setattr(common, "_accept_ra_warned", set())
     caplog.set_level(logging.WARNING, logger="flannel_reconciler")
     for name in ("flannel.1", "flannel.1", "flannel-v6.1", "flannel.1"):
-        common.disable_accept_ra("/var/run/netns/x", name)      # no exception: handled
+        disable(name)                   # handled: no exception
+    assert calls == ["flannel.1", "flannel.1", "flannel-v6.1", "flannel.1"]   # tried every time
     warned = [r.getMessage() for r in caplog.records if WARNING in r.getMessage()]
-    assert len(warned) == 2 and "EROFS" in warned[0] and "EACCES" in warned[1], warned
-    assert warned[0].startswith("flannel.1 ") and warned[1].startswith("flannel-v6.1 ")
-    name = "flannel.2"
-    with pytest.raises(OSError) as exc:
-        common.disable_accept_ra("/var/run/netns/x", name)
+    assert len(warned) == 2, warned     # said once per device
+    assert warned[0].startswith("flannel.1 ") and "EROFS" in warned[0]
+    assert warned[1].startswith("flannel-v6.1 ") and "EACCES" in warned[1]
+    with pytest.raises(OSError) as exc:  # anything else is still a failure
+        disable("flannel.2")
     assert exc.value.errno == errno.EIO
