@@ -295,6 +295,7 @@ class EtcdServer:
         if self.tls:
             ctx = ssl.create_default_context(cafile=str(self.tls.ca))
             ctx.load_cert_chain(str(self.tls.client_cert), str(self.tls.client_key))
+
         def get() -> str:
             with urllib.request.urlopen(f"{self.endpoint}/health", timeout=0.5, context=ctx) as r:
                 return r.read().decode()
