@@ -4,7 +4,7 @@ One test, with podman (docs/container.md):
 
 1. the base: ``mmdebstrap --variant=apt bookworm`` into a tarball, ``podman import``-ed as
    ``localhost/debian:bookworm`` (both kept between local runs: the tarball in
-   ``/var/cache/flannel-reconciler-tests``, the image in podman's default store; a fresh
+   ``/var/cache/flannel-reconciler-tests/image``, the image in podman's default store; a fresh
    machine, as in CI, makes them);
 2. ``podman build --build-arg BASE=localhost/debian:bookworm``, with ``--network host`` so apt
    and pip in the build reach their registries, and pip's CA file and index from the host's pip
@@ -24,7 +24,8 @@ One test, with podman (docs/container.md):
 podman's configuration is a ``containers.conf`` of the test's own (``CONTAINERS_CONF``): no
 default ulimits (they cannot be raised in this sandbox) and the cgroupfs manager (no systemd);
 the OCI runtime is runc.  Everything made here is removed afterwards but the base and the
-image's two stages, which a later run reuses (it prunes the layers earlier runs left behind).
+image's two stages, which a later run reuses (it removes the images an earlier run built and
+this one replaced).
 """
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ pytestmark = [pytest.mark.root, pytest.mark.etcd, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
-CACHE = Path("/var/cache/flannel-reconciler-tests")
+CACHE = Path("/var/cache/flannel-reconciler-tests/image")
 BASE = "localhost/debian:bookworm"
 IMAGE = "localhost/flannel-reconciler:test"     # and its build stage: IMAGE + "-build"
 PREFIX = "/coreos.com/network"
@@ -131,11 +132,17 @@ def _build_image(podman: Podman) -> None:
         args += ["--volume", f"{os.path.realpath(cert)}:/run/pip-ca.crt:ro", "--build-arg", "PIP_CERT=/run/pip-ca.crt"]
     if pip.get("index-url", "").startswith(("http://", "https://")):
         args += ["--build-arg", f"PIP_INDEX_URL={pip['index-url']}"]
-    # The build stage is tagged too, so that pruning the images older runs left dangling keeps
-    # both stages' layers for the next run (a local run after a change rebuilds only what changed).
+    # Both stages are tagged, so the next run finds their layers cached; what an earlier run
+    # built and this one replaced is removed (by image id, its own only: the store may be shared).
+    old = {}
+    for tag in (IMAGE + "-build", IMAGE):
+        proc = podman("image", "inspect", "-f", "{{.Id}}", tag, check=False)
+        old[tag] = proc.stdout.strip() if proc.returncode == 0 else None
     podman(*args, "--target", "build", "-t", IMAGE + "-build", str(ROOT), timeout=900)
     podman(*args, "-t", IMAGE, str(ROOT), timeout=900)
-    podman("image", "prune", "-f", timeout=300)
+    for tag, image_id in old.items():
+        if image_id and podman("image", "inspect", "-f", "{{.Id}}", tag).stdout.strip() != image_id:
+            podman("rmi", image_id, check=False)
 
 
 # ------------------------------------------------------------------ the pod spec
