@@ -76,8 +76,12 @@ class TLSFiles:
     rogue_key: Path
 
 
-def make_tls_files(directory: str | os.PathLike[str], client_cn: str = "root") -> TLSFiles:
-    """Generate the PEM files with ``cryptography`` (EC P-256, valid for a day)."""
+def make_tls_files(directory: str | os.PathLike[str], client_cn: str = "root",
+                   server_ips: Sequence[str] = ()) -> TLSFiles:
+    """Generate the PEM files with ``cryptography`` (EC P-256, valid for a day).
+
+    The server certificate names 127.0.0.1 and localhost, and ``server_ips`` too (an etcd
+    listening in a namespace: ``EtcdServer(netns=..., host=...)``)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -131,7 +135,8 @@ def make_tls_files(directory: str | os.PathLike[str], client_cn: str = "root") -
         if server:
             builder = (builder
                        .add_extension(x509.SubjectAlternativeName([
-                           x509.IPAddress(ipaddress.IPv4Address(LOOPBACK)), x509.DNSName("localhost")]),
+                           x509.IPAddress(ipaddress.IPv4Address(LOOPBACK)), x509.DNSName("localhost"),
+                           *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in server_ips)]),
                            critical=False)
                        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
                                                              ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
@@ -170,12 +175,15 @@ class EtcdServer:
     The data directory and ports are kept across ``stop``/``kill`` and
     ``start``, so a restart is a restart of the same member with its data.
     ``tls`` switches the client URL to https with client-cert auth required.
+    ``netns`` runs it inside that network namespace, listening on ``host``
+    (an address of the namespace), for clients in other namespaces; the
+    health check and ``ctl`` then run there too.
     """
 
     def __init__(self, *, data_dir: str | os.PathLike[str] | None = None, name: str = "default",
                  tls: TLSFiles | None = None, client_port: int | None = None, peer_port: int | None = None,
                  initial_cluster: str | None = None, cluster_token: str | None = None,
-                 extra_args: Sequence[str] = (), netns: str | None = None) -> None:
+                 extra_args: Sequence[str] = (), netns: str | None = None, host: str = LOOPBACK) -> None:
         if not etcd_available():
             raise FileNotFoundError(f"{ETCD_BIN} is not installed")
         self._own_dir = data_dir is None
@@ -190,9 +198,7 @@ class EtcdServer:
         self.initial_cluster = initial_cluster
         self.cluster_token = cluster_token or f"test-{os.getpid()}-{id(self):x}"
         self.extra_args = list(extra_args)
-        #: A network namespace name: etcd runs there, on that namespace's 127.0.0.1 (for
-        #: clients inside it, such as an agent in a container joined to it).
-        self.netns = netns
+        self.netns, self.host = netns, host
         self.proc: subprocess.Popen[bytes] | None = None
         self._log = None
         self._ever_healthy = False
@@ -205,11 +211,14 @@ class EtcdServer:
 
     @property
     def endpoint(self) -> str:
-        return f"{self.scheme}://{LOOPBACK}:{self.client_port}"
+        return f"{self.scheme}://{self.host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.peer_port}"
+        return f"http://{self.host}:{self.peer_port}"
+
+    def _in_netns(self, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.netns, *argv] if self.netns else argv
 
     @property
     def pid(self) -> int | None:
@@ -237,9 +246,7 @@ class EtcdServer:
         if self.tls:
             argv += ["--cert-file", str(self.tls.server_cert), "--key-file", str(self.tls.server_key),
                      "--trusted-ca-file", str(self.tls.ca), "--client-cert-auth"]
-        argv += self.extra_args
-        # ip netns exec execs etcd: the pid stays etcd's.
-        return ["ip", "netns", "exec", self.netns, *argv] if self.netns else argv
+        return self._in_netns(argv + self.extra_args)
 
     def spawn(self) -> None:
         """Start the process without waiting for health (clusters start members together)."""
@@ -288,6 +295,7 @@ class EtcdServer:
         if self.tls:
             ctx = ssl.create_default_context(cafile=str(self.tls.ca))
             ctx.load_cert_chain(str(self.tls.client_cert), str(self.tls.client_key))
+
         def get() -> str:
             with urllib.request.urlopen(f"{self.endpoint}/health", timeout=0.5, context=ctx) as r:
                 return r.read().decode()
@@ -296,7 +304,7 @@ class EtcdServer:
             if self.netns:
                 from reconciler.kernel.netlink.common import in_netns, netns_path
 
-                body = in_netns(netns_path(self.netns), get)   # the socket is made in the namespace
+                body = in_netns(netns_path(self.netns), get)     # the socket is opened in there
             else:
                 body = get()
             return json.loads(body).get("health") == "true", body
@@ -403,7 +411,8 @@ class EtcdServer:
             argv += [f"--user={user}"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}
         env["ETCDCTL_API"] = "3"
-        res = subprocess.run(argv + list(args), capture_output=True, text=True, env=env, timeout=timeout)
+        res = subprocess.run(self._in_netns(argv + list(args)), capture_output=True, text=True, env=env,
+                             timeout=timeout)
         if check and res.returncode != 0:
             raise RuntimeError(f"etcdctl {' '.join(args)}: {res.stderr.strip() or res.stdout.strip()}")
         return res

@@ -5,9 +5,12 @@
   tests/test_systemd_boot.py runs it in a booted systemd;
 * the DaemonSet parses as YAML and has what the agent needs (host network, NET_ADMIN and
   NET_RAW, /run/flannel and the xtables lock, probes on the ports the agent serves), and its
-  arguments are flags the agent accepts;
+  arguments are flags the agent accepts; it and the example Secret validate against the
+  Kubernetes API's schema (kubernetes-validate, strict);
 * the Dockerfile installs its Debian packages with the script CI uses (.ci/install-deps),
   and copies only what exists.
+
+tests/test_image.py builds the image and runs the DaemonSet's container with podman.
 """
 from __future__ import annotations
 
@@ -146,10 +149,14 @@ def test_verify_would_catch_a_bad_setting(tmp_path):
 
 # ---------------------------------------------------------------- DaemonSet
 
-def _daemonset() -> dict:
+def _documents(name: str = "daemonset.yaml") -> list[dict]:
     import yaml  # PyYAML: in the test extras
 
-    docs = [d for d in yaml.safe_load_all((DEPLOY / "daemonset.yaml").read_text()) if d]
+    return [d for d in yaml.safe_load_all((DEPLOY / name).read_text()) if d]
+
+
+def _daemonset() -> dict:
+    docs = _documents()
     kinds = [d["kind"] for d in docs]
     assert kinds.count("DaemonSet") == 1, kinds
     return next(d for d in docs if d["kind"] == "DaemonSet")
@@ -162,64 +169,152 @@ def test_the_daemonset_runs_on_the_host_network_with_two_capabilities():
     sc = c["securityContext"]
     assert set(sc["capabilities"]["add"]) == {"NET_ADMIN", "NET_RAW"}
     assert sc["capabilities"]["drop"] == ["ALL"] and sc["privileged"] is False
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     volumes = {v["name"]: v for v in spec["volumes"]}
-    host = {mounts[name]: v["hostPath"]["path"] for name, v in volumes.items() if "hostPath" in v}
-    assert host == {"/run/flannel": "/run/flannel", "/run/xtables.lock": "/run/xtables.lock"}
+    host = {mounts[name]: v["hostPath"]["path"] for name, v in volumes.items() if "hostPath" in v and name in mounts}
+    assert host == {"/run/flannel": "/run/flannel", "/run/xtables.lock": "/run/xtables.lock",
+                    "/run/flannel-reconciler": "/run/flannel-reconciler"}
     assert {"operator": "Exists"} in spec["tolerations"]
 
 
-def test_the_probes_ask_the_port_the_agent_serves_and_the_args_parse():
-    from reconciler.cli.main import parse_args
+def test_the_daemonset_needs_no_cluster_dns_no_token_and_runs_on_linux_only():
+    spec = _daemonset()["spec"]["template"]["spec"]
+    # Cluster DNS runs in pods, whose network this agent builds: the node's resolver only.
+    assert spec["dnsPolicy"] == "Default"
+    c = spec["containers"][0]
+    endpoints = next(e["value"] for e in c["env"] if e["name"] == "FLANNELD_ETCD_ENDPOINTS")
+    import ipaddress
+    from urllib.parse import urlsplit
+    for url in endpoints.split(","):
+        ipaddress.ip_address(urlsplit(url).hostname)      # an address, no name to resolve
+    assert spec["automountServiceAccountToken"] is False
+    terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms == [{"matchExpressions": [{"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]}]}]
 
-    c = _daemonset()["spec"]["template"]["spec"]["containers"][0]
-    env = {e["name"]: e.get("value", "198.18.0.1") for e in c["env"]}
-    args = [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], a) for a in c["args"]]
-    parsed = parse_args(["run", *args], environ={})   # the flag table checks and types every value
-    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": parsed.healthz_port}
-    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": parsed.healthz_port}
-    assert parsed.metrics_port == parsed.healthz_port == c["ports"][0]["containerPort"]
-    # The etcd settings come in as FLANNELD_* variables, which the agent reads.
-    assert {"FLANNELD_ETCD_ENDPOINTS", "FLANNELD_ETCD_CAFILE", "FLANNELD_ETCD_CERTFILE",
-            "FLANNELD_ETCD_KEYFILE"} <= set(env)
-    assert c["image"].endswith(":" + tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"])
+
+def test_init_containers_install_the_flannel_cni_plugin_and_config_as_kube_flannel_does():
+    import json
+
+    docs = _documents()
+    spec = _daemonset()["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    inits = {c["name"]: c for c in spec["initContainers"]}
+    plugin, conf = inits["install-cni-plugin"], inits["install-cni"]
+    assert plugin["command"] + plugin["args"] == ["cp", "-f", "/flannel", "/opt/cni/bin/flannel"]
+    (m,) = plugin["volumeMounts"]
+    assert m["mountPath"] == "/opt/cni/bin" and volumes[m["name"]]["hostPath"]["path"] == "/opt/cni/bin"
+    assert conf["command"] + conf["args"] == ["cp", "-f", "/etc/kube-flannel/cni-conf.json",
+                                              "/etc/cni/net.d/10-flannel.conflist"]
+    mounts = {x["mountPath"]: volumes[x["name"]] for x in conf["volumeMounts"]}
+    assert mounts["/etc/cni/net.d"]["hostPath"]["path"] == "/etc/cni/net.d"
+    (cm,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert mounts["/etc/kube-flannel"]["configMap"]["name"] == cm["metadata"]["name"]
+    # The conflist: the flannel plugin with kube-flannel's delegate (the one the lab's CNI calls use).
+    from reconciler.tools.lab.cni import STOCK_DELEGATE
+
+    conflist = json.loads(cm["data"]["cni-conf.json"])
+    assert [p["type"] for p in conflist["plugins"]] == ["flannel", "portmap"]
+    assert conflist["plugins"][0]["delegate"] == dict(STOCK_DELEGATE)
+    # The config is copied by this project's image, the agent's own.
+    assert conf["image"] == spec["containers"][0]["image"]
+
+
+def test_the_etcd_secret_the_daemonset_mounts_is_defined_with_the_keys_it_reads():
+    spec = _daemonset()["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    pki = next(v for v in spec["volumes"] if v["name"] == "etcd-pki")["secret"]["secretName"]
+    mount = next(m["mountPath"] for m in c["volumeMounts"] if m["name"] == "etcd-pki")
+    (secret,) = _documents("etcd-pki-secret.yaml")
+    assert secret["kind"] == "Secret" and secret["metadata"]["name"] == pki
+    assert secret["metadata"]["namespace"] == _daemonset()["metadata"]["namespace"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    files = {env[k] for k in ("FLANNELD_ETCD_CAFILE", "FLANNELD_ETCD_CERTFILE", "FLANNELD_ETCD_KEYFILE")}
+    assert files == {f"{mount}/{key}" for key in secret["stringData"]}
+
+
+def test_memory_requests_cover_the_measured_rss():
+    """The README's cluster-scale benchmark: RSS after 1,000 changes, at 5,000 and 20,000 nodes."""
+    readme = (ROOT / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| memory | RSS after 1,000 changes"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # | scenario | figure | 5,000 nodes | ratio | 20,000 nodes | ...: the top of each range, in MiB.
+    at_5000, at_20000 = (max(int(x) for x in re.findall(r"\d+", cells[i])) for i in (2, 4))
+    res = _daemonset()["spec"]["template"]["spec"]["containers"][0]["resources"]
+
+    def mib(q: str) -> int:
+        assert q.endswith("Mi"), q
+        return int(q[:-2])
+
+    # A quarter of headroom: the request at 5,000 nodes, the limit (never an OOM kill) at 20,000.
+    assert mib(res["requests"]["memory"]) >= 1.25 * at_5000
+    assert mib(res["limits"]["memory"]) >= 1.25 * at_20000
+
+
+@pytest.mark.parametrize("name", ["daemonset.yaml", "etcd-pki-secret.yaml"])
+def test_the_manifests_validate_against_the_kubernetes_api_schema(name):
+    import kubernetes_validate
+
+    version = kubernetes_validate.latest_version()
+    for doc in _documents(name):
+        # strict: an unknown or misspelt field is an error, as `kubectl apply --validate=strict` says.
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_schema_validation_would_catch_a_misspelt_field():
+    import kubernetes_validate
+
+    ds = _daemonset()
+    ds["spec"]["template"]["spec"]["hostNetwrok"] = True
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(ds, kubernetes_validate.latest_version(), strict=True)
 
 
 # --------------------------------------------------------------- Dockerfile
 
-def _stages() -> list[list[str]]:
-    """The Dockerfile's instructions (continuation lines joined), split into stages."""
+def _instructions() -> list[str]:
+    """The Dockerfile's instructions, continuation lines joined."""
     text = re.sub(r"\\\n", " ", (DEPLOY / "Dockerfile").read_text())
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def _stages() -> list[list[str]]:
+    """The instructions split into stages (what comes before the first FROM is left out)."""
     stages: list[list[str]] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
+    for line in _instructions():
         if line.startswith("FROM "):
             stages.append([])
-        stages[-1].append(line)
+        if stages:
+            stages[-1].append(line)
     return stages
 
 
 def test_the_image_installs_what_ci_installs_with_the_same_script():
+    # The base is a build argument (tests/test_image.py builds from a local Debian), Debian's
+    # own bookworm by default, whose python3 runs the agent.
+    head = _instructions()[0]
+    assert re.fullmatch(r"ARG BASE=\S*debian:bookworm(-slim)?", head), head
     stages = _stages()
     assert len(stages) == 2
     for stage in stages:
-        assert re.fullmatch(r"FROM python:3\.\d+-slim-bookworm( AS \w+)?", stage[0]), stage[0]
+        assert re.fullmatch(r"FROM \$\{BASE\}( AS \w+)?", stage[0]), stage[0]
         assert "COPY .ci/install-deps /usr/local/sbin/install-deps" in stage
     build, runtime = stages
-    assert "RUN /usr/local/sbin/install-deps build" in build
-    assert any(i.startswith("RUN /usr/local/sbin/install-deps runtime") for i in runtime)
+    assert "RUN /usr/local/sbin/install-deps image-build" in build
+    assert any(i.startswith("RUN /usr/local/sbin/install-deps image-runtime") for i in runtime)
     # No package is installed any other way.
     assert not any("apt-get" in i or "apk " in i for stage in stages for i in stage)
-    # CI installs the same script's "test" set, which holds everything the image has.
+    # CI installs the same script's "test" set, which holds what the image has but Debian's Python
+    # (CI has its own).
     assert "bash .ci/install-deps test" in (ROOT / ".ci" / "setup").read_text()
     assert {"iproute2", "iptables", "nftables"} <= set(_packages("runtime"))
     assert set(_packages("runtime")) | set(_packages("build")) <= set(_packages("test"))
+    assert set(_packages("image-runtime")) - set(_packages("runtime")) == {"python3"}
+    assert set(_packages("build")) <= set(_packages("image-build"))
     assert runtime[-1] == 'ENTRYPOINT ["flannel-reconciler", "run"]'
-    # The wheel (with the compiled fast path, checked in the build) is what the runtime installs.
-    assert any("pip wheel" in i and "_fastpath.AVAILABLE" in i for i in build)
-    assert "COPY --from=build /wheels /wheels" in runtime
+    # The venv, with the fast path compiled (checked in the build), is what the runtime runs.
+    assert any("pip install" in i and "_fastpath.AVAILABLE" in i for i in build)
+    assert "COPY --from=build /opt/flannel-reconciler /opt/flannel-reconciler" in runtime
 
 
 def test_the_image_copies_only_what_exists():

@@ -86,7 +86,7 @@ from reconciler.core.model import Address, KernelState, Link
 from reconciler.core.plan import Change, OpResult
 from reconciler.kernel.netlink import wire
 from reconciler.kernel.netlink.common import DeviceVanished as _DeviceVanished
-from reconciler.kernel.netlink.common import KernelFacts, UnderlayLookup, describe, in_netns, netns_path
+from reconciler.kernel.netlink.common import KernelFacts, UnderlayLookup, describe, disable_accept_ra, in_netns, netns_path
 from reconciler.kernel.netlink.wire import SOL_NETLINK
 
 __all__ = ["BatchedBackend"]
@@ -535,18 +535,10 @@ class BatchedBackend(UnderlayLookup, KernelFacts):
                 raise _Partial(exc.code, f"link set {link.name} up (after link add): {exc.text}") from exc
 
     def _disable_accept_ra(self, name: str) -> None:
-        """``sysctl -w net.ipv6.conf.NAME.accept_ra=0`` inside the namespace (flanneld does it)."""
-        path = f"/proc/sys/net/ipv6/conf/{name}/accept_ra"
-
-        def write() -> None:
-            try:
-                with open(path, "w") as f:
-                    f.write("0")
-            except FileNotFoundError:       # IPv6 disabled there: nothing to do
-                pass
-
+        """``accept_ra=0`` inside the namespace, as flanneld does (``common.disable_accept_ra``: a
+        read-only /proc/sys is warned about once, not a failure)."""
         try:
-            in_netns(self._netns_file, write)
+            disable_accept_ra(self._netns_file, name)
         except OSError as exc:
             code = exc.errno or E.EIO
             raise _Partial(code, f"sysctl net.ipv6.conf.{name}.accept_ra=0 (after link add): "

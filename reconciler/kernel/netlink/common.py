@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import errno as E
 import ipaddress
+import logging
 import os
 import re
 import threading
@@ -19,8 +20,8 @@ from reconciler.core.plan import Change
 from reconciler.kernel.netlink import Underlay
 
 __all__ = ["NETNS_RUN_DIR", "DeviceVanished", "UnderlayLookup", "UnderlaySpec", "compile_iface_regex", "describe",
-           "enter_netns", "in_netns", "looks_like_ip", "match_iface_regex", "netns_path", "underlay_of",
-           "underlay_v6_of"]
+           "disable_accept_ra", "enter_netns", "in_netns", "looks_like_ip", "match_iface_regex", "netns_path",
+           "underlay_of", "underlay_v6_of"]
 
 NETNS_RUN_DIR = "/var/run/netns"
 CLONE_NEWNET = 0x40000000
@@ -77,6 +78,52 @@ def in_netns(path: str | None, fn):
         raise box["error"]
     return box["value"]
 
+
+
+log = logging.getLogger("flannel_reconciler")
+
+#: What a write to /proc/sys fails with where /proc/sys is not ours to write: read-only in a
+#: container that is not privileged (EROFS), or refused by a security module (EACCES, EPERM).
+#: docs/container.md shows it.
+SYSCTL_DENIED = frozenset({E.EROFS, E.EACCES, E.EPERM})
+# (namespace file, device) pairs already warned about: the warning is said once per device.
+_accept_ra_warned: set[tuple[str | None, str]] = set()
+_accept_ra_lock = threading.Lock()
+
+
+def disable_accept_ra(netns_file: str | None, name: str) -> None:
+    """``sysctl -w net.ipv6.conf.NAME.accept_ra=0`` inside the namespace, as flanneld does.
+
+    /proc/sys/net shows the namespace of the *calling thread*, so the write
+    runs on a short-lived thread that first joins the namespace.  No conf
+    directory means IPv6 is disabled there: nothing to do.  A /proc/sys that
+    cannot be written (``SYSCTL_DENIED``) is a normal condition in a
+    container: no netlink message sets accept_ra (docs/container.md), so the
+    device stays as created, and one warning per device says what was not
+    set and why.  Any other error is raised (``OSError``).
+    """
+    path = f"/proc/sys/net/ipv6/conf/{name}/accept_ra"
+
+    def write() -> None:
+        try:
+            with open(path, "w") as f:
+                f.write("0")
+        except FileNotFoundError:
+            pass
+
+    try:
+        in_netns(netns_file, write)
+    except OSError as exc:
+        if exc.errno not in SYSCTL_DENIED:
+            raise
+        with _accept_ra_lock:
+            if (netns_file, name) in _accept_ra_warned:
+                return
+            _accept_ra_warned.add((netns_file, name))
+        log.warning("%s was created, but net.ipv6.conf.%s.accept_ra=0 could not be set: %s (%s) writing %s "
+                    "(a container's /proc/sys is read-only unless privileged); the device works without it, "
+                    "set it on the host to drop IPv6 router advertisements on it (docs/container.md)",
+                    name, name, exc.strerror or os.strerror(exc.errno), E.errorcode.get(exc.errno, exc.errno), path)
 
 
 def looks_like_ip(spec: str) -> bool:

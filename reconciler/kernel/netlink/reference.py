@@ -62,7 +62,7 @@ from reconciler.core.errors import DumpInterrupted, NamespaceNotFound, NetlinkEr
 from reconciler.core.model import RTPROT_RECONCILER, Address, Fdb, KernelState, Link, Neigh, Nexthop, Route
 from reconciler.core.plan import Change, OpResult
 from reconciler.kernel.netlink.common import DeviceVanished as _DeviceVanished
-from reconciler.kernel.netlink.common import KernelFacts, UnderlayLookup, describe, in_netns, netns_path
+from reconciler.kernel.netlink.common import KernelFacts, UnderlayLookup, describe, disable_accept_ra, netns_path
 from reconciler.kernel.netlink.pyroute_msgs import (IFF_UP, ROUTE_TYPE_NAMES, RT_TABLE_MAIN, RTN_UNICAST, RTNH_F_ONLINK,
                            _addr_dump_msg, _addr_flags, _cidr_of,
                            _ip, _local_of, _ndmsg, _route_dump_msg, _route_get_msg, address_msg, fdb_msg,
@@ -398,29 +398,13 @@ class PyrouteBackend(UnderlayLookup, KernelFacts):
         watch_links(self._netns_file, devices, callback, stop)
 
     def _disable_accept_ra(self, name: str) -> None:
-        """``sysctl -w net.ipv6.conf.NAME.accept_ra=0``, inside the backend's namespace.
-
-        /proc/sys/net shows the namespace of the *calling thread*, so the
-        write runs on a short-lived thread that first joins the namespace
-        (setns(2) on a thread moves only that thread).  No conf directory
-        means IPv6 is disabled there: nothing to do.
-        """
-        path = f"/proc/sys/net/ipv6/conf/{name}/accept_ra"
-        failure: list[OSError] = []
-
-        def write() -> None:
-            try:
-                with open(path, "w") as f:
-                    f.write("0")
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                failure.append(exc)
-
-        in_netns(self._netns_file, write)
-        if failure:
-            code, text = _errtext(failure[0])
-            raise _Partial(code, f"sysctl net.ipv6.conf.{name}.accept_ra=0 (after link add): {text}")
+        """``accept_ra=0`` inside the backend's namespace (``common.disable_accept_ra``: a read-only
+        /proc/sys is warned about once, not a failure)."""
+        try:
+            disable_accept_ra(self._netns_file, name)
+        except OSError as exc:
+            code, text = _errtext(exc)
+            raise _Partial(code, f"sysctl net.ipv6.conf.{name}.accept_ra=0 (after link add): {text}") from exc
 
     def _link_set(self, change: Change) -> None:
         """``ip link set NAME [mtu N] [address MAC] [up|down]``: RTM_NEWLINK on the ifindex, no create flags.
