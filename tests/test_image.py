@@ -294,7 +294,7 @@ def test_the_image_runs_two_nodes_with_the_daemonsets_security_context_and_pods_
                     pytest.fail(f"{name} not ready ({state}):\n{(logs.stdout + logs.stderr)[-4000:]}")
                 time.sleep(0.2)
 
-        for node, node_dir, name in nodes:
+        for node, _node_dir, name in nodes:
             logs = podman("logs", name)
             log = logs.stdout + logs.stderr
             # /proc/sys is read-only in the container: said once, and nothing reported failed.
