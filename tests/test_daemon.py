@@ -515,7 +515,7 @@ def _own_addresses(kernel: ModelKernel) -> set[str]:
                          ids=["unparseable", "foreign"])
 def test_a_bad_write_over_our_key_is_written_back_and_the_subnet_kept(etcd_store, start_agent, tmp_path, bad,
                                                                       reason, caplog):
-    """Issue 16 items 2 and 5: ``etcdctl put <our key> 'garbage{'`` (or another node's PublicIP)
+    """``etcdctl put <our key> 'garbage{'`` (or another node's PublicIP)
     used to renumber the node (a new random subnet, cni0 renumbered, every pod cut off)."""
     import logging
 
@@ -548,7 +548,7 @@ def test_a_bad_write_over_our_key_is_written_back_and_the_subnet_kept(etcd_store
 
 
 def test_a_deleted_config_is_said_and_counted(etcd_store, start_agent, caplog):
-    """Issue 16 item 6: the config key deleted while running used to pass in silence
+    """The config key deleted while running used to pass in silence
     (``config_changed`` 0, no log), until the next restart anywhere hung waiting for it."""
     import logging
 
@@ -581,7 +581,7 @@ def _wipe(etcd_server) -> None:
 
 
 def test_a_wiped_etcd_is_noticed_our_key_reasserted_and_nothing_deleted(etcd_server, start_agent, caplog):
-    """Issue 16 item 1: after a wipe the agent used to wait for its old revision forever on an
+    """After a wipe the agent used to wait for its old revision forever on an
     etcd at revision 1: our key never came back (its subnet free for anyone), a new peer was
     never programmed, and /readyz said 200."""
     import logging
