@@ -95,7 +95,7 @@ def parse_canonical(str key, str value, etcd_lease=0):
     if plen > 31 or (n - dash - 1 == 2 and key[dash + 1] == '0'):
         return None
     # Host bits set: the pure parser refuses it, with its own message.
-    if plen < 32 and (addr & ((1 << (32 - plen)) - 1)) != 0:
+    if (addr & ((<long>1 << (32 - plen)) - 1)) != 0:
         return None
 
     if not value.startswith(_HEAD):
