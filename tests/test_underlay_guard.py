@@ -56,3 +56,47 @@ def test_the_skip_reasons_have_their_own_metric_labels():
     labels = [skip_reason_label(s.reason) for s in skipped]
     assert labels == ["underlay-capture", "unusable-public-ip"]
     assert set(labels) <= set(SKIP_REASONS)
+
+
+def _reference_reason(guard, lease):
+    """The guard's rules in ipaddress's own terms: what the integer arithmetic must equal."""
+    from ipaddress import IPv4Address
+
+    if guard.public_ip is not None and lease.public_ip == guard.public_ip:
+        return None
+    if guard.public_ip is not None and IPv4Address(guard.public_ip) in lease.subnet:
+        return f"underlay capture: subnet {lease.subnet} contains our PublicIP {guard.public_ip}"
+    for prefix in guard.prefixes:
+        if lease.subnet.overlaps(prefix):
+            return f"underlay capture: subnet {lease.subnet} overlaps the underlay prefix {prefix}"
+    peer = IPv4Address(lease.public_ip)
+    if guard.network is not None and peer in guard.network:
+        return f"unusable PublicIP: {peer} is inside the overlay Network {guard.network}"
+    for prefix in guard.prefixes:
+        if prefix.prefixlen < 31 and peer == prefix.broadcast_address:
+            return f"unusable PublicIP: {peer} is the broadcast address of the underlay prefix {prefix}"
+    return None
+
+
+def test_the_guards_integer_checks_equal_the_ipaddress_rules():
+    from ipaddress import IPv4Network
+    from types import SimpleNamespace
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from reconciler.core.underlay_guard import UnderlayGuard
+
+    octets = st.tuples(st.sampled_from([100, 198, 10]), st.integers(0, 255), st.integers(0, 255), st.integers(0, 255))
+    ips = octets.map(lambda o: ".".join(map(str, o)))
+    nets = st.tuples(ips, st.integers(0, 32)).map(lambda t: IPv4Network(f"{t[0]}/{t[1]}", strict=False))
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.one_of(st.none(), ips), st.one_of(st.none(), nets), st.lists(st.tuples(ips, st.integers(8, 32)), max_size=3),
+           nets, ips)
+    def check(me, network, prefixes, subnet, public_ip):
+        guard = UnderlayGuard.of(me, network, [f"{ip}/{plen}" for ip, plen in prefixes])
+        lease = SimpleNamespace(subnet=subnet, public_ip=public_ip)
+        assert guard.peer_reason(lease) == _reference_reason(guard, lease)
+
+    check()

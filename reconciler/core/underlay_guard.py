@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, ip_interface
+from socket import inet_aton
 from typing import Any, Iterable
 
 __all__ = ["UnderlayGuard"]
@@ -37,9 +38,18 @@ class UnderlayGuard:
     prefixes: tuple[IPv4Network, ...] = ()
     #: ``public_ip`` parsed once (every lease is checked against it).
     _me: IPv4Address | None = field(default=None, init=False, compare=False, repr=False)
+    #: The same facts as integers, for the per-lease checks: every lease of a 5,000-node cluster
+    #: passes here, and ``ipaddress`` comparisons cost more than the lease's own parse.
+    _ints: tuple = field(default=(), init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_me", IPv4Address(self.public_ip) if self.public_ip else None)
+        net = self.network
+        object.__setattr__(self, "_ints", (
+            int(self._me) if self._me is not None else None,
+            (int(net.network_address), int(net.netmask)) if net is not None else None,
+            tuple((int(p.network_address), int(p.broadcast_address), p.prefixlen < 31) for p in self.prefixes),
+        ))
 
     @classmethod
     def of(cls, public_ip: str | None, network: IPv4Network | None, prefixes: Iterable[str] = ()) -> "UnderlayGuard":
@@ -61,16 +71,21 @@ class UnderlayGuard:
         Our own lease (our PublicIP) is not a peer and is never refused here."""
         if self.public_ip is not None and lease.public_ip == self.public_ip:
             return None
+        me, net, prefixes = self._ints
         subnet: IPv4Network = lease.subnet
-        if self._me is not None and self._me in subnet:
+        first = int(subnet.network_address)
+        last = first | ((1 << (32 - subnet.prefixlen)) - 1)
+        if me is not None and first <= me <= last:
             return f"underlay capture: subnet {subnet} contains our PublicIP {self.public_ip}"
-        for prefix in self.prefixes:
-            if subnet.overlaps(prefix):
+        for (lo, hi, _), prefix in zip(prefixes, self.prefixes):
+            if first <= hi and lo <= last:
                 return f"underlay capture: subnet {subnet} overlaps the underlay prefix {prefix}"
-        peer = IPv4Address(lease.public_ip)
-        if self.network is not None and peer in self.network:
-            return f"unusable PublicIP: {peer} is inside the overlay Network {self.network}"
-        for prefix in self.prefixes:
-            if prefix.prefixlen < 31 and peer == prefix.broadcast_address:
-                return f"unusable PublicIP: {peer} is the broadcast address of the underlay prefix {prefix}"
+        # The lease's PublicIP is a canonical dotted quad (the lease parser checked it).
+        peer = int.from_bytes(inet_aton(lease.public_ip), "big")
+        if net is not None and peer & net[1] == net[0]:
+            return f"unusable PublicIP: {lease.public_ip} is inside the overlay Network {self.network}"
+        for (_, bcast, has_broadcast), prefix in zip(prefixes, self.prefixes):
+            if has_broadcast and peer == bcast:
+                return (f"unusable PublicIP: {lease.public_ip} is the broadcast address of the underlay "
+                        f"prefix {prefix}")
         return None
