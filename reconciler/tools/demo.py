@@ -504,22 +504,32 @@ class _Demo:
         return left
 
     def _stop_agents(self) -> None:
-        for agent in self.agents:   # SIGTERM all first, so they stop in parallel
-            agent.terminate()
-        for agent in self.agents:
-            agent.stop()
+        stop_agents(self.agents)
 
     def _delete_pods(self) -> None:
-        for pod in reversed(self.pods):
-            try:
-                lab_cni.cni_del(pod.node.ns, pod.ns, pod.container_id, pod.conf, cni_path=self.cni_path)
-            except (lab_cni.CniError, OSError, subprocess.SubprocessError) as exc:
-                # Deleting the namespaces removes the veths anyway; host-local's files go with the work dir.
-                print(f"warning: cleanup: {exc}", file=self.err, flush=True)
+        delete_pods(self.pods, self.cni_path, self.err)
 
     def _stop_etcd(self) -> None:
         if self.etcd is not None:
             self.etcd.stop()
+
+
+def stop_agents(agents: Sequence[AgentProcess]) -> None:
+    """SIGTERM every agent first, so that they stop in parallel, then wait for each."""
+    for agent in agents:
+        agent.terminate()
+    for agent in agents:
+        agent.stop()
+
+
+def delete_pods(pods, cni_path: str, err: TextIO) -> None:
+    """CNI DEL every pod, the last attached first; a pod that fails is said and the rest go on
+    (deleting the namespaces removes the veths anyway; host-local's files go with the work dir)."""
+    for pod in reversed(pods):
+        try:
+            lab_cni.cni_del(pod.node.ns, pod.ns, pod.container_id, pod.conf, cni_path=cni_path)
+        except Exception as exc:  # noqa: BLE001 - cleanup goes on whatever one pod did
+            print(f"warning: cleanup: {exc}", file=err, flush=True)
 
 
 def _ping(pod_ns: str, ip: str) -> bool:

@@ -59,8 +59,8 @@ from reconciler.tools.bench.monitor import NetlinkMonitor
 from reconciler.agent.daemon import AgentOptions as _AgentOptions
 from reconciler.tools.bench.probe import parse_metrics, rss_mib
 from reconciler.tools.bench.report import percentile
-from reconciler.tools.demo import (AgentFailed, AgentProcess, _interrupt, _ping, _signals, child_env,
-                                   prerequisite_problems, wait_all_ready)
+from reconciler.tools.demo import (AgentFailed, AgentProcess, _interrupt, _ping, _signals, child_env, delete_pods,
+                                   prerequisite_problems, stop_agents, wait_all_ready)
 from reconciler.tools.lab import cni as lab_cni
 from reconciler.tools.lab import etcd as lab_etcd
 from reconciler.tools.lab.netns import CommandFailed, Node, delete_netns, netns, run, underlay
@@ -953,17 +953,10 @@ class Soak:
             delete_netns(name)
 
     def _stop_agents(self) -> None:
-        for agent in self.agents:
-            agent.terminate()
-        for agent in self.agents:
-            agent.stop()
+        stop_agents(self.agents)
 
     def _delete_pods(self) -> None:
-        for pod in reversed(self.pods):
-            try:
-                lab_cni.cni_del(pod.node.ns, pod.ns, pod.container_id, pod.conf, cni_path=self.cni_path)
-            except Exception as exc:  # the namespaces go anyway
-                print(f"warning: cleanup: {exc}", file=sys.stderr, flush=True)
+        delete_pods(self.pods, self.cni_path, sys.stderr)
 
 
 def render_text(s: dict) -> str:
