@@ -84,6 +84,34 @@ def test_report_rejects_a_file_that_is_not_results(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_report_joins_several_files_side_by_side(tmp_path):
+    """Two runs of different sizes become one summary table; a size in both comes from the later file."""
+    machine = {"date": "2026-12-03T00:00:00Z", "cpus": 2, "kernel": "6.x"}
+    args = {"backend": "batched"}
+
+    def run(n, p50, rss):
+        return {"figures": [Figure("lease churn", "change latency p50", p50, "ms", "flanneld re-enactment", 4.0,
+                                   target="<= 1.2x baseline"),
+                            Figure("memory", "RSS after convergence", rss, "MiB", target="<= 60")]}
+
+    write_json(tmp_path / "a.json", machine, args, {1000: run(1000, 4.4, 50.0), 5000: run(5000, 9.9, 99.0)})
+    write_json(tmp_path / "b.json", machine, args, {5000: run(5000, 4.6, 58.0), 20_000: run(20_000, 5.2, 108.0)})
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "reconciler.tools.bench.report", str(tmp_path / "a.json"),
+                           str(tmp_path / "b.json"), "--out", str(out)], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    summary = (out / "summary.md").read_text().splitlines()
+    assert summary[0].startswith("| scenario | figure | 1,000 nodes | 5,000 nodes | 20,000 nodes |")
+    p50 = next(line for line in summary if "change latency p50" in line)
+    assert "4.6 ms (1.15x); <= 1.2x baseline: met" in p50      # the later file's 5,000-node run
+    assert "9.9 ms" not in p50
+    assert "5.2 ms (1.30x); <= 1.2x baseline: **missed**" in p50
+    rss = next(line for line in summary if "RSS after convergence" in line)
+    assert "108.00 MiB; <= 60: **missed**" in rss
+    assert {p.name for p in out.glob("table-*.md")} == {"table-1000.md", "table-5000.md", "table-20000.md"}
+
+
 def test_churn_plan_cycles_kinds_and_never_touches_a_removed_node():
     c = layout(1000)
     plan = churn_plan(c, 60)

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-__all__ = ["Figure", "percentile", "read_json", "render_table", "write_json", "write_plots", "summarise"]
+__all__ = ["Figure", "percentile", "read_json", "render_combined", "render_table", "write_json", "write_plots",
+           "summarise"]
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,48 @@ def render_markdown(nodes: int, figures: Iterable[Figure]) -> str:
     return "\n".join(out) + "\n"
 
 
+def render_combined(runs: dict[int, list[Figure]]) -> str:
+    """Every size side by side, one row per figure: the README's table.
+
+    A cell is the value, its ratio to the baseline of the same run and, where the
+    figure has a target at that size, whether it was met.  The rows keep the order
+    in which the bench measured them (the first size's order, then any figure only
+    a later size has).
+    """
+    sizes = sorted(runs)
+    order: list[tuple[str, str]] = []
+    cells: dict[tuple[str, str], dict[int, Figure]] = {}
+    for n in sizes:
+        for f in runs[n]:
+            key = (f.scenario, f.name)
+            if key not in cells:
+                order.append(key)
+                cells[key] = {}
+            cells[key][n] = f
+    head = "| scenario | figure | " + " | ".join(f"{n:,} nodes" for n in sizes) + " | baseline (same run) | bound |"
+    out = [head, "|---|---|" + "---|" * len(sizes) + "---|---|"]
+    for key in order:
+        row = cells[key]
+        parts = []
+        for n in sizes:
+            f = row.get(n)
+            if f is None:
+                parts.append("")
+                continue
+            text = _num(f.value, f.unit)
+            if f.ratio is not None:
+                text += f" ({f.ratio:.2f}x)"
+            if f.target and f.met is not None:
+                text += f"; {f.target}: " + ("met" if f.met else "**missed**")
+            parts.append(text)
+        any_f = next(iter(row.values()))
+        bases = [f"{_num(row[n].baseline_value, row[n].unit)}" for n in sizes
+                 if n in row and row[n].baseline and row[n].baseline_value is not None]
+        base = f"{any_f.baseline}: {' / '.join(bases)}" if any_f.baseline else ""
+        out.append(f"| {key[0]} | {key[1]} | " + " | ".join(parts) + f" | {base} | {any_f.bound} |")
+    return "\n".join(out) + "\n"
+
+
 def summarise(runs: dict[int, list[Figure]], name: str) -> dict[int, float | None]:
     """One figure's value per cluster size."""
     return {n: next((f.value for f in figs if f.name == name), None) for n, figs in runs.items()}
@@ -193,29 +236,42 @@ def read_json(path: Path) -> tuple[dict, dict[int, list[Figure]]]:
 
 
 def main(argv=None) -> int:
-    """``python -m reconciler.tools.bench.report RESULTS.json [--out DIR]``: draw the plots and tables again."""
+    """``python -m reconciler.tools.bench.report RESULTS.json... [--out DIR]``: the plots and tables again.
+
+    With several files (say a ``--nodes 1000,5000`` run and a ``--nodes 20000`` run),
+    their sizes are joined; where two files hold the same size the later file's run
+    is the one used.  ``summary.md`` is every size side by side.
+    """
     import argparse
     import sys
 
     p = argparse.ArgumentParser(prog="python -m reconciler.tools.bench.report")
-    p.add_argument("results", help="a bench-*.json file written by `python -m reconciler bench`")
-    p.add_argument("--out", help="where to write the PNGs and tables (default: next to the file)")
+    p.add_argument("results", nargs="+", help="bench-*.json files written by `python -m reconciler bench`")
+    p.add_argument("--out", help="where to write the PNGs and tables (default: next to the first file)")
     args = p.parse_args(argv)
-    try:
-        doc, runs = read_json(Path(args.results))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        print(f"error: {args.results}: not a bench results file ({exc})", file=sys.stderr)
-        return 1
-    out = Path(args.out) if args.out else Path(args.results).parent
+    runs: dict[int, list[Figure]] = {}
+    docs = []
+    for path in args.results:
+        try:
+            doc, more = read_json(Path(path))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"error: {path}: not a bench results file ({exc})", file=sys.stderr)
+            return 1
+        docs.append(doc)
+        runs.update(more)
+    out = Path(args.out) if args.out else Path(args.results[0]).parent
     out.mkdir(parents=True, exist_ok=True)
-    m, a = doc["machine"], doc["args"]
-    title = (f"{m['date'][:10]}, {m['cpus']} CPUs, Linux {m['kernel']}, "
+    m, a = docs[-1]["machine"], docs[-1]["args"]
+    dates = sorted({d["machine"]["date"][:10] for d in docs})
+    title = (f"{' to '.join(dict.fromkeys([dates[0], dates[-1]]))}, {m['cpus']} CPUs, Linux {m['kernel']}, "
              f"--netlink-backend {a['backend']}{', quick' if a.get('quick') else ''}")
     for path in write_plots(out, runs, title):
         print(path)
-    for n, figs in runs.items():
+    for n, figs in sorted(runs.items()):
         (out / f"table-{n}.md").write_text(render_markdown(n, figs))
         print(render_table(n, figs))
+    (out / "summary.md").write_text(render_combined(runs))
+    print(out / "summary.md")
     return 0
 
 
