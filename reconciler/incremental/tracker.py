@@ -29,10 +29,9 @@ Single-threaded: the agent's worker owns it; other threads only queue events.
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, Iterable
 
-from reconciler.core.model import RTPROT_RECONCILER, KernelObject, KernelState, Link, Nexthop, Route
+from reconciler.core.model import KINDS, KernelObject, KernelState, Link, Nexthop, Route
 from reconciler.core.ownership import FlannelOwnership
 from reconciler.core.plan import Conflict, OpResult, Plan, make_plan
 
@@ -137,6 +136,7 @@ class Tracker:
             plan = make_plan(desired, self.live, self.foreign_routes, self.foreign_nexthops)
             self.conflicts = {c.desired.key: c for c in plan.conflicts}
             self._planned = None
+            _share_desired(self.live, desired)
             return plan
         keys = set(self.dirty)
         want, have = KernelState(), KernelState()
@@ -184,14 +184,37 @@ class Tracker:
                 if cur is not None:
                     self.live.discard(cur)
             else:
-                obj = c.obj
-                if isinstance(obj, Route) and obj.protocol is None:
-                    obj = replace(obj, protocol=RTPROT_RECONCILER)
-                self.live.add(obj)
+                # The desired instance itself: what the kernel now holds is equal to it (a route's
+                # protocol, 73 in the kernel and None here, is not part of equality and is never
+                # read from the believed view), and one object serves both views.
+                self.live.add(c.obj)
 
     @property
     def in_sync(self) -> bool:
         return not self.dirty and not self.full and not self.needs_dump
+
+
+def _share_desired(live: KernelState, desired: KernelState) -> None:
+    """Believed objects equal to the desired ones become the desired instances.
+
+    After a dump the believed view holds fresh objects, one per kernel entry, each equal to
+    the desired one when converged: two copies of the whole state.  Equal values are
+    interchangeable (``protocol`` is outside a route's equality and nobody reads it from the
+    believed view), so the believed view keeps the desired instance and the dump's copy is
+    freed: about 800 bytes a peer (docs/memory.md).  One pass per full plan, which is a pass
+    over everything anyway."""
+    for kind in KINDS:
+        want = desired.of(kind)
+        have = live.of(kind)
+        if not want or not have:
+            continue
+        for key, obj in want.items():
+            cur = have.get(key)
+            if cur is not None and cur is not obj and cur == obj:
+                # Deleted and added again so that the key too is the desired one's (a dict keeps
+                # the key it has on assignment): the dump's key tuple goes with its object.
+                del have[key]
+                have[key] = obj
 
 
 def _same_entry(have: KernelObject, gone: KernelObject) -> bool:
