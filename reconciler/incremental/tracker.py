@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from reconciler.core.model import KINDS, KernelObject, KernelState, Link, Nexthop, Route
+from reconciler.core.model import KernelObject, KernelState, Link, Nexthop, Route
 from reconciler.core.ownership import FlannelOwnership
 from reconciler.core.plan import Conflict, OpResult, Plan, make_plan
 
@@ -136,7 +136,12 @@ class Tracker:
             plan = make_plan(desired, self.live, self.foreign_routes, self.foreign_nexthops)
             self.conflicts = {c.desired.key: c for c in plan.conflicts}
             self._planned = None
-            _share_desired(self.live, desired)
+            # After a dump the believed view holds fresh objects, each equal to the desired one
+            # when converged: two copies of the state.  The believed view keeps the desired
+            # instances instead (a route's protocol, 73 in the kernel and None in the desired
+            # one, is outside equality and never read from the believed view): about 650 bytes
+            # a peer (docs/memory.md).  One pass, in a full plan, which is a pass anyway.
+            self.live.share_equal(desired)
             return plan
         keys = set(self.dirty)
         want, have = KernelState(), KernelState()
@@ -192,29 +197,6 @@ class Tracker:
     @property
     def in_sync(self) -> bool:
         return not self.dirty and not self.full and not self.needs_dump
-
-
-def _share_desired(live: KernelState, desired: KernelState) -> None:
-    """Believed objects equal to the desired ones become the desired instances.
-
-    After a dump the believed view holds fresh objects, one per kernel entry, each equal to
-    the desired one when converged: two copies of the whole state.  Equal values are
-    interchangeable (``protocol`` is outside a route's equality and nobody reads it from the
-    believed view), so the believed view keeps the desired instance and the dump's copy is
-    freed: about 800 bytes a peer (docs/memory.md).  One pass per full plan, which is a pass
-    over everything anyway."""
-    for kind in KINDS:
-        want = desired.of(kind)
-        have = live.of(kind)
-        if not want or not have:
-            continue
-        for key, obj in want.items():
-            cur = have.get(key)
-            if cur is not None and cur is not obj and cur == obj:
-                # Deleted and added again so that the key too is the desired one's (a dict keeps
-                # the key it has on assignment): the dump's key tuple goes with its object.
-                del have[key]
-                have[key] = obj
 
 
 def _same_entry(have: KernelObject, gone: KernelObject) -> bool:
