@@ -591,7 +591,10 @@ class Agent(RuleSync, DataPlaneHealth):
             self._mark("kernel")
 
         try:
-            self.backend.watch_kernel(devices, networks, on_events, stop, subscribed)
+            # The event thread's believed entries are the desired instances where equal: no third
+            # copy of every route, neighbour and FDB entry (docs/memory.md).
+            self.backend.watch_kernel(devices, networks, on_events, stop, subscribed,
+                                      share=lambda obj: self.desired.state.instance_of(obj))
         except ReconcilerError as exc:  # periodic resync still covers drift
             log.warning("kernel events unavailable: %s; drift is repaired at each resync only", exc)
         finally:

@@ -376,6 +376,14 @@ class KernelState:
         counts = ", ".join(f"{k}={len(v)}" for k, v in self._by_kind.items())
         return f"KernelState({counts})"
 
+    def instance_of(self, obj: KernelObject) -> KernelObject:
+        """The object this state holds at ``obj``'s key when it is equal to ``obj``, else ``obj``.
+
+        A lookup, safe to call from another thread than the one changing the state (one dict
+        read); equality decides, so a stale answer is still an equal value."""
+        held = self._by_kind[obj.KIND].get(obj.key)
+        return held if held is not None and held == obj else obj
+
     def share_equal(self, other: "KernelState") -> int:
         """Hold ``other``'s instance (and key) wherever this state's object at the same key is
         equal to it; return how many were swapped.

@@ -41,16 +41,18 @@ from reconciler.incremental.tracker import Tracker
 __all__ = ["AgentState", "build_state", "cluster_kvs", "deep_sizes", "measure"]
 
 PREFIX = "/coreos.com/network"
-CONFIG = json.dumps({"Network": "100.64.0.0/10", "SubnetLen": 24, "Backend": {"Type": "vxlan"}})
+#: /26 subnets: 100.64.0.0/10 holds 65,536 of them (only 16,384 /24s).
+CONFIG = json.dumps({"Network": "100.64.0.0/10", "SubnetLen": 26, "Backend": {"Type": "vxlan"}})
 #: This node's PublicIP: the first synthetic lease's.
 ME = "198.18.0.1"
 
 
 def cluster_kvs(n: int) -> list[RawKV]:
-    """``n`` leases as flanneld writes them: subnets from 100.64.1.0/24, PublicIPs in 198.18.0.0/15."""
+    """``n`` leases as flanneld writes them: subnets from 100.64.0.64/26, PublicIPs in 198.18.0.0/15."""
     kvs = []
     for i in range(1, n + 1):
-        subnet = f"100.{64 + (i >> 8)}.{i & 255}.0-24"
+        a = (100 << 24 | 64 << 16) + (i << 6)
+        subnet = f"{a >> 24}.{a >> 16 & 255}.{a >> 8 & 255}.{a & 255}-26"
         ip = f"198.{18 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}"
         mac = "0a:58:%02x:%02x:%02x:00" % ((i >> 16) & 255, (i >> 8) & 255, i & 255)
         kvs.append(RawKV(f"{PREFIX}/subnets/{subnet}", encode_lease_value(ip, mac, 1), lease=7000 + i,
@@ -158,6 +160,8 @@ def structures(state: AgentState) -> list[tuple[str, Any]]:
         ("index: skipped", ix.skipped),
         ("desired: state", d.state),
         ("desired: by lease", d._by_lease),
+        # Older versions kept which lease holds each object key apart; none does now.
+        ("desired: holder", getattr(d, "_holder", {})),
         ("tracker: live (believed)", t.live),
         ("tracker: other", (t.foreign_routes, t.foreign_nexthops, t.dirty, t.conflicts)),
     ]
