@@ -81,3 +81,11 @@ def test_bytes_per_lease_of_the_incremental_state_stay_bounded():
     assert got["walked_per_lease"] < 2600, got["by_structure"]
     assert got["traced_per_lease"] < 2600, got["by_file"]
     assert got["by_structure"]["tracker: live (believed)"] < 300
+
+
+def test_the_agents_imports_leave_pyroute2_out():
+    # pyroute2 and the reference backend cost about 11 MiB of RSS; the default (batched) backend
+    # needs neither, so the agent's import set must not pull them in by the way.
+    out = state_memory.import_steps(state_memory.AGENT_IMPORTS)
+    assert "reconciler.agent.daemon" in out
+    assert out.rstrip().endswith("pyroute2 loaded: False"), out

@@ -188,11 +188,46 @@ def measure(n: int, top: int = 12) -> dict[str, Any]:
             "walked_per_lease": sum(sizes.values()) / n}
 
 
+#: What the agent imports (batched backend, the default), heaviest suspects first one at a time.
+AGENT_IMPORTS = ("ipaddress", "json", "dataclasses", "reconciler.core.model", "reconciler.incremental.tracker",
+                 "grpc", "pyetcd", "reconciler.etcd.store", "reconciler.etcd.watch", "prometheus_client",
+                 "reconciler.agent.metrics", "reconciler.kernel.netlink.batched",
+                 "reconciler.kernel.netlink.kernel_events", "reconciler.agent.daemon", "reconciler.cli.agent",
+                 "reconciler.cli.main")
+
+_IMPORT_PROBE = """
+import importlib, sys
+def rss():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmRSS:'):
+            return int(line.split()[1]) / 1024
+prev = rss()
+print(f"{'(interpreter)':42s} {prev:6.1f} MiB")
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+    now = rss()
+    print(f"{name:42s} +{now - prev:5.1f} MiB  (total {now:5.1f})")
+    prev = now
+print(f"{len(sys.modules)} modules; pyroute2 loaded: {any(m.startswith('pyroute2') for m in sys.modules)}")
+"""
+
+
+def import_steps(modules: Iterable[str] = AGENT_IMPORTS) -> str:
+    """RSS after each import, in a fresh interpreter (the agent's import baseline)."""
+    import subprocess
+    return subprocess.run([sys.executable, "-c", _IMPORT_PROBE, *modules], check=True, capture_output=True,
+                          text=True).stdout
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="state_memory", description=__doc__.splitlines()[0])
     ap.add_argument("--nodes", default="1000,5000,20000", help="comma-separated lease counts")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    ap.add_argument("--imports", action="store_true", help="the import baseline instead: RSS after each import")
     args = ap.parse_args(argv)
+    if args.imports:
+        print(import_steps(), end="")
+        return 0
     results = [measure(int(n)) for n in args.nodes.split(",")]
     if args.json:
         print(json.dumps(results, indent=2))
