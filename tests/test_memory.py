@@ -89,3 +89,34 @@ def test_the_agents_imports_leave_pyroute2_out():
     out = state_memory.import_steps(state_memory.AGENT_IMPORTS)
     assert "reconciler.agent.daemon" in out
     assert out.rstrip().endswith("pyroute2 loaded: False"), out
+
+
+def test_a_dump_of_a_large_state_is_followed_by_a_heap_trim(tmp_path, monkeypatch):
+    # The fresh objects of a dump are let go of in the full plan that follows it (the believed
+    # view keeps the desired instances); the cycle then gives the freed heap back.
+    from benchmarks.conftest import cluster_kvs
+    from reconciler.agent import daemon
+    from reconciler.core.config import parse_network_config
+    from reconciler.core.desired import NodeParams
+    from reconciler.core.model import Link
+    from tests.agent_harness import offline_agent, queue_listing
+    from tests.model_kernel import ModelKernel
+
+    trims = []
+    monkeypatch.setattr(daemon, "_trim_heap", lambda: trims.append(1))
+    kvs = cluster_kvs(1200)
+    k = ModelKernel()
+    k.add_link(Link("eth0", "veth", 1500, "02:00:00:00:ee:01", True))
+    k.add_address("eth0", "198.18.0.1/15")
+    agent = offline_agent(k, parse_network_config(kvs[0].value),
+                          NodeParams(public_ip="198.18.0.1", underlay_mtu=1500, underlay="eth0"),
+                          str(tmp_path / "subnet.env"))
+    queue_listing(agent, kvs[1:])
+    agent.cycle({"relist"})
+    assert trims, "the cold start's 3,600 writes trim"
+    trims.clear()
+    report = agent.cycle({"resync"})
+    assert report.dumped and not report.plan.changes
+    assert trims == [1]
+    agent.cycle({"lease"})                                  # no dump, nothing written: no trim
+    assert trims == [1]

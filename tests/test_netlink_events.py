@@ -152,6 +152,9 @@ def test_tracker_keeps_the_shared_instance_and_reports_the_decoded_value(acceler
     assert events == [KernelEvent("set", desired_neigh), KernelEvent("set", PEER_ROUTE)]
     assert events[0].obj is not desired_neigh and events[1].obj.protocol == PEER_ROUTE.protocol
     assert t.neighs[desired_neigh.key] is desired_neigh and t.routes[PEER_ROUTE.key] is desired_route
+    # The keys hold the shared strings too, not the decoded ones.
+    assert next(k for k in t.routes if k == PEER_ROUTE.key)[0] is desired_route.dst
+    assert next(k for k in t.neighs if k == desired_neigh.key)[1] is desired_neigh.ip
     # Unequal values are kept as decoded.
     moved = replace(desired_neigh, mac="0a:58:64:40:03:01")
     t.feed(_neigh(moved, FLANNEL))

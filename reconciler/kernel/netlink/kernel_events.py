@@ -141,10 +141,15 @@ class EventTracker:
         self.names, self._kinds, self._lower, self.ours = {}, {}, {}, {}
         for msg in links:
             self._learn(msg)
+        self.routes = self._shared(state.of("route").values())
+        self.neighs = self._shared(state.of("neigh").values())
+        self.fdbs = self._shared(state.of("fdb").values())
+
+    def _shared(self, objs: Iterable[KernelObject]) -> dict:
+        # Keyed by the shared object's own key: a key made from the decoded value would keep
+        # the decoded strings (dst, ip, mac) alive after the object itself was shared.
         share = self._share
-        self.routes = {k: share(v) for k, v in state.of("route").items()}
-        self.neighs = {k: share(v) for k, v in state.of("neigh").items()}
-        self.fdbs = {k: share(v) for k, v in state.of("fdb").items()}
+        return {o.key: o for o in map(share, objs)}
 
     def _learn(self, msg: wire.LinkMsg) -> None:
         idx = msg.index
@@ -233,7 +238,8 @@ class EventTracker:
                 believed.pop(obj.key, None)
                 out.append(KernelEvent("del", obj))
             else:
-                believed[obj.key] = self._share(obj)
+                kept = self._share(obj)
+                believed[kept.key] = kept           # a new key's tuple holds the kept strings
                 out.append(KernelEvent("set", obj))
             return
         key = self._neigh_key(msg, family, name)
@@ -263,7 +269,8 @@ class EventTracker:
                 self.routes.pop(route.key, None)
                 out.append(KernelEvent("del", route))
             else:
-                self.routes[route.key] = self._share(route)
+                kept = self._share(route)
+                self.routes[kept.key] = kept
                 out.append(KernelEvent("set", route))
             return
         if not self.routes:
