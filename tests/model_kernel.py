@@ -525,8 +525,9 @@ class ModelKernel:
 
     def watch_kernel(self, devices: Collection[str], networks: Collection[str],
                      callback: Callable[[list[KernelEvent] | None], None], stop: threading.Event,
-                     ready: threading.Event | None = None, poll: float = 0.5) -> None:
+                     ready: threading.Event | None = None, poll: float = 0.5, share=None) -> None:
         """The backend method: subscribed until ``stop`` is set (``ready`` once subscribed).
+        ``share`` is taken and not needed: the model hands out its own objects, no copies.
 
         The events themselves are delivered synchronously by the thread that
         makes each change, not by the thread blocked here.

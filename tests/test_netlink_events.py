@@ -136,6 +136,31 @@ def test_tracker_reports_our_objects_with_dump_values(accelerate):
     assert not resync
 
 
+def test_tracker_keeps_the_shared_instance_and_reports_the_decoded_value(accelerate):
+    # The agent hands in its desired state's lookup: the tracker's believed entries are those
+    # instances where equal (no copy per entry), while events carry the values as decoded,
+    # a route's protocol included (ownership reads it).
+    desired_route = replace(PEER_ROUTE, protocol=None)
+    desired_neigh = Neigh("flannel.1", "100.64.3.0", "0a:58:64:40:03:00")
+    desired = KernelState([desired_route, desired_neigh])
+    t = EventTracker(DEVICES, NETWORKS, accelerate, share=desired.instance_of)
+    t.seed(KernelState([VXLAN, replace(PEER_ROUTE), replace(PEER_NEIGH)]),
+           [_eth0_msg(), wire.decode_links(_link(VXLAN, FLANNEL))[0]])
+    assert t.routes[PEER_ROUTE.key] is desired_route
+    assert t.neighs[PEER_NEIGH.key] == PEER_NEIGH and t.neighs[PEER_NEIGH.key] is not desired_neigh
+    events, _ = t.feed(_neigh(desired_neigh, FLANNEL) + _route(PEER_ROUTE, FLANNEL))
+    assert events == [KernelEvent("set", desired_neigh), KernelEvent("set", PEER_ROUTE)]
+    assert events[0].obj is not desired_neigh and events[1].obj.protocol == PEER_ROUTE.protocol
+    assert t.neighs[desired_neigh.key] is desired_neigh and t.routes[PEER_ROUTE.key] is desired_route
+    # The keys hold the shared strings too, not the decoded ones.
+    assert next(k for k in t.routes if k == PEER_ROUTE.key)[0] is desired_route.dst
+    assert next(k for k in t.neighs if k == desired_neigh.key)[1] is desired_neigh.ip
+    # Unequal values are kept as decoded.
+    moved = replace(desired_neigh, mac="0a:58:64:40:03:01")
+    t.feed(_neigh(moved, FLANNEL))
+    assert t.neighs[moved.key] == moved
+
+
 def test_tracker_drops_foreign_objects_early(accelerate):
     t = _tracker(accelerate)
     foreign = [

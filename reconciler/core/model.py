@@ -376,6 +376,38 @@ class KernelState:
         counts = ", ".join(f"{k}={len(v)}" for k, v in self._by_kind.items())
         return f"KernelState({counts})"
 
+    def instance_of(self, obj: KernelObject) -> KernelObject:
+        """The object this state holds at ``obj``'s key when it is equal to ``obj``, else ``obj``.
+
+        A lookup, safe to call from another thread than the one changing the state (one dict
+        read); equality decides, so a stale answer is still an equal value."""
+        held = self._by_kind[obj.KIND].get(obj.key)
+        return held if held is not None and held == obj else obj
+
+    def share_equal(self, other: "KernelState") -> int:
+        """Hold ``other``'s instance (and key) wherever this state's object at the same key is
+        equal to it; return how many were swapped.
+
+        Equal values are interchangeable, so two states that mostly agree (the believed kernel
+        view and the desired state, once converged) need one copy of each object, not two.
+        Each changed kind's dict is built again in the same order rather than assigned in
+        place: a dict keeps the key it has on assignment, and deleting and adding again would
+        leave it sized for twice its entries (docs/memory.md)."""
+        swapped = 0
+        for kind, have in self._by_kind.items():
+            want = other._by_kind[kind]
+            if not want or not have:
+                continue
+            swaps: dict[Any, tuple[Any, KernelObject]] = {}
+            for key, obj in want.items():
+                cur = have.get(key)
+                if cur is not None and cur is not obj and cur == obj:
+                    swaps[key] = (key, obj)
+            if swaps:
+                self._by_kind[kind] = {k: v for k, v in (swaps.get(key, (key, cur)) for key, cur in have.items())}
+                swapped += len(swaps)
+        return swapped
+
     def filter(self, keep) -> "KernelState":
         return KernelState(o for o in self if keep(o))
 

@@ -29,10 +29,9 @@ Single-threaded: the agent's worker owns it; other threads only queue events.
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, Iterable
 
-from reconciler.core.model import RTPROT_RECONCILER, KernelObject, KernelState, Link, Nexthop, Route
+from reconciler.core.model import KernelObject, KernelState, Link, Nexthop, Route
 from reconciler.core.ownership import FlannelOwnership
 from reconciler.core.plan import Conflict, OpResult, Plan, make_plan
 
@@ -137,6 +136,12 @@ class Tracker:
             plan = make_plan(desired, self.live, self.foreign_routes, self.foreign_nexthops)
             self.conflicts = {c.desired.key: c for c in plan.conflicts}
             self._planned = None
+            # After a dump the believed view holds fresh objects, each equal to the desired one
+            # when converged: two copies of the state.  The believed view keeps the desired
+            # instances instead (a route's protocol, 73 in the kernel and None in the desired
+            # one, is outside equality and never read from the believed view): about 650 bytes
+            # a peer (docs/memory.md).  One pass, in a full plan, which is a pass anyway.
+            self.live.share_equal(desired)
             return plan
         keys = set(self.dirty)
         want, have = KernelState(), KernelState()
@@ -184,10 +189,10 @@ class Tracker:
                 if cur is not None:
                     self.live.discard(cur)
             else:
-                obj = c.obj
-                if isinstance(obj, Route) and obj.protocol is None:
-                    obj = replace(obj, protocol=RTPROT_RECONCILER)
-                self.live.add(obj)
+                # The desired instance itself: what the kernel now holds is equal to it (a route's
+                # protocol, 73 in the kernel and None here, is not part of equality and is never
+                # read from the believed view), and one object serves both views.
+                self.live.add(c.obj)
 
     @property
     def in_sync(self) -> bool:

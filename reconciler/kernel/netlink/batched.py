@@ -619,7 +619,7 @@ class BatchedBackend(UnderlayLookup, KernelFacts):
     def __repr__(self) -> str:
         return f"BatchedBackend(netns={self._netns!r}, accelerated={self.accelerated})"
 
-    def watch_kernel(self, devices, networks, callback, stop, ready=None) -> None:
+    def watch_kernel(self, devices, networks, callback, stop, ready=None, share=None) -> None:
         """Kernel events on what ``dump(devices, networks)`` shows, in this backend's namespace,
         until ``stop`` is set: see ``events.watch_kernel`` (the one implementation).
 
@@ -630,7 +630,7 @@ class BatchedBackend(UnderlayLookup, KernelFacts):
 
         accelerate = self.accelerated
         watch_kernel(self._netns_file, devices, networks, callback, stop, ready, accelerate=accelerate,
-                     open_dumper=lambda: BatchedBackend(None, accelerate=accelerate))
+                     open_dumper=lambda: BatchedBackend(None, accelerate=accelerate), share=share)
 
 
 

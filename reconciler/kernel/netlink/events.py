@@ -29,7 +29,7 @@ import threading
 from typing import Callable, Collection, ContextManager, Iterable, Protocol
 
 from reconciler.core.errors import DumpInterrupted, NetlinkError
-from reconciler.core.model import KernelState
+from reconciler.core.model import KernelObject, KernelState
 from reconciler.kernel.netlink import wire
 from reconciler.kernel.netlink.common import enter_netns
 from reconciler.kernel.netlink.kernel_events import RTMGRP_ALL, RTNLGRP_NEXTHOP, EventTracker, KernelEvent
@@ -144,7 +144,8 @@ def _open_monitor() -> socket.socket:
 def watch_kernel(netns_path: str | None, devices: Collection[str], networks: Collection[str],
                  callback: Callable[[list[KernelEvent] | None], None], stop: threading.Event,
                  ready: threading.Event | None = None, poll: float = 0.5, *, accelerate: bool = True,
-                 open_dumper: Callable[[], ContextManager[Dumper]]) -> None:
+                 open_dumper: Callable[[], ContextManager[Dumper]],
+                 share: Callable[[KernelObject], KernelObject] | None = None) -> None:
     """Deliver the kernel's changes to what ``dump(devices, networks)`` shows, until ``stop`` is set.
 
     ``callback(events)``: the ``KernelEvent`` values of the datagrams read
@@ -156,11 +157,12 @@ def watch_kernel(netns_path: str | None, devices: Collection[str], networks: Col
     into ``netns_path`` first (when given).  ``accelerate``: the compiled
     decoders when built (identical values).  ``open_dumper()``: a backend
     opened in the calling thread's namespace (the backends hand in a
-    ``BatchedBackend``).  ``NetlinkError`` when the socket fails.
+    ``BatchedBackend``).  ``share``: ``EventTracker``'s (an equal instance to keep
+    instead of a decoded one).  ``NetlinkError`` when the socket fails.
     """
     if netns_path is not None:
         enter_netns(netns_path)
-    tracker = EventTracker(devices, networks, accelerate)
+    tracker = EventTracker(devices, networks, accelerate, share)
     sock = _open_monitor()
     # The dumps (seed and re-checks) go over a socket of their own, opened
     # on this thread, so in this namespace; never over the subscribed one.

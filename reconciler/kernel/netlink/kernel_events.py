@@ -97,6 +97,10 @@ def decoders(accelerate: bool = True) -> dict:
     return _fastpath.DECODERS if accelerate and _fastpath.DECODERS is not None else wire.DECODERS
 
 
+def _itself(obj: KernelObject) -> KernelObject:
+    return obj
+
+
 def _as_new(buf, off: int, end: int, mtype: int):
     """One message as a buffer of its own, an ``RTM_DEL*`` turned into its ``RTM_NEW*``."""
     msg = bytearray(buf[off:end])
@@ -113,8 +117,14 @@ class EventTracker:
     ifindex map).  Then ``feed(buf, recheck)`` for each datagram.
     """
 
-    def __init__(self, devices: Collection[str], networks: Collection[str] = (), accelerate: bool = True) -> None:
+    def __init__(self, devices: Collection[str], networks: Collection[str] = (), accelerate: bool = True,
+                 share: Callable[[KernelObject], KernelObject] | None = None) -> None:
         self.devices = frozenset(devices)
+        #: What the believed maps store for a decoded value: an equal instance someone already
+        #: holds (the agent hands in its desired state's), so that this thread's view of 15,000
+        #: entries is not a third copy of them (docs/memory.md).  The events themselves carry
+        #: the decoded values, ``protocol`` included.
+        self._share: Callable[[KernelObject], KernelObject] = share or _itself
         self.nets = tuple(ipaddress.ip_network(n, strict=False) for n in networks)
         dec = decoders(accelerate)
         self._decode_routes, self._decode_neighs, self._decode_fdb = dec["route"], dec["neigh"], dec["fdb"]
@@ -131,9 +141,15 @@ class EventTracker:
         self.names, self._kinds, self._lower, self.ours = {}, {}, {}, {}
         for msg in links:
             self._learn(msg)
-        self.routes = dict(state.of("route"))
-        self.neighs = dict(state.of("neigh"))
-        self.fdbs = dict(state.of("fdb"))
+        self.routes = self._shared(state.of("route").values())
+        self.neighs = self._shared(state.of("neigh").values())
+        self.fdbs = self._shared(state.of("fdb").values())
+
+    def _shared(self, objs: Iterable[KernelObject]) -> dict:
+        # Keyed by the shared object's own key: a key made from the decoded value would keep
+        # the decoded strings (dst, ip, mac) alive after the object itself was shared.
+        share = self._share
+        return {o.key: o for o in map(share, objs)}
 
     def _learn(self, msg: wire.LinkMsg) -> None:
         idx = msg.index
@@ -222,7 +238,8 @@ class EventTracker:
                 believed.pop(obj.key, None)
                 out.append(KernelEvent("del", obj))
             else:
-                believed[obj.key] = obj
+                kept = self._share(obj)
+                believed[kept.key] = kept           # a new key's tuple holds the kept strings
                 out.append(KernelEvent("set", obj))
             return
         key = self._neigh_key(msg, family, name)
@@ -252,7 +269,8 @@ class EventTracker:
                 self.routes.pop(route.key, None)
                 out.append(KernelEvent("del", route))
             else:
-                self.routes[route.key] = route
+                kept = self._share(route)
+                self.routes[kept.key] = kept
                 out.append(KernelEvent("set", route))
             return
         if not self.routes:

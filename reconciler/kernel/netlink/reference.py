@@ -552,7 +552,7 @@ class PyrouteBackend(UnderlayLookup, KernelFacts):
     def __repr__(self) -> str:
         return f"PyrouteBackend(netns={self._netns!r})"
 
-    def watch_kernel(self, devices, networks, callback, stop, ready=None) -> None:
+    def watch_kernel(self, devices, networks, callback, stop, ready=None, share=None) -> None:
         """Kernel events on what ``dump(devices, networks)`` shows, in this backend's namespace,
         until ``stop`` is set: see ``events.watch_kernel`` (the one implementation).
 
@@ -563,4 +563,4 @@ class PyrouteBackend(UnderlayLookup, KernelFacts):
         from reconciler.kernel.netlink.events import watch_kernel
 
         watch_kernel(self._netns_file, devices, networks, callback, stop, ready, accelerate=True,
-                     open_dumper=lambda: BatchedBackend(None))
+                     open_dumper=lambda: BatchedBackend(None), share=share)
