@@ -53,7 +53,9 @@ from typing import TYPE_CHECKING, Callable, Iterable
 from reconciler.agent.acquire import LeaseKeeper, acquire_lease
 from reconciler.agent.conditions import DataPlaneHealth
 from reconciler.agent.failures import failure_lines
+from reconciler.agent.inbox import Inbox, Listing, Pin
 from reconciler.agent.rule_sync import RuleSync
+from reconciler.agent.skip_report import SkipReport
 from reconciler.kernel.apply import apply_plan
 from reconciler.core.config import NetworkConfig, parse_network_config, require_ipv4, require_vxlan
 from reconciler.core.desired import NodeParams, underlay_mtu
@@ -62,8 +64,8 @@ from reconciler.core.errors import EtcdAuthError, EtcdCompacted, EtcdError, Etcd
 from reconciler.incremental.lease_index import LeaseIndex
 from reconciler.core.logtext import esc
 from reconciler.core.leases import RawKV, Skipped, parse_lease
-from reconciler.agent.metrics import (CONTENT_TYPE, SKIP_REASONS, Metrics, build_info_labels, primary_trigger,
-                                      serve_http, skip_reason_label)
+from reconciler.agent.metrics import (CONTENT_TYPE, Metrics, build_info_labels, primary_trigger,
+                                      serve_http)
 from reconciler.kernel.netlink.common import UnderlaySpec
 from reconciler.core.ownership import BRIDGE_NAME, FlannelOwnership
 from reconciler.core.plan import Plan
@@ -81,9 +83,6 @@ __all__ = ["Agent", "AgentOptions", "CycleReport", "random_vtep_mac"]
 
 log = logging.getLogger("flannel_reconciler")
 
-#: Skipped leases logged one by one per window; the rest of a burst is one summary line per window.
-_SKIP_LINES = 20
-_SKIP_WINDOW = 10.0
 #: A deletion needs etcd to have answered within this many seconds (docs/incremental.md).
 _FRESH = 1.0
 
@@ -174,7 +173,7 @@ class _State:
     broken: str | None = None
 
 
-class Agent(RuleSync, DataPlaneHealth):
+class Agent(DataPlaneHealth):
     """One node's agent.  ``run(stop)`` blocks until ``stop`` is set."""
 
     def __init__(self, store, backend, opts: AgentOptions, *, clock: Callable[[], float] = time.monotonic,
@@ -203,10 +202,8 @@ class Agent(RuleSync, DataPlaneHealth):
         self._subnet_env_error: str | None = None
         self.last_cycle: CycleReport | None = None
         # Queues filled by the watch and kernel-event threads, drained by the worker.
-        self._lease_q: collections.deque = collections.deque()
-        self._kernel_q: collections.deque = collections.deque()
+        self.inbox = Inbox()
         self._revision = 0
-        self._listed = False          # the first complete lease list has been queued
         self._last_wake = float("-inf")  # monotonic time of the worker's previous wake-up (coalescing)
         self._last_etcd_answer = 0.0  # monotonic time of the last watch event, listing or probe
         # The etcd thread: woken for a probe or an own-lease check, posts "etcd" to the worker.
@@ -226,13 +223,7 @@ class Agent(RuleSync, DataPlaneHealth):
         self.index: LeaseIndex
         self.desired: DesiredIndex
         self.tracker: Tracker
-        self._skip_labels: dict[str, str] = {}
-        self._skip_counts: collections.Counter = collections.Counter()
-        self._skips_exported: tuple = ()      # the counts flannel_reconciler_leases_skipped shows
-        self._own_ip_dups: set[str] = set()
-        self._skip_window = float("-inf")   # skip-log rate limit: window start, lines in it, the rest
-        self._skip_logged = 0
-        self._skip_suppressed: collections.Counter = collections.Counter()
+        self.skips = SkipReport(self.metrics, clock)
         self._pin_changes: set[str] = set()
         self._folded_revision = 0     # the last etcd revision folded into the index
         self._config_warned: str | None = None
@@ -240,12 +231,8 @@ class Agent(RuleSync, DataPlaneHealth):
         self._netns_inode: int | None = None
         self._retry_at: float | None = None
         self._retry_delay = opts.retry_min
-        # Packet filter rules: a RuleReconciler, or None (rules not managed,
-        # as in tests whose backend is not a real kernel).
-        self.rules = rules
-        self._rules_lock = threading.Lock()
-        self._rules_lease = None
-        self._rules_error: str | None = None
+        # Packet filter rules: a pipeline of their own, beside the cycle.
+        self.rule_sync = RuleSync(rules, opts, self.metrics)
 
     # ------------------------------------------------------------- start-up
     def start(self, stop: threading.Event) -> None:
@@ -313,21 +300,20 @@ class Agent(RuleSync, DataPlaneHealth):
     # the queues themselves.
     def queue_lease_event(self, event: WatchEvent) -> None:
         """One lease event, as the watch thread queues it."""
-        self._lease_q.append(("event", event, self.clock()))
+        self.inbox.put_event(event, self.clock())
 
     def queue_listing(self, kvs: Iterable[RawKV], revision: int = 0) -> None:
         """A complete lease listing, as after start-up or a compaction: it replaces the table."""
-        self._lease_q.append(("list", list(kvs), self.clock(), revision))
-        self._listed = True
+        self.inbox.put_listing(list(kvs), self.clock(), revision)
 
     def queue_kernel_events(self, events: list | None) -> None:
         """Kernel notifications as the monitor delivers them (None: some were lost)."""
-        self._kernel_q.append(events)
+        self.inbox.put_kernel(events)
 
     @property
     def listed(self) -> bool:
         """Whether a complete lease listing has been queued (no cycle runs before one)."""
-        return self._listed
+        return self.inbox.listed
 
     @property
     def retry_at(self) -> float | None:
@@ -337,7 +323,7 @@ class Agent(RuleSync, DataPlaneHealth):
     def pending(self) -> dict[str, int]:
         """What the worker has still to do: queued lease and kernel items, dirty keys, and
         whether a dump or a full plan is due.  All zero: idle."""
-        return {"lease_items": len(self._lease_q), "kernel_items": len(self._kernel_q),
+        return {**self.inbox.counts(),
                 "dirty_keys": len(self.tracker.dirty), "dump": int(self.tracker.needs_dump),
                 "full_plan": int(self.tracker.full)}
 
@@ -430,8 +416,7 @@ class Agent(RuleSync, DataPlaneHealth):
             base = self.store.subnets_prefix
             kvs = [kv for kv in snap.kvs if kv.key.startswith(base)]
             self._revision = snap.revision
-            self._lease_q.append(("list", kvs, self.clock(), snap.revision, self._rollback is not None))
-            self._listed = True
+            self.inbox.put_listing(kvs, self.clock(), snap.revision, self._rollback is not None)
         self._heard_from_etcd()
         self._mark("relist")
 
@@ -490,8 +475,9 @@ class Agent(RuleSync, DataPlaneHealth):
         else:
             subscribed.set()
         threads.append(threading.Thread(target=self._etcd_loop, args=(stop,), name="etcd", daemon=True))
-        if self.rules is not None:
-            threads.append(threading.Thread(target=self._rules_loop, args=(stop,), name="rules", daemon=True))
+        if self.rule_sync.rules is not None:
+            threads.append(threading.Thread(target=self.rule_sync.loop, args=(stop, self.config), name="rules",
+                                            daemon=True))
         for t in threads:
             t.start()
         # Subscribe before the first dump, so that nothing falls between them.
@@ -529,7 +515,7 @@ class Agent(RuleSync, DataPlaneHealth):
                 # ~10 s (probe + timeout), and reported through health at once.
                 for ev in self.store.watch(self._revision + 1, stop, progress_interval=5.0,
                                            health=self._on_etcd_health, cluster_id=self._cluster_id):
-                    self._lease_q.append(("event", ev, self.clock()))
+                    self.inbox.put_event(ev, self.clock())
                     self._revision = max(self._revision, ev.revision)
                     self._heard_from_etcd()
                     if self.keeper is not None and ev.kv.key == self.keeper.current.key:
@@ -587,7 +573,7 @@ class Agent(RuleSync, DataPlaneHealth):
 
         def on_events(events) -> None:
             # None: the kernel dropped notifications; only a dump can tell what we missed.
-            self._kernel_q.append(events)
+            self.inbox.put_kernel(events)
             self._mark("kernel")
 
         try:
@@ -719,7 +705,7 @@ class Agent(RuleSync, DataPlaneHealth):
             self._rollback_reasserted = True
         if self.keeper.current.key != before.key:
             log.warning("our lease moved: %s -> %s", esc(before.key), esc(self.keeper.current.key))
-            self._lease_q.append(("pin", self.keeper.current.key, self.clock()))
+            self.inbox.put_pin(self.keeper.current.key, self.clock())
             self._try_relist(threading.Event())
         return True
 
@@ -772,99 +758,39 @@ class Agent(RuleSync, DataPlaneHealth):
         """Fold queued lease events into the index; return the changed keys and the oldest arrival."""
         changed: set[str] = set()
         oldest = None
-        q = self._lease_q
-        while q:
-            item = q.popleft()
-            if item[0] == "pin":    # the keeper moved to another key (acquire.py)
-                changed |= self.index.pin(item[1])
+        for item in self.inbox.take_leases():
+            if isinstance(item, Pin):    # the keeper moved to another key (acquire.py)
+                changed |= self.index.pin(item.key)
                 continue
-            if item[0] == "list":
-                changed |= self.index.replace_all(item[1])
-                revision = item[3] if len(item) > 3 else None
-                if len(item) > 4 and item[4] and self._rollback is not None and not self._rollback_listed:
+            if isinstance(item, Listing):
+                changed |= self.index.replace_all(item.kvs)
+                revision = item.revision
+                if item.after_rollback and self._rollback is not None and not self._rollback_listed:
                     # The listing after etcd went back: complete, but what it lacks may only be
                     # missing for now; deletions wait rollback_settle s more.
                     self._rollback_listed = True
                     self._rollback_until = self.clock() + self.opts.rollback_settle
             else:
-                ev = item[1]
+                ev = item.event
                 changed |= self.index.put(ev.kv) if ev.type == "put" else self.index.delete(ev.kv.key)
                 revision = ev.revision
-            oldest = item[2] if oldest is None else min(oldest, item[2])
+            oldest = item.at if oldest is None else min(oldest, item.at)
             if revision:
                 self._folded_revision = max(self._folded_revision, revision)
         return changed, oldest
 
     def _drain_kernel(self) -> int:
         changed = 0
-        q = self._kernel_q
-        while q:
-            events = q.popleft()
-            if events is None:
+        for batch in self.inbox.take_kernel():
+            if batch.events is None:
                 self.tracker.needs_dump = True
             else:
-                changed += self.tracker.observe(events)
+                changed += self.tracker.observe(batch.events)
         return changed
-
-    def _report_leases(self, changed: set[str]) -> None:
-        """Log a lease's standing when it changes (never again while it stays the same), and keep
-        the skip gauges, whose reason label is one of a few fixed words.
-
-        At most ``_SKIP_LINES`` skipped leases are logged one by one per ``_SKIP_WINDOW``
-        seconds; the rest of a burst (someone writing thousands of junk keys) is counted and
-        said in one summary line per window, so etcd content cannot flood the log."""
-        now = self.clock()
-        for key in sorted(changed):
-            old = self._skip_labels.pop(key, None)
-            if old is not None:
-                self._skip_counts[old] -= 1
-            self._own_ip_dups.discard(key)
-            skip = self.index.skipped.get(key)
-            if skip is not None:
-                label = skip_reason_label(skip.reason)
-                self._skip_labels[key] = label
-                self._skip_counts[label] += 1
-                parsed = self.index.parsed(key)
-                if parsed is not None and parsed.public_ip == self.node.public_ip:
-                    # Two leases for one node: ours is the one we keep alive; say so loudly.
-                    self._own_ip_dups.add(key)
-                    log.error("lease %s also carries our PublicIP %s; this node keeps %s and ignores it "
-                              "(delete the one you do not want)", esc(key), self.node.public_ip,
-                              esc(self.index.pinned))
-                else:
-                    if now - self._skip_window >= _SKIP_WINDOW:
-                        self._flush_skip_summary(now)
-                    if self._skip_logged < _SKIP_LINES:
-                        self._skip_logged += 1
-                        log.warning("skipped lease %s: %s", esc(key), esc(skip.reason))
-                    else:
-                        self._skip_suppressed[label] += 1
-            elif old is not None and key in self.index.valid:
-                log.info("lease %s is valid again", esc(key))
-        if self._skip_suppressed and now - self._skip_window >= _SKIP_WINDOW:
-            self._flush_skip_summary(now)
-        if changed:
-            self.metrics.set("flannel_reconciler_own_public_ip_duplicates", len(self._own_ip_dups))
-            self.metrics.set("flannel_reconciler_leases", len(self.index.valid))
-            # Every reason, 0s included, so a scrape never sees one missing or briefly 0; and
-            # only when a count moved: ten metric calls would be a tenth of a lease event's cycle.
-            skips = tuple(self._skip_counts[label] for label in SKIP_REASONS)
-            if skips != self._skips_exported:
-                self._skips_exported = skips
-                for label, n in zip(SKIP_REASONS, skips):
-                    self.metrics.set("flannel_reconciler_leases_skipped", n, reason=label)
-
-    def _flush_skip_summary(self, now: float) -> None:
-        if self._skip_suppressed:
-            log.warning("skipped %d more leases in the last %.0fs (%s); not named one by one",
-                        sum(self._skip_suppressed.values()), now - self._skip_window,
-                        ", ".join(f"{k}={v}" for k, v in sorted(self._skip_suppressed.items())))
-            self._skip_suppressed.clear()
-        self._skip_window, self._skip_logged = now, 0
 
     def cycle(self, triggers: set[str]) -> CycleReport | None:
         """Fold in what changed, plan the dirty keys, apply.  Returns None when it could not run."""
-        if not self._listed:
+        if not self.inbox.listed:
             return None
         t0 = time.monotonic()
         tr = _tr(triggers)
@@ -872,7 +798,7 @@ class Agent(RuleSync, DataPlaneHealth):
         changed, oldest = self._drain_leases()
         changed |= self._pin_changes
         self._pin_changes = set()
-        self._report_leases(changed)
+        self.skips.report(self.index, changed, self.node.public_ip)
         self.tracker.dirty |= self.desired.update(self.index, changed)
         self._drain_kernel()
         if self.desired.own is None:
@@ -910,11 +836,11 @@ class Agent(RuleSync, DataPlaneHealth):
             plan = Plan(tuple(c for c in plan if c.op != "delete" or c.kind == "link"), plan.conflicts)
         results = apply_plan(self.backend, plan, self.desired.state) if plan.changes else []
         self.tracker.settle(plan, results, held)
-        if self.rules is not None and self.desired.own != self._rules_lease:
+        if self.rule_sync.due(self.desired.own):
             # Rules depend on our own lease and the config only: written here when our lease
             # first appears or changes; checked every --iptables-resync seconds by their own
             # thread.  Not on every lease event: reading them back costs subprocesses.
-            self._sync_rules(self.desired.own)
+            self.rule_sync.sync(self.config, self.desired.own)
         failed = [r for r in results if not r.ok]
         # One metric call per (kind, op, result), not per object: a cold start has 15,000 results.
         ops = collections.Counter((r.change.kind, r.change.op, "ok" if r.ok else ("skipped" if r.skipped else "error"))
@@ -940,11 +866,8 @@ class Agent(RuleSync, DataPlaneHealth):
         else:
             self._retry_delay = self.opts.retry_min
             self.metrics.set("flannel_reconciler_last_successful_sync_timestamp_seconds", time.time())
-        if full and self._skip_suppressed:
-            self._flush_skip_summary(self.clock())
-        if full and self.index.skipped:
-            log.info("%d leases skipped (%s)", len(self.index.skipped),
-                     ", ".join(f"{k}={v}" for k, v in sorted(self._skip_counts.items()) if v))
+        if full:
+            self.skips.after_full_cycle(self.index)
         if dumped and not any(r.ok and r.change.kind in ("link", "address") for r in results):
             # (After a device or address write the kernel's side effects -- the bridge's connected
             # route -- are known only to the next dump, which that write asks for: check then.)
