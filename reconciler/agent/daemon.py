@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 from reconciler.agent.acquire import LeaseKeeper, acquire_lease
 from reconciler.agent.conditions import DataPlaneHealth
+from reconciler.agent.endpoints import Endpoints
 from reconciler.agent.failures import failure_lines
 from reconciler.agent.inbox import Inbox, Listing, Pin
 from reconciler.agent.rule_sync import RuleSync
@@ -64,8 +65,7 @@ from reconciler.core.errors import EtcdAuthError, EtcdCompacted, EtcdError, Etcd
 from reconciler.incremental.lease_index import LeaseIndex
 from reconciler.core.logtext import esc
 from reconciler.core.leases import RawKV, Skipped, parse_lease
-from reconciler.agent.metrics import (CONTENT_TYPE, Metrics, build_info_labels, primary_trigger,
-                                      serve_http)
+from reconciler.agent.metrics import (Metrics, build_info_labels, primary_trigger)
 from reconciler.kernel.netlink.common import UnderlaySpec
 from reconciler.core.ownership import BRIDGE_NAME, FlannelOwnership
 from reconciler.core.plan import Plan
@@ -197,7 +197,9 @@ class Agent(DataPlaneHealth):
         self.node: NodeParams
         self.keeper: LeaseKeeper | None = None
         self._on_link: Callable[[str], bool]
-        self._servers: list = []
+        #: /healthz, /readyz, /metrics.
+        self.http = Endpoints(opts, clock, self.state, self.metrics, self._failing_conditions,
+                              self._identity_conditions)
         self._subnet_env_text: str | None = None
         self._subnet_env_error: str | None = None
         self.last_cycle: CycleReport | None = None
@@ -237,7 +239,7 @@ class Agent(DataPlaneHealth):
     # ------------------------------------------------------------- start-up
     def start(self, stop: threading.Event) -> None:
         """Read the config, pick the VTEP MAC, acquire our lease, list the leases."""
-        self._start_http()
+        self.http.start()
         self.config = self._wait_for_config(stop)
         underlay = self.backend.underlay(self._underlay_spec())
         public_ip = self.opts.public_ip or underlay.address
@@ -487,8 +489,7 @@ class Agent(DataPlaneHealth):
         finally:
             stop.set()
             self.notifier.stopping()
-            for s in self._servers:
-                s.shutdown()
+            self.http.shutdown()
             for t in threads:
                 t.join(timeout=0.5)
 
@@ -948,42 +949,6 @@ class Agent(DataPlaneHealth):
         self._subnet_env_text = text
         return True
 
-    # ----------------------------------------------------------------- HTTP
-    def _start_http(self) -> None:
-        routes = {"/healthz": self._healthz, "/readyz": self._readyz, "/metrics": self._metrics}
-        ports: dict[int, dict] = {}
-        if self.opts.healthz_port:
-            ports.setdefault(self.opts.healthz_port, {}).update(
-                {"/healthz": routes["/healthz"], "/readyz": routes["/readyz"]})
-        if self.opts.metrics_port:
-            ports.setdefault(self.opts.metrics_port, {})["/metrics"] = routes["/metrics"]
-        for port, r in ports.items():
-            self._servers.append(serve_http(self.opts.healthz_ip, port, r))
-
-    def _liveness_window(self) -> float:
-        return self.opts.liveness_window or max(60.0, 3 * self.opts.resync_interval)
-
-    def _healthz(self):
-        if self.state.broken:
-            return 503, "text/plain", f"{self.state.broken}\n"
-        age = self.clock() - self.state.last_cycle_end
-        if self.state.last_cycle_end and age <= self._liveness_window():
-            return 200, "text/plain", f"flannel-reconciler is running (last cycle {age:.1f}s ago)\n"
-        if not self.state.last_cycle_end:
-            return 200, "text/plain", "flannel-reconciler is starting\n"
-        return 503, "text/plain", f"reconcile loop stalled: last cycle {age:.1f}s ago\n"
-
-    def _readyz(self):
-        bad = self._failing_conditions()
-        if self.state.ready and bad:
-            return 503, "text/plain", "".join(f"not ready: {c.name}: {c.reason}\n" for c in bad)
-        if self.state.ready:
-            why = self._identity_conditions()
-            if why:
-                return 503, "text/plain", f"flannel-reconciler is not ready: {why}\n"
-            return 200, "text/plain", "flannel-reconciler is ready\n"
-        return 503, "text/plain", "flannel-reconciler is not ready yet\n"
-
     def _identity_conditions(self) -> str:
         """Why this node's identity in etcd is in doubt ("" when it is not): etcd's history
         went back and has not settled, or our key holds something that is not ours."""
@@ -993,9 +958,6 @@ class Agent(DataPlaneHealth):
         if self.keeper is not None and self.keeper.not_ours:
             why.append(self.keeper.not_ours)
         return "; ".join(why)
-
-    def _metrics(self):
-        return 200, CONTENT_TYPE, self.metrics.render()
 
 
 def _netns_inode(name: str | None, missing_ok: bool = False) -> int | None:
