@@ -794,14 +794,42 @@ class Agent(DataPlaneHealth):
         if not self.inbox.listed:
             return None
         t0 = time.monotonic()
-        tr = _tr(triggers)
         primary = primary_trigger(triggers)    # one label value per cycle (docs/metrics.md)
+        changed, oldest = self._fold_in()
+        if not self._own_lease_gate(primary):
+            return None
+        full = "resync" in triggers or self.tracker.needs_dump
+        if full and not self._dump(primary):
+            return None
+        plan, held = self._hold_back(self.tracker.plan(self.desired.state))
+        results = apply_plan(self.backend, plan, self.desired.state) if plan.changes else []
+        self.tracker.settle(plan, results, held)
+        self._rules_step()
+        failed = self._say_results(results, changed, plan, full)
+        self._retry_or_record_success(failed, held)
+        self._after_full_cycle(full, results)
+        self._subnet_env_and_readiness(failed)
+        duration = time.monotonic() - t0
+        self._cycle_metrics(primary, oldest, results, failed, duration)
+        self._log_cycle(triggers, plan, failed, held, full, duration)
+        self.state.last_cycle_end = self.clock()
+        self.last_cycle = CycleReport(frozenset(triggers), plan, tuple(results), full, duration, self.index)
+        return self.last_cycle
+
+    # The cycle's steps, in the order ``cycle`` calls them.
+    def _fold_in(self) -> tuple[set[str], float | None]:
+        """Drain the queues into the lease index, the desired state and the believed kernel view;
+        return the changed lease keys and the oldest arrival among them."""
         changed, oldest = self._drain_leases()
         changed |= self._pin_changes
         self._pin_changes = set()
         self.skips.report(self.index, changed, self.node.public_ip)
         self.tracker.dirty |= self.desired.update(self.index, changed)
         self._drain_kernel()
+        return changed, oldest
+
+    def _own_lease_gate(self, primary: str) -> bool:
+        """No cycle runs without our own lease in the table: the keeper is asked to check it."""
         if self.desired.own is None:
             # Checked on the next wake-up (our key's watch event, or the resync
             # timer): never a tight loop while etcd is away.
@@ -811,37 +839,44 @@ class Agent(DataPlaneHealth):
                 self._no_own_lease = True
             self._want_own_lease_check()
             self.metrics.inc("flannel_reconciler_cycles_total", trigger=primary, outcome="no-lease")
-            return None
-
+            return False
         self._no_own_lease = False
-        dumped = False
-        full = "resync" in triggers or self.tracker.needs_dump
-        if full:
-            try:
-                self.tracker.replace_live(dump_live(self.backend, self.config, self.node.bridge))
-            except ReconcilerError as exc:
-                log.error("cycle aborted, nothing written: %s", exc)
-                self.metrics.inc("flannel_reconciler_cycles_total", trigger=primary, outcome="error")
-                self._schedule_retry()
-                return None
-            dumped = True
-            self.metrics.inc("flannel_reconciler_dumps_total")
-            # Events queued during the dump are newer than it, or repeat it.
-            self._drain_kernel()
+        return True
 
-        plan = self.tracker.plan(self.desired.state)
+    def _dump(self, primary: str) -> bool:
+        """A full cycle's dump of the kernel, the believed view replaced by it; False: it failed
+        and the cycle is aborted with nothing written."""
+        try:
+            self.tracker.replace_live(dump_live(self.backend, self.config, self.node.bridge))
+        except ReconcilerError as exc:
+            log.error("cycle aborted, nothing written: %s", exc)
+            self.metrics.inc("flannel_reconciler_cycles_total", trigger=primary, outcome="error")
+            self._schedule_retry()
+            return False
+        self.metrics.inc("flannel_reconciler_dumps_total")
+        # Events queued during the dump are newer than it, or repeat it.
+        self._drain_kernel()
+        return True
+
+    def _hold_back(self, plan: Plan) -> tuple[Plan, tuple]:
+        """The plan to apply, and the deletions held back from it."""
         held: tuple = ()
         if any(c.op == "delete" and c.kind != "link" for c in plan) and not self._deletions_trusted():
             # Fail static: a deletion needs a lease view we can trust; it stays pending.
             held = tuple(c for c in plan if c.op == "delete" and c.kind != "link")
             plan = Plan(tuple(c for c in plan if c.op != "delete" or c.kind == "link"), plan.conflicts)
-        results = apply_plan(self.backend, plan, self.desired.state) if plan.changes else []
-        self.tracker.settle(plan, results, held)
+        return plan, held
+
+    def _rules_step(self) -> None:
         if self.rule_sync.due(self.desired.own):
             # Rules depend on our own lease and the config only: written here when our lease
             # first appears or changes; checked every --iptables-resync seconds by their own
             # thread.  Not on every lease event: reading them back costs subprocesses.
             self.rule_sync.sync(self.config, self.desired.own)
+
+    def _say_results(self, results: list, changed: set[str], plan: Plan, full: bool) -> list:
+        """Count the operations and the drift repaired, log failures and conflicts; return the
+        failed results."""
         failed = [r for r in results if not r.ok]
         # One metric call per (kind, op, result), not per object: a cold start has 15,000 results.
         ops = collections.Counter((r.change.kind, r.change.op, "ok" if r.ok else ("skipped" if r.skipped else "error"))
@@ -862,17 +897,26 @@ class Agent(DataPlaneHealth):
             log.warning("conflict: %s is %s a foreign %s (%s, proto %s); left alone",
                         describe(c.desired), conflict_words(c), c.foreign.KIND, describe(c.foreign),
                         c.foreign.protocol)
+        return failed
+
+    def _retry_or_record_success(self, failed: list, held: tuple) -> None:
         if failed or held:
             self._schedule_retry()
         else:
             self._retry_delay = self.opts.retry_min
             self.metrics.set("flannel_reconciler_last_successful_sync_timestamp_seconds", time.time())
-        if full:
-            self.skips.after_full_cycle(self.index)
-        if dumped and not any(r.ok and r.change.kind in ("link", "address") for r in results):
+
+    def _after_full_cycle(self, full: bool, results: list) -> None:
+        """After a dump: the skip summary, and the data-plane facts."""
+        if not full:
+            return
+        self.skips.after_full_cycle(self.index)
+        if not any(r.ok and r.change.kind in ("link", "address") for r in results):
             # (After a device or address write the kernel's side effects -- the bridge's connected
             # route -- are known only to the next dump, which that write asks for: check then.)
             self._check_data_plane()
+
+    def _subnet_env_and_readiness(self, failed: list) -> None:
         # subnet.env (what the CNI plugin needs) depends on our own devices and
         # addresses only: one peer's failing entry must not keep pods from starting.
         if not any(r.change.kind in ("link", "address") for r in failed):
@@ -883,7 +927,9 @@ class Agent(DataPlaneHealth):
                 # Like flanneld: READY=1 once our devices are programmed and subnet.env is written.
                 self.notifier.ready(f"ready: subnet {self.desired.own.subnet}, {len(self.index.valid)} leases, "
                                     f"{self.opts.subnet_file} written")
-        duration = time.monotonic() - t0
+
+    def _cycle_metrics(self, primary: str, oldest: float | None, results: list, failed: list,
+                       duration: float) -> None:
         if oldest is not None and results:
             self.metrics.observe("flannel_reconciler_etcd_to_kernel_seconds", self.clock() - oldest)
         self.metrics.observe("flannel_reconciler_cycle_duration_seconds", duration)
@@ -892,16 +938,16 @@ class Agent(DataPlaneHealth):
         # Set last: once it shows a revision, everything that revision caused is done (and counted).
         self.metrics.set("flannel_reconciler_lease_revision", self._folded_revision)
         self.metrics.inc("flannel_reconciler_cycles_total", trigger=primary, outcome="failed" if failed else "ok")
+
+    def _log_cycle(self, triggers: set[str], plan: Plan, failed: list, held: tuple, dumped: bool,
+                   duration: float) -> None:
         s = plan.summary()
-        level = logging.INFO if (plan.changes or failed or full) else logging.DEBUG
+        level = logging.INFO if (plan.changes or failed or dumped) else logging.DEBUG
         if log.isEnabledFor(level):
             log.log(level, "cycle trigger=%s leases=%d skipped=%d create=%d update=%d delete=%d failed=%d "
-                    "held=%d dump=%s etcd=%s duration=%.3fs", tr, len(self.index.valid), len(self.index.skipped),
-                    s["create"], s["update"], s["delete"], len(failed), len(held), "yes" if dumped else "no",
-                    "up" if self.state.etcd_ok else "DOWN", duration)
-        self.state.last_cycle_end = self.clock()
-        self.last_cycle = CycleReport(frozenset(triggers), plan, tuple(results), dumped, duration, self.index)
-        return self.last_cycle
+                    "held=%d dump=%s etcd=%s duration=%.3fs", _tr(triggers), len(self.index.valid),
+                    len(self.index.skipped), s["create"], s["update"], s["delete"], len(failed), len(held),
+                    "yes" if dumped else "no", "up" if self.state.etcd_ok else "DOWN", duration)
 
     def _schedule_retry(self) -> None:
         """Failed or held-back changes stay dirty; look at them again after a growing pause."""
