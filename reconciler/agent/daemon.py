@@ -42,7 +42,6 @@ from __future__ import annotations
 import collections
 import ctypes
 import gc
-import os
 import logging
 import random
 import threading
@@ -57,16 +56,17 @@ from reconciler.agent.failures import failure_lines
 from reconciler.agent.inbox import Inbox, Listing, Pin
 from reconciler.agent.rule_sync import RuleSync
 from reconciler.agent.skip_report import SkipReport
+from reconciler.agent.startup import (choose_v6_vtep_mac, choose_vtep_mac, netns_inode, random_vtep_mac, retry_etcd,
+                                      underlay_spec, wait_for_config)
 from reconciler.kernel.apply import apply_plan
-from reconciler.core.config import NetworkConfig, parse_network_config, require_ipv4, require_vxlan
+from reconciler.core.config import NetworkConfig, parse_network_config
 from reconciler.core.desired import NodeParams, underlay_mtu
 from reconciler.incremental.desired_index import DesiredIndex
-from reconciler.core.errors import EtcdAuthError, EtcdCompacted, EtcdError, EtcdRolledBack, ReconcilerError
+from reconciler.core.errors import EtcdCompacted, EtcdError, EtcdRolledBack, ReconcilerError
 from reconciler.incremental.lease_index import LeaseIndex
 from reconciler.core.logtext import esc
-from reconciler.core.leases import RawKV, Skipped, parse_lease
+from reconciler.core.leases import RawKV, Skipped
 from reconciler.agent.metrics import (Metrics, build_info_labels, primary_trigger)
-from reconciler.kernel.netlink.common import UnderlaySpec
 from reconciler.core.ownership import BRIDGE_NAME, FlannelOwnership
 from reconciler.core.plan import Plan
 from reconciler.core.reconcile import dump_live, on_link_predicate, owned_devices
@@ -134,13 +134,6 @@ class AgentOptions:
     #: After etcd's history went back (wiped, restored): deletions stay held this long after the
     #: new listing, so that peers re-asserting their keys are back before absence means gone.
     rollback_settle: float = 60.0
-
-
-def random_vtep_mac(rng: random.Random) -> str:
-    """flanneld's choice: 6 random bytes, locally administered, unicast."""
-    b = bytearray(rng.getrandbits(8) for _ in range(6))
-    b[0] = (b[0] & 0xFE) | 0x02
-    return ":".join(f"{x:02x}" for x in b)
 
 
 @dataclass(frozen=True)
@@ -240,8 +233,8 @@ class Agent(DataPlaneHealth):
     def start(self, stop: threading.Event) -> None:
         """Read the config, pick the VTEP MAC, acquire our lease, list the leases."""
         self.http.start()
-        self.config = self._wait_for_config(stop)
-        underlay = self.backend.underlay(self._underlay_spec())
+        self.config = wait_for_config(self.store, stop, self._set_etcd_ok)
+        underlay = self.backend.underlay(underlay_spec(self.opts))
         public_ip = self.opts.public_ip or underlay.address
         public_ipv6 = None
         if self.config.enable_ipv6:  # dual stack: the IPv6 side of the same interface, as flanneld
@@ -253,21 +246,22 @@ class Agent(DataPlaneHealth):
                                blackhole=self.opts.blackhole_route)
         log.info("underlay %s (%s), mtu %d; bridge %s", underlay.name, underlay.address, underlay.mtu,
                  self.opts.bridge or "left to the CNI plugin (--no-bridge)")
-        self._netns_inode = _netns_inode(self.opts.netns)
+        self._netns_inode = netns_inode(self.opts.netns)
         self._init_health(underlay)
         self.prepare(self.config, self.node, on_link_predicate(underlay.prefixes + underlay.prefixes6),
                      underlay_prefixes=underlay.prefixes)
 
         def acquire():
             snap = self.store.snapshot()
-            mac = self._choose_vtep_mac(snap.kvs)
-            mac6 = self._choose_v6_vtep_mac(snap.kvs) if public_ipv6 else None
+            mac = choose_vtep_mac(self.backend, self.store, self.config, public_ip, snap.kvs, self.rng)
+            mac6 = (choose_v6_vtep_mac(self.backend, self.store, self.config, public_ip, snap.kvs, self.rng)
+                    if public_ipv6 else None)
             got = acquire_lease(self.store, self.config, public_ip, mac,
                                 read_previous_subnet(self.opts.subnet_file), self.rng, public_ipv6=public_ipv6,
                                 v6_vtep_mac=mac6, previous_ipv6_subnet=read_previous_ipv6_subnet(self.opts.subnet_file))
             return mac, mac6, got
 
-        mac, mac6, acquired = self._retry_etcd("acquire a lease", acquire, stop)
+        mac, mac6, acquired = retry_etcd("acquire a lease", acquire, stop, self._set_etcd_ok)
         log.info("lease %s for %s (vtep %s%s, %s)", acquired.key, public_ip, mac,
                  f"; {public_ipv6} vtep {mac6}" if mac6 else "",
                  "reservation" if acquired.reservation else f"etcd lease {acquired.lease_id:x}")
@@ -276,13 +270,7 @@ class Agent(DataPlaneHealth):
         self.keeper = LeaseKeeper(self.store, self.config, public_ip, mac, acquired, self.rng, now=self.clock(),
                                   public_ipv6=public_ipv6, v6_vtep_mac=mac6,
                                   renew_margin=self.opts.renew_margin)
-        self._retry_etcd("list the leases", self._relist, stop)
-
-    def _underlay_spec(self) -> UnderlaySpec:
-        iface = self.opts.iface
-        ifaces = (iface,) if isinstance(iface, str) else tuple(iface or ())
-        return UnderlaySpec(ifaces=ifaces, regexes=tuple(self.opts.iface_regex),
-                            can_reach=self.opts.iface_can_reach, public_ip=self.opts.public_ip)
+        retry_etcd("list the leases", self._relist, stop, self._set_etcd_ok)
 
     def prepare(self, config: NetworkConfig, node: NodeParams, on_link: Callable[[str], bool] | None = None,
                 underlay_prefixes: tuple[str, ...] = ()) -> None:
@@ -328,76 +316,6 @@ class Agent(DataPlaneHealth):
         return {**self.inbox.counts(),
                 "dirty_keys": len(self.tracker.dirty), "dump": int(self.tracker.needs_dump),
                 "full_plan": int(self.tracker.full)}
-
-    def _retry_etcd(self, what: str, fn, stop: threading.Event):
-        """Start-up steps wait for etcd like flanneld does, with a capped backoff,
-        instead of exiting: nothing in the kernel is touched meanwhile."""
-        delay = 1.0
-        while True:
-            try:
-                return fn()
-            except EtcdAuthError:
-                raise
-            except EtcdError as exc:
-                self._set_etcd_ok(False)
-                log.warning("cannot %s: %s; retrying in %.0fs", what, exc, delay)
-            if stop.wait(delay):
-                raise ReconcilerError(f"stopped before we could {what}")
-            delay = min(delay * 2, 30.0)
-
-    def _wait_for_config(self, stop: threading.Event) -> NetworkConfig:
-        # flanneld retries every second until the config exists.
-        warned = False
-        while not stop.is_set():
-            try:
-                raw = self.store.get_config()
-            except EtcdAuthError:
-                raise  # wrong certificate or password: retrying cannot help, say so and exit
-            except EtcdError as exc:
-                raw = None
-                self._set_etcd_ok(False)
-                log.warning("etcd: %s; retrying", exc)
-            if raw is not None:
-                cfg = parse_network_config(raw)
-                require_vxlan(cfg)
-                require_ipv4(cfg)
-                self._set_etcd_ok(True)
-                return cfg
-            if not warned:
-                log.warning("no network config at %s/config yet; waiting", self.store.prefix)
-                warned = True
-            stop.wait(1.0)
-        raise ReconcilerError("stopped before the network config appeared")
-
-    def _choose_vtep_mac(self, kvs) -> str:
-        """Keep the MAC peers already know: the live device's, else our lease's, else a new one.
-
-        flanneld picks a fresh random MAC whenever it creates the device, and
-        every peer's permanent neighbour entry goes stale (flannel #1795,
-        #1330); reusing the advertised MAC avoids that churn altogether.
-        """
-        return self._known_mac(kvs, self.config.device_name, lambda lease: lease.vtep_mac)
-
-    def _choose_v6_vtep_mac(self, kvs) -> str:
-        """``_choose_vtep_mac`` for ``flannel-v6.<VNI>``: its live MAC, else our
-        lease's BackendV6Data.VtepMAC, else a new random one."""
-        return self._known_mac(kvs, self.config.v6_device_name, lambda lease: lease.v6_vtep_mac)
-
-    def _known_mac(self, kvs, dev: str, mac_of) -> str:
-        live = self.backend.dump([dev]).get("link", dev)
-        if live is not None and live.type == "vxlan" and live.mac:
-            return live.mac
-        base = self.store.subnets_prefix
-        for kv in kvs:
-            if not kv.key.startswith(base):
-                continue
-            try:
-                lease = parse_lease(kv.key[len(base):], kv.value, kv.lease)
-            except ReconcilerError:
-                continue
-            if lease.public_ip == self.node.public_ip and mac_of(lease):
-                return mac_of(lease)
-        return random_vtep_mac(self.rng)
 
     def _relist(self, checked: bool = False) -> None:
         """A complete listing, queued for the worker as one item (it replaces the table).
@@ -626,7 +544,7 @@ class Agent(DataPlaneHealth):
 
         (The network config is etcd's: the etcd thread checks it, ``_check_config``.)
         """
-        if self.opts.netns is not None and _netns_inode(self.opts.netns, missing_ok=True) != self._netns_inode:
+        if self.opts.netns is not None and netns_inode(self.opts.netns, missing_ok=True) != self._netns_inode:
             self.state.broken = (f"network namespace {self.opts.netns} was deleted or replaced: this agent "
                                  f"programs a namespace nobody uses; restart it")
             log.error("%s", self.state.broken)
@@ -1004,20 +922,6 @@ class Agent(DataPlaneHealth):
         if self.keeper is not None and self.keeper.not_ours:
             why.append(self.keeper.not_ours)
         return "; ".join(why)
-
-
-def _netns_inode(name: str | None, missing_ok: bool = False) -> int | None:
-    """The inode of ``/var/run/netns/NAME`` (None: no namespace given, or gone when ``missing_ok``)."""
-    if name is None:
-        return None
-    from reconciler.kernel.netlink.common import NETNS_RUN_DIR
-
-    try:
-        return os.stat(os.path.join(NETNS_RUN_DIR, name)).st_ino
-    except OSError:
-        if missing_ok:
-            return None
-        raise
 
 
 def _trim_heap() -> None:
