@@ -18,6 +18,14 @@ Threads, and what each may touch:
   and the believed kernel view, plans *only the keys that changed*, applies
   them, and records the answers (``docs/incremental.md``).
 
+``Agent`` is the façade that owns the threads and wires its parts, each a
+module of its own: ``inbox`` (the typed queues between the threads and the
+worker), ``startup`` (config wait, underlay, VTEP MAC), ``etcd_side`` (the
+watch and etcd threads), ``skip_report`` (skipped leases in the log and the
+metrics), ``endpoints`` (/healthz, /readyz, /metrics), ``rule_sync`` (packet
+filter rules, on their own timer) and ``conditions`` (data-plane health, a
+mixin).  The cycle itself stays here, as a short list of named steps.
+
 Per event, the work is O(that event): a lease is parsed once, only its
 objects are recomputed, and the plan covers only their keys.  The periodic
 full resync (a dump and a full diff) stays as the backstop that corrects
@@ -52,6 +60,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 from reconciler.agent.acquire import LeaseKeeper, acquire_lease
 from reconciler.agent.conditions import DataPlaneHealth
 from reconciler.agent.endpoints import Endpoints
+from reconciler.agent.etcd_side import EtcdSide
 from reconciler.agent.failures import failure_lines
 from reconciler.agent.inbox import Inbox, Listing, Pin
 from reconciler.agent.rule_sync import RuleSync
@@ -59,12 +68,11 @@ from reconciler.agent.skip_report import SkipReport
 from reconciler.agent.startup import (choose_v6_vtep_mac, choose_vtep_mac, netns_inode, random_vtep_mac, retry_etcd,
                                       underlay_spec, wait_for_config)
 from reconciler.kernel.apply import apply_plan
-from reconciler.core.config import NetworkConfig, parse_network_config
+from reconciler.core.config import NetworkConfig
 from reconciler.core.desired import NodeParams, underlay_mtu
 from reconciler.incremental.desired_index import DesiredIndex
-from reconciler.core.errors import EtcdCompacted, EtcdError, EtcdRolledBack, ReconcilerError
+from reconciler.core.errors import ReconcilerError
 from reconciler.incremental.lease_index import LeaseIndex
-from reconciler.core.logtext import esc
 from reconciler.core.leases import RawKV, Skipped
 from reconciler.agent.metrics import (Metrics, build_info_labels, primary_trigger)
 from reconciler.core.ownership import BRIDGE_NAME, FlannelOwnership
@@ -83,8 +91,6 @@ __all__ = ["Agent", "AgentOptions", "CycleReport", "random_vtep_mac"]
 
 log = logging.getLogger("flannel_reconciler")
 
-#: A deletion needs etcd to have answered within this many seconds (docs/incremental.md).
-_FRESH = 1.0
 
 
 @dataclass
@@ -188,7 +194,6 @@ class Agent(DataPlaneHealth):
         # Set by ``start`` (through ``prepare``) before any thread reads them: declared, not None.
         self.config: NetworkConfig
         self.node: NodeParams
-        self.keeper: LeaseKeeper | None = None
         self._on_link: Callable[[str], bool]
         #: /healthz, /readyz, /metrics.
         self.http = Endpoints(opts, clock, self.state, self.metrics, self._failing_conditions,
@@ -198,22 +203,9 @@ class Agent(DataPlaneHealth):
         self.last_cycle: CycleReport | None = None
         # Queues filled by the watch and kernel-event threads, drained by the worker.
         self.inbox = Inbox()
-        self._revision = 0
         self._last_wake = float("-inf")  # monotonic time of the worker's previous wake-up (coalescing)
-        self._last_etcd_answer = 0.0  # monotonic time of the last watch event, listing or probe
-        # The etcd thread: woken for a probe or an own-lease check, posts "etcd" to the worker.
-        self._etcd_wake = threading.Event()
-        self._probe_wanted = False
-        self._relist_lock = threading.Lock()
-        self._cluster_id = 0          # etcd's cluster id as first listed (0: not known)
-        self._config_missing = False
-        # etcd's history went back (docs/incremental.md, "etcd going back"): why, whether the
-        # listing after it was folded in, until when deletions stay held, our key re-asserted.
-        self._rollback: str | None = None
-        self._rollback_listed = False
-        self._rollback_until = 0.0
-        self._rollback_reasserted = False
-        self._overwrites_seen: collections.Counter = collections.Counter()
+        #: The watch thread and the etcd thread (lease keeper, config check, probes).
+        self.etcd = EtcdSide(store, opts, clock, self.metrics, self.notifier, self.state, self.inbox, self._mark)
         # Reconcile state: the worker's alone, made by ``prepare``.
         self.index: LeaseIndex
         self.desired: DesiredIndex
@@ -221,7 +213,6 @@ class Agent(DataPlaneHealth):
         self.skips = SkipReport(self.metrics, clock)
         self._pin_changes: set[str] = set()
         self._folded_revision = 0     # the last etcd revision folded into the index
-        self._config_warned: str | None = None
         self._no_own_lease = False
         self._netns_inode: int | None = None
         self._retry_at: float | None = None
@@ -229,11 +220,16 @@ class Agent(DataPlaneHealth):
         # Packet filter rules: a pipeline of their own, beside the cycle.
         self.rule_sync = RuleSync(rules, opts, self.metrics)
 
+    @property
+    def keeper(self) -> LeaseKeeper | None:
+        """Our lease's keeper (None before ``start`` acquired it), run by the etcd thread."""
+        return self.etcd.keeper
+
     # ------------------------------------------------------------- start-up
     def start(self, stop: threading.Event) -> None:
         """Read the config, pick the VTEP MAC, acquire our lease, list the leases."""
         self.http.start()
-        self.config = wait_for_config(self.store, stop, self._set_etcd_ok)
+        self.config = wait_for_config(self.store, stop, self.etcd.set_etcd_ok)
         underlay = self.backend.underlay(underlay_spec(self.opts))
         public_ip = self.opts.public_ip or underlay.address
         public_ipv6 = None
@@ -261,16 +257,16 @@ class Agent(DataPlaneHealth):
                                 v6_vtep_mac=mac6, previous_ipv6_subnet=read_previous_ipv6_subnet(self.opts.subnet_file))
             return mac, mac6, got
 
-        mac, mac6, acquired = retry_etcd("acquire a lease", acquire, stop, self._set_etcd_ok)
+        mac, mac6, acquired = retry_etcd("acquire a lease", acquire, stop, self.etcd.set_etcd_ok)
         log.info("lease %s for %s (vtep %s%s, %s)", acquired.key, public_ip, mac,
                  f"; {public_ipv6} vtep {mac6}" if mac6 else "",
                  "reservation" if acquired.reservation else f"etcd lease {acquired.lease_id:x}")
         # The one rule for "which lease is ours": the one the keeper holds (see LeaseIndex.pin).
         self._pin_changes = self.index.pin(acquired.key)
-        self.keeper = LeaseKeeper(self.store, self.config, public_ip, mac, acquired, self.rng, now=self.clock(),
+        self.etcd.keeper = LeaseKeeper(self.store, self.config, public_ip, mac, acquired, self.rng, now=self.clock(),
                                   public_ipv6=public_ipv6, v6_vtep_mac=mac6,
                                   renew_margin=self.opts.renew_margin)
-        retry_etcd("list the leases", self._relist, stop, self._set_etcd_ok)
+        retry_etcd("list the leases", self.etcd.relist, stop, self.etcd.set_etcd_ok)
 
     def prepare(self, config: NetworkConfig, node: NodeParams, on_link: Callable[[str], bool] | None = None,
                 underlay_prefixes: tuple[str, ...] = ()) -> None:
@@ -279,6 +275,7 @@ class Agent(DataPlaneHealth):
         per-event benchmark call it to drive cycles without etcd.  ``underlay_prefixes``: the
         underlay's connected prefixes, which no peer lease may capture (``underlay_guard``)."""
         self.config, self.node = config, node
+        self.etcd.config = config
         self._on_link = on_link or (lambda _ip: False)
         self.index = LeaseIndex(config, self.store.prefix,
                                 UnderlayGuard.of(node.public_ip, config.network, underlay_prefixes))
@@ -317,84 +314,24 @@ class Agent(DataPlaneHealth):
                 "dirty_keys": len(self.tracker.dirty), "dump": int(self.tracker.needs_dump),
                 "full_plan": int(self.tracker.full)}
 
-    def _relist(self, checked: bool = False) -> None:
-        """A complete listing, queued for the worker as one item (it replaces the table).
-
-        A listing below a revision already seen, or from another cluster, is etcd's history
-        gone back (unless the caller ``checked`` that already): said, and the table it gives
-        is not trusted for deletions until it settled (``_etcd_went_back``)."""
-        with self._relist_lock:
-            seen = self._revision   # read first: a linearizable listing is never below what was seen before it
-            snap = self.store.snapshot()
-            if not checked:
-                if self._cluster_id and snap.cluster_id and snap.cluster_id != self._cluster_id:
-                    self._etcd_went_back(f"etcd is another cluster now (cluster id {snap.cluster_id:x}, "
-                                         f"was {self._cluster_id:x})")
-                elif snap.revision < seen:
-                    self._etcd_went_back(f"etcd is at revision {snap.revision}, below revision {seen} already seen")
-            self._cluster_id = snap.cluster_id or self._cluster_id
-            base = self.store.subnets_prefix
-            kvs = [kv for kv in snap.kvs if kv.key.startswith(base)]
-            self._revision = snap.revision
-            self.inbox.put_listing(kvs, self.clock(), snap.revision, self._rollback is not None)
-        self._heard_from_etcd()
-        self._mark("relist")
-
-    def _etcd_went_back(self, why: str) -> None:
-        """etcd lost history (a wiped data dir, a restored backup, another cluster): a watch
-        waiting for our old revision would wait forever, our key may be gone, and what is
-        missing from the new listing may only be missing for now.  Said once, counted and
-        shown (/readyz, a gauge); the caller re-lists; our key is re-asserted at once; and
-        deletions wait until the new listing is folded in, our key is back and
-        ``rollback_settle`` has passed (docs/incremental.md, "etcd going back")."""
-        if self._rollback is not None and not self._rollback_listed:
-            self._want_own_lease_check()
-            return      # the same one, seen again before its listing is in: said once
-        log.error("etcd went back in time: %s (wiped or restored from a backup?); re-listing, re-asserting "
-                  "our lease, deleting nothing for %.0fs; the kernel is left as it is", why,
-                  self.opts.rollback_settle)
-        self.metrics.inc("flannel_reconciler_etcd_rollbacks_total")
-        self.metrics.set("flannel_reconciler_etcd_revision_backwards", 1)
-        self._rollback_listed = False
-        self._rollback_reasserted = False
-        self._rollback = why
-        self._want_own_lease_check()
-
-    def _rollback_active(self) -> bool:
-        """True while a history gone back is not settled (the readiness condition)."""
-        if self._rollback is None:
-            return False
-        if self._rollback_listed and self._rollback_reasserted and self.clock() >= self._rollback_until:
-            log.info("etcd settled after going back (%s): deletions allowed again", self._rollback)
-            self._rollback = None
-            self.metrics.set("flannel_reconciler_etcd_revision_backwards", 0)
-            return False
-        return True
-
-    def _want_own_lease_check(self) -> None:
-        """Ask the etcd thread to check our key now (a watch event on it, no own lease in the
-        table, etcd gone back)."""
-        self.state.check_own_lease = True
-        self._etcd_wake.set()
-
     # ------------------------------------------------------------ the loops
     def run(self, stop: threading.Event) -> None:
         # A stop wakes the worker at once, whatever the resync interval.
         def waker() -> None:
             stop.wait()
             self.state.wake.set()
-            self._etcd_wake.set()
+            self.etcd.wake.set()
 
         threading.Thread(target=waker, name="stop-waker", daemon=True).start()
         self.start(stop)
-        threads = [threading.Thread(target=self._watch_loop, args=(stop,), name="lease-watch", daemon=True)]
+        threads = [threading.Thread(target=self.etcd.watch_loop, args=(stop,), name="lease-watch", daemon=True)]
         subscribed = threading.Event()
         if hasattr(self.backend, "watch_kernel"):
             threads.append(threading.Thread(target=self._kernel_loop, args=(stop, subscribed),
                                             name="kernel-events", daemon=True))
         else:
             subscribed.set()
-        threads.append(threading.Thread(target=self._etcd_loop, args=(stop,), name="etcd", daemon=True))
+        threads.append(threading.Thread(target=self.etcd.etcd_loop, args=(stop,), name="etcd", daemon=True))
         if self.rule_sync.rules is not None:
             threads.append(threading.Thread(target=self.rule_sync.loop, args=(stop, self.config), name="rules",
                                             daemon=True))
@@ -420,71 +357,6 @@ class Agent(DataPlaneHealth):
         with self._lock:
             self.state.triggers.add(trigger)
         self.state.wake.set()
-
-    def _heard_from_etcd(self) -> None:
-        self._last_etcd_answer = self.clock()
-        if not self.state.etcd_ok:
-            self._set_etcd_ok(True)
-
-    def _watch_loop(self, stop: threading.Event) -> None:
-        backoff = 0.1
-        while not stop.is_set():
-            try:
-                # A progress probe every 5 s of silence: a hung etcd is noticed within
-                # ~10 s (probe + timeout), and reported through health at once.
-                for ev in self.store.watch(self._revision + 1, stop, progress_interval=5.0,
-                                           health=self._on_etcd_health, cluster_id=self._cluster_id):
-                    self.inbox.put_event(ev, self.clock())
-                    self._revision = max(self._revision, ev.revision)
-                    self._heard_from_etcd()
-                    if self.keeper is not None and ev.kv.key == self.keeper.current.key:
-                        self._want_own_lease_check()
-                    self._mark("lease")
-                    backoff = 0.1
-                return
-            except EtcdRolledBack as exc:
-                if exc.seen > self._revision:
-                    continue    # a listing already went back below what this watch saw: resume from it
-                self._etcd_went_back(str(exc))
-                self.metrics.inc("flannel_reconciler_etcd_watch_restarts_total", reason="rolled-back")
-                if not self._try_relist(stop, checked=True):
-                    stop.wait(backoff)
-                    backoff = min(backoff * 2, 5.0)
-            except EtcdCompacted as exc:
-                # Our resume point is gone from history: re-list and diff the
-                # whole state (never flanneld's hot loop, flannel #2470).
-                log.warning("lease watch: %s; re-listing", exc)
-                self.metrics.inc("flannel_reconciler_etcd_watch_restarts_total", reason="compacted")
-                self._try_relist(stop)
-            except ReconcilerError as exc:
-                self._set_etcd_ok(False)
-                log.warning("lease watch: %s; failing static, retrying in %.1fs", exc, backoff)
-                self.metrics.inc("flannel_reconciler_etcd_watch_restarts_total", reason="error")
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-                self._try_relist(stop)
-
-    def _on_etcd_health(self, ok: bool) -> None:
-        if ok:
-            self._heard_from_etcd()
-        else:
-            self._set_etcd_ok(False)
-
-    def _try_relist(self, stop: threading.Event, checked: bool = False) -> bool:
-        try:
-            self._relist(checked)
-        except ReconcilerError as exc:
-            self._set_etcd_ok(False)
-            log.warning("re-list failed: %s", exc)
-            return False
-        return True
-
-    def _set_etcd_ok(self, ok: bool) -> None:
-        if ok != self.state.etcd_ok:  # log transitions only
-            log.warning("etcd %s", "reachable again" if ok else "unreachable: failing static (no deletions)")
-            self.notifier.status("etcd reachable again" if ok else "etcd unreachable: failing static (no deletions)")
-        self.state.etcd_ok = ok
-        self.metrics.set("flannel_reconciler_etcd_up", 1 if ok else 0)
 
     def _kernel_loop(self, stop: threading.Event, subscribed: threading.Event) -> None:
         devices = set(owned_devices(self.config, self.node.bridge))
@@ -549,129 +421,6 @@ class Agent(DataPlaneHealth):
                                  f"programs a namespace nobody uses; restart it")
             log.error("%s", self.state.broken)
 
-    # ------------------------------------------------------------ the etcd thread
-    def _etcd_loop(self, stop: threading.Event) -> None:
-        """Every etcd call but the watch and the listings, off the worker: a hung etcd blocks
-        this thread for up to the store's timeout per call, never the kernel side.  It runs
-        the lease keeper (when due, or at once when asked), checks the config every resync
-        interval, and answers a held-back deletion's request for a probe."""
-        next_config = self.clock() + self.opts.resync_interval
-        own_retry_at, own_backoff = 0.0, 1.0
-        while not stop.is_set():
-            now = self.clock()
-            due = min(next_config, self.keeper.next_due if self.keeper is not None else next_config)
-            if self.state.check_own_lease:
-                due = min(due, own_retry_at)
-            if self._probe_wanted:
-                due = now
-            # Real seconds for the wait; capped so that a fake clock in a test still moves things along.
-            self._etcd_wake.wait(min(max(0.0, due - now), 1.0))
-            self._etcd_wake.clear()
-            if stop.is_set():
-                return
-            now = self.clock()
-            try:
-                if self._probe_wanted:
-                    self._probe_wanted = False
-                    self._probe()
-                if self.keeper is not None and ((self.state.check_own_lease and now >= own_retry_at)
-                                                or now >= self.keeper.next_due):
-                    if self._keep_lease():
-                        own_backoff = 1.0
-                    else:       # never a tight loop while etcd is away
-                        own_retry_at, own_backoff = now + own_backoff, min(own_backoff * 2, 30.0)
-                if now >= next_config:
-                    next_config = now + self.opts.resync_interval
-                    self._check_config()
-            except Exception:   # a bug here must not end the keepalives for good: said, retried
-                log.exception("etcd thread: unexpected error; retrying in 1s")
-                stop.wait(1.0)
-
-    def _probe(self) -> None:
-        """One cheap linearizable read, asked for by a cycle that holds deletions back: an
-        answer makes the lease view trustworthy again for ``_FRESH`` s, and wakes the worker."""
-        try:
-            self.store.status()
-        except ReconcilerError as exc:
-            if self.state.etcd_ok:
-                log.warning("etcd probe before a deletion: %s", exc)
-            self._set_etcd_ok(False)
-            return
-        self._heard_from_etcd()
-        self._mark("etcd")
-
-    def _keep_lease(self) -> bool:
-        """Run the keeper (on the etcd thread); False when etcd did not answer."""
-        before = self.keeper.current
-        check = self.state.check_own_lease
-        rollback = self._rollback     # read before the check: only a check begun after it re-asserts
-        self.state.check_own_lease = False
-        try:
-            if check:
-                self.keeper.ensure()
-            else:
-                self.keeper.tick(self.clock())
-        except ReconcilerError as exc:
-            log.warning("lease %s: %s", esc(before.key), exc)
-            if isinstance(exc, EtcdError):
-                self._set_etcd_ok(False)
-            if check:
-                self.state.check_own_lease = True
-            return False
-        self._report_own_key()
-        if check and rollback is not None and rollback is self._rollback and not self._rollback_reasserted:
-            log.info("our lease %s re-asserted after etcd went back", esc(self.keeper.current.key))
-            self._rollback_reasserted = True
-        if self.keeper.current.key != before.key:
-            log.warning("our lease moved: %s -> %s", esc(before.key), esc(self.keeper.current.key))
-            self.inbox.put_pin(self.keeper.current.key, self.clock())
-            self._try_relist(threading.Event())
-        return True
-
-    def _report_own_key(self) -> None:
-        """The keeper's findings about writes over our key: counted, and a gauge while our key
-        holds something that is not ours."""
-        for kind, n in self.keeper.overwritten.items():
-            if n > self._overwrites_seen[kind]:
-                self.metrics.inc("flannel_reconciler_own_lease_overwritten_total", n - self._overwrites_seen[kind],
-                                 reason=kind)
-                self._overwrites_seen[kind] = n
-        self.metrics.set("flannel_reconciler_own_lease_not_ours", 1 if self.keeper.not_ours else 0)
-
-    def _check_config(self) -> None:
-        """The network config: flanneld and this agent read it at start-up only (a new Network or
-        VNI means new devices and leases); a change is said once, and
-        ``flannel_reconciler_config_changed`` turns 1, until the agent is restarted.  A deleted
-        config is said too (an error): this node runs on, but any agent or flanneld started now
-        waits for it."""
-        try:
-            raw = self.store.get_config()
-        except ReconcilerError:
-            return      # the outage is reported by the etcd health signal
-        if raw is None:
-            if not self._config_missing:
-                log.error("the network config %s was deleted from etcd; this node keeps running with the one "
-                          "it read at start-up, but any agent or flanneld (re)started now waits for it: put it "
-                          "back", esc(self.store.config_key))
-                self._config_missing = True
-            self.metrics.set("flannel_reconciler_config_missing", 1)
-            self.metrics.set("flannel_reconciler_config_changed", 1)
-            return
-        if self._config_missing:
-            log.info("the network config %s is back", esc(self.store.config_key))
-            self._config_missing = False
-            self._config_warned = None
-        self.metrics.set("flannel_reconciler_config_missing", 0)
-        try:
-            changed = parse_network_config(raw) != self.config
-        except ReconcilerError as exc:
-            changed, raw = True, f"(unusable: {exc})"
-        if changed and raw != self._config_warned:
-            log.warning("the network config in etcd changed (now %s); it is read at start-up only, as "
-                        "flanneld does: restart the agent to apply it", esc(raw))
-            self._config_warned = raw
-        self.metrics.set("flannel_reconciler_config_changed", 1 if changed else 0)
-
     # ------------------------------------------------------------ one cycle
     def _drain_leases(self) -> tuple[set[str], float | None]:
         """Fold queued lease events into the index; return the changed keys and the oldest arrival."""
@@ -684,11 +433,7 @@ class Agent(DataPlaneHealth):
             if isinstance(item, Listing):
                 changed |= self.index.replace_all(item.kvs)
                 revision = item.revision
-                if item.after_rollback and self._rollback is not None and not self._rollback_listed:
-                    # The listing after etcd went back: complete, but what it lacks may only be
-                    # missing for now; deletions wait rollback_settle s more.
-                    self._rollback_listed = True
-                    self._rollback_until = self.clock() + self.opts.rollback_settle
+                self.etcd.listing_folded(item.after_rollback)
             else:
                 ev = item.event
                 changed |= self.index.put(ev.kv) if ev.type == "put" else self.index.delete(ev.kv.key)
@@ -755,7 +500,7 @@ class Agent(DataPlaneHealth):
                 log.warning("no valid lease has PublicIP %s: re-acquiring, kernel left as it is",
                             self.node.public_ip)
                 self._no_own_lease = True
-            self._want_own_lease_check()
+            self.etcd.want_own_lease_check()
             self.metrics.inc("flannel_reconciler_cycles_total", trigger=primary, outcome="no-lease")
             return False
         self._no_own_lease = False
@@ -779,7 +524,7 @@ class Agent(DataPlaneHealth):
     def _hold_back(self, plan: Plan) -> tuple[Plan, tuple]:
         """The plan to apply, and the deletions held back from it."""
         held: tuple = ()
-        if any(c.op == "delete" and c.kind != "link" for c in plan) and not self._deletions_trusted():
+        if any(c.op == "delete" and c.kind != "link" for c in plan) and not self.etcd.deletions_trusted():
             # Fail static: a deletion needs a lease view we can trust; it stays pending.
             held = tuple(c for c in plan if c.op == "delete" and c.kind != "link")
             plan = Plan(tuple(c for c in plan if c.op != "delete" or c.kind == "link"), plan.conflicts)
@@ -837,13 +582,14 @@ class Agent(DataPlaneHealth):
     def _subnet_env_and_readiness(self, failed: list) -> None:
         # subnet.env (what the CNI plugin needs) depends on our own devices and
         # addresses only: one peer's failing entry must not keep pods from starting.
-        if not any(r.change.kind in ("link", "address") for r in failed):
+        own = self.desired.own      # never None here: the own-lease gate let the cycle run
+        if own is not None and not any(r.change.kind in ("link", "address") for r in failed):
             if self._write_subnet_env() and not self.state.ready:
                 self.state.ready = True
                 self.metrics.set("flannel_reconciler_ready", 0 if self._failing_conditions() else 1)
                 log.info("ready: first full sync done, %s written", self.opts.subnet_file)
                 # Like flanneld: READY=1 once our devices are programmed and subnet.env is written.
-                self.notifier.ready(f"ready: subnet {self.desired.own.subnet}, {len(self.index.valid)} leases, "
+                self.notifier.ready(f"ready: subnet {own.subnet}, {len(self.index.valid)} leases, "
                                     f"{self.opts.subnet_file} written")
 
     def _cycle_metrics(self, primary: str, oldest: float | None, results: list, failed: list,
@@ -871,20 +617,6 @@ class Agent(DataPlaneHealth):
         """Failed or held-back changes stay dirty; look at them again after a growing pause."""
         self._retry_at = self.clock() + self._retry_delay
         self._retry_delay = min(self._retry_delay * 2, self.opts.retry_max)
-
-    def _deletions_trusted(self) -> bool:
-        """Before deleting: can we trust the lease view?  Yes when etcd answered within the last
-        ``_FRESH`` s (a lease event, a watch progress answer, a probe): a peer's lease deleted is
-        acted on without an extra round trip.  Otherwise the etcd thread is asked for one
-        probe, and the deletions stay held (their keys dirty) until its answer wakes us: the
-        worker never waits for etcd.  Never while etcd's history went back and has not settled."""
-        if self._rollback_active():
-            return False
-        if self.state.etcd_ok and self.clock() - self._last_etcd_answer < _FRESH:
-            return True
-        self._probe_wanted = True
-        self._etcd_wake.set()
-        return False
 
     def _write_subnet_env(self) -> bool:
         """Write subnet.env when it changed.  A file we cannot write (read-only, full disk,
@@ -917,8 +649,8 @@ class Agent(DataPlaneHealth):
         """Why this node's identity in etcd is in doubt ("" when it is not): etcd's history
         went back and has not settled, or our key holds something that is not ours."""
         why = []
-        if self._rollback_active():
-            why.append(f"etcd went back in time ({self._rollback}); re-listed, deletions held back")
+        if self.etcd.rollback_active():
+            why.append(f"etcd went back in time ({self.etcd.rollback}); re-listed, deletions held back")
         if self.keeper is not None and self.keeper.not_ours:
             why.append(self.keeper.not_ours)
         return "; ".join(why)
