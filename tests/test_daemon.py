@@ -562,7 +562,9 @@ def test_a_deleted_config_is_said_and_counted(etcd_store, start_agent, caplog):
     store.delete(store.config_key)
     wait_for(lambda: metric("flannel_reconciler_config_missing") == 1, what="config missing seen")
     assert metric("flannel_reconciler_config_changed") == 1
-    time.sleep(1.0)   # several config checks (one per 0.3 s resync interval): said once
+    # Several config checks: the etcd thread makes one per resync interval, as the worker resyncs
+    # once per interval; three resyncs counted by the agent are about three checks.  Said once.
+    agent.resyncs(3)
     said = [r.getMessage() for r in caplog.records if "was deleted from etcd" in r.getMessage()]
     assert len(said) == 1 and store.config_key in said[0] and "put it back" in said[0]
     assert agent.agent.state.ready
@@ -613,7 +615,7 @@ def test_a_wiped_etcd_is_noticed_our_key_reasserted_and_nothing_deleted(etcd_ser
         put_peer(store, "100.64.4.0-24", "198.18.0.4", MAC4)
         wait_for(lambda: "100.64.4.0/24" in routes(kernel), what="a peer of the new etcd programmed")
         # ... and the peers the wipe lost are not deleted while it settles.
-        time.sleep(1.0)   # several resyncs and retries
+        agent.resyncs(3)   # several resyncs (each a full plan that would delete them if it could)
         assert {"100.64.2.0/24", "100.64.3.0/24"} <= set(routes(kernel))
         assert kernel.dump(["flannel.1"]).get("fdb", ("flannel.1", MAC2)) is not None
         said = [r.getMessage() for r in caplog.records if "went back in time" in r.getMessage()]
