@@ -263,9 +263,9 @@ class Agent(DataPlaneHealth):
                  "reservation" if acquired.reservation else f"etcd lease {acquired.lease_id:x}")
         # The one rule for "which lease is ours": the one the keeper holds (see LeaseIndex.pin).
         self._pin_changes = self.index.pin(acquired.key)
-        self.etcd.keeper = LeaseKeeper(self.store, self.config, public_ip, mac, acquired, self.rng, now=self.clock(),
-                                  public_ipv6=public_ipv6, v6_vtep_mac=mac6,
-                                  renew_margin=self.opts.renew_margin)
+        self.etcd.keeper = LeaseKeeper(self.store, self.config, public_ip, mac, acquired, self.rng,
+                                       now=self.clock(), public_ipv6=public_ipv6, v6_vtep_mac=mac6,
+                                       renew_margin=self.opts.renew_margin)
         retry_etcd("list the leases", self.etcd.relist, stop, self.etcd.set_etcd_ok)
 
     def prepare(self, config: NetworkConfig, node: NodeParams, on_link: Callable[[str], bool] | None = None,
@@ -414,7 +414,7 @@ class Agent(DataPlaneHealth):
           and nobody uses what we program there; /healthz turns 503 and it is logged
           every resync, so an operator or the kubelet restarts us.
 
-        (The network config is etcd's: the etcd thread checks it, ``_check_config``.)
+        (The network config is etcd's: the etcd thread checks it, ``EtcdSide._check_config``.)
         """
         if self.opts.netns is not None and netns_inode(self.opts.netns, missing_ok=True) != self._netns_inode:
             self.state.broken = (f"network namespace {self.opts.netns} was deleted or replaced: this agent "
