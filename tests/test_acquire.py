@@ -324,7 +324,7 @@ def test_keeper_schedule_with_a_fake_clock(store):
 def test_keeper_keepalive_resets_ttl(store):
     got = acquire_lease(store, CFG, ME, MAC, None, random.Random(0), ttl=30)
     rev = store.get(got.key).mod_revision
-    time.sleep(1.2)
+    time.sleep(1.2)   # real time: etcd's TTL counts down in seconds, nothing to wait on instead
     assert store.time_to_live(got.lease_id) < 30
     keeper = LeaseKeeper(store, CFG, ME, MAC, got, random.Random(0), now=0.0, ttl=30)
     assert keeper.tick(10.0) == got

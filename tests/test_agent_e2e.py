@@ -236,7 +236,7 @@ def test_three_agents_race_for_three_subnets(store, etcd_server, lab):
         agent.start()
     wait_for(lambda: all("no network config" in a.log() for a in agents), "every agent waiting for the config", lab)
     etcd_server.pause()
-    time.sleep(1.2)
+    time.sleep(1.2)   # real time: longer than the agents' 1 s config retry, so their retries fall in step
     etcd_server.resume()
     store.put_config(NARROW)
     wait_all_ready(agents)

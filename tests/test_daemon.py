@@ -211,7 +211,7 @@ def test_fail_static_while_etcd_is_down(etcd_server, start_agent):
         wait_for(lambda: agent.agent.metrics.get("flannel_reconciler_etcd_up") == 0, what="etcd marked down")
         agent.resyncs(2)
         assert "100.64.77.0/24" in routes(kernel), "deleted something while failing static"
-        assert agent.agent._healthz()[0] == 200
+        assert agent.agent.http.healthz()[0] == 200
 
         etcd_server.start()
         wait_for(lambda: "100.64.77.0/24" not in routes(kernel), timeout=30, what="stale route removed once etcd is back")
@@ -495,11 +495,11 @@ def test_a_deleted_namespace_turns_healthz_red(etcd_store, start_agent):
         etcd_store.put_config(CONFIG)
         agent = start_agent(etcd_store, node_kernel(), netns=ns)
         agent.ready()
-        assert agent.agent._healthz()[0] == 200
+        assert agent.agent.http.healthz()[0] == 200
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
-    wait_for(lambda: agent.agent._healthz()[0] == 503, what="healthz red")
-    assert "was deleted" in agent.agent._healthz()[2]
+    wait_for(lambda: agent.agent.http.healthz()[0] == 503, what="healthz red")
+    assert "was deleted" in agent.agent.http.healthz()[2]
 
 
 # --------------------------------------------------------------------------------------------
@@ -544,7 +544,7 @@ def test_a_bad_write_over_our_key_is_written_back_and_the_subnet_kept(etcd_store
     assert "100.64.2.0/24" in routes(kernel)
     assert any("wrote ours back" in r.getMessage() and own.key in r.getMessage() for r in caplog.records)
     assert agent.agent.metrics.get("flannel_reconciler_own_lease_not_ours") == 0
-    assert agent.agent._readyz()[0] == 200
+    assert agent.agent.http.readyz()[0] == 200
 
 
 def test_a_deleted_config_is_said_and_counted(etcd_store, start_agent, caplog):
@@ -562,7 +562,9 @@ def test_a_deleted_config_is_said_and_counted(etcd_store, start_agent, caplog):
     store.delete(store.config_key)
     wait_for(lambda: metric("flannel_reconciler_config_missing") == 1, what="config missing seen")
     assert metric("flannel_reconciler_config_changed") == 1
-    time.sleep(1.0)   # several config checks (one per 0.3 s resync interval): said once
+    # Several config checks: the etcd thread makes one per resync interval, as the worker resyncs
+    # once per interval; three resyncs counted by the agent are about three checks.  Said once.
+    agent.resyncs(3)
     said = [r.getMessage() for r in caplog.records if "was deleted from etcd" in r.getMessage()]
     assert len(said) == 1 and store.config_key in said[0] and "put it back" in said[0]
     assert agent.agent.state.ready
@@ -604,7 +606,7 @@ def test_a_wiped_etcd_is_noticed_our_key_reasserted_and_nothing_deleted(etcd_ser
         wait_for(lambda: metric("flannel_reconciler_etcd_rollbacks_total") == 1, timeout=30,
                  what="the rollback noticed")
         assert metric("flannel_reconciler_etcd_revision_backwards") == 1
-        status, _, body = agent.agent._readyz()
+        status, _, body = agent.agent.http.readyz()
         assert status == 503 and "went back in time" in body
         # Our key is back at once, same subnet, same bytes, under a fresh etcd lease.
         wait_for(lambda: store.get(own.key) is not None, what="our key re-asserted")
@@ -613,7 +615,7 @@ def test_a_wiped_etcd_is_noticed_our_key_reasserted_and_nothing_deleted(etcd_ser
         put_peer(store, "100.64.4.0-24", "198.18.0.4", MAC4)
         wait_for(lambda: "100.64.4.0/24" in routes(kernel), what="a peer of the new etcd programmed")
         # ... and the peers the wipe lost are not deleted while it settles.
-        time.sleep(1.0)   # several resyncs and retries
+        agent.resyncs(3)   # several resyncs (each a full plan that would delete them if it could)
         assert {"100.64.2.0/24", "100.64.3.0/24"} <= set(routes(kernel))
         assert kernel.dump(["flannel.1"]).get("fdb", ("flannel.1", MAC2)) is not None
         said = [r.getMessage() for r in caplog.records if "went back in time" in r.getMessage()]
@@ -637,7 +639,7 @@ def test_after_a_wiped_etcd_settled_the_lost_peers_go_and_readyz_is_green(etcd_s
         wait_for(lambda: metric("flannel_reconciler_etcd_rollbacks_total") == 1, timeout=30,
                  what="the rollback noticed")
         wait_for(lambda: "100.64.2.0/24" not in routes(kernel), timeout=30, what="the lost peer removed")
-        wait_for(lambda: agent.agent._readyz()[0] == 200, what="ready again")
+        wait_for(lambda: agent.agent.http.readyz()[0] == 200, what="ready again")
         assert metric("flannel_reconciler_etcd_revision_backwards") == 0
         assert store.get(agent.agent.keeper.current.key).value == agent.agent.keeper.current.value
 

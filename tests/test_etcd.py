@@ -412,7 +412,7 @@ def test_expired_token_is_renewed_transparently():
         with EtcdStore([server.endpoint], username=creds["user"], password=creds["password"],
                        timeout=2.0) as store:
             store.put_config("one")
-            time.sleep(2.5)
+            time.sleep(2.5)   # real time: the 1 s auth token must expire on etcd's own clock
             store.put_config("two")
             assert store.get_config() == "two"
 

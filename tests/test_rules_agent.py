@@ -1,4 +1,4 @@
-"""The agent's rule step (``Agent._sync_rules``) with a fake rule reconciler: what it asks, logs and counts."""
+"""The agent's rule step (``Agent.rule_sync``) with a fake rule reconciler: what it asks, logs and counts."""
 from __future__ import annotations
 
 import logging
@@ -51,7 +51,7 @@ def test_flags_reach_the_rules_and_changes_are_counted_and_logged(caplog):
     rules = FakeRules()
     a = agent(rules, ip_masq=True, forward_rules=False, masq_fully_random_disable=True)
     with caplog.at_level(logging.INFO, logger="flannel_reconciler"):
-        a._sync_rules(lease(subnet1, host1, mac1))
+        a.rule_sync.sync(a.config, lease(subnet1, host1, mac1))
     assert rules.flags == [RuleFlags(forward_rules=False, ip_masq=True, masq_fully_random_disable=True)]
     assert rules.applied == 1
     assert "modprobe br_netfilter" in caplog.text
@@ -65,7 +65,7 @@ def test_a_missing_tool_is_logged_once_and_nothing_is_applied(caplog):
     a = agent(rules)
     with caplog.at_level(logging.INFO, logger="flannel_reconciler"):
         for _ in range(3):
-            a._sync_rules(lease(subnet1, host1, mac1))
+            a.rule_sync.sync(a.config, lease(subnet1, host1, mac1))
     assert caplog.text.count("rules: iptables is not installed") == 1
     assert caplog.text.count("modprobe br_netfilter") == 1     # start-up warning: once
     assert rules.applied == 0
@@ -75,7 +75,7 @@ def test_failed_changes_are_errors_naming_the_rule_and_never_raise(caplog):
     rules = FakeRules(fail_apply="iptables-nft-restore --noflush -w failed: boom")
     a = agent(rules)
     with caplog.at_level(logging.INFO, logger="flannel_reconciler"):
-        a._sync_rules(lease(subnet1, host1, mac1))
+        a.rule_sync.sync(a.config, lease(subnet1, host1, mac1))
     assert "failed: rule iptables -t filter chain FLANNEL-FWD: iptables-nft-restore --noflush -w failed: boom" \
         in caplog.text
     assert "failed=4" in caplog.text
@@ -83,8 +83,8 @@ def test_failed_changes_are_errors_naming_the_rule_and_never_raise(caplog):
 
 def test_no_rule_reconciler_or_no_lease_yet_does_nothing():
     a = agent(None)
-    a._sync_rules(lease(subnet1, host1, mac1))      # rules not managed: a no-op
+    a.rule_sync.sync(a.config, lease(subnet1, host1, mac1))     # rules not managed: a no-op
     rules = FakeRules()
     b = agent(rules)
-    b._sync_rules(None)                             # before the first cycle: no lease to build rules from
+    b.rule_sync.sync(b.config, None)                #  before the first cycle: no lease to build rules from
     assert rules.flags == []

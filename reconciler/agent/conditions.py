@@ -1,6 +1,6 @@
 """The agent's data-plane health: facts read after each full cycle, conditions, repairs.
 
-A mixin of ``Agent`` (like ``RuleSync``), so the daemon's loop only calls
+A mixin of ``Agent``, so the daemon's loop only calls
 ``_check_data_plane()``.  What is decided is pure (``core/health.py``);
 what is read is in ``kernel/facts.py``.  Here: when to read, what to repair,
 what to say.

@@ -3,18 +3,22 @@
 A pipeline of its own (``reconciler/rules``, docs/traffic-rules.md), kept
 out of the reconcile cycle: the rules depend on the config and our own lease
 only, and reading them back costs subprocesses, so they are never touched by
-a peer's lease event.  ``RuleSync`` is mixed into ``daemon.Agent``, which
-provides ``rules``, ``config``, ``opts``, ``metrics`` and the three
-``_rules_*`` attributes.
+a peer's lease event.  ``RuleSync`` is a part of ``daemon.Agent`` with its
+own lock and state; what it needs is given to it: the rule reconciler, the
+agent's options and metrics at construction, the network config and our own
+lease at each call.
 """
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.core.config import NetworkConfig
 from reconciler.core.errors import ReconcilerError
+
+if TYPE_CHECKING:
+    from reconciler.agent.metrics import Metrics
 
 __all__ = ["RuleSync"]
 
@@ -22,20 +26,29 @@ log = logging.getLogger("flannel_reconciler")
 
 
 class RuleSync:
-    # Provided by ``daemon.Agent`` (see above).
-    rules: Any
-    config: NetworkConfig
-    opts: Any
-    metrics: Any
-    _rules_lock: threading.Lock
-    _rules_lease: Any
-    _rules_error: str | None
+    """``rules``: a ``RuleReconciler``, or None (rules not managed, as in tests whose backend
+    is not a real kernel).  ``opts``: the agent's options (the rule flags, ``iptables_resync``)."""
 
-    def _sync_rules(self, own_lease) -> None:
+    def __init__(self, rules: Any, opts: Any, metrics: Metrics) -> None:
+        self.rules = rules
+        self.opts = opts
+        self.metrics = metrics
+        # The cycle (the worker) and the rules thread both sync: one at a time.
+        self._rules_lock = threading.Lock()
+        #: The own lease the rules were last built from (None: not yet).
+        self.lease: Any = None
+        self._rules_error: str | None = None
+
+    def due(self, own_lease) -> bool:
+        """Whether the cycle should sync now: rules are managed and our lease first appeared or
+        changed (the rules depend on it and the config only)."""
+        return self.rules is not None and own_lease != self.lease
+
+    def sync(self, config: NetworkConfig, own_lease) -> None:
         """Plan and apply our packet filter rules (docs/traffic-rules.md).
 
         Runs when our lease first appears or changes (from the cycle) and
-        every ``iptables_resync`` seconds (``_rules_loop``), like flanneld's
+        every ``iptables_resync`` seconds (``loop``), like flanneld's
         5-second check, so a rule deleted by hand is back within one check.
         A failure is logged and retried; it never stops the netlink side.
         """
@@ -46,20 +59,20 @@ class RuleSync:
         flags = RuleFlags(forward_rules=self.opts.forward_rules, ip_masq=self.opts.ip_masq,
                           masq_fully_random_disable=self.opts.masq_fully_random_disable)
         with self._rules_lock:
-            first = self._rules_lease is None
-            self._rules_lease = own_lease
+            first = self.lease is None
+            self.lease = own_lease
             if first:
-                for w in self.rules.startup_warnings(self.config):
+                for w in self.rules.startup_warnings(config):
                     log.warning("%s", w)
             try:
-                plan = self.rules.plan(self.rules.desired(self.config, own_lease, flags))
+                plan = self.rules.plan(self.rules.desired(config, own_lease, flags))
             except ReconcilerError as exc:
                 if str(exc) != self._rules_error:  # once per distinct problem, not every 5 s
                     log.error("rules: %s; retrying", exc)
                 self._rules_error = str(exc)
                 return
             self._rules_error = None
-            warning = self.rules.forward_warning(self.config)
+            warning = self.rules.forward_warning(config)
             if warning and first:
                 log.warning("%s", warning)
             if plan.in_sync:
@@ -78,10 +91,10 @@ class RuleSync:
         log.info("rules create=%d update=%d delete=%d failed=%d", s["create"], s["update"], s["delete"],
                  len(failed))
 
-    def _rules_loop(self, stop: threading.Event) -> None:
-        # flanneld checks its rules every --iptables-resync seconds.
+    def loop(self, stop: threading.Event, config: NetworkConfig) -> None:
+        """The rules thread: flanneld checks its rules every --iptables-resync seconds."""
         while not stop.wait(max(0.5, self.opts.iptables_resync)):
             try:
-                self._sync_rules(self._rules_lease)
+                self.sync(config, self.lease)
             except Exception:  # the loop must survive anything one check throws
                 log.exception("rules check failed")
