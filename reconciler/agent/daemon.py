@@ -477,6 +477,7 @@ class Agent(DataPlaneHealth):
         self._subnet_env_and_readiness(failed)
         duration = time.monotonic() - t0
         self._cycle_metrics(primary, oldest, results, failed, duration)
+        self._trim_after(full, results)
         self._log_cycle(triggers, plan, failed, held, full, duration)
         self.state.last_cycle_end = self.clock()
         self.last_cycle = CycleReport(frozenset(triggers), plan, tuple(results), full, duration, self.index)
@@ -600,15 +601,17 @@ class Agent(DataPlaneHealth):
         if oldest is not None and results:
             self.metrics.observe("flannel_reconciler_etcd_to_kernel_seconds", self.clock() - oldest)
         self.metrics.observe("flannel_reconciler_cycle_duration_seconds", duration)
+        # Set last: once it shows a revision, everything that revision caused is done (and counted).
+        self.metrics.set("flannel_reconciler_lease_revision", self._folded_revision)
+        self.metrics.inc("flannel_reconciler_cycles_total", trigger=primary, outcome="failed" if failed else "ok")
+
+    def _trim_after(self, dumped: bool, results: list) -> None:
         # A cold start or a re-created device; and a dump of a large state, whose fresh objects
         # the full plan has just let go of (the believed view keeps the desired instances):
         # 2 MiB less at 5,000 nodes, and 0.1 ms at 20,000 leases once the state is frozen
         # (docs/memory.md).
         if len(results) > 1000 or (dumped and len(self.tracker.live) > 1000):
             _trim_heap()
-        # Set last: once it shows a revision, everything that revision caused is done (and counted).
-        self.metrics.set("flannel_reconciler_lease_revision", self._folded_revision)
-        self.metrics.inc("flannel_reconciler_cycles_total", trigger=primary, outcome="failed" if failed else "ok")
 
     def _log_cycle(self, triggers: set[str], plan: Plan, failed: list, held: tuple, dumped: bool,
                    duration: float) -> None:
