@@ -50,7 +50,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable
 
-from reconciler.agent.acquire import LeaseKeeper, acquire_lease
+from reconciler.agent.acquire import Acquired, LeaseKeeper, Listing, acquire_lease
 from reconciler.agent.conditions import DataPlaneHealth
 from reconciler.agent.failures import failure_lines
 from reconciler.agent.rule_sync import RuleSync
@@ -61,7 +61,7 @@ from reconciler.incremental.desired_index import DesiredIndex
 from reconciler.core.errors import EtcdAuthError, EtcdCompacted, EtcdError, EtcdRolledBack, ReconcilerError
 from reconciler.incremental.lease_index import LeaseIndex
 from reconciler.core.logtext import esc
-from reconciler.core.leases import RawKV, Skipped, parse_lease
+from reconciler.core.leases import Lease, RawKV, Skipped
 from reconciler.agent.metrics import (CONTENT_TYPE, SKIP_REASONS, Metrics, build_info_labels, primary_trigger,
                                       serve_http, skip_reason_label)
 from reconciler.kernel.netlink.common import UnderlaySpec
@@ -86,6 +86,8 @@ _SKIP_LINES = 20
 _SKIP_WINDOW = 10.0
 #: A deletion needs etcd to have answered within this many seconds (docs/incremental.md).
 _FRESH = 1.0
+#: Start-up: how long the first cycle waits for acquisition's write to come back through the watch.
+_ECHO_WAIT = 5.0
 
 
 @dataclass
@@ -207,6 +209,9 @@ class Agent(RuleSync, DataPlaneHealth):
         self._kernel_q: collections.deque = collections.deque()
         self._revision = 0
         self._listed = False          # the first complete lease list has been queued
+        # Start-up: the keys acquisition wrote, until the watch brings each write back (``_await_echo``).
+        self._echo_keys: set[str] = set()
+        self._echo = threading.Event()
         self._last_wake = float("-inf")  # monotonic time of the worker's previous wake-up (coalescing)
         self._last_etcd_answer = 0.0  # monotonic time of the last watch event, listing or probe
         # The etcd thread: woken for a probe or an own-lease check, posts "etcd" to the worker.
@@ -269,25 +274,35 @@ class Agent(RuleSync, DataPlaneHealth):
         self.prepare(self.config, self.node, on_link_predicate(underlay.prefixes + underlay.prefixes6),
                      underlay_prefixes=underlay.prefixes)
 
+        # One listing feeds the VTEP MAC choice, acquisition and the first cycle: folded into
+        # the lease index at once, each value parsed once (docs/incremental.md, "Start-up").
+        self._retry_etcd("list the leases", self._first_listing, stop)
+        tries = 0
+
         def acquire():
-            snap = self.store.snapshot()
-            mac = self._choose_vtep_mac(snap.kvs)
-            mac6 = self._choose_v6_vtep_mac(snap.kvs) if public_ipv6 else None
+            nonlocal tries
+            if tries:       # etcd failed half-way: what was listed may be stale now
+                self._first_listing()
+            tries += 1
+            listing = Listing.of(self.index.kvs(), self.store.subnets_prefix, self.index.parsed_any)
+            mac = self._choose_vtep_mac(listing.leases)
+            mac6 = self._choose_v6_vtep_mac(listing.leases) if public_ipv6 else None
             got = acquire_lease(self.store, self.config, public_ip, mac,
                                 read_previous_subnet(self.opts.subnet_file), self.rng, public_ipv6=public_ipv6,
-                                v6_vtep_mac=mac6, previous_ipv6_subnet=read_previous_ipv6_subnet(self.opts.subnet_file))
-            return mac, mac6, got
+                                v6_vtep_mac=mac6, previous_ipv6_subnet=read_previous_ipv6_subnet(self.opts.subnet_file),
+                                listing=listing)
+            return mac, mac6, got, listing
 
-        mac, mac6, acquired = self._retry_etcd("acquire a lease", acquire, stop)
+        mac, mac6, acquired, listing = self._retry_etcd("acquire a lease", acquire, stop)
         log.info("lease %s for %s (vtep %s%s, %s)", acquired.key, public_ip, mac,
                  f"; {public_ipv6} vtep {mac6}" if mac6 else "",
                  "reservation" if acquired.reservation else f"etcd lease {acquired.lease_id:x}")
         # The one rule for "which lease is ours": the one the keeper holds (see LeaseIndex.pin).
-        self._pin_changes = self.index.pin(acquired.key)
+        self._pin_changes |= self.index.pin(acquired.key)
         self.keeper = LeaseKeeper(self.store, self.config, public_ip, mac, acquired, self.rng, now=self.clock(),
                                   public_ipv6=public_ipv6, v6_vtep_mac=mac6,
                                   renew_margin=self.opts.renew_margin)
-        self._retry_etcd("list the leases", self._relist, stop)
+        self._await_echo(listing.kvs.get(acquired.key), acquired)
 
     def _underlay_spec(self) -> UnderlaySpec:
         iface = self.opts.iface
@@ -381,35 +396,54 @@ class Agent(RuleSync, DataPlaneHealth):
             stop.wait(1.0)
         raise ReconcilerError("stopped before the network config appeared")
 
-    def _choose_vtep_mac(self, kvs) -> str:
+    def _choose_vtep_mac(self, leases: Iterable[Lease]) -> str:
         """Keep the MAC peers already know: the live device's, else our lease's, else a new one.
 
         flanneld picks a fresh random MAC whenever it creates the device, and
         every peer's permanent neighbour entry goes stale (flannel #1795,
         #1330); reusing the advertised MAC avoids that churn altogether.
         """
-        return self._known_mac(kvs, self.config.device_name, lambda lease: lease.vtep_mac)
+        return self._known_mac(leases, self.config.device_name, lambda lease: lease.vtep_mac)
 
-    def _choose_v6_vtep_mac(self, kvs) -> str:
+    def _choose_v6_vtep_mac(self, leases: Iterable[Lease]) -> str:
         """``_choose_vtep_mac`` for ``flannel-v6.<VNI>``: its live MAC, else our
         lease's BackendV6Data.VtepMAC, else a new random one."""
-        return self._known_mac(kvs, self.config.v6_device_name, lambda lease: lease.v6_vtep_mac)
+        return self._known_mac(leases, self.config.v6_device_name, lambda lease: lease.v6_vtep_mac)
 
-    def _known_mac(self, kvs, dev: str, mac_of) -> str:
+    def _known_mac(self, leases: Iterable[Lease], dev: str, mac_of) -> str:
+        """``leases``: every lease that parses (whatever the config), in key order."""
         live = self.backend.dump([dev]).get("link", dev)
         if live is not None and live.type == "vxlan" and live.mac:
             return live.mac
-        base = self.store.subnets_prefix
-        for kv in kvs:
-            if not kv.key.startswith(base):
-                continue
-            try:
-                lease = parse_lease(kv.key[len(base):], kv.value, kv.lease)
-            except ReconcilerError:
-                continue
+        for lease in leases:
             if lease.public_ip == self.node.public_ip and mac_of(lease):
                 return mac_of(lease)
         return random_vtep_mac(self.rng)
+
+    def _first_listing(self) -> None:
+        """The start-up listing, folded into the lease index now rather than queued, so that the
+        VTEP MAC choice and acquisition read it already parsed; the watch starts from its
+        revision + 1, so every change after it (acquisition's own writes included) arrives."""
+        snap = self.store.snapshot()
+        base = self.store.subnets_prefix
+        self._cluster_id = snap.cluster_id or self._cluster_id
+        self._revision = self._folded_revision = snap.revision
+        self._pin_changes |= self.index.replace_all(kv for kv in snap.kvs if kv.key.startswith(base))
+        self._listed = True
+        self._heard_from_etcd()
+        self._mark("relist")
+
+    def _await_echo(self, listed: RawKV | None, acquired: Acquired) -> None:
+        """Acquisition wrote after the start-up listing: our key (unless it found it as it wants
+        it) and the deletion of our leases that no longer fit.  The first cycle waits for the
+        watch to bring those writes back (``run``), so it sees what a listing taken after
+        acquisition would show, without a second listing."""
+        keys = set(acquired.deleted)
+        if listed is None or listed.value != acquired.value or listed.lease != acquired.lease_id:
+            keys.add(acquired.key)
+        self._echo_keys = keys
+        if not keys:
+            self._echo.set()
 
     def _relist(self, checked: bool = False) -> None:
         """A complete listing, queued for the worker as one item (it replaces the table).
@@ -479,6 +513,7 @@ class Agent(RuleSync, DataPlaneHealth):
             stop.wait()
             self.state.wake.set()
             self._etcd_wake.set()
+            self._echo.set()
 
         threading.Thread(target=waker, name="stop-waker", daemon=True).start()
         self.start(stop)
@@ -496,6 +531,9 @@ class Agent(RuleSync, DataPlaneHealth):
             t.start()
         # Subscribe before the first dump, so that nothing falls between them.
         subscribed.wait(5.0)
+        # Our own write back through the watch (milliseconds); should the watch be slow to come
+        # up, the first cycle runs without it and the own-lease check takes over.
+        self._echo.wait(_ECHO_WAIT)
         try:
             self._work_loop(stop)
         finally:
@@ -532,8 +570,12 @@ class Agent(RuleSync, DataPlaneHealth):
                     self._lease_q.append(("event", ev, self.clock()))
                     self._revision = max(self._revision, ev.revision)
                     self._heard_from_etcd()
-                    if self.keeper is not None and ev.kv.key == self.keeper.current.key:
+                    if self.keeper is not None and ev.kv.key == self.keeper.current.key and not self._is_echo(ev):
                         self._want_own_lease_check()
+                    if ev.kv.key in self._echo_keys:
+                        self._echo_keys.discard(ev.kv.key)
+                        if not self._echo_keys:
+                            self._echo.set()
                     self._mark("lease")
                     backoff = 0.1
                 return
@@ -558,6 +600,12 @@ class Agent(RuleSync, DataPlaneHealth):
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
                 self._try_relist(stop)
+
+    def _is_echo(self, ev: WatchEvent) -> bool:
+        """A put of exactly the lease the keeper holds (our own write coming back): nothing to check."""
+        cur = self.keeper.current if self.keeper is not None else None
+        return (cur is not None and ev.type == "put" and ev.kv.value == cur.value
+                and ev.kv.lease == cur.lease_id)
 
     def _on_etcd_health(self, ok: bool) -> None:
         if ok:
