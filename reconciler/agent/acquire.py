@@ -173,7 +173,11 @@ def choose_subnet(config: NetworkConfig, leases: Iterable[Lease], public_ip: str
         return compatible4(lease.subnet) and compatible6(lease.ipv6_subnet)
 
     leases = list(leases)
-    own = [lease for lease in leases if _same_ip(lease.public_ip, me)]
+    # Compared as text: IPv4Address accepts only the canonical dotted quad (no leading zeros, no
+    # spaces), so two texts name the same address exactly when they are equal, and a text it
+    # would reject is never ours; an IPv4Address per lease was most of a 5,000-lease choice.
+    me_text = str(me)
+    own = [lease for lease in leases if lease.public_ip == me_text]
     compatible_own = [lease for lease in own if compatible(lease)]
     delete = tuple(lease for lease in own if not compatible(lease) and not lease.is_reservation)
     for lease in own:
