@@ -163,3 +163,20 @@ def test_acquisition_chooses_from_the_listing_it_is_given():
     got = acquire_lease(store, config, ME, MAC2.replace("02", "99"), None, random.Random(1), listing=listing)
     assert store.created == [got.key]
     assert got.subnet.network_address.packed[2] >= 100      # SubnetMin of CONFIG, none of the listed
+
+
+def test_a_listing_after_acquisition_ends_the_wait_for_its_writes(etcd_store, tmp_path):
+    """Should the watch have to re-list (its start revision compacted away) before it brought
+    acquisition's writes back, that listing shows them: the first cycle waits no longer."""
+    from reconciler.agent.acquire import Acquired
+    from reconciler.agent.daemon import Agent, AgentOptions
+    from ipaddress import IPv4Network
+
+    etcd_store.put_config(CONFIG)
+    agent = Agent(etcd_store, node_kernel(), AgentOptions(subnet_file=str(tmp_path / "subnet.env")))
+    ours = Acquired(IPv4Network("100.64.100.0/24"), f"{etcd_store.subnets_prefix}100.64.100.0-24", 5,
+                    encode_lease_value(ME, MAC2, 1), False)
+    agent._await_echo(None, ours)
+    assert not agent._echo.is_set()
+    agent._relist()
+    assert agent._echo.is_set()

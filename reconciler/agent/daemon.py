@@ -466,6 +466,7 @@ class Agent(RuleSync, DataPlaneHealth):
             self._revision = snap.revision
             self._lease_q.append(("list", kvs, self.clock(), snap.revision, self._rollback is not None))
             self._listed = True
+            self._echo.set()    # a listing after acquisition shows its writes: nothing left to wait for
         self._heard_from_etcd()
         self._mark("relist")
 
