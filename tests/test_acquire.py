@@ -7,6 +7,8 @@ import time
 from ipaddress import IPv4Network
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from reconciler.agent.acquire import (Acquired, AcquireError, LeaseKeeper, OutOfSubnets, acquire_lease,
                                 choose_subnet)
@@ -512,3 +514,20 @@ def test_a_moved_public_ip_meets_a_bad_write_in_place_and_writes_ours_back(store
     assert (now.key, now.subnet) == (got.key, got.subnet)
     assert store.get(got.key).value == flanneld_value("192.168.0.77", MAC)
     assert keeper.overwritten["foreign"] == 1
+
+
+@given(st.ip_addresses(v=4), st.sampled_from(["{}", "0{}", " {}", "{} ", "{}.0", "00{}", "+{}"]), st.booleans())
+def test_our_public_ip_found_by_text_is_found_by_address(addr, spelling, last_octet):
+    """choose_subnet finds our leases by comparing PublicIP texts: the same answer as comparing
+    addresses, whatever the spelling a lease carries (IPv4Address accepts only one spelling)."""
+    from reconciler.agent.acquire import _same_ip
+
+    octets = str(addr).split(".")
+    text = ".".join(octets[:3] + [spelling.format(octets[3])]) if last_octet else spelling.format(addr)
+    import dataclasses
+
+    # Past parse_lease's own checks (which reject most of these spellings): the comparison alone.
+    mine = dataclasses.replace(lease("10.244.5.0/24", "198.19.0.1"), public_ip=text)
+    others = [lease("10.244.6.0/24", "198.19.0.9" if str(addr) != "198.19.0.9" else "198.19.0.8")]
+    choice = choose_subnet(CFG, others + [mine], str(addr), None, random.Random(0))
+    assert (choice.source == "own") == _same_ip(text, addr)

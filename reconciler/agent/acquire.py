@@ -37,7 +37,7 @@ import logging
 import random
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Network
-from typing import TYPE_CHECKING, Iterable, Literal
+from typing import TYPE_CHECKING, Callable, Iterable, Literal, Mapping
 
 from reconciler.core.logtext import esc
 from reconciler.core.config import NetworkConfig, require_ipv4
@@ -52,6 +52,7 @@ __all__ = [
     "Acquired",
     "Choice",
     "LeaseKeeper",
+    "Listing",
     "OutOfSubnets",
     "SUBNET_TTL",
     "acquire_lease",
@@ -116,6 +117,9 @@ class Acquired:
     #: etcd's create revision of the key as we hold it (0: not known).  Tells our key overwritten
     #: in place from our key deleted and created again by someone else (``LeaseKeeper.ensure``).
     create_revision: int = field(default=0, compare=False)
+    #: The keys acquisition deleted on the way (our leases that no longer fit the config): the
+    #: agent waits for the watch to show their deletion before its first cycle.
+    deleted: tuple[str, ...] = field(default=(), compare=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,7 +173,11 @@ def choose_subnet(config: NetworkConfig, leases: Iterable[Lease], public_ip: str
         return compatible4(lease.subnet) and compatible6(lease.ipv6_subnet)
 
     leases = list(leases)
-    own = [lease for lease in leases if _same_ip(lease.public_ip, me)]
+    # Compared as text: IPv4Address accepts only the canonical dotted quad (no leading zeros, no
+    # spaces), so two texts name the same address exactly when they are equal, and a text it
+    # would reject is never ours; an IPv4Address per lease was most of a 5,000-lease choice.
+    me_text = str(me)
+    own = [lease for lease in leases if lease.public_ip == me_text]
     compatible_own = [lease for lease in own if compatible(lease)]
     delete = tuple(lease for lease in own if not compatible(lease) and not lease.is_reservation)
     for lease in own:
@@ -281,12 +289,50 @@ def _same_ip(text: str, me: IPv4Address) -> bool:
 # Imperative: acquire
 # --------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Listing:
+    """One listing of ``<prefix>/subnets/`` as acquisition reads it: the kvs by full key, the
+    leases that parse (whatever the config) in key order, and the subnets of keys whose value
+    does not parse (taken all the same).
+
+    The agent lists the leases once at start-up and hands that listing, already parsed by its
+    lease index, to its first try (``acquire_lease``'s ``listing``): one listing and one parse
+    feed the VTEP MAC choice, acquisition and the first cycle (docs/incremental.md)."""
+
+    kvs: Mapping[str, RawKV]
+    leases: tuple[Lease, ...]
+    occupied: tuple[tuple[IPv4Network, IPv6Network | None], ...]
+
+    @classmethod
+    def of(cls, kvs: Iterable[RawKV], base: str,
+           parsed: Callable[[str], Lease | None] | None = None) -> "Listing":
+        """The listing of ``kvs`` (only those under ``base``).  ``parsed``: the lease already
+        parsed from a full key's value, or None when that value does not parse; without it
+        every value is parsed here."""
+        by_key = {kv.key: kv for kv in kvs if kv.key.startswith(base)}
+        if parsed is None:
+            leases, occupied = _parse_subnets(by_key.values(), base)
+            return cls(by_key, tuple(leases), tuple(occupied))
+        found: list[Lease] = []
+        taken: list[tuple[IPv4Network, IPv6Network | None]] = []
+        for key in sorted(by_key):
+            lease = parsed(key)
+            if lease is not None:
+                found.append(lease)
+                continue
+            try:
+                taken.append(parse_subnet_key(key[len(base):]))
+            except LeaseError:
+                pass  # not a subnet key: flanneld ignores it too
+        return cls(by_key, tuple(found), tuple(taken))
+
 def acquire_lease(store: "EtcdStore", config: NetworkConfig, public_ip: str, vtep_mac: str,
                   previous_subnet: IPv4Network | None, rng: random.Random, ttl: int = SUBNET_TTL,
                   max_tries: int = 10, *, public_ipv6: str | None = None, v6_vtep_mac: str | None = None,
-                  previous_ipv6_subnet: IPv6Network | None = None) -> Acquired:
+                  previous_ipv6_subnet: IPv6Network | None = None, listing: Listing | None = None) -> Acquired:
     """Acquire (or reclaim) this node's lease: list, choose, write with a
-    compare; on a lost race list again, up to ``max_tries`` times.
+    compare; on a lost race list again, up to ``max_tries`` times.  ``listing``: what the
+    first try chooses from instead of listing itself (a listing the caller just read).
 
     The value is exactly ``lease_value(config, ...)``: in dual stack with
     ``PublicIPv6`` and ``BackendV6Data``, under the key naming both subnets.
@@ -296,10 +342,13 @@ def acquire_lease(store: "EtcdStore", config: NetworkConfig, public_ip: str, vte
     value = lease_value(config, public_ip, vtep_mac, public_ipv6, v6_vtep_mac)
     base = store.subnets_prefix
     previous, previous6 = previous_subnet, previous_ipv6_subnet
+    deleted: list[str] = []
     for attempt in range(1, max_tries + 1):
-        snap = store.snapshot()
-        kvs = {kv.key: kv for kv in snap.kvs if kv.key.startswith(base)}
-        leases, occupied = _parse_subnets(kvs.values(), base)
+        if listing is None:
+            listing = Listing.of(store.snapshot().kvs, base)
+        kvs = listing.kvs
+        leases, occupied = list(listing.leases), list(listing.occupied)
+        listing = None      # a lost race lists again
         # Our previous subnet's key holding a value nobody can parse names no other owner: it is
         # ours to take back (docs/decisions.md, "Our own key"), not a reason to move the node.
         # (IPv4 only: in dual stack the IPv6 half may be chosen anew, under another key.)
@@ -315,6 +364,7 @@ def acquire_lease(store: "EtcdStore", config: NetworkConfig, public_ip: str, vte
         for stale in choice.delete:
             kv = kvs[base + stale.key]
             if store.delete_if_value(kv.key, kv.value):
+                deleted.append(kv.key)
                 log.info("deleted our lease %s: it does not fit the network config", esc(kv.key))
 
         if choice.lease is not None:
@@ -322,7 +372,7 @@ def acquire_lease(store: "EtcdStore", config: NetworkConfig, public_ip: str, vte
             if got is not None:
                 log.info("reusing %s %s for PublicIP %s", "reservation" if got.reservation else "lease",
                          esc(got.key), public_ip)
-                return got
+                return replace(got, deleted=tuple(deleted))
             # It changed under us; if it vanished, the subnet we just held is the one to take again.
             previous, previous6 = choice.subnet, choice.ipv6_subnet
         else:
@@ -347,7 +397,8 @@ def acquire_lease(store: "EtcdStore", config: NetworkConfig, public_ip: str, vte
                              choice.ipv6_source, choice.ipv6_subnet, key)
                 else:
                     log.info("acquired %s subnet %s (%s)", choice.source, choice.subnet, key)
-                return Acquired(choice.subnet, key, lease_id, value, False, ttl, choice.ipv6_subnet, created_at)
+                return Acquired(choice.subnet, key, lease_id, value, False, ttl, choice.ipv6_subnet, created_at,
+                                tuple(deleted))
             _revoke_quietly(store, lease_id)
         log.info("lost the race for %s (try %d of %d): listing again", choice.subnet, attempt, max_tries)
     raise AcquireError(f"could not acquire a subnet lease: lost the race {max_tries} times in a row")

@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from reconciler.agent.acquire import LeaseKeeper, acquire_lease
+from reconciler.agent.acquire import Listing as LeaseListing
 from reconciler.agent.conditions import DataPlaneHealth
 from reconciler.agent.endpoints import Endpoints
 from reconciler.agent.etcd_side import EtcdSide
@@ -90,6 +91,9 @@ if TYPE_CHECKING:
 __all__ = ["Agent", "AgentOptions", "CycleReport", "random_vtep_mac"]
 
 log = logging.getLogger("flannel_reconciler")
+
+#: Start-up: how long the first cycle waits for acquisition's write to come back through the watch.
+_ECHO_WAIT = 5.0
 
 
 
@@ -247,26 +251,45 @@ class Agent(DataPlaneHealth):
         self.prepare(self.config, self.node, on_link_predicate(underlay.prefixes + underlay.prefixes6),
                      underlay_prefixes=underlay.prefixes)
 
+        # One listing feeds the VTEP MAC choice, acquisition and the first cycle: folded into
+        # the lease index at once, each value parsed once (docs/incremental.md, "Start-up").
+        retry_etcd("list the leases", self._first_listing, stop, self.etcd.set_etcd_ok)
+        tries = 0
+
         def acquire():
-            snap = self.store.snapshot()
-            mac = choose_vtep_mac(self.backend, self.store, self.config, public_ip, snap.kvs, self.rng)
-            mac6 = (choose_v6_vtep_mac(self.backend, self.store, self.config, public_ip, snap.kvs, self.rng)
+            nonlocal tries
+            if tries:       # etcd failed half-way: what was listed may be stale now
+                self._first_listing()
+            tries += 1
+            listing = LeaseListing.of(self.index.kvs(), self.store.subnets_prefix, self.index.parsed_any)
+            mac = choose_vtep_mac(self.backend, self.config, public_ip, listing.leases, self.rng)
+            mac6 = (choose_v6_vtep_mac(self.backend, self.config, public_ip, listing.leases, self.rng)
                     if public_ipv6 else None)
             got = acquire_lease(self.store, self.config, public_ip, mac,
                                 read_previous_subnet(self.opts.subnet_file), self.rng, public_ipv6=public_ipv6,
-                                v6_vtep_mac=mac6, previous_ipv6_subnet=read_previous_ipv6_subnet(self.opts.subnet_file))
-            return mac, mac6, got
+                                v6_vtep_mac=mac6, previous_ipv6_subnet=read_previous_ipv6_subnet(self.opts.subnet_file),
+                                listing=listing)
+            return mac, mac6, got, listing
 
-        mac, mac6, acquired = retry_etcd("acquire a lease", acquire, stop, self.etcd.set_etcd_ok)
+        mac, mac6, acquired, listing = retry_etcd("acquire a lease", acquire, stop, self.etcd.set_etcd_ok)
         log.info("lease %s for %s (vtep %s%s, %s)", acquired.key, public_ip, mac,
                  f"; {public_ipv6} vtep {mac6}" if mac6 else "",
                  "reservation" if acquired.reservation else f"etcd lease {acquired.lease_id:x}")
         # The one rule for "which lease is ours": the one the keeper holds (see LeaseIndex.pin).
-        self._pin_changes = self.index.pin(acquired.key)
+        self._pin_changes |= self.index.pin(acquired.key)
         self.etcd.keeper = LeaseKeeper(self.store, self.config, public_ip, mac, acquired, self.rng,
                                        now=self.clock(), public_ipv6=public_ipv6, v6_vtep_mac=mac6,
                                        renew_margin=self.opts.renew_margin)
-        retry_etcd("list the leases", self.etcd.relist, stop, self.etcd.set_etcd_ok)
+        self.etcd.await_echo(listing.kvs.get(acquired.key), acquired)
+
+    def _first_listing(self) -> None:
+        """The start-up listing (``EtcdSide.first_listing``) folded into the lease index now."""
+        snap = self.etcd.first_listing()
+        base = self.store.subnets_prefix
+        self._folded_revision = snap.revision
+        self._pin_changes |= self.index.replace_all(kv for kv in snap.kvs if kv.key.startswith(base))
+        self.inbox.listed = True
+        self._mark("relist")
 
     def prepare(self, config: NetworkConfig, node: NodeParams, on_link: Callable[[str], bool] | None = None,
                 underlay_prefixes: tuple[str, ...] = ()) -> None:
@@ -321,6 +344,7 @@ class Agent(DataPlaneHealth):
             stop.wait()
             self.state.wake.set()
             self.etcd.wake.set()
+            self.etcd.echo.set()
 
         threading.Thread(target=waker, name="stop-waker", daemon=True).start()
         self.start(stop)
@@ -339,6 +363,9 @@ class Agent(DataPlaneHealth):
             t.start()
         # Subscribe before the first dump, so that nothing falls between them.
         subscribed.wait(5.0)
+        # Our own write back through the watch (milliseconds); should the watch be slow to come
+        # up, the first cycle runs without it and the own-lease check takes over.
+        self.etcd.echo.wait(_ECHO_WAIT)
         try:
             self._work_loop(stop)
         finally:

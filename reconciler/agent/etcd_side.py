@@ -26,7 +26,8 @@ from reconciler.core.errors import EtcdCompacted, EtcdError, EtcdRolledBack, Rec
 from reconciler.core.logtext import esc
 
 if TYPE_CHECKING:
-    from reconciler.agent.acquire import LeaseKeeper
+    from reconciler.agent.acquire import Acquired, LeaseKeeper
+    from reconciler.core.leases import RawKV
     from reconciler.agent.inbox import Inbox
     from reconciler.agent.metrics import Metrics
     from reconciler.agent.sdnotify import Notifier
@@ -72,6 +73,39 @@ class EtcdSide:
         self._rollback_until = 0.0
         self._rollback_reasserted = False
         self._overwrites_seen: collections.Counter = collections.Counter()
+        # Start-up: the keys acquisition wrote, until the watch brings each write back (``await_echo``).
+        self._echo_keys: set[str] = set()
+        self.echo = threading.Event()
+
+    def first_listing(self):
+        """The start-up listing, returned for the agent to fold into its lease index at once
+        (rather than queued), so that the VTEP MAC choice and acquisition read it already
+        parsed; the watch starts from its revision + 1, so every change after it
+        (acquisition's own writes included) arrives (docs/incremental.md, "Start-up")."""
+        with self._relist_lock:
+            snap = self.store.snapshot()
+            self._cluster_id = snap.cluster_id or self._cluster_id
+            self._revision = snap.revision
+        self._heard_from_etcd()
+        return snap
+
+    def await_echo(self, listed: RawKV | None, acquired: Acquired) -> None:
+        """Acquisition wrote after the start-up listing: our key (unless it found it as it wants
+        it) and the deletion of our leases that no longer fit.  The first cycle waits for the
+        watch to bring those writes back (``echo``), so it sees what a listing taken after
+        acquisition would show, without a second listing."""
+        keys = set(acquired.deleted)
+        if listed is None or listed.value != acquired.value or listed.lease != acquired.lease_id:
+            keys.add(acquired.key)
+        self._echo_keys = keys
+        if not keys:
+            self.echo.set()
+
+    def _is_echo(self, ev) -> bool:
+        """A put of exactly the lease the keeper holds (our own write coming back): nothing to check."""
+        cur = self.keeper.current if self.keeper is not None else None
+        return (cur is not None and ev.type == "put" and ev.kv.value == cur.value
+                and ev.kv.lease == cur.lease_id)
 
     def relist(self, checked: bool = False) -> None:
         """A complete listing, queued for the worker as one item (it replaces the table).
@@ -93,6 +127,7 @@ class EtcdSide:
             kvs = [kv for kv in snap.kvs if kv.key.startswith(base)]
             self._revision = snap.revision
             self.inbox.put_listing(kvs, self.clock(), snap.revision, self._rollback is not None)
+            self.echo.set()     # a listing after acquisition shows its writes: nothing left to wait for
         self._heard_from_etcd()
         self._mark("relist")
 
@@ -149,8 +184,12 @@ class EtcdSide:
                     self.inbox.put_event(ev, self.clock())
                     self._revision = max(self._revision, ev.revision)
                     self._heard_from_etcd()
-                    if self.keeper is not None and ev.kv.key == self.keeper.current.key:
+                    if self.keeper is not None and ev.kv.key == self.keeper.current.key and not self._is_echo(ev):
                         self.want_own_lease_check()
+                    if ev.kv.key in self._echo_keys:
+                        self._echo_keys.discard(ev.kv.key)
+                        if not self._echo_keys:
+                            self.echo.set()
                     self._mark("lease")
                     backoff = 0.1
                 return

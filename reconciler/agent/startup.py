@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, TypeVar
 
 from reconciler.core.config import NetworkConfig, parse_network_config, require_ipv4, require_vxlan
 from reconciler.core.errors import EtcdAuthError, EtcdError, ReconcilerError
-from reconciler.core.leases import Lease, RawKV, parse_lease
+from reconciler.core.leases import Lease
 from reconciler.kernel.netlink.common import UnderlaySpec
 
 if TYPE_CHECKING:  # the store is only called here
@@ -88,37 +88,31 @@ def wait_for_config(store: EtcdStore, stop: threading.Event, set_etcd_ok: Callab
     raise ReconcilerError("stopped before the network config appeared")
 
 
-def choose_vtep_mac(backend, store: EtcdStore, config: NetworkConfig, public_ip: str, kvs: Iterable[RawKV],
+def choose_vtep_mac(backend, config: NetworkConfig, public_ip: str, leases: Iterable[Lease],
                     rng: random.Random) -> str:
     """Keep the MAC peers already know: the live device's, else our lease's, else a new one.
 
     flanneld picks a fresh random MAC whenever it creates the device, and
     every peer's permanent neighbour entry goes stale (flannel #1795,
     #1330); reusing the advertised MAC avoids that churn altogether.
+    ``leases``: every lease that parses (whatever the config), in key order.
     """
-    return _known_mac(backend, store, public_ip, kvs, config.device_name, lambda lease: lease.vtep_mac, rng)
+    return _known_mac(backend, public_ip, leases, config.device_name, lambda lease: lease.vtep_mac, rng)
 
 
-def choose_v6_vtep_mac(backend, store: EtcdStore, config: NetworkConfig, public_ip: str, kvs: Iterable[RawKV],
+def choose_v6_vtep_mac(backend, config: NetworkConfig, public_ip: str, leases: Iterable[Lease],
                        rng: random.Random) -> str:
     """``choose_vtep_mac`` for ``flannel-v6.<VNI>``: its live MAC, else our
     lease's BackendV6Data.VtepMAC, else a new random one."""
-    return _known_mac(backend, store, public_ip, kvs, config.v6_device_name, lambda lease: lease.v6_vtep_mac, rng)
+    return _known_mac(backend, public_ip, leases, config.v6_device_name, lambda lease: lease.v6_vtep_mac, rng)
 
 
-def _known_mac(backend, store: EtcdStore, public_ip: str, kvs: Iterable[RawKV], dev: str,
+def _known_mac(backend, public_ip: str, leases: Iterable[Lease], dev: str,
                mac_of: Callable[[Lease], str | None], rng: random.Random) -> str:
     live = backend.dump([dev]).get("link", dev)
     if live is not None and live.type == "vxlan" and live.mac:
         return live.mac
-    base = store.subnets_prefix
-    for kv in kvs:
-        if not kv.key.startswith(base):
-            continue
-        try:
-            lease = parse_lease(kv.key[len(base):], kv.value, kv.lease)
-        except ReconcilerError:
-            continue
+    for lease in leases:
         mac = mac_of(lease)
         if lease.public_ip == public_ip and mac:
             return mac

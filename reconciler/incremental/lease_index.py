@@ -38,6 +38,9 @@ class _Entry:
     kv: RawKV
     lease: Lease | None      # parsed and fitting the config; None when ``reason`` says why not
     reason: str | None
+    #: The value parsed whatever the config (None: it does not parse): what acquisition reads
+    #: (a lease that does not fit still holds its subnet), parsed once with the rest.
+    parsed: Lease | None = None
 
 
 #: A lease's standing: a valid ``Lease``, or a ``Skipped`` with the reason.
@@ -92,6 +95,12 @@ class LeaseIndex:
         """The lease parsed from ``etcd_key``'s value, valid or not (None: absent or unparsable)."""
         entry = self._entries.get(etcd_key)
         return entry.lease if entry is not None else None
+
+    def parsed_any(self, etcd_key: str) -> Lease | None:
+        """The lease parsed from ``etcd_key``'s value whether or not it fits the config (None:
+        absent or unparsable): acquisition's view of a listing, without parsing it again."""
+        entry = self._entries.get(etcd_key)
+        return entry.parsed if entry is not None else None
 
     def pin(self, etcd_key: str | None) -> set[str]:
         """Make ``etcd_key`` win every claim it makes: the one rule for "which lease is ours".
@@ -164,13 +173,13 @@ class LeaseIndex:
         seeds = {kv.key}
         if old is not None and old.kv.value == kv.value and old.kv.lease == kv.lease:
             # Same bytes (a re-put): keep the parsed lease; only the rank moved.
-            entry = _Entry(kv, old.lease, old.reason)
+            entry = _Entry(kv, old.lease, old.reason, old.parsed)
             self._entries[kv.key] = entry
             return seeds
         if old is not None:
             seeds |= self._unclaim(kv.key, old)
-        lease, reason = self._parse(kv)
-        entry = _Entry(kv, lease, reason)
+        parsed, lease, reason = self._parse(kv)
+        entry = _Entry(kv, lease, reason, parsed)
         self._entries[kv.key] = entry
         if lease is not None:
             for what, val in self._claims(lease):
@@ -185,13 +194,14 @@ class LeaseIndex:
                     holders.add(kv.key)
         return seeds
 
-    def _parse(self, kv: RawKV) -> tuple[Lease | None, str | None]:
+    def _parse(self, kv: RawKV) -> tuple[Lease | None, Lease | None, str | None]:
+        """(parsed whatever the config, parsed and fitting, why it does not)."""
         try:
             lease = parse_lease(kv.key[len(self.base):], kv.value, kv.lease)
         except LeaseError as exc:
-            return None, exc.reason
+            return None, None, exc.reason
         reason = _misfit(self.config, lease, self.guard)
-        return (None, reason) if reason is not None else (lease, None)
+        return (lease, None, reason) if reason is not None else (lease, lease, None)
 
     def _unclaim(self, key: str, entry: _Entry) -> set[str]:
         """Drop ``key``'s claims; return the other claimants of them (their standing may change)."""
