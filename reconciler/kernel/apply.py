@@ -47,10 +47,6 @@ _PHASES = {
 _NPHASES = 8
 
 
-def _phase(change: Change) -> int:
-    return _PHASES[("delete" if change.op == "delete" else "write", change.kind)]
-
-
 def apply_plan(backend, plan: Plan, desired: KernelState | None = None) -> list[OpResult]:
     """Apply ``plan``; return one ``OpResult`` per change, in plan order.
 
@@ -69,8 +65,13 @@ def apply_plan(backend, plan: Plan, desired: KernelState | None = None) -> list[
     # every small incremental plan cost the whole cluster).
     planned_mac: dict[tuple[str, str], str] = {}
     changes = list(plan)
-    for c in changes:
-        if c.kind == "neigh" and c.op != "delete":
+    # Each change goes to its phase's bucket in one pass, in plan order (a filter
+    # of every change per phase was 120,000 ``_phase`` calls at 5,000 nodes).
+    phases: list[list[tuple[int, Change]]] = [[] for _ in range(_NPHASES)]
+    for i, c in enumerate(changes):
+        kind, write = c.obj.KIND, c.op != "delete"
+        phases[_PHASES[("write" if write else "delete", kind)]].append((i, c))
+        if write and kind == "neigh":
             planned_mac[c.obj.key] = c.obj.mac
 
     def neigh_mac(key: tuple[str, str]) -> str | None:
@@ -80,11 +81,9 @@ def apply_plan(backend, plan: Plan, desired: KernelState | None = None) -> list[
             mac = n.mac if n is not None else None
         return mac
 
-    for phase in range(_NPHASES):
+    for members in phases:
         batch: list[tuple[int, Change]] = []
-        for i, c in enumerate(changes):
-            if _phase(c) != phase:
-                continue
+        for i, c in members:
             reason = _blocked(c, failed_devs, failed_addr_devs, failed_neigh, failed_fdb, neigh_mac, failed_nh)
             if reason:
                 results[i] = OpResult(c, ok=False, message=reason, skipped=True)
