@@ -120,22 +120,23 @@ def _note_failure(c: Change, devs: set, addr_devs: set, neighs: set, fdbs: set, 
 
 def _blocked(c: Change, devs: set, addr_devs: set, neighs: set, fdbs: set, neigh_mac,
              nhs: set = frozenset()) -> str:
+    kind = c.obj.KIND            # once: the property is a call, and this runs for every change
     if c.op == "delete":
-        if c.kind == "address" and c.obj.dev in addr_devs:
+        if kind == "address" and c.obj.dev in addr_devs:
             return (f"not attempted: the new address on {c.obj.dev} failed, and removing the old one "
                     f"could leave no IPv4 address (the kernel would flush its routes and neighbours)")
-        if c.kind == "nexthop" and c.obj.id in nhs:
+        if kind == "nexthop" and c.obj.id in nhs:
             return (f"not attempted: a route using nexthop {c.obj.id} could not be moved off it, and "
                     f"deleting the nexthop would delete that route too")
         return ""
-    if c.kind == "link":
+    if kind == "link":
         return ""
     dev = c.obj.dev
     if dev in devs:
         return f"not attempted: device {dev} could not be created"
-    if c.kind == "route" and c.obj.nhid and c.obj.nhid in nhs:
+    if kind == "route" and c.obj.nhid and c.obj.nhid in nhs:
         return f"not attempted: nexthop {c.obj.nhid} failed"
-    if c.kind in ("route", "nexthop") and c.obj.gateway is not None and dev is not None:
+    if kind in ("route", "nexthop") and c.obj.gateway is not None and dev is not None:
         nkey = (dev, c.obj.gateway)
         if nkey in neighs:
             return f"not attempted: neighbour {c.obj.gateway} dev {dev} failed"
