@@ -173,7 +173,7 @@ def test_tests_are_marked_by_the_fixtures_they_use(request):
 def _imported(*argv: str) -> tuple[subprocess.CompletedProcess, set[str]]:
     """Run ``python -X importtime -m reconciler argv``; its result and every module it imported."""
     out = subprocess.run([sys.executable, "-X", "importtime", "-m", "reconciler", *argv],
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=60, cwd=ROOT.parent)
     names = {line.rpartition("|")[2].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
     return out, names
 
@@ -208,3 +208,21 @@ def test_the_package_loads_its_public_names_on_first_use():
             "print(before, make_plan is sys.modules['reconciler.core.plan'].make_plan, KernelState.__name__)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert (out.returncode, out.stdout) == (0, "False True KernelState\n"), out.stderr
+
+
+def test_an_offline_plan_imports_no_tool_backend_nor_the_shell(tmp_path):
+    """``plan --offline`` plans the rules against none: the iptables/nft modules, etcd, gRPC,
+    pyroute2 and the agent are not imported."""
+    from reconciler.core.leases import LeaseSnapshot, RawKV, encode_lease_value, snapshot_to_json
+
+    config = '{"Network":"100.64.0.0/16","Backend":{"Type":"vxlan"}}'
+    kvs = (RawKV("/coreos.com/network/config", config),
+           RawKV("/coreos.com/network/subnets/100.64.1.0-24",
+                 encode_lease_value("198.18.0.1", "0a:58:64:40:01:00", 1), 7, 2))
+    snap = tmp_path / "leases.json"
+    snap.write_text(snapshot_to_json(LeaseSnapshot("/coreos.com/network", 3, kvs)))
+    out, names = _imported("plan", "--offline", "--leases-file", str(snap), "--public-ip", "198.18.0.1")
+    assert out.returncode == 2 and "to create" in out.stdout, out.stderr[-2000:]
+    assert "reconciler.rules.commands" in names
+    assert not names & {"reconciler.rules.iptables", "reconciler.rules.nftables", "reconciler.rules.reconciler",
+                        "reconciler.etcd", "reconciler.agent", "grpc", "pyroute2", "prometheus_client"}
