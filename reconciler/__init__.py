@@ -4,14 +4,18 @@ The public surface of the pure core: values and the functions between them.
 The shell (``netlink``, ``etcd``, ``daemon``, ``cli``) is imported from its
 own modules so that importing the core never loads pyroute2 or grpc.
 """
-from reconciler.core.config import NetworkConfig, parse_network_config
-from reconciler.core.desired import NodeParams, desired_state
-from reconciler.core.errors import ConfigError, EtcdError, LeaseError, NetlinkError, ReconcilerError
-from reconciler.core.leases import Lease, RawKV, Skipped, encode_lease_value, parse_lease, validate_leases
-from reconciler.core.model import Address, Fdb, KernelState, Link, Neigh, Route
-from reconciler.core.ownership import FlannelOwnership
-from reconciler.core.plan import Change, Conflict, OpResult, Plan, make_plan
-from reconciler.core.reconcile import Cycle, compute_cycle
+import typing as _typing
+
+if _typing.TYPE_CHECKING:  # the names below, for the type checker; at run time they load on first use
+    from reconciler.core.config import NetworkConfig, parse_network_config
+    from reconciler.core.desired import NodeParams, desired_state
+    from reconciler.core.errors import ConfigError, EtcdError, LeaseError, NetlinkError, ReconcilerError
+    from reconciler.core.leases import Lease, RawKV, Skipped, encode_lease_value, parse_lease, validate_leases
+    from reconciler.core.model import Address, Fdb, KernelState, Link, Neigh, Route
+    from reconciler.core.ownership import FlannelOwnership
+    from reconciler.core.plan import Change, Conflict, OpResult, Plan, make_plan
+    from reconciler.core.reconcile import Cycle, compute_cycle
+
 
 __all__ = [
     "Address",
@@ -46,10 +50,56 @@ __all__ = [
 ]
 
 
+#: Each public name and the module it comes from.  Loaded on first use, so that a
+#: command that needs none of the core (``--version``) does not pay for importing it.
+_SOURCES = {
+    "Address": "reconciler.core.model",
+    "Change": "reconciler.core.plan",
+    "ConfigError": "reconciler.core.errors",
+    "Conflict": "reconciler.core.plan",
+    "Cycle": "reconciler.core.reconcile",
+    "EtcdError": "reconciler.core.errors",
+    "Fdb": "reconciler.core.model",
+    "FlannelOwnership": "reconciler.core.ownership",
+    "KernelState": "reconciler.core.model",
+    "Lease": "reconciler.core.leases",
+    "LeaseError": "reconciler.core.errors",
+    "Link": "reconciler.core.model",
+    "Neigh": "reconciler.core.model",
+    "NetlinkError": "reconciler.core.errors",
+    "NetworkConfig": "reconciler.core.config",
+    "NodeParams": "reconciler.core.desired",
+    "OpResult": "reconciler.core.plan",
+    "Plan": "reconciler.core.plan",
+    "RawKV": "reconciler.core.leases",
+    "ReconcilerError": "reconciler.core.errors",
+    "Route": "reconciler.core.model",
+    "Skipped": "reconciler.core.leases",
+    "compute_cycle": "reconciler.core.reconcile",
+    "desired_state": "reconciler.core.desired",
+    "encode_lease_value": "reconciler.core.leases",
+    "make_plan": "reconciler.core.plan",
+    "parse_lease": "reconciler.core.leases",
+    "parse_network_config": "reconciler.core.config",
+    "validate_leases": "reconciler.core.leases",
+}
+
+
 def __getattr__(name: str):
     # __version__ is computed on first use (reconciler/version.py), so importing the core stays cheap.
     if name == "__version__":
         from reconciler.version import version
 
         return version()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    source = _SOURCES.get(name)
+    if source is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(source), name)
+    globals()[name] = value         # the next look-up is an ordinary attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

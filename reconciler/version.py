@@ -36,3 +36,16 @@ def version() -> str:
         return dist_version(DIST)
     except PackageNotFoundError:
         return UNKNOWN
+
+
+def version_text() -> str:
+    """``flannel-reconciler 0.2.0 (netlink: batched, Cython fast path)``: the version and the default
+    netlink path, as ``--netlink-backend``/``FLANNELD_NETLINK_BACKEND`` and the build make it."""
+    import os
+
+    backend = os.environ.get("FLANNELD_NETLINK_BACKEND") or "batched"
+    if backend == "batched":
+        import _fastpath
+
+        backend += ", Cython fast path" if _fastpath.AVAILABLE else ", pure Python"
+    return f"flannel-reconciler {version()} (netlink: {backend})"

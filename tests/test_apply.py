@@ -121,3 +121,49 @@ def test_fault_matrix_converges_once_fault_clears(kind, code, op, persistent):
     assert k.fired, "the injected fault never fired"
     plan, results = cycle(k)
     assert plan.in_sync
+
+
+class _Recording:
+    """Passes each batch to the model kernel and keeps it, to see the batches' order."""
+
+    def __init__(self, kernel):
+        self.kernel, self.batches = kernel, []
+
+    def apply(self, changes):
+        self.batches.append(list(changes))
+        return self.kernel.apply(changes)
+
+
+#: The documented order of the phases (the module docstring and ``plan._STEPS``), written out
+#: independently of the module's table: deletions, links, addresses, stale addresses,
+#: neighbours and FDB entries, nexthops, routes, stale nexthops.
+_ORDER = [{"delete"}, {"link"}, {"address"}, {"delete address"}, {"neigh", "fdb"}, {"nexthop"}, {"route"},
+          {"delete nexthop"}]
+
+
+def _group(c) -> int:
+    name = c.kind if c.op != "delete" else ("delete " + c.kind if c.kind in ("address", "nexthop") else "delete")
+    return next(i for i, names in enumerate(_ORDER) if name in names)
+
+
+def test_changes_in_any_order_go_in_phase_batches_each_in_plan_order():
+    from reconciler.core.plan import Change, Plan
+
+    k = setup_kernel()
+    d = desired()
+    cold = make_plan(d, FlannelOwnership(CFG).filter(dump_live(k, CFG)))
+    # Reversed, and with deletions (of objects not there yet: done) last: the
+    # batches must still go phase by phase, each batch keeping the plan's order.
+    deletes = [Change("delete", c.obj) for c in cold if c.kind in ("neigh", "fdb", "route")]
+    plan = Plan(tuple(reversed(cold.changes)) + tuple(deletes))
+    rec = _Recording(k)
+    results = apply_plan(rec, plan, d)
+    assert [r.change for r in results] == list(plan) and all(r.ok for r in results)
+    groups = [{_group(c) for c in batch} for batch in rec.batches]
+    assert all(len(g) == 1 for g in groups)
+    assert [g.pop() for g in groups] == sorted({_group(c) for c in plan})
+    position = {id(c): i for i, c in enumerate(plan)}
+    for batch in rec.batches:
+        assert [position[id(c)] for c in batch] == sorted(position[id(c)] for c in batch)
+    assert sum(map(len, rec.batches)) == len(plan)
+    assert make_plan(d, FlannelOwnership(CFG).filter(dump_live(k, CFG))).in_sync

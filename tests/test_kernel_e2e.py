@@ -501,3 +501,47 @@ def test_an_underlay_mtu_larger_than_the_interface_is_refused_up_front(node, lea
     assert rc == 1 and out == ""
     assert "--underlay-mtu 9000 is larger than the MTU of the underlay eth0 (1500)" in err
     assert "flannel.1" not in observed(node.ns)["devices"]  # nothing written
+
+
+# ------------------------------------------------- apply: rules read meanwhile
+
+def test_apply_reads_the_rules_while_the_netlink_writes_go(node, leases, capsys, monkeypatch):
+    import threading
+
+    import reconciler.cli.main as cli_main
+    import reconciler.kernel.apply as kernel_apply
+
+    reading, seen = threading.Event(), []
+    real_rules, real_apply = cli_main.cli_rule_plan, kernel_apply.apply_plan
+
+    def rules(*a, **kw):
+        reading.set()
+        return real_rules(*a, **kw)
+
+    def apply(*a, **kw):
+        # Never set if the rules were read only after the writes; the timeout only ends the wait.
+        seen.append(reading.wait(timeout=60))
+        return real_apply(*a, **kw)
+
+    monkeypatch.setattr(cli_main, "cli_rule_plan", rules)
+    monkeypatch.setattr(kernel_apply, "apply_plan", apply)
+    rc, out, err = cli(capsys, "apply", *node_args(leases, node.ns), "--output", "json")
+    assert seen == [True] and rc == 0, out + err
+    doc = json.loads(out)
+    assert doc["summary"] == {"create": 14, "update": 0, "delete": 0} and doc["failed"] == 0
+    assert observed(node.ns) == expected(1, THREE)
+
+
+def test_apply_whose_rules_read_fails_still_writes_the_kernel_and_says_the_error(node, leases, capsys,
+                                                                                  monkeypatch):
+    import errno
+
+    import reconciler.cli.main as cli_main
+
+    def rules(*a, **kw):
+        raise OSError(errno.EACCES, "Permission denied", "/run/xtables.lock")
+
+    monkeypatch.setattr(cli_main, "cli_rule_plan", rules)
+    rc, out, err = cli(capsys, "apply", *node_args(leases, node.ns))
+    assert (rc, out, err) == (1, "", "error: /run/xtables.lock: Permission denied\n")
+    assert observed(node.ns) == expected(1, THREE)      # the netlink writes went, as before the read

@@ -8,10 +8,15 @@ import subprocess
 import sys
 import types
 
+import pytest
+
 import reconciler
 
 
 def test_all_is_exactly_the_sorted_public_names():
+    # The names load on first use: each one resolves, and then they are exactly __all__.
+    for name in reconciler.__all__:
+        getattr(reconciler, name)
     public = sorted(n for n, v in vars(reconciler).items()
                     if not n.startswith("_") and not isinstance(v, types.ModuleType))
     assert reconciler.__all__ == public
@@ -159,3 +164,65 @@ def test_tests_are_marked_by_the_fixtures_they_use(request):
             checked += 1
     if len(request.session.items) > 1:
         assert checked, "no collected test uses a root or etcd fixture: run with the whole suite to check the hook"
+
+
+# --------------------------------------------------------------------------------------------
+# What a command imports: --version answers without the commands' modules
+# --------------------------------------------------------------------------------------------
+
+def _imported(*argv: str) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """Run ``python -X importtime -m reconciler argv``; its result and every module it imported."""
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "reconciler", *argv],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT.parent)
+    names = {line.rpartition("|")[2].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
+    return out, names
+
+
+#: Nothing ``--version`` needs: the commands, the lease and plan pipeline, the rules, etcd, gRPC.
+NOT_FOR_VERSION = {"argparse", "grpc", "pyroute2", "prometheus_client", "reconciler.cli.main",
+                   "reconciler.cli.inputs", "reconciler.core.leases", "reconciler.core.desired",
+                   "reconciler.core.reconcile", "reconciler.rules", "reconciler.etcd", "reconciler.agent"}
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["-version"], ["plan", "--version"], ["run", "-version=true"]])
+def test_version_imports_neither_the_commands_nor_the_core(argv):
+    from reconciler.version import version_text
+
+    out, names = _imported(*argv)
+    assert (out.returncode, out.stdout) == (0, version_text() + "\n"), out.stderr[-2000:]
+    assert "reconciler.cli.flags" in names          # the list is read, not empty
+    assert not names & NOT_FOR_VERSION
+
+
+def test_a_bad_flag_beside_version_is_still_the_one_line_error():
+    out, names = _imported("--etcd-prefix", "plan", "--version")
+    assert out.returncode == 1 and out.stdout == ""
+    assert [line for line in out.stderr.splitlines() if not line.startswith("import time:")] == [
+        "error: options go after the command: flannel-reconciler plan --etcd-prefix --version"]
+
+
+def test_the_package_loads_its_public_names_on_first_use():
+    code = ("import sys, reconciler\n"
+            "before = 'reconciler.core.plan' in sys.modules\n"
+            "from reconciler import make_plan, KernelState\n"
+            "print(before, make_plan is sys.modules['reconciler.core.plan'].make_plan, KernelState.__name__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stdout) == (0, "False True KernelState\n"), out.stderr
+
+
+def test_an_offline_plan_imports_no_tool_backend_nor_the_shell(tmp_path):
+    """``plan --offline`` plans the rules against none: the iptables/nft modules, etcd, gRPC,
+    pyroute2 and the agent are not imported."""
+    from reconciler.core.leases import LeaseSnapshot, RawKV, encode_lease_value, snapshot_to_json
+
+    config = '{"Network":"100.64.0.0/16","Backend":{"Type":"vxlan"}}'
+    kvs = (RawKV("/coreos.com/network/config", config),
+           RawKV("/coreos.com/network/subnets/100.64.1.0-24",
+                 encode_lease_value("198.18.0.1", "0a:58:64:40:01:00", 1), 7, 2))
+    snap = tmp_path / "leases.json"
+    snap.write_text(snapshot_to_json(LeaseSnapshot("/coreos.com/network", 3, kvs)))
+    out, names = _imported("plan", "--offline", "--leases-file", str(snap), "--public-ip", "198.18.0.1")
+    assert out.returncode == 2 and "to create" in out.stdout, out.stderr[-2000:]
+    assert "reconciler.rules.commands" in names
+    assert not names & {"reconciler.rules.iptables", "reconciler.rules.nftables", "reconciler.rules.reconciler",
+                        "reconciler.etcd", "reconciler.agent", "grpc", "pyroute2", "prometheus_client"}

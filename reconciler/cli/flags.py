@@ -482,6 +482,39 @@ def flags_for(command: str) -> tuple[Flag, ...]:
     return tuple(f for f in FLAGS if command in f.commands)
 
 
+class UsageError(ReconcilerError):
+    """argparse's complaint (unknown option, missing value), as one line."""
+
+
+#: The subcommands (an argv that opens with a flag and names one of them put the flags first).
+COMMAND_NAMES = frozenset({"plan", "apply", "show", "run", "snapshot", "demo", "bench"})
+
+
+def parser_argv(argv: Sequence[str], *, flanneld: bool = False) -> list[str]:
+    """The argv argparse is given: Go's forms rewritten, ``run`` put first for a
+    flanneld command line, and ``["--version"]`` alone when ``--version`` is
+    asked for (before any ``--``).  Raises ``UsageError`` or ``FlagError``.
+
+    A flanneld command line has no subcommand: with ``flanneld`` (the
+    ``flanneld`` entry point), or when argv opens with one of our flags, it
+    means ``run``.  Kept apart from the parser so that ``--version`` can be
+    recognised without importing what the commands need.
+    """
+    argv = list(argv)
+    if not flanneld and starts_with_flag(argv):
+        named = [a for a in argv if a in COMMAND_NAMES]
+        if named:
+            raise UsageError(f"options go after the command: flannel-reconciler {named[0]} "
+                             f"{' '.join(a for a in argv if a != named[0])}")
+    if flanneld or starts_with_flag(argv):
+        argv = ["run", *argv]
+    converted = go_style_argv(argv)
+    head = converted[:converted.index("--")] if "--" in converted else converted
+    if "--version" in head:
+        converted = ["--version"]        # flanneld's -version wins over everything else on the line
+    return converted
+
+
 def starts_with_flag(argv: Sequence[str]) -> bool:
     """Does argv open with a flag of the table (or a refused flanneld one)?  Then
     it is a flanneld command line, which has no subcommand: it means ``run``."""

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from reconciler.cli import flags
+from reconciler.cli.flags import UsageError
 from reconciler.cli.inputs import (bridge_name, check_underlay_address, config_from_snapshot,  # noqa: F401
                                    first_iface, load_snapshot, node_params, open_backend, open_store,
                                    read_input_file, underlay_spec)
@@ -30,6 +31,7 @@ from reconciler.core.model import KernelState
 from reconciler.core.reconcile import Cycle, compute_cycle, dump_live, on_link_predicate
 from reconciler.core.render import describe, plan_json, plan_text, show_rows, show_text, status_json
 from reconciler.rules.commands import cli_rule_plan, rule_show_rows
+from reconciler.version import version_text
 
 __all__ = ["main", "flanneld_main", "build_parser", "parse_args"]
 
@@ -38,28 +40,11 @@ DEFAULT_ENDPOINTS = flags.DEFAULT_ENDPOINTS
 EXAMPLE_SNAPSHOT = Path(__file__).resolve().parent.parent / "examples" / "cluster-3-nodes.json"
 
 
-class UsageError(ReconcilerError):
-    """argparse's complaint (unknown option, missing value), as one line."""
-
-
 class _Parser(argparse.ArgumentParser):
     # An unknown option must not exit 2: for ``plan`` that means "changes
     # pending" to a script.  It is an operator error like any other: exit 1.
     def error(self, message: str):
         raise UsageError(f"{message} (see {self.prog} --help)")
-
-
-def version_text() -> str:
-    """``flannel-reconciler 0.2.0 (netlink: batched, Cython fast path)``: the version and the default
-    netlink path, as ``--netlink-backend``/``FLANNELD_NETLINK_BACKEND`` and the build make it."""
-    from reconciler import __version__
-
-    backend = os.environ.get("FLANNELD_NETLINK_BACKEND") or "batched"
-    if backend == "batched":
-        import _fastpath
-
-        backend += ", Cython fast path" if _fastpath.AVAILABLE else ", pure Python"
-    return f"flannel-reconciler {__version__} (netlink: {backend})"
 
 
 class _VersionAction(argparse.Action):
@@ -104,10 +89,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-#: The subcommands (an argv that opens with a flag and names one of them put the flags first).
-_COMMAND_NAMES = frozenset({"plan", "apply", "show", "run", "snapshot", "demo", "bench"})
-
-
 def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None, *,
                flanneld: bool = False) -> argparse.Namespace:
     """argv (Go's forms too) and ``FLANNELD_*`` -> checked values.  Raises ``ReconcilerError``;
@@ -118,18 +99,7 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None, *,
     means ``run``.  An empty argv is still a usage error here, so that
     ``flannel-reconciler`` alone never starts an agent by accident.
     """
-    argv = list(argv)
-    if not flanneld and flags.starts_with_flag(argv):
-        named = [a for a in argv if a in _COMMAND_NAMES]
-        if named:
-            raise UsageError(f"options go after the command: flannel-reconciler {named[0]} "
-                             f"{' '.join(a for a in argv if a != named[0])}")
-    if flanneld or flags.starts_with_flag(argv):
-        argv = ["run", *argv]
-    converted = flags.go_style_argv(argv)
-    head = converted[:converted.index("--")] if "--" in converted else converted
-    if "--version" in head:
-        converted = ["--version"]        # flanneld's -version wins over everything else on the line
+    converted = flags.parser_argv(argv, flanneld=flanneld)
     parser = build_parser()
     args, extra = parser.parse_known_args(converted)
     if extra:
@@ -207,6 +177,34 @@ def cmd_plan(args) -> int:
     return 0 if plan.in_sync else 2
 
 
+class _Background:
+    """``fn(*args)`` in a thread: ``result()`` returns its value or raises its exception."""
+
+    def __init__(self, fn, *args) -> None:
+        import threading
+
+        self._value: object = None
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self._value = fn(*args)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller by result()
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name="rules-read", daemon=True)
+        self._thread.start()
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 def cmd_apply(args) -> int:
     from contextlib import ExitStack
 
@@ -223,9 +221,17 @@ def cmd_apply(args) -> int:
         stack.enter_context(acquire_namespace_lock(netns_path(args.netns) if args.netns else None))
         cycle = compute(args, snap, backend)
         _warn_skipped(cycle)
-        results = apply_plan(backend, cycle.plan, cycle.desired)
+        # Reading the rules is a dozen or more iptables/nft subprocesses that only
+        # read, and depend on nothing the netlink writes change: they run while
+        # the writes go, each side waiting on its own kernel work.  Their result
+        # (or exception) is taken after the writes, as when they ran after them.
+        reading = _Background(cli_rule_plan, args, cycle, True)
+        try:
+            results = apply_plan(backend, cycle.plan, cycle.desired)
+        finally:
+            reading.join()
         backend.close()                 # the rules below need no netlink socket
-        _, rules, rr, note = cli_rule_plan(args, cycle, kernel=True)
+        _, rules, rr, note = reading.result()
         _note(note)
         if rr is not None:
             results = list(results) + rr.apply(rules)

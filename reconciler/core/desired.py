@@ -177,15 +177,19 @@ def nexthop_id(network, subnet) -> int:
 
 def _gateway_route(node: NodeParams, network, subnet, gw: str, dev: str, metric: int = 0
                    ) -> tuple[KernelObject, ...]:
-    """The route of one peer subnet through its onlink gateway, in the node's route layout."""
+    """The route of one peer subnet through its onlink gateway, in the node's route layout.
+
+    ``gw`` is the subnet's network address as text (flannel's gateway), so the
+    route's destination is made from it rather than formatting the address again."""
+    dst = f"{gw}/{subnet.prefixlen}"
     if node.route_layout == "nexthop":
         nhid = nexthop_id(network, subnet)
         return (Nexthop(id=nhid, gateway=gw, dev=dev, onlink=True),
                 # No gateway or device of its own (the kernel refuses both beside
                 # nhid); onlink None: the dump repeats the nexthop's flags or not,
                 # depending on net.ipv4.nexthop_compat_mode.
-                Route(dst=str(subnet), gateway=None, dev=None, onlink=None, metric=metric, nhid=nhid))
-    return (Route(dst=str(subnet), gateway=gw, dev=dev, onlink=True, metric=metric),)
+                Route(dst=dst, gateway=None, dev=None, onlink=None, metric=metric, nhid=nhid))
+    return (Route(dst=dst, gateway=gw, dev=dev, onlink=True, metric=metric),)
 
 
 def node_objects(config: NetworkConfig, node: NodeParams, own: Lease) -> tuple[KernelObject, ...]:

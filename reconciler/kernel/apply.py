@@ -47,10 +47,6 @@ _PHASES = {
 _NPHASES = 8
 
 
-def _phase(change: Change) -> int:
-    return _PHASES[("delete" if change.op == "delete" else "write", change.kind)]
-
-
 def apply_plan(backend, plan: Plan, desired: KernelState | None = None) -> list[OpResult]:
     """Apply ``plan``; return one ``OpResult`` per change, in plan order.
 
@@ -69,8 +65,13 @@ def apply_plan(backend, plan: Plan, desired: KernelState | None = None) -> list[
     # every small incremental plan cost the whole cluster).
     planned_mac: dict[tuple[str, str], str] = {}
     changes = list(plan)
-    for c in changes:
-        if c.kind == "neigh" and c.op != "delete":
+    # Each change goes to its phase's bucket in one pass, in plan order (a filter
+    # of every change per phase was 120,000 ``_phase`` calls at 5,000 nodes).
+    phases: list[list[tuple[int, Change]]] = [[] for _ in range(_NPHASES)]
+    for i, c in enumerate(changes):
+        kind, write = c.obj.KIND, c.op != "delete"
+        phases[_PHASES[("write" if write else "delete", kind)]].append((i, c))
+        if write and kind == "neigh":
             planned_mac[c.obj.key] = c.obj.mac
 
     def neigh_mac(key: tuple[str, str]) -> str | None:
@@ -80,11 +81,9 @@ def apply_plan(backend, plan: Plan, desired: KernelState | None = None) -> list[
             mac = n.mac if n is not None else None
         return mac
 
-    for phase in range(_NPHASES):
+    for members in phases:
         batch: list[tuple[int, Change]] = []
-        for i, c in enumerate(changes):
-            if _phase(c) != phase:
-                continue
+        for i, c in members:
             reason = _blocked(c, failed_devs, failed_addr_devs, failed_neigh, failed_fdb, neigh_mac, failed_nh)
             if reason:
                 results[i] = OpResult(c, ok=False, message=reason, skipped=True)
@@ -121,22 +120,23 @@ def _note_failure(c: Change, devs: set, addr_devs: set, neighs: set, fdbs: set, 
 
 def _blocked(c: Change, devs: set, addr_devs: set, neighs: set, fdbs: set, neigh_mac,
              nhs: set = frozenset()) -> str:
+    kind = c.obj.KIND            # once: the property is a call, and this runs for every change
     if c.op == "delete":
-        if c.kind == "address" and c.obj.dev in addr_devs:
+        if kind == "address" and c.obj.dev in addr_devs:
             return (f"not attempted: the new address on {c.obj.dev} failed, and removing the old one "
                     f"could leave no IPv4 address (the kernel would flush its routes and neighbours)")
-        if c.kind == "nexthop" and c.obj.id in nhs:
+        if kind == "nexthop" and c.obj.id in nhs:
             return (f"not attempted: a route using nexthop {c.obj.id} could not be moved off it, and "
                     f"deleting the nexthop would delete that route too")
         return ""
-    if c.kind == "link":
+    if kind == "link":
         return ""
     dev = c.obj.dev
     if dev in devs:
         return f"not attempted: device {dev} could not be created"
-    if c.kind == "route" and c.obj.nhid and c.obj.nhid in nhs:
+    if kind == "route" and c.obj.nhid and c.obj.nhid in nhs:
         return f"not attempted: nexthop {c.obj.nhid} failed"
-    if c.kind in ("route", "nexthop") and c.obj.gateway is not None and dev is not None:
+    if kind in ("route", "nexthop") and c.obj.gateway is not None and dev is not None:
         nkey = (dev, c.obj.gateway)
         if nkey in neighs:
             return f"not attempted: neighbour {c.obj.gateway} dev {dev} failed"

@@ -151,7 +151,8 @@ def _unencodable(change: Change, exc: Exception) -> OpResult:
 def _nexthop_layout(change: Change) -> bool:
     """A nexthop object, a route through one, or a blackhole route: encoded by
     ``BatchedBackend._encode_raw`` (the batch encoders know unicast routes only)."""
-    return change.kind == "nexthop" or (change.kind == "route" and (
+    kind = change.obj.KIND
+    return kind == "nexthop" or (kind == "route" and (
         bool(getattr(change.obj, "nhid", 0)) or getattr(change.obj, "type", "unicast") != "unicast"))
 
 
@@ -355,7 +356,7 @@ class BatchedBackend(UnderlayLookup, KernelFacts):
         pending: list[int] = []     # positions of the changes batched since the last link change
         raw = False                 # whether ``pending`` holds nexthop-layout changes (their own encoder)
         for i, change in enumerate(changes):
-            if change.kind == "link":
+            if change.obj.KIND == "link":
                 self._flush_any(changes, pending, results, raw)
                 pending = []
                 results[i] = self._apply_link(change)
