@@ -112,8 +112,8 @@ def test_flannel_reconciler_with_a_flag_first_means_run_and_with_nothing_prints_
 
 def test_the_flanneld_console_script_is_declared():
     text = (ROOT / "pyproject.toml").read_text()
-    assert 'flanneld = "reconciler.cli.main:flanneld_main"' in text
-    assert 'flannel-reconciler = "reconciler.cli.main:main"' in text
+    assert 'flanneld = "reconciler.cli.entry:flanneld_main"' in text
+    assert 'flannel-reconciler = "reconciler.cli.entry:main"' in text
 
 
 # ------------------------------------------------------------ a real agent, started the flanneld way

@@ -194,6 +194,21 @@ def test_version_imports_neither_the_commands_nor_the_core(argv):
     assert not names & NOT_FOR_VERSION
 
 
+@pytest.mark.parametrize("entry, argv", [("main", ["--version"]), ("flanneld_main", ["-version"]),
+                                         ("flanneld_main", ["-etcd-endpoints=http://198.18.0.5:2379", "-version"])])
+def test_the_console_scripts_answer_version_the_same_light_way(entry, argv):
+    """The installed ``flannel-reconciler`` and ``flanneld`` scripts call ``cli.entry``, as ``-m`` does."""
+    from reconciler.version import version_text
+
+    code = (f"import sys\nfrom reconciler.cli.entry import {entry}\nrc = {entry}({argv!r})\n"
+            f"print(rc, sorted(m for m in {sorted(NOT_FOR_VERSION)!r} if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT.parent)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == version_text() + "\n0 []\n"
+    text = (ROOT.parent / "pyproject.toml").read_text()
+    assert f"reconciler.cli.entry:{entry}" in text
+
+
 def test_a_bad_flag_beside_version_is_still_the_one_line_error():
     out, names = _imported("--etcd-prefix", "plan", "--version")
     assert out.returncode == 1 and out.stdout == ""

@@ -1,0 +1,45 @@
+"""The console scripts' and ``python -m reconciler``'s entry points.
+
+``--version`` (flanneld's ``-version`` too) is answered here, before
+``reconciler.cli.main`` is imported: it needs neither the core, the rules nor
+netlink, and loading them was most of its time.  Anything else (a bad flag
+included) goes to ``cli.main``, which says what is wrong in one line.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+__all__ = ["flanneld_main", "main"]
+
+
+def _version_only(argv: list[str], flanneld: bool) -> bool:
+    from reconciler.cli.flags import parser_argv
+    from reconciler.core.errors import ReconcilerError
+
+    try:
+        return parser_argv(argv, flanneld=flanneld) == ["--version"]
+    except ReconcilerError:
+        return False        # cli.main says what is wrong with the line
+
+
+def _run(argv: Sequence[str] | None, flanneld: bool) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if _version_only(args, flanneld):
+        from reconciler.version import version_text
+
+        print(version_text())
+        return 0
+    from reconciler.cli import main as cli
+
+    return cli.main(args, flanneld=flanneld)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``flannel-reconciler`` and ``python -m reconciler``."""
+    return _run(argv, flanneld=False)
+
+
+def flanneld_main(argv: Sequence[str] | None = None) -> int:
+    """``flanneld``: a flanneld command line as it is, no subcommand (it means ``run``)."""
+    return _run(argv, flanneld=True)
