@@ -107,7 +107,6 @@ def test_an_unrivalled_reput_decides_nothing_again_but_a_rivals_reput_reranks(mo
     """A re-put of the same bytes moves only the revision: alone in its claims, a lease keeps its
     standing without its component being decided again (a rolling restart is thousands of these);
     with a rival, the newer revision loses the claim to the older lease."""
-    import reconciler.incremental.lease_index as mod
 
     a = RawKV(f"{PREFIX}/subnets/100.64.1.0-24", lease_value("198.18.0.1", "02:00:00:00:00:01", 1), 0, 1)
     b = RawKV(f"{PREFIX}/subnets/100.64.2.0-24", lease_value("198.18.0.2", "02:00:00:00:00:02", 1), 0, 2)
