@@ -190,6 +190,18 @@ def test_counters_from_metrics_and_their_difference():
                                + "flannel_reconciler_dumps_total 3\n")
     d = later - c
     assert d.writes == 2 and d.writes_by == {("neigh", "create"): 2} and d.dumps is None
+    assert c.resyncs == 2 and d.resyncs == 0 and d.dumps_not_resync is None
+
+
+def test_a_dump_during_a_change_is_the_changes_only_when_no_resync_ran():
+    """The periodic resync dumps by design; a change's window that a resync fell into is not
+    charged with that dump, but any dump beyond it is."""
+    before = Counters.from_text(METRICS + "flannel_reconciler_dumps_total 3\n")
+    resync = Counters.from_text(METRICS.replace('trigger="resync"} 2', 'trigger="resync"} 3')
+                                + "flannel_reconciler_dumps_total 4\n")
+    assert (resync - before).dumps == 1 and (resync - before).dumps_not_resync == 0
+    extra = Counters.from_text(METRICS + "flannel_reconciler_dumps_total 4\n")
+    assert (extra - before).dumps_not_resync == 1
     assert parse_metrics('x{a="b\\"c"} 1.5')["x"] == [({"a": 'b"c'}, 1.5)]     # unescaped, as Prometheus reads it
 
 
@@ -364,3 +376,19 @@ def test_ctrl_c_leaves_nothing_behind(tmp_path):
     assert "interrupted" in err and "Traceback" not in err
     assert _leftovers(proc.pid, procs_before) == []
     assert set(Path("/tmp").glob("flannel-bench-*")) <= before
+
+
+def test_targets_are_per_size_where_the_issue_says_so():
+    from reconciler.tools.bench.scenarios import target_for
+
+    assert target_for("change latency p50", 5000) == target_for("change latency p90", 20000) == "<= 1.2x baseline"
+    assert target_for("change latency p50", 1000) is None
+    assert target_for("apply, whole process", 1000) == "<= 2.5x baseline"
+    assert target_for("apply, whole process", 5000) == "<= 1.2x baseline"
+    assert (target_for("RSS after convergence", 5000), target_for("RSS after convergence", 20000)) == ("<= 60", "<= 110")
+    assert target_for("4,999 unchanged re-puts: netlink writes", 5000) == "== 0"
+    assert target_for("999 unchanged re-puts: netlink writes", 1000) == "== 0"
+    assert target_for("agent CPU", 5000) == "<= 0.5" and target_for("agent CPU", 20000) is None
+    assert target_for("RSS after changes", 20000) == "<= 1.1x baseline"
+    assert target_for("kernel dumps per change (max)", 1000) == "== 0"
+    assert target_for("change latency p99", 5000) is None

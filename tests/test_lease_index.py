@@ -103,6 +103,29 @@ def test_reput_of_the_same_value_changes_nothing_and_parses_nothing(monkeypatch)
     assert index.put(RawKV(kv.key, kv.value, kv.lease, 9)) == set()
 
 
+def test_an_unrivalled_reput_decides_nothing_again_but_a_rivals_reput_reranks(monkeypatch):
+    """A re-put of the same bytes moves only the revision: alone in its claims, a lease keeps its
+    standing without its component being decided again (a rolling restart is thousands of these);
+    with a rival, the newer revision loses the claim to the older lease."""
+
+    a = RawKV(f"{PREFIX}/subnets/100.64.1.0-24", lease_value("198.18.0.1", "02:00:00:00:00:01", 1), 0, 1)
+    b = RawKV(f"{PREFIX}/subnets/100.64.2.0-24", lease_value("198.18.0.2", "02:00:00:00:00:02", 1), 0, 2)
+    index = LeaseIndex(CONFIG, PREFIX)
+    index.put(a)
+    index.put(b)
+    resolved = []
+    real = index._resolve
+    monkeypatch.setattr(index, "_resolve", lambda seeds: resolved.append(seeds) or real(seeds))
+    assert index.put(RawKV(a.key, a.value, 0, 3)) == set() and resolved == []
+    assert set(index.valid) == {a.key, b.key}
+    rival = RawKV(f"{PREFIX}/subnets/100.64.3.0-24", lease_value("198.18.0.3", "02:00:00:00:00:01", 1), 0, 4)
+    index.put(rival)
+    assert rival.key in index.skipped                 # a (revision 3) is older
+    assert index.put(RawKV(a.key, a.value, 0, 5)) == {a.key, rival.key}
+    assert rival.key in index.valid and a.key in index.skipped
+    assert index.leases() == validate_leases(CONFIG, [RawKV(a.key, a.value, 0, 5), b, rival], PREFIX)[0]
+
+
 def test_freeing_a_mac_lets_the_older_loser_win():
     a = RawKV(f"{PREFIX}/subnets/100.64.1.0-24", lease_value("198.18.0.1", "02:00:00:00:00:01", 1), 0, 1)
     b = RawKV(f"{PREFIX}/subnets/100.64.2.0-24", lease_value("198.18.0.2", "02:00:00:00:00:01", 1), 0, 2)

@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 from reconciler.agent.acquire import LeaseKeeper, acquire_lease
 from reconciler.agent.acquire import Listing as LeaseListing
+from reconciler.agent.coalesce import fold_burst
 from reconciler.agent.conditions import DataPlaneHealth
 from reconciler.agent.endpoints import Endpoints
 from reconciler.agent.etcd_side import EtcdSide
@@ -123,11 +124,13 @@ class AgentOptions:
     #: ``onlink`` or ``nexthop`` (``desired.ROUTE_LAYOUTS``).
     route_layout: str = "onlink"
     #: While events keep arriving (a wake-up within ``burst_window`` of the previous one), wait
-    #: this long after a wake-up for more to fold into the same cycle: a storm of etcd events (a
-    #: rolling restart re-puts every lease) then costs a few hundred cycles instead of thousands.
+    #: this long after a wake-up for more to fold into the same cycle, again and again while more
+    #: arrive, for at most ``coalesce_max`` (``coalesce.fold_burst``): a storm of etcd events (a
+    #: rolling restart re-puts every lease) then costs a few dozen cycles instead of thousands.
     #: A lone event is not kept waiting: it costs the watch plus one cycle.
     coalesce: float = 0.002
     burst_window: float = 0.05
+    coalesce_max: float = 0.05
     #: /healthz fails when no cycle finished for this long (default: 3 resyncs, at least 60 s).
     liveness_window: float | None = None
     #: The network namespace the agent programs (``--netns``), watched for deletion.
@@ -204,6 +207,7 @@ class Agent(DataPlaneHealth):
                               self._identity_conditions)
         self._subnet_env_text: str | None = None
         self._subnet_env_error: str | None = None
+        self._subnet_env_inputs: tuple | None = None     # what _subnet_env_text was rendered from
         self.last_cycle: CycleReport | None = None
         # Queues filled by the watch and kernel-event threads, drained by the worker.
         self.inbox = Inbox()
@@ -416,7 +420,9 @@ class Agent(DataPlaneHealth):
             if self.state.wake.wait(timeout) and self.opts.coalesce:
                 woke = time.monotonic()
                 if woke - self._last_wake < self.opts.burst_window:
-                    stop.wait(self.opts.coalesce)  # events keep arriving: let the burst land
+                    # Events keep arriving: let the burst land.
+                    fold_burst(self.inbox.__len__, stop.wait, time.monotonic,
+                               self.opts.coalesce, self.opts.coalesce_max)
                 self._last_wake = woke
             if stop.is_set():
                 break
@@ -662,9 +668,15 @@ class Agent(DataPlaneHealth):
         own = self.desired.own
         if own is None:             # called after a cycle that found our lease; never without one
             return False
+        # Rendered only when what it depends on changed: formatting it in every cycle was a tenth
+        # of a lease event's cycle (ipaddress's str()).
+        inputs = (own.subnet, own.ipv6_subnet, self.node.underlay_mtu)
+        if inputs == self._subnet_env_inputs and self._subnet_env_text is not None:
+            return True
         text = render_subnet_env(self.config, own.subnet, self.node.underlay_mtu, self.opts.ip_masq,
                                  own.ipv6_subnet if self.config.enable_ipv6 else None)
         if text == self._subnet_env_text:
+            self._subnet_env_inputs = inputs
             return True
         try:
             write_subnet_env(self.opts.subnet_file, text)
@@ -680,6 +692,7 @@ class Agent(DataPlaneHealth):
             log.info("%s written", self.opts.subnet_file)
             self._subnet_env_error = None
         self._subnet_env_text = text
+        self._subnet_env_inputs = inputs
         return True
 
     def _identity_conditions(self) -> str:

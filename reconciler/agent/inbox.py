@@ -94,5 +94,9 @@ class Inbox:
         while q:
             yield q.popleft()
 
+    def __len__(self) -> int:
+        """Items waiting in both queues (the coalescing watches it grow)."""
+        return len(self.leases) + len(self.kernel)
+
     def counts(self) -> dict[str, int]:
         return {"lease_items": len(self.leases), "kernel_items": len(self.kernel)}

@@ -128,8 +128,25 @@ class LeaseIndex:
     def put(self, kv: RawKV) -> set[str]:
         if not kv.key.startswith(self.base):
             return set()
+        old = self._entries.get(kv.key)
+        if old is not None and old.kv.value == kv.value and old.kv.lease == kv.lease and self._unrivalled(kv.key, old):
+            # A re-put of the same bytes by a lease no other lease shares a claim with: only its
+            # revision moved, and a rank matters only against rivals, so its standing is what it
+            # was.  A rolling restart is thousands of these; deciding each one's component again
+            # was most of the worker's time in it.
+            self._entries[kv.key] = _Entry(kv, old.lease, old.reason, old.parsed)
+            return set()
         seeds = self._store(kv)
         return self._resolve(seeds)
+
+    def _unrivalled(self, key: str, entry: _Entry) -> bool:
+        """Whether ``key`` is alone in every claim it makes (a lease that does not parse or fit
+        the config claims nothing)."""
+        if entry.lease is None:
+            return True
+        claimants = self._claimants
+        # A lone claimant is held as its key string, rivals as a set (``_store``).
+        return all(isinstance(claimants.get(what, {}).get(val), str) for what, val in self._claims(entry.lease))
 
     def delete(self, etcd_key: str) -> set[str]:
         old = self._entries.pop(etcd_key, None)

@@ -52,6 +52,8 @@ class Counters:
     writes_by: dict            # (kind, op) -> count
     cycles: float              # cycles_total, every trigger/outcome
     dumps: float | None        # dumps_total, None when the agent does not export it
+    #: cycles_total{trigger="resync"}: the periodic resync (or SIGHUP's), which dumps by design.
+    resyncs: float = 0.0
 
     @classmethod
     def from_text(cls, text: str) -> "Counters":
@@ -61,16 +63,22 @@ class Counters:
             k = (labels.get("kind", "?"), labels.get("op", "?"))
             by[k] = by.get(k, 0.0) + v
         dumps = m.get("flannel_reconciler_dumps_total")
-        return cls(writes=sum(by.values()), writes_by=by,
-                   cycles=sum(v for _, v in m.get("flannel_reconciler_cycles_total", [])),
-                   dumps=sum(v for _, v in dumps) if dumps is not None else None)
+        cycles = m.get("flannel_reconciler_cycles_total", [])
+        return cls(writes=sum(by.values()), writes_by=by, cycles=sum(v for _, v in cycles),
+                   dumps=sum(v for _, v in dumps) if dumps is not None else None,
+                   resyncs=sum(v for labels, v in cycles if labels.get("trigger") == "resync"))
+
+    @property
+    def dumps_not_resync(self) -> float | None:
+        """Dumps besides the resync cycles' own (one each): the ones an event caused."""
+        return None if self.dumps is None else max(0.0, self.dumps - self.resyncs)
 
     def __sub__(self, other: "Counters") -> "Counters":
         keys = set(self.writes_by) | set(other.writes_by)
         by = {k: self.writes_by.get(k, 0.0) - other.writes_by.get(k, 0.0) for k in keys}
         dumps = None if self.dumps is None or other.dumps is None else self.dumps - other.dumps
         return Counters(self.writes - other.writes, {k: v for k, v in by.items() if v}, self.cycles - other.cycles,
-                        dumps)
+                        dumps, self.resyncs - other.resyncs)
 
 
 def wait_idle(pid: int, quiet: float = 1.0, timeout: float = 300.0, poll: float = 0.05) -> float:

@@ -49,8 +49,33 @@ __all__ = ["ClusterRun", "Options", "churn_plan", "resync_durations"]
 
 #: flanneld's writes per lease event (neigh, fdb, route), as the re-enactment makes them.
 FLANNELD_WRITES_PER_EVENT = 3
-#: The size the incremental-reconcile issue states its absolute targets for.
+#: The size the incremental-reconcile issue states most of its targets for.
 TARGET_N = 5000
+#: The targets, by figure name: a string holds at every size, a dict only at the sizes it
+#: names (``target_for``).  A figure with none here has no target.
+TARGETS: dict[str, str | dict[int, str]] = {
+    "apply, whole process": {1000: "<= 2.5x baseline", TARGET_N: "<= 1.2x baseline"},
+    "agent start -> all routes": {TARGET_N: "<= 1.5x baseline"},
+    "unchanged re-put: netlink writes": "== 0",
+    "unchanged re-put: kernel dumps": "== 0",
+    "change latency p50": {TARGET_N: "<= 1.2x baseline", 20000: "<= 1.2x baseline"},
+    "change latency p90": {TARGET_N: "<= 1.2x baseline", 20000: "<= 1.2x baseline"},
+    "netlink writes per add (max)": {TARGET_N: "<= 3"},
+    "netlink writes per VtepMAC change (max)": {TARGET_N: "<= 3"},
+    "netlink writes per delete (max)": {TARGET_N: "<= 3"},
+    "kernel dumps per change (max)": "== 0",
+    "unchanged re-puts: netlink writes": "== 0",
+    "agent CPU": {TARGET_N: "<= 0.5"},
+    "no-op full resync cycle": {TARGET_N: "<= 1.5x baseline"},
+    "RSS after convergence": {TARGET_N: "<= 60", 20000: "<= 110"},
+    "RSS after changes": "<= 1.1x baseline",
+}
+
+
+def target_for(name: str, n: int) -> str | None:
+    """The target of figure ``name`` at ``n`` nodes (``TARGETS``), or None."""
+    target = TARGETS.get(re.sub(r"^[0-9,]+ ", "", name))    # "4,999 unchanged re-puts: ..." at any size
+    return target.get(n) if isinstance(target, dict) else target
 DEFAULT_RESYNC = 30.0
 #: For a figure whose baseline is the kernel doing the same work (``ip -batch``,
 #: ``ip -j``): "kernel" when it is within KERNEL_BOUND of it, else the process's own code.
@@ -153,9 +178,9 @@ class ClusterRun:
         self.samples: list[dict] = []
 
     # ---------------------------------------------------------------- helpers
-    def fig(self, scenario: str, name: str, value, unit: str, *, target_at_n: bool = False, **kw) -> Figure:
-        if target_at_n and self.n != TARGET_N:
-            kw.pop("target", None)
+    def fig(self, scenario: str, name: str, value, unit: str, **kw) -> Figure:
+        if "target" not in kw:
+            kw["target"] = target_for(name, self.n)
         if kw.get("bound") in (AUTO_AGENT, AUTO_CLIENT):
             kw["bound"] = bound_of(value, kw.get("baseline_value"), kw["bound"].split(":")[1])
         f = Figure(scenario, name, value, unit, **kw)
@@ -240,7 +265,7 @@ class ClusterRun:
         self.say(f"cold start: python -m reconciler apply (whole process) {t_apply:.2f}s")
         base = "ip -batch + bridge -batch"
         self.fig("cold start", "apply, whole process", t_apply, "s", baseline=base, baseline_value=self.t_iproute2,
-                 target="<= 1.0x baseline", target_at_n=True, bound=AUTO_AGENT)
+                 bound=AUTO_AGENT)
         self.fig("cold start", "pyroute2 install", t_pyroute2, "s", baseline=base, baseline_value=self.t_iproute2,
                  bound=AUTO_CLIENT, note="pyroute2, one call per object (in-process, socket open untimed)")
 
@@ -281,7 +306,7 @@ class ClusterRun:
                  f"RSS {self.rss_converged:.1f} MiB")
         base = "ip -batch + bridge -batch"
         self.fig("cold start", "agent start -> all routes", routes_s, "s", baseline=base,
-                 baseline_value=self.t_iproute2, target="<= 1.5x baseline", target_at_n=True, bound=AUTO_AGENT,
+                 baseline_value=self.t_iproute2, bound=AUTO_AGENT,
                  note=note)
         self.fig("cold start", "agent start -> ready", t_ready - t0, "s", baseline=base,
                  baseline_value=self.t_iproute2)
@@ -345,8 +370,8 @@ class ClusterRun:
         self.say(f"no-op: unchanged re-put -> {d.writes:g} writes, {d.cycles:g} cycles, "
                  f"dumps {'n/a' if d.dumps is None else f'{d.dumps:g}'}; ip -j dumps {self.t_dumps * 1e3:.0f} ms")
         self.fig("no-op", "unchanged re-put: netlink writes", d.writes, "", baseline="flanneld",
-                 baseline_value=FLANNELD_WRITES_PER_EVENT, target="== 0")
-        self.fig("no-op", "unchanged re-put: kernel dumps", d.dumps, "", target="== 0",
+                 baseline_value=FLANNELD_WRITES_PER_EVENT)
+        self.fig("no-op", "unchanged re-put: kernel dumps", d.dumps, "",
                  note="" if d.dumps is not None else "the agent exports no flannel_reconciler_dumps_total")
 
     # 6 ---------------------------------------------------------------- churn
@@ -384,7 +409,8 @@ class ClusterRun:
                       "agent_ms": None if t_agent is None else (t_agent - t0) * 1e3,
                       "flanneld_ms": None if t_peer is None else (t_peer - t0) * 1e3,
                       "writes": d.writes, "writes_by": {f"{k}/{o}": v for (k, o), v in d.writes_by.items()},
-                      "cycles": d.cycles, "dumps": d.dumps}
+                      "cycles": d.cycles, "dumps": d.dumps, "resyncs": d.resyncs,
+                      "dumps_not_resync": d.dumps_not_resync}
             self.samples.append(sample)
             if i % 10 == 0 or i == len(plan):
                 self.say(f"lease churn: {i}/{len(plan)} (last: {kind} {r.key}, agent "
@@ -399,19 +425,23 @@ class ClusterRun:
         note = f"{lost} of {len(self.samples)} changes never reached the kernel within 60 s" if lost else ""
         self.meta["churn_timeouts"] = {"agent": lost, "flanneld": len(self.samples) - len(theirs)}
         base = "flanneld re-enactment"
-        targets = {50: "<= 25", 90: "<= 50"}
         for q in (50, 90, 99):
             self.fig("lease churn", f"change latency p{q}", percentile(ours, q), "ms", baseline=base,
-                     baseline_value=percentile(theirs, q), target=targets.get(q), target_at_n=True, note=note)
+                     baseline_value=percentile(theirs, q), note=note)
         self.fig("lease churn", "change latency max", max(ours) if ours else None, "ms", baseline=base,
                  baseline_value=max(theirs) if theirs else None)
         for kind, label in (("add", "add"), ("mac", "VtepMAC change"), ("delete", "delete")):
             writes = [s["writes"] for s in self.samples if s["kind"] == kind]
             self.fig("lease churn", f"netlink writes per {label} (max)", max(writes) if writes else None, "",
-                     baseline=base, baseline_value=FLANNELD_WRITES_PER_EVENT, target="<= 3", target_at_n=True)
-        dumps = [s["dumps"] for s in self.samples if s["dumps"] is not None]
+                     baseline=base, baseline_value=FLANNELD_WRITES_PER_EVENT)
+        # The periodic resync dumps by design, and one falls into a change's window now and then
+        # (60 changes take longer than a 30 s interval): its dump is not the change's.
+        dumps = [s["dumps_not_resync"] for s in self.samples if s["dumps_not_resync"] is not None]
+        with_resync = sum(1 for s in self.samples if s["resyncs"])
+        note = (f"not counted: the periodic resync's own dump, in the window of {with_resync} change(s)"
+                if with_resync else "")
         self.fig("lease churn", "kernel dumps per change (max)", max(dumps) if dumps else None, "",
-                 note="" if dumps else "the agent exports no flannel_reconciler_dumps_total")
+                 note=note if dumps else "the agent exports no flannel_reconciler_dumps_total")
 
     # 7 ---------------------------------------------------------------- storm
     def storm(self) -> None:
@@ -429,12 +459,11 @@ class ClusterRun:
                  f"{d.cycles:g} cycles, agent CPU {cpu:.2f}s, idle after {t_idle:.2f}s")
         self.meta["storm"] = {"re_puts": len(live), "puts_seconds": t_puts, "cycles": d.cycles, "dumps": d.dumps}
         self.fig("rolling restart", f"{len(live):,} unchanged re-puts: netlink writes", d.writes, "",
-                 baseline="flanneld (3 per event)", baseline_value=FLANNELD_WRITES_PER_EVENT * len(live),
-                 target="== 0")
+                 baseline="flanneld (3 per event)", baseline_value=FLANNELD_WRITES_PER_EVENT * len(live))
         self.fig("rolling restart", "cycles", d.cycles, "")
         self.fig("rolling restart", "kernel dumps", d.dumps, "",
                  note="" if d.dumps is not None else "the agent exports no flannel_reconciler_dumps_total")
-        self.fig("rolling restart", "agent CPU", cpu, "s CPU", target="< 1", target_at_n=True)
+        self.fig("rolling restart", "agent CPU", cpu, "s CPU")
         self.fig("rolling restart", "time until idle", t_idle, "s", baseline="the etcd puts themselves",
                  baseline_value=t_puts)
 
@@ -460,7 +489,7 @@ class ClusterRun:
                  bound="interval", note=f"--resync-interval {self.opts.resync_interval:g}")
         self.fig("steady state", "no-op full resync cycle", resync, "s",
                  baseline="ip -j route + ip -j neigh + bridge -j fdb", baseline_value=self.t_dumps,
-                 target="<= 1.5x baseline", target_at_n=True, bound=AUTO_AGENT,
+                 bound=AUTO_AGENT,
                  note=f"median of {len(durations)} resync cycles from the agent's log" if durations
                  else "no no-op resync cycle in the agent's log")
         self.meta["resync_durations"] = durations
@@ -481,9 +510,9 @@ class ClusterRun:
             self.settle(quiet=0.5)
         rss = rss_mib(self.agent.pid)
         self.say(f"memory: RSS {rss:.1f} MiB after {count:,} changes")
-        self.fig("memory", "RSS after convergence", self.rss_converged, "MiB", target="<= 80", target_at_n=True)
+        self.fig("memory", "RSS after convergence", self.rss_converged, "MiB")
         self.fig("memory", "RSS after changes", rss, "MiB", baseline="RSS after convergence",
-                 baseline_value=self.rss_converged, target="<= 1.1x baseline", note=f"{count:,} VtepMAC changes")
+                 baseline_value=self.rss_converged, note=f"{count:,} VtepMAC changes")
         self._expect(baselines.installed(self.ns), (len(self.live),) * 3, "the agent after the changes")
 
     # 10 --------------------------------------------------------------- drift
