@@ -3,6 +3,8 @@ by the desired state and the believed kernel view when they agree, and a bound o
 lease costs in the incremental state, all checked without any clock."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -71,6 +73,29 @@ def test_converged_believed_objects_are_the_desired_instances():
     for o in peers:
         assert live.get(o.KIND, o.key) is o, o
     assert state.tracker.in_sync
+
+
+def test_a_dump_shared_as_it_is_split_needs_no_second_pass(monkeypatch):
+    """The agent's resync hands the desired state to the split: the believed view holds the
+    desired instances where equal (and the dumped value where not) without ``share_equal``."""
+    state = state_memory.build_state(50)
+    desired, tracker = state.desired.state, state.tracker
+    dump = state_memory._as_dumped(desired)
+    changed = next(o for o in dump if o.KIND == "neigh")
+    dump.add(dataclasses.replace(changed, mac="02:00:00:00:00:99"))        # one entry differs
+    passes = []
+    monkeypatch.setattr(KernelState, "share_equal", lambda self, other: passes.append(1) or 0)
+    tracker.replace_live(dump, share=desired)
+    plan = tracker.plan(desired)
+    assert passes == []
+    assert [(c.op, c.obj.key) for c in plan.changes] == [("update", changed.key)]
+    for o in tracker.live:
+        want = desired.get(o.KIND, o.key)
+        assert (o is want) == (want is not None and want == o), o
+    assert tracker.live.get("neigh", changed.key).mac == "02:00:00:00:00:99"
+    tracker.replace_live(state_memory._as_dumped(desired))                # no share: the plan shares
+    tracker.plan(desired)
+    assert passes == [1]
 
 
 def test_bytes_per_lease_of_the_incremental_state_stay_bounded():

@@ -547,7 +547,8 @@ class Agent(DataPlaneHealth):
         """A full cycle's dump of the kernel, the believed view replaced by it; False: it failed
         and the cycle is aborted with nothing written."""
         try:
-            self.tracker.replace_live(dump_live(self.backend, self.config, self.node.bridge))
+            self.tracker.replace_live(dump_live(self.backend, self.config, self.node.bridge),
+                                      share=self.desired.state)
         except ReconcilerError as exc:
             log.error("cycle aborted, nothing written: %s", exc)
             self.metrics.inc("flannel_reconciler_cycles_total", trigger=primary, outcome="error")

@@ -151,12 +151,22 @@ class FlannelOwnership:
             return owned_nexthop_id(obj.id)
         return False
 
-    def split(self, dump: Iterable[KernelObject]) -> DumpSplit:
-        """The one place a dump is split into ours and foreign (full cycle, tracker, test oracles)."""
+    def split(self, dump: Iterable[KernelObject], share: KernelState | None = None) -> DumpSplit:
+        """The one place a dump is split into ours and foreign (full cycle, tracker, test oracles).
+
+        ``share``: a state (the desired one) whose instance is kept instead of the dumped
+        object wherever the two are equal.  Equal values are interchangeable, and a converged
+        node's dump is otherwise a second copy of the desired state (docs/memory.md); doing it
+        here costs one lookup per owned object in the pass the split makes anyway."""
         out = DumpSplit()
+        live = out.live
         for obj in dump:
             if self.owns(obj):
-                out.live.add(obj)
+                if share is not None:
+                    held = share.get(obj.KIND, obj.key)
+                    if held is not None and held == obj:
+                        obj = held
+                live.add(obj)
             elif self.holds_our_key(obj):
                 if isinstance(obj, Route):
                     out.foreign_routes[obj.key] = obj

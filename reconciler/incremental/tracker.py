@@ -55,11 +55,15 @@ class Tracker:
         self.needs_dump = True
         self.conflicts: dict[Any, Conflict] = {}
         self._planned: set[ObjKey] | None = None   # None: the last plan was a full one
+        self._unshared = False      # the view holds a dump's own objects, not the desired instances
 
     # ----------------------------------------------------------- the kernel
-    def replace_live(self, dump: KernelState) -> None:
-        """A complete dump: the believed view becomes exactly its owned part."""
-        split = self.policy.split(dump)
+    def replace_live(self, dump: KernelState, share: KernelState | None = None) -> None:
+        """A complete dump: the believed view becomes exactly its owned part.  ``share``: the
+        desired state, whose instances the view keeps where equal (``FlannelOwnership.split``);
+        without it the next full plan shares them (``KernelState.share_equal``)."""
+        split = self.policy.split(dump, share)
+        self._unshared = share is None
         self.live, self.foreign_routes, self.foreign_nexthops = split.live, split.foreign_routes, split.foreign_nexthops
         self.full = True
         self.needs_dump = False
@@ -141,7 +145,9 @@ class Tracker:
             # instances instead (a route's protocol, 73 in the kernel and None in the desired
             # one, is outside equality and never read from the believed view): about 650 bytes
             # a peer (docs/memory.md).  One pass, in a full plan, which is a pass anyway.
-            self.live.share_equal(desired)
+            if self._unshared:
+                self.live.share_equal(desired)
+                self._unshared = False
             return plan
         keys = set(self.dirty)
         want, have = KernelState(), KernelState()
