@@ -392,3 +392,17 @@ def test_targets_are_per_size_where_the_issue_says_so():
     assert target_for("RSS after changes", 20000) == "<= 1.1x baseline"
     assert target_for("kernel dumps per change (max)", 1000) == "== 0"
     assert target_for("change latency p99", 5000) is None
+
+
+def test_the_bench_times_the_package_as_installed_with_its_bytecode():
+    """pip compiles an installed wheel's modules; the bench writes the same bytecode first, so
+    a checkout run with PYTHONDONTWRITEBYTECODE does not time compiling every module."""
+    import importlib.util
+
+    import reconciler.agent.daemon as daemon
+    from reconciler.tools.bench import compile_bytecode
+
+    pyc = Path(importlib.util.cache_from_source(daemon.__file__))
+    pyc.unlink(missing_ok=True)
+    assert compile_bytecode() is True
+    assert pyc.exists() and pyc.stat().st_mtime >= Path(daemon.__file__).stat().st_mtime

@@ -98,6 +98,23 @@ def test_a_dump_shared_as_it_is_split_needs_no_second_pass(monkeypatch):
     assert passes == [1]
 
 
+def test_the_kernel_confirming_the_believed_instance_changes_nothing_and_a_foreign_key_is_still_checked():
+    state = state_memory.build_state(20)
+    desired, tracker = state.desired.state, state.tracker
+    route = next(o for o in desired if o.KIND == "route" and o.gateway)
+    assert tracker.live.get("route", route.key) is route
+    confirms = [KernelEvent("set", o) for o in desired if o.KIND in ("route", "neigh", "fdb")]
+    assert tracker.observe(confirms) == 0 and not tracker.dirty
+    # The same instance at a key a foreign route was last seen at: our write replaced it there,
+    # so the foreign entry goes (the full path), and the view is unchanged.
+    tracker.foreign_routes[route.key] = dataclasses.replace(route, protocol=4)
+    assert tracker.observe([KernelEvent("set", route)]) == 0
+    assert route.key not in tracker.foreign_routes
+    # A different value at the key is still news.
+    moved = dataclasses.replace(route, gateway="100.64.77.0")
+    assert tracker.observe([KernelEvent("set", moved)]) == 1 and ("route", route.key) in tracker.dirty
+
+
 def test_bytes_per_lease_of_the_incremental_state_stay_bounded():
     # tracemalloc counts, not a clock: deterministic for one Python.  2,000 bytes a lease at
     # 2,000 leases was about 4,000 before the state was made compact (docs/memory.md); the
