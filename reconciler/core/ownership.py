@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol
 
 from reconciler.core.config import NetworkConfig
-from reconciler.core.model import (RTPROT_KERNEL, RTPROT_RECONCILER, Address, Fdb, KernelObject, KernelState, Link, Neigh, Nexthop,
+from reconciler.core.model import (KINDS, RTPROT_KERNEL, RTPROT_RECONCILER, Address, Fdb, KernelObject, KernelState, Link, Neigh, Nexthop,
                     Route)
 
 __all__ = ["BRIDGE_NAME", "DumpSplit", "FlannelOwnership", "NEXTHOP_ID_BASE", "NEXTHOP_ID_SPAN",
@@ -160,19 +160,36 @@ class FlannelOwnership:
         here costs one lookup per owned object in the pass the split makes anyway."""
         out = DumpSplit()
         live = out.live
+        if share is None:
+            for obj in dump:
+                if self.owns(obj):
+                    live.add(obj)
+                elif self.holds_our_key(obj):
+                    self._foreign(out, obj)
+            return out
+        # The dicts of each kind looked up once, each object's key computed once, and the
+        # desired instance's own key (so the view keeps none of the dump's strings) only where
+        # it replaces the dumped one: a resync at 5,000 nodes is 15,000 of these.
+        ours = {kind: live.of(kind) for kind in KINDS}
+        theirs = {kind: share.of(kind) for kind in KINDS}
         for obj in dump:
             if self.owns(obj):
-                if share is not None:
-                    held = share.get(obj.KIND, obj.key)
-                    if held is not None and held == obj:
-                        obj = held
-                live.add(obj)
+                kind, key = obj.KIND, obj.key
+                held = theirs[kind].get(key)
+                if held is not None and held == obj:
+                    ours[kind][held.key] = held
+                else:
+                    ours[kind][key] = obj
             elif self.holds_our_key(obj):
-                if isinstance(obj, Route):
-                    out.foreign_routes[obj.key] = obj
-                elif isinstance(obj, Nexthop):
-                    out.foreign_nexthops[obj.id] = obj
+                self._foreign(out, obj)
         return out
+
+    @staticmethod
+    def _foreign(out: DumpSplit, obj: KernelObject) -> None:
+        if isinstance(obj, Route):
+            out.foreign_routes[obj.key] = obj
+        elif isinstance(obj, Nexthop):
+            out.foreign_nexthops[obj.id] = obj
 
     def filter(self, live: KernelState) -> KernelState:
         """The owned part of a live dump."""
