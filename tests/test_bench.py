@@ -92,7 +92,8 @@ def test_report_joins_several_files_side_by_side(tmp_path):
     def run(n, p50, rss):
         return {"figures": [Figure("lease churn", "change latency p50", p50, "ms", "flanneld re-enactment", 4.0,
                                    target="<= 1.2x baseline"),
-                            Figure("memory", "RSS after convergence", rss, "MiB", target="<= 60")]}
+                            Figure("memory", "RSS after convergence", rss, "MiB", target="<= 60"),
+                            Figure("rolling restart", f"{n - 1:,} unchanged re-puts: netlink writes", 0, "")]}
 
     write_json(tmp_path / "a.json", machine, args, {1000: run(1000, 4.4, 50.0), 5000: run(5000, 9.9, 99.0)})
     write_json(tmp_path / "b.json", machine, args, {5000: run(5000, 4.6, 58.0), 20_000: run(20_000, 5.2, 108.0)})
@@ -110,6 +111,8 @@ def test_report_joins_several_files_side_by_side(tmp_path):
     rss = next(line for line in summary if "RSS after convergence" in line)
     assert "108.00 MiB; <= 60: **missed**" in rss
     assert {p.name for p in out.glob("table-*.md")} == {"table-1000.md", "table-5000.md", "table-20000.md"}
+    reputs = [line for line in summary if "unchanged re-puts" in line]     # one row, the count left out
+    assert len(reputs) == 1 and reputs[0].startswith("| rolling restart | unchanged re-puts: netlink writes | 0 | 0 | 0 |")
 
 
 def test_churn_plan_cycles_kinds_and_never_touches_a_removed_node():

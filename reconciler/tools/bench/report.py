@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -127,7 +128,9 @@ def render_combined(runs: dict[int, list[Figure]]) -> str:
     cells: dict[tuple[str, str], dict[int, Figure]] = {}
     for n in sizes:
         for f in runs[n]:
-            key = (f.scenario, f.name)
+            # "4,999 unchanged re-puts: ..." at one size is "19,999 unchanged re-puts: ..." at
+            # another: one row, named without the count.
+            key = (f.scenario, re.sub(r"^[0-9][0-9,]* ", "", f.name))
             if key not in cells:
                 order.append(key)
                 cells[key] = {}
