@@ -6,6 +6,8 @@ own modules so that importing the core never loads pyroute2 or grpc.
 """
 import typing as _typing
 
+from reconciler.core.lazy import lazy_getattr as _lazy_getattr
+
 if _typing.TYPE_CHECKING:  # the names below, for the type checker; at run time they load on first use
     from reconciler.core.config import NetworkConfig, parse_network_config
     from reconciler.core.desired import NodeParams, desired_state
@@ -85,20 +87,16 @@ _SOURCES = {
 }
 
 
+_lazy = _lazy_getattr(__name__, globals(), _SOURCES)
+
+
 def __getattr__(name: str):
     # __version__ is computed on first use (reconciler/version.py), so importing the core stays cheap.
     if name == "__version__":
         from reconciler.version import version
 
         return version()
-    source = _SOURCES.get(name)
-    if source is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(source), name)
-    globals()[name] = value         # the next look-up is an ordinary attribute
-    return value
+    return _lazy(name)
 
 
 def __dir__() -> list[str]:

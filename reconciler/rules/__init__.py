@@ -10,6 +10,8 @@ See docs/traffic-rules.md for the rules, their order and the facts relied on.
 """
 import typing as _typing
 
+from reconciler.core.lazy import lazy_getattr as _lazy_getattr
+
 if _typing.TYPE_CHECKING:  # for the type checker; at run time each name loads on first use
     from reconciler.rules.desired import desired_rules
     from reconciler.rules.iptables import IptablesBackend, ToolError, parse_save, restore_input
@@ -70,15 +72,7 @@ _SOURCES = {
 }
 
 
-def __getattr__(name: str):
-    source = _SOURCES.get(name)
-    if source is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(source), name)
-    globals()[name] = value         # the next look-up is an ordinary attribute
-    return value
+__getattr__ = _lazy_getattr(__name__, globals(), _SOURCES)
 
 
 def __dir__() -> list[str]:
