@@ -95,21 +95,25 @@ class SkipReport:
                 for label, n in zip(SKIP_REASONS, skips):
                     self.metrics.set("flannel_reconciler_leases_skipped", n, reason=label)
 
-    def flush(self, now: float) -> None:
-        """Say the rest of the window's burst in one line, and start a new window."""
+    def flush(self, now: float, new_window: bool = True) -> None:
+        """Say the rest of the window's burst in one line, and (unless ``new_window`` is False)
+        start a new window."""
         if self._skip_suppressed:
             log.warning("skipped %d more leases in the last %.0fs (%s); not named one by one",
                         sum(self._skip_suppressed.values()), now - self._skip_window,
                         ", ".join(f"{k}={v}" for k, v in sorted(self._skip_suppressed.items())))
             self._skip_suppressed.clear()
-        self._skip_window, self._skip_logged = now, 0
+        if new_window:
+            self._skip_window, self._skip_logged = now, 0
 
 
     def after_full_cycle(self, index: LeaseIndex) -> None:
         """A full cycle (a resync) says what the rate limit held back, and how many leases are
         skipped for which reasons."""
         if self._skip_suppressed:
-            self.flush(self.clock())
+            # Said now, but the window goes on: a resync every few seconds must not let another
+            # SKIP_LINES names through each time.
+            self.flush(self.clock(), new_window=False)
         if index.skipped:
             log.info("%d leases skipped (%s)", len(index.skipped),
                      ", ".join(f"{k}={v}" for k, v in sorted(self._skip_counts.items()) if v))
