@@ -97,7 +97,6 @@ log = logging.getLogger("flannel_reconciler")
 _ECHO_WAIT = 5.0
 
 
-
 @dataclass
 class AgentOptions:
     public_ip: str | None = None

@@ -106,7 +106,6 @@ class SkipReport:
         if new_window:
             self._skip_window, self._skip_logged = now, 0
 
-
     def after_full_cycle(self, index: LeaseIndex) -> None:
         """A full cycle (a resync) says what the rate limit held back, and how many leases are
         skipped for which reasons."""
