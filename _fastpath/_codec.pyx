@@ -12,6 +12,9 @@ lookups call back into Python, exactly as the pure code does.
 from libc.stdint cimport int32_t, uint16_t, uint32_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
+from cpython.object cimport PyObject_GenericSetAttr
+
+import dataclasses
 
 from reconciler.core.model import Fdb, Neigh, Route
 from reconciler.kernel.netlink import wire
@@ -22,6 +25,60 @@ cdef object net6_text = wire.net6_text
 cdef object split_nets = wire.split_nets
 cdef object FE80_64 = wire._FE80_64
 cdef object IPv6Network = wire.ipaddress.IPv6Network
+
+# The values are built without their dataclass ``__init__`` (a Python call setting each slot
+# through ``object.__setattr__``, the largest share of decoding a dump): a new instance and
+# its slots set from C, which is what that ``__init__`` does.  Only while the class is what
+# this code expects -- these fields in this order, slots, no ``__post_init__`` -- else the
+# class is called as before.  tests/test_wire.py compares every field, compared or not.
+cdef object object_new = object.__new__
+
+
+cdef bint plain(cls, tuple names):
+    return (tuple(f.name for f in dataclasses.fields(cls)) == names and "__slots__" in vars(cls)
+            and not hasattr(cls, "__post_init__"))
+
+
+cdef bint FAST_NEIGH = plain(Neigh, ("dev", "ip", "mac"))
+cdef bint FAST_FDB = plain(Fdb, ("dev", "mac", "dst"))
+cdef bint FAST_ROUTE = plain(Route, ("dst", "gateway", "dev", "onlink", "metric", "protocol", "nhid", "type"))
+#: Whether each class is built without its ``__init__`` (for the tests).
+BUILT_DIRECTLY = {"neigh": FAST_NEIGH, "fdb": FAST_FDB, "route": FAST_ROUTE}
+
+
+cdef object new_neigh(dev, ip, mac):
+    if not FAST_NEIGH:
+        return Neigh(dev, ip, mac)
+    cdef object o = object_new(Neigh)
+    PyObject_GenericSetAttr(o, "dev", dev)
+    PyObject_GenericSetAttr(o, "ip", ip)
+    PyObject_GenericSetAttr(o, "mac", mac)
+    return o
+
+
+cdef object new_fdb(dev, mac, dst):
+    if not FAST_FDB:
+        return Fdb(dev, mac, dst)
+    cdef object o = object_new(Fdb)
+    PyObject_GenericSetAttr(o, "dev", dev)
+    PyObject_GenericSetAttr(o, "mac", mac)
+    PyObject_GenericSetAttr(o, "dst", dst)
+    return o
+
+
+cdef object new_route(dst, gateway, dev, onlink, metric, protocol, nhid, rtype):
+    if not FAST_ROUTE:
+        return Route(dst, gateway, dev, onlink, metric, protocol, nhid, rtype)
+    cdef object o = object_new(Route)
+    PyObject_GenericSetAttr(o, "dst", dst)
+    PyObject_GenericSetAttr(o, "gateway", gateway)
+    PyObject_GenericSetAttr(o, "dev", dev)
+    PyObject_GenericSetAttr(o, "onlink", onlink)
+    PyObject_GenericSetAttr(o, "metric", metric)
+    PyObject_GenericSetAttr(o, "protocol", protocol)
+    PyObject_GenericSetAttr(o, "nhid", nhid)
+    PyObject_GenericSetAttr(o, "type", rtype)
+    return o
 
 
 
@@ -266,9 +323,9 @@ def decode_routes(buf, names, ours, nets=()):
                 if stop[RTA_NH_ID] - start[RTA_NH_ID] != 4:
                     continue
                 nhid = rd32(p + start[RTA_NH_ID])
-            out.append(Route(text, gateway, names.get(oif_obj) if oif else None,
-                             bool(flags & RTNH_F_ONLINK), metric, proto, nhid,
-                             "blackhole" if rtype == RTN_BLACKHOLE else "unicast"))
+            out.append(new_route(text, gateway, names.get(oif_obj) if oif else None,
+                                 bool(flags & RTNH_F_ONLINK), metric, proto, nhid,
+                                 "blackhole" if rtype == RTN_BLACKHOLE else "unicast"))
     finally:
         free(v4addr)
         free(v4mask)
@@ -319,8 +376,8 @@ def decode_neighs(buf, ifindex, name):
                 or (family != AF_INET and family != AF_INET6)
                 or start[NDA_DST] < 0 or start[NDA_LLADDR] < 0 or stop[NDA_LLADDR] == start[NDA_LLADDR]):
             continue
-        out.append(Neigh(name, addr_text(p + start[NDA_DST], stop[NDA_DST] - start[NDA_DST]),
-                         lladdr_text(p + start[NDA_LLADDR], stop[NDA_LLADDR] - start[NDA_LLADDR])))
+        out.append(new_neigh(name, addr_text(p + start[NDA_DST], stop[NDA_DST] - start[NDA_DST]),
+                             lladdr_text(p + start[NDA_LLADDR], stop[NDA_LLADDR] - start[NDA_LLADDR])))
     return out
 
 
@@ -351,8 +408,8 @@ def decode_fdb(buf, ifindex, name):
         if (idx != want or family != AF_BRIDGE or not flags & NTF_SELF or not state & NUD_PERMANENT
                 or start[NDA_DST] < 0 or start[NDA_LLADDR] < 0 or stop[NDA_LLADDR] == start[NDA_LLADDR]):
             continue
-        out.append(Fdb(name, lladdr_text(p + start[NDA_LLADDR], stop[NDA_LLADDR] - start[NDA_LLADDR]),
-                       addr_text(p + start[NDA_DST], stop[NDA_DST] - start[NDA_DST])))
+        out.append(new_fdb(name, lladdr_text(p + start[NDA_LLADDR], stop[NDA_LLADDR] - start[NDA_LLADDR]),
+                           addr_text(p + start[NDA_DST], stop[NDA_DST] - start[NDA_DST])))
     return out
 
 

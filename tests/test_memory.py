@@ -37,7 +37,7 @@ def test_share_equal_takes_the_other_instance_and_key_where_equal_only():
                         Neigh("flannel.1", "100.64.1.0", "0a:58:00:00:01:00"),
                         Fdb("flannel.1", "0a:58:00:00:01:00", "198.18.0.2")])
     before = list(live)
-    assert live.share_equal(desired) == 2
+    live.share_equal(desired)
     assert live == KernelState(before)                     # the same values
     assert [o.key for o in live] == [o.key for o in before]   # in the same order
     assert live.get("route", ("100.64.2.0/24", 0)) is desired.get("route", ("100.64.2.0/24", 0))
@@ -48,7 +48,15 @@ def test_share_equal_takes_the_other_instance_and_key_where_equal_only():
     # The key objects are the desired state's too.
     dkeys = {id(k) for k in desired.of("route")}
     assert sum(id(k) in dkeys for k in live.of("route")) == 1
-    assert live.share_equal(desired) == 0                  # nothing left to share
+    held = list(live)
+    live.share_equal(desired)                              # nothing left to share: no change
+    assert all(a is b for a, b in zip(held, live)) and len(held) == len(live)
+    # Equal as a whole: the kind's map becomes a copy of the other's (its keys and instances).
+    same = KernelState([_route(1), _route(2)])
+    same.share_equal(desired)
+    assert same.of("route") == desired.of("route") and same.of("route") is not desired.of("route")
+    for (k1, v1), (k2, v2) in zip(same.of("route").items(), desired.of("route").items()):
+        assert k1 is k2 and v1 is v2
 
 
 @settings(max_examples=50, deadline=None)
@@ -75,27 +83,51 @@ def test_converged_believed_objects_are_the_desired_instances():
     assert state.tracker.in_sync
 
 
-def test_a_dump_shared_as_it_is_split_needs_no_second_pass(monkeypatch):
-    """The agent's resync hands the desired state to the split: the believed view holds the
-    desired instances where equal (and the dumped value where not) without ``share_equal``."""
+def test_a_resync_dump_is_shared_in_the_full_plan_a_converged_kind_as_a_whole():
+    """The agent's resync replaces the believed view with a dump; the next full plan holds the
+    desired instances where equal (and the dumped value where not).  A kind equal as a whole
+    becomes a copy of the desired map, keys included; a kind with one difference is shared
+    object by object, and the plan still writes exactly that difference."""
     state = state_memory.build_state(50)
     desired, tracker = state.desired.state, state.tracker
     dump = state_memory._as_dumped(desired)
     changed = next(o for o in dump if o.KIND == "neigh")
     dump.add(dataclasses.replace(changed, mac="02:00:00:00:00:99"))        # one entry differs
-    passes = []
-    monkeypatch.setattr(KernelState, "share_equal", lambda self, other: passes.append(1) or 0)
-    tracker.replace_live(dump, share=desired)
+    tracker.replace_live(dump)
+    assert all(tracker.live.get(o.KIND, o.key) is not o for o in desired if o.KIND in ("route", "fdb"))
     plan = tracker.plan(desired)
-    assert passes == []
     assert [(c.op, c.obj.key) for c in plan.changes] == [("update", changed.key)]
     for o in tracker.live:
         want = desired.get(o.KIND, o.key)
         assert (o is want) == (want is not None and want == o), o
     assert tracker.live.get("neigh", changed.key).mac == "02:00:00:00:00:99"
-    tracker.replace_live(state_memory._as_dumped(desired))                # no share: the plan shares
-    tracker.plan(desired)
-    assert passes == [1]
+    # The converged kinds hold the desired keys too, not the dump's.
+    for kind in ("route", "fdb"):
+        dkeys = {id(k) for k in desired.of(kind)}
+        assert all(id(k) in dkeys for k in tracker.live.of(kind)), kind
+    assert tracker.live.of("route") is not desired.of("route")   # a copy: the two evolve apart
+    # A second dump of a converged kernel: nothing to write, everything shared again.
+    tracker.settle(plan, [])
+    tracker.replace_live(state_memory._as_dumped(desired))
+    assert tracker.plan(desired).changes == ()
+    assert all(tracker.live.get(o.KIND, o.key) is o for o in desired)
+
+
+def test_split_of_a_dump_keeps_its_keys_and_matches_the_object_by_object_split():
+    state = state_memory.build_state(30)
+    dump = state_memory._as_dumped(state.desired.state)
+    foreign = Route("100.64.200.0/24", "198.18.0.9", "eth0", protocol=4)
+    elsewhere = Route("192.0.2.0/24", "198.18.0.9", "eth0", protocol=4)
+    dump.add(foreign)
+    dump.add(elsewhere)
+    dump.add(Neigh("eth0", "198.18.0.9", "02:00:00:00:00:09"))
+    keyed = state.tracker.policy.split(dump)
+    walked = state.tracker.policy.split(list(dump))
+    assert keyed.live == walked.live and keyed.foreign_routes == walked.foreign_routes
+    assert keyed.foreign_routes == {foreign.key: foreign}
+    for kind in ("route", "neigh", "fdb"):
+        dkeys = {id(k) for k in dump.of(kind)}
+        assert all(id(k) in dkeys for k in keyed.live.of(kind)), kind
 
 
 def test_the_kernel_confirming_the_believed_instance_changes_nothing_and_a_foreign_key_is_still_checked():
@@ -137,7 +169,7 @@ def test_the_first_dump_after_a_cold_start_is_followed_by_a_heap_trim_and_later_
     # The fresh objects of a dump are let go of in the full plan that follows it (the believed
     # view keeps the desired instances); the cycle then gives the freed heap back.
     from benchmarks.conftest import cluster_kvs
-    from reconciler.agent import daemon
+    from reconciler.agent import heap
     from reconciler.core.config import parse_network_config
     from reconciler.core.desired import NodeParams
     from reconciler.core.model import Link
@@ -145,7 +177,7 @@ def test_the_first_dump_after_a_cold_start_is_followed_by_a_heap_trim_and_later_
     from tests.model_kernel import ModelKernel
 
     trims = []
-    monkeypatch.setattr(daemon, "_trim_heap", lambda: trims.append(1))
+    monkeypatch.setattr(heap, "trim", lambda: trims.append(1))
     kvs = cluster_kvs(1200)
     k = ModelKernel()
     k.add_link(Link("eth0", "veth", 1500, "02:00:00:00:ee:01", True))
@@ -164,3 +196,54 @@ def test_the_first_dump_after_a_cold_start_is_followed_by_a_heap_trim_and_later_
     assert trims == [1]
     report = agent.cycle({"resync"})                        # a later resync reuses what the last freed
     assert report.dumped and trims == [1]
+
+
+def test_the_collector_is_paused_for_a_full_cycles_dump_and_plan_and_only_then():
+    import gc
+
+    from reconciler.agent import heap
+    assert gc.isenabled()
+    with heap.collector_paused():
+        assert not gc.isenabled()
+        with heap.collector_paused():               # nested: the outer one re-enables
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with heap.collector_paused(False):
+        assert gc.isenabled()
+    with pytest.raises(RuntimeError):
+        with heap.collector_paused():
+            raise RuntimeError("a failed dump")
+    assert gc.isenabled()
+
+
+def test_a_resync_cycle_runs_without_collections_and_leaves_the_collector_on(tmp_path):
+    import gc
+
+    from benchmarks.conftest import cluster_kvs
+    from reconciler.core.config import parse_network_config
+    from reconciler.core.desired import NodeParams
+    from reconciler.core.model import Link
+    from tests.agent_harness import offline_agent, queue_listing
+    from tests.model_kernel import ModelKernel
+
+    kvs = cluster_kvs(300)
+    k = ModelKernel()
+    k.add_link(Link("eth0", "veth", 1500, "02:00:00:00:ee:01", True))
+    k.add_address("eth0", "198.18.0.1/15")
+    agent = offline_agent(k, parse_network_config(kvs[0].value),
+                          NodeParams(public_ip="198.18.0.1", underlay_mtu=1500, underlay="eth0"),
+                          str(tmp_path / "subnet.env"))
+    queue_listing(agent, kvs[1:])
+    agent.cycle({"relist"})
+    seen = []
+    real_plan = agent.tracker.plan
+
+    def plan(desired):
+        seen.append(gc.isenabled())
+        return real_plan(desired)
+
+    agent.tracker.plan = plan
+    assert agent.cycle({"resync"}).dumped
+    agent.cycle({"lease"})
+    assert seen == [False, True] and gc.isenabled()

@@ -48,8 +48,6 @@ Failing static (flannel #636; Felix's "in sync" gate):
 from __future__ import annotations
 
 import collections
-import ctypes
-import gc
 import logging
 import random
 import threading
@@ -63,6 +61,7 @@ from reconciler.agent.coalesce import fold_burst
 from reconciler.agent.conditions import DataPlaneHealth
 from reconciler.agent.endpoints import Endpoints
 from reconciler.agent.etcd_side import EtcdSide
+from reconciler.agent import heap
 from reconciler.agent.failures import failure_lines
 from reconciler.agent.inbox import Inbox, Listing, Pin
 from reconciler.agent.rule_sync import RuleSync
@@ -498,9 +497,10 @@ class Agent(DataPlaneHealth):
         if not self._own_lease_gate(primary):
             return None
         full = "resync" in triggers or self.tracker.needs_dump
-        if full and not self._dump(primary):
-            return None
-        plan, held = self._hold_back(self.tracker.plan(self.desired.state))
+        with heap.collector_paused(full):
+            if full and not self._dump(primary):
+                return None
+            plan, held = self._hold_back(self.tracker.plan(self.desired.state))
         results = apply_plan(self.backend, plan, self.desired.state) if plan.changes else []
         self.tracker.settle(plan, results, held)
         self._rules_step()
@@ -547,8 +547,7 @@ class Agent(DataPlaneHealth):
         """A full cycle's dump of the kernel, the believed view replaced by it; False: it failed
         and the cycle is aborted with nothing written."""
         try:
-            self.tracker.replace_live(dump_live(self.backend, self.config, self.node.bridge),
-                                      share=self.desired.state)
+            self.tracker.replace_live(dump_live(self.backend, self.config, self.node.bridge))
         except ReconcilerError as exc:
             log.error("cycle aborted, nothing written: %s", exc)
             self.metrics.inc("flannel_reconciler_cycles_total", trigger=primary, outcome="error")
@@ -646,10 +645,10 @@ class Agent(DataPlaneHealth):
         # what one resync's dump frees, the next one's reuses, and trimming each time cost about
         # 25 ms a resync at 5,000 nodes (the heap given back, then faulted in again).
         if len(results) > 1000:
-            _trim_heap()
+            heap.trim()
             self._trim_next_dump = True
         elif dumped and self._trim_next_dump and len(self.tracker.live) > 1000:
-            _trim_heap()
+            heap.trim()
             self._trim_next_dump = False
 
     def _log_cycle(self, triggers: set[str], plan: Plan, failed: list, held: tuple, dumped: bool,
@@ -710,25 +709,6 @@ class Agent(DataPlaneHealth):
         if self.keeper is not None and self.keeper.not_ours:
             why.append(self.keeper.not_ours)
         return "; ".join(why)
-
-
-def _trim_heap() -> None:
-    """After a large cycle: give its memory back, and take the long-lived state out of the GC's walks.
-
-    A cold start's 15,000 changes, their results and the dump buffers are
-    freed afterwards, but glibc keeps the freed heap mapped, so the agent's
-    RSS would stay at the cold start's peak for its whole life:
-    ``malloc_trim`` returns it.  ``gc.freeze`` moves what survives (the lease
-    index, the desired state: tens of thousands of objects that live as long
-    as the agent) out of the cyclic collector's generations, which would
-    otherwise walk them all now and then in the middle of a cycle
-    (docs/incremental.md).  A few ms, only after big cycles."""
-    gc.collect()
-    gc.freeze()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):   # not glibc: nothing to trim this way
-        pass
 
 
 def _tr(triggers: set[str]) -> str:

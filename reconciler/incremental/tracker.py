@@ -58,12 +58,11 @@ class Tracker:
         self._unshared = False      # the view holds a dump's own objects, not the desired instances
 
     # ----------------------------------------------------------- the kernel
-    def replace_live(self, dump: KernelState, share: KernelState | None = None) -> None:
-        """A complete dump: the believed view becomes exactly its owned part.  ``share``: the
-        desired state, whose instances the view keeps where equal (``FlannelOwnership.split``);
-        without it the next full plan shares them (``KernelState.share_equal``)."""
-        split = self.policy.split(dump, share)
-        self._unshared = share is None
+    def replace_live(self, dump: KernelState) -> None:
+        """A complete dump: the believed view becomes exactly its owned part (the next full
+        plan holds the desired instances where equal: ``plan``)."""
+        split = self.policy.split(dump)
+        self._unshared = True
         self.live, self.foreign_routes, self.foreign_nexthops = split.live, split.foreign_routes, split.foreign_nexthops
         self.full = True
         self.needs_dump = False
@@ -144,17 +143,18 @@ class Tracker:
     def plan(self, desired: KernelState) -> Plan:
         """The changes for the dirty keys (or for everything, when needed), and their conflicts."""
         if self.full or any(k in ("link", "address") for k, _ in self.dirty):
-            plan = make_plan(desired, self.live, self.foreign_routes, self.foreign_nexthops)
-            self.conflicts = {c.desired.key: c for c in plan.conflicts}
-            self._planned = None
             # After a dump the believed view holds fresh objects, each equal to the desired one
             # when converged: two copies of the state.  The believed view keeps the desired
             # instances instead (a route's protocol, 73 in the kernel and None in the desired
             # one, is outside equality and never read from the believed view): about 650 bytes
-            # a peer (docs/memory.md).  One pass, in a full plan, which is a pass anyway.
+            # a peer (docs/memory.md).  Done before the plan, whose comparison of a converged
+            # kind is then one of identical instances.
             if self._unshared:
                 self.live.share_equal(desired)
                 self._unshared = False
+            plan = make_plan(desired, self.live, self.foreign_routes, self.foreign_nexthops)
+            self.conflicts = {c.desired.key: c for c in plan.conflicts}
+            self._planned = None
             return plan
         keys = set(self.dirty)
         want, have = KernelState(), KernelState()

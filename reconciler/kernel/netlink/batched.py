@@ -308,6 +308,9 @@ class BatchedBackend(UnderlayLookup, KernelFacts):
 
     def _dump_once(self, devices: set[str], nets: tuple) -> KernelState:
         state = KernelState()
+        # Straight into each kind's dict: a resync at 5,000 nodes is 15,000 objects, and a
+        # method call each for ``state.add`` showed in the agent's profile.
+        neighs, fdbs, routes = state.of("neigh"), state.of("fdb"), state.of("route")
         ours: dict[int, str] = {}
         for msg in self._refresh_links():
             if msg.name in devices:
@@ -319,15 +322,15 @@ class BatchedBackend(UnderlayLookup, KernelFacts):
             for fam in (AF_INET, AF_INET6):
                 buf = self._dump(lambda seq: wire.encode_getneigh(seq, fam, idx), f"neigh {name}")
                 for neigh in self._decode_neighs(buf, idx, name):
-                    state.add(neigh)
+                    neighs[neigh.key] = neigh
             if self._links[idx].kind == "vxlan":
                 buf = self._dump(lambda seq: wire.encode_getneigh(seq, AF_BRIDGE, idx), f"fdb {name}")
                 for fdb in self._decode_fdb(buf, idx, name):
-                    state.add(fdb)
+                    fdbs[fdb.key] = fdb
         for fam in (AF_INET, AF_INET6):
             buf = self._dump(lambda seq: wire.encode_getroute(seq, fam), "route")
             for route in self._decode_routes(buf, self._names, ours, nets):
-                state.add(route)
+                routes[route.key] = route
         for nh in wire.decode_nexthops(self._dump(wire.encode_getnexthop, "nexthop"), self._names):
             state.add(nh)
         return state
