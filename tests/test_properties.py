@@ -141,3 +141,31 @@ def test_plan_does_not_depend_on_lease_order(cluster, seed, data):
     assert a.plan == b.plan
     assert a.skipped == b.skipped
     assert a.desired == b.desired
+
+
+# ------------------------------------------------------------------ ownership's IPv4 arithmetic
+
+def _inside_by_ipaddress(policy: FlannelOwnership, prefix: str) -> bool:
+    import ipaddress
+    try:
+        net = ipaddress.ip_network(prefix, strict=False)
+    except ValueError:
+        return False
+    return any(net.version == n.version and net.subnet_of(n) for n in policy._networks)
+
+
+_prefixes = st.one_of(
+    st.tuples(*[st.integers(0, 255)] * 4, st.integers(0, 33)).map(lambda t: "{}.{}.{}.{}/{}".format(*t)),
+    st.from_regex(r"\A[0-9]{1,4}(\.[0-9]{1,4}){2,4}(/[0-9]{0,3})?\Z"),
+    st.text(alphabet="0123456789./:abcdef\u0661 ", max_size=24),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(prefix=_prefixes, network=st.sampled_from(["100.64.0.0/10", "100.64.0.0/16", "64.0.0.0/2", "100.64.7.0/24"]))
+def test_inside_network_in_integers_agrees_with_ipaddress(prefix, network):
+    """The IPv4 test in integers (ownership.py ``_inside_v4``) is a shortcut, never another answer:
+    for well-formed and malformed text alike it says what ``ipaddress`` says."""
+    policy = FlannelOwnership(parse_network_config(
+        f'{{"Network": "{network}", "IPv6Network": "fd00::/8", "Backend": {{"Type": "vxlan"}}}}'))
+    assert policy.inside_network(prefix) == _inside_by_ipaddress(policy, prefix), prefix

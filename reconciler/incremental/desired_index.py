@@ -76,23 +76,28 @@ class DesiredIndex:
         if old == objs:
             return set()
         dirty: set[ObjKey] = set()
-        new_keys = {(o.KIND, o.key) for o in objs}
         # Which lease an object key belongs to is the instance ``state`` holds: the one set
         # last.  While our lease moves from one key to another, both hold our devices for a
         # moment, and the old one's removal must not take away what the new one just set, so
         # an object is removed only while it is still this lease's own instance.  (A dict of
         # holders said the same at about 450 bytes a lease: docs/memory.md.)
-        for o in old:
-            ok = (o.KIND, o.key)
-            if ok not in new_keys and self.state.get(o.KIND, o.key) is o:
-                self.state.discard(o)
-                dirty.add(ok)
+        if old:
+            new_keys = {(o.KIND, o.key) for o in objs}
+            for o in old:
+                ok = (o.KIND, o.key)
+                if ok not in new_keys and self.state.get(o.KIND, o.key) is o:
+                    self.state.discard(o)
+                    dirty.add(ok)
+        # Each object's key once (a property building a tuple): a cold start is 15,000 of these.
+        of = self.state.of
         for o in objs:
-            cur = self.state.get(o.KIND, o.key)
+            kind, key = o.KIND, o.key
+            held = of(kind)
+            cur = held.get(key)
             if cur is not o:
-                self.state.add(o)
+                held[key] = o
                 if cur != o:
-                    dirty.add((o.KIND, o.key))
+                    dirty.add((kind, key))
         if objs:
             self._by_lease[lease_key] = objs
         else:

@@ -188,24 +188,24 @@ class Tracker:
         self._planned = None
         for change in held_back:
             self.dirty.add((change.kind, change.obj.key))
+        live_of = self.live.of
         for res in results:
             c = res.change
-            key = (c.kind, c.obj.key)
-            if c.kind in ("link", "address"):
+            kind, obj = c.kind, c.obj
+            if kind in ("link", "address"):
                 # Devices and addresses have kernel side effects the ACK does not show.
                 self.needs_dump = True
             if not res.ok:
-                self.dirty.add(key)
+                self.dirty.add((kind, obj.key))
                 continue
             if c.op == "delete":
-                cur = self.live.get(c.kind, c.obj.key)
-                if cur is not None:
-                    self.live.discard(cur)
+                live_of(kind).pop(obj.key, None)
             else:
                 # The desired instance itself: what the kernel now holds is equal to it (a route's
                 # protocol, 73 in the kernel and None here, is not part of equality and is never
-                # read from the believed view), and one object serves both views.
-                self.live.add(c.obj)
+                # read from the believed view), and one object serves both views.  A cold start
+                # is 15,000 of these: each key is computed once.
+                live_of(kind)[obj.key] = obj
 
     @property
     def in_sync(self) -> bool:
