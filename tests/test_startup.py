@@ -10,7 +10,7 @@ import collections
 import logging
 import random
 
-from reconciler.agent.acquire import Listing, acquire_lease
+from reconciler.agent.acquire import SubnetTable, acquire_lease
 from reconciler.core.config import parse_network_config
 from reconciler.core.leases import RawKV, encode_lease_value
 from reconciler.incremental.lease_index import LeaseIndex
@@ -129,7 +129,7 @@ def test_a_listing_parsed_by_the_lease_index_is_the_one_acquisition_would_parse(
     index = LeaseIndex(config, "/coreos.com/network")
     kvs = _kvs(base)
     index.replace_all(kvs)
-    assert Listing.of(index.kvs(), base, index.parsed_any) == Listing.of(list(reversed(kvs)), base)
+    assert SubnetTable.of(index.kvs(), base, index.parsed_any) == SubnetTable.of(list(reversed(kvs)), base)
     assert index.parsed_any(base + "100.64.3.0-26") is not None       # parsed although it does not fit
     assert index.parsed(base + "100.64.3.0-26") is None
 
@@ -159,7 +159,7 @@ class _NoListing:
 def test_acquisition_chooses_from_the_listing_it_is_given():
     store = _NoListing()
     config = parse_network_config(CONFIG)
-    listing = Listing.of(_kvs(store.subnets_prefix), store.subnets_prefix)
+    listing = SubnetTable.of(_kvs(store.subnets_prefix), store.subnets_prefix)
     got = acquire_lease(store, config, ME, MAC2.replace("02", "99"), None, random.Random(1), listing=listing)
     assert store.created == [got.key]
     assert got.subnet.network_address.packed[2] >= 100      # SubnetMin of CONFIG, none of the listed

@@ -52,7 +52,7 @@ __all__ = [
     "Acquired",
     "Choice",
     "LeaseKeeper",
-    "Listing",
+    "SubnetTable",
     "OutOfSubnets",
     "SUBNET_TTL",
     "acquire_lease",
@@ -290,8 +290,8 @@ def _same_ip(text: str, me: IPv4Address) -> bool:
 # --------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Listing:
-    """One listing of ``<prefix>/subnets/`` as acquisition reads it: the kvs by full key, the
+class SubnetTable:
+    """The subnets as acquisition sees them, from one listing of ``<prefix>/subnets/``: the kvs by full key, the
     leases that parse (whatever the config) in key order, and the subnets of keys whose value
     does not parse (taken all the same).
 
@@ -305,7 +305,7 @@ class Listing:
 
     @classmethod
     def of(cls, kvs: Iterable[RawKV], base: str,
-           parsed: Callable[[str], Lease | None] | None = None) -> "Listing":
+           parsed: Callable[[str], Lease | None] | None = None) -> "SubnetTable":
         """The listing of ``kvs`` (only those under ``base``).  ``parsed``: the lease already
         parsed from a full key's value, or None when that value does not parse; without it
         every value is parsed here."""
@@ -329,7 +329,7 @@ class Listing:
 def acquire_lease(store: "EtcdStore", config: NetworkConfig, public_ip: str, vtep_mac: str,
                   previous_subnet: IPv4Network | None, rng: random.Random, ttl: int = SUBNET_TTL,
                   max_tries: int = 10, *, public_ipv6: str | None = None, v6_vtep_mac: str | None = None,
-                  previous_ipv6_subnet: IPv6Network | None = None, listing: Listing | None = None) -> Acquired:
+                  previous_ipv6_subnet: IPv6Network | None = None, listing: SubnetTable | None = None) -> Acquired:
     """Acquire (or reclaim) this node's lease: list, choose, write with a
     compare; on a lost race list again, up to ``max_tries`` times.  ``listing``: what the
     first try chooses from instead of listing itself (a listing the caller just read).
@@ -345,7 +345,7 @@ def acquire_lease(store: "EtcdStore", config: NetworkConfig, public_ip: str, vte
     deleted: list[str] = []
     for attempt in range(1, max_tries + 1):
         if listing is None:
-            listing = Listing.of(store.snapshot().kvs, base)
+            listing = SubnetTable.of(store.snapshot().kvs, base)
         kvs = listing.kvs
         leases, occupied = list(listing.leases), list(listing.occupied)
         listing = None      # a lost race lists again

@@ -55,8 +55,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable
 
-from reconciler.agent.acquire import LeaseKeeper, acquire_lease
-from reconciler.agent.acquire import Listing as LeaseListing
+from reconciler.agent.acquire import LeaseKeeper, SubnetTable, acquire_lease
 from reconciler.agent.coalesce import fold_burst
 from reconciler.agent.conditions import DataPlaneHealth
 from reconciler.agent.endpoints import Endpoints
@@ -264,7 +263,7 @@ class Agent(DataPlaneHealth):
             if tries:       # etcd failed half-way: what was listed may be stale now
                 self._first_listing()
             tries += 1
-            listing = LeaseListing.of(self.index.kvs(), self.store.subnets_prefix, self.index.parsed_any)
+            listing = SubnetTable.of(self.index.kvs(), self.store.subnets_prefix, self.index.parsed_any)
             mac = choose_vtep_mac(self.backend, self.config, public_ip, listing.leases, self.rng)
             mac6 = (choose_v6_vtep_mac(self.backend, self.config, public_ip, listing.leases, self.rng)
                     if public_ipv6 else None)

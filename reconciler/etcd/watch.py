@@ -6,9 +6,10 @@ store's small public watch surface (``WatchedStore``) and the error
 classification of ``rpc.py``; it imports nothing from ``store.py``.
 
 A watch dies silently with its server, so this is our own bidirectional
-stream with a reader thread (so the consumer can wait with a timeout) and a
-liveness probe (etcd's progress request); a broken stream is re-created on an
-available endpoint from the last delivered revision + 1.
+stream, read by its consumer, with a watchdog thread that keeps the time
+(gRPC's iterator has no timeout) and a liveness probe (etcd's progress
+request); a broken stream is re-created on an available endpoint from the
+last delivered revision + 1.
 """
 from __future__ import annotations
 
@@ -16,8 +17,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import grpc
 from pyetcd import etcdrpc
@@ -90,7 +90,8 @@ def watch_subnets(store: WatchedStore, next_rev: int, stop: threading.Event | No
                 label, url, channel, metadata = store.open_watch_channel(_REQUIRE_LEADER)
                 stream = _WatchStream(channel, metadata, etcdrpc.WatchRequest(
                     create_request=etcdrpc.WatchCreateRequest(key=key.encode(), range_end=range_end,
-                                                              start_revision=next_rev)))
+                                                              start_revision=next_rev)),
+                    stopped, store.timeout, progress_interval, heard_at)
             except EtcdAuthError:
                 raise
             except EtcdError as exc:
@@ -98,37 +99,10 @@ def watch_subnets(store: WatchedStore, next_rev: int, stop: threading.Event | No
             except (grpc.RpcError, pyetcd_exc.Etcd3Exception, ValueError) as exc:
                 raise _Broken(str(exc)) from exc
 
-            opened_at = time.monotonic()
-            created = False
-            probe_sent_at: float | None = None
-            while not stopped():
-                item = stream.get(0.2)
+            for item in stream.responses():
                 if stopped():
-                    return  # also when close() broke the stream: that is no error
-                now = time.monotonic()
-                if item is None:
-                    if not created:
-                        if now - opened_at > store.timeout:
-                            raise _Broken(f"watch create: no answer within {store.timeout:g}s", hung=True)
-                    elif probe_sent_at is not None:
-                        if now - probe_sent_at > store.timeout:
-                            raise _Broken(f"watch: no answer to a progress request within {store.timeout:g}s",
-                                          hung=True)
-                    elif now - heard_at >= progress_interval:
-                        stream.request_progress()
-                        probe_sent_at = now
-                    continue
-                if isinstance(item, _StreamEnded):
-                    if item.error is not None:
-                        kind = classify(item.error)
-                        if kind == TOKEN and store.has_credentials and not reauthed:
-                            reauthed = True
-                            store.renew_token()
-                        elif kind not in (TRANSIENT, LEADER):
-                            raise store.translate_error("watch", url, item.error) from item.error
-                        raise _Broken(code_details(item.error)[1], item.error)
-                    raise _Broken("watch stream closed by the server", hung=True)
-                heard_at, probe_sent_at = now, None
+                    return
+                heard_at = stream.heard_at
                 _check_not_rolled_back(store, item.header, next_rev - 1, cluster_id, url)
                 if health is not None:
                     health(True)
@@ -147,8 +121,8 @@ def watch_subnets(store: WatchedStore, next_rev: int, stop: threading.Event | No
                         raise EtcdAuthError(f"etcd watch {key} via {url}: {reason}")
                     # "no leader" and the like: this member is no use, try another.
                     raise _Broken(reason, hung=True)
-                if item.created and not created:
-                    created = True
+                if item.created and not stream.created:
+                    stream.created = True
                     backoff.reset()
                     reauthed = False
                 for ev in item.events:
@@ -157,6 +131,18 @@ def watch_subnets(store: WatchedStore, next_rev: int, stop: threading.Event | No
                     event = _watch_event(ev)
                     yield event
                     next_rev = event.revision + 1
+            if stopped():
+                return      # also when close() broke the stream: that is no error
+            error = stream.ended_by
+            if error is None:
+                raise _Broken("watch stream closed by the server", hung=True)
+            kind = classify(error)
+            if kind == TOKEN and store.has_credentials and not reauthed:
+                reauthed = True
+                store.renew_token()
+            elif kind not in (TRANSIENT, LEADER):
+                raise store.translate_error("watch", url, error) from error
+            raise _Broken(code_details(error)[1], error)
         except _Broken as broken:
             if stopped():
                 return
@@ -209,11 +195,6 @@ class _Broken(Exception):
         self.hung = hung
 
 
-@dataclass(frozen=True)
-class _StreamEnded:
-    error: BaseException | None
-
-
 class _Backoff:
     """100 ms doubling to 2 s, like flanneld's watch reconnect (which caps at 5 s)."""
 
@@ -229,19 +210,35 @@ class _Backoff:
 
 
 class _WatchStream:
-    """One bidirectional Watch stream.  A reader thread moves responses to a
-    queue, so the consumer can wait with a timeout (gRPC's iterator cannot)."""
+    """One bidirectional Watch stream, read by the thread that consumes it.
 
-    def __init__(self, channel: grpc.Channel, metadata: list[tuple[str, str]], create: etcdrpc.WatchRequest) -> None:
-        # SimpleQueue: put and get are C code with no Condition of their own; every watch answer
-        # crosses this queue, and in a storm queue.Queue's locking showed in the profile.
+    gRPC's response iterator cannot wait with a timeout, so a watchdog thread keeps the time:
+    every 0.2 s it checks ``stopped``, the create answer (within ``timeout``), and silence (a
+    progress request after ``progress_interval``, answered within ``timeout``), and ends the
+    stream by cancelling the call; ``broken`` then says why.  The consumer reads the call
+    directly: a reader thread handing each answer over a queue was one more thread woken per
+    answer, and in a storm of 5,000 puts that hand-over was about a sixth of the agent's CPU
+    (docs/incremental.md, "The watch stream's threads")."""
+
+    def __init__(self, channel: grpc.Channel, metadata: list[tuple[str, str]], create: etcdrpc.WatchRequest,
+                 stopped: Callable[[], bool], timeout: float, progress_interval: float, heard_at: float) -> None:
         self._requests: queue.SimpleQueue[etcdrpc.WatchRequest | None] = queue.SimpleQueue()
-        self._responses: queue.SimpleQueue[etcdrpc.WatchResponse | _StreamEnded] = queue.SimpleQueue()
         self._requests.put(create)
-        # No deadline: the stream is meant to live long; liveness is the probe's job.
+        self._stopped, self._timeout, self._progress_interval = stopped, timeout, progress_interval
+        #: The last time any endpoint answered (the stream's answers move it on).
+        self.heard_at = heard_at
+        #: The create request was answered (set by the consumer).
+        self.created = False
+        #: Why the watchdog ended the stream (None: it did not).
+        self.broken: _Broken | None = None
+        #: The error the call ended with, when it was not the watchdog's doing (None: a clean end).
+        self.ended_by: BaseException | None = None
+        self._probe_sent_at: float | None = None
+        self._closed = threading.Event()
+        # No deadline: the stream is meant to live long; liveness is the watchdog's job.
         self._call = etcdrpc.WatchStub(channel).Watch(self._request_iter(), metadata=metadata)
-        self._reader = threading.Thread(target=self._read, name="etcd-watch-reader", daemon=True)
-        self._reader.start()
+        self._dog = threading.Thread(target=self._watchdog, name="etcd-watch-watchdog", daemon=True)
+        self._dog.start()
 
     def _request_iter(self) -> Iterator[etcdrpc.WatchRequest]:
         while True:
@@ -250,29 +247,50 @@ class _WatchStream:
                 return
             yield request
 
-    def _read(self) -> None:
+    def responses(self) -> Iterator[etcdrpc.WatchResponse]:
+        """The stream's answers, until it ends.  Raises the watchdog's ``_Broken`` when it ended
+        the stream; otherwise a server's end is in ``ended_by`` (None for a clean close)."""
         try:
             for response in self._call:
-                self._responses.put(response)
-            self._responses.put(_StreamEnded(None))
+                self.heard_at, self._probe_sent_at = time.monotonic(), None
+                yield response
         except grpc.RpcError as exc:
-            self._responses.put(_StreamEnded(exc))
-        except Exception as exc:  # never let the reader die silently
-            self._responses.put(_StreamEnded(exc))
+            if self.broken is not None:
+                raise self.broken from None
+            self.ended_by = exc
+        except Exception as exc:    # never let a surprise pass as a clean end
+            self.ended_by = exc
+        if self.broken is not None:
+            raise self.broken
 
-    def get(self, timeout: float) -> etcdrpc.WatchResponse | _StreamEnded | None:
-        try:
-            return self._responses.get(timeout=timeout)
-        except queue.Empty:
-            return None
-
-    def request_progress(self) -> None:
-        self._requests.put(etcdrpc.WatchRequest(progress_request=etcdrpc.WatchProgressRequest()))
+    def _watchdog(self) -> None:
+        opened_at = time.monotonic()
+        while not self._closed.wait(0.2):
+            if self._stopped():
+                self._call.cancel()
+                return
+            now = time.monotonic()
+            why = None
+            if not self.created:
+                if now - opened_at > self._timeout:
+                    why = f"watch create: no answer within {self._timeout:g}s"
+            elif self._probe_sent_at is not None:
+                if now - self._probe_sent_at > self._timeout:
+                    why = f"watch: no answer to a progress request within {self._timeout:g}s"
+            elif now - self.heard_at >= self._progress_interval:
+                self._probe_sent_at = now
+                self._requests.put(etcdrpc.WatchRequest(progress_request=etcdrpc.WatchProgressRequest()))
+            if why is not None:
+                self.broken = _Broken(why, hung=True)
+                self._call.cancel()
+                return
 
     def close(self) -> None:
+        self._closed.set()
         self._requests.put(None)   # ends the request iterator (gRPC's sender thread)
-        self._call.cancel()        # ends the response iterator (our reader thread)
-        self._reader.join(timeout=2.0)
+        self._call.cancel()        # ends the response iterator
+        if self._dog is not threading.current_thread():
+            self._dog.join(timeout=2.0)
 
 
 def _watch_event(ev: Any) -> WatchEvent:
