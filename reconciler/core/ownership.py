@@ -204,7 +204,7 @@ class FlannelOwnership:
             src, dst = dump.of(kind), live.of(kind)
             if kind in ("neigh", "fdb"):
                 for key, obj in src.items():
-                    if obj.dev in vxlan:
+                    if obj.dev in vxlan:    # type: ignore[union-attr,operator]  # a Neigh or an Fdb
                         dst[key] = obj
                 continue
             for key, obj in src.items():
