@@ -254,3 +254,28 @@ def test_netlink_backend_defaults_to_batched():
     assert parse_args(argv, environ={}).netlink_backend == "batched"
     assert parse_args(argv + ["--netlink-backend", "pyroute2"], environ={}).netlink_backend == "pyroute2"
     assert parse_args(argv, environ={"FLANNELD_NETLINK_BACKEND": "pyroute2"}).netlink_backend == "pyroute2"
+
+
+def test_one_shot_commands_run_without_the_cyclic_collector_and_give_it_back(monkeypatch, tmp_path):
+    # plan/apply/show build the whole state once and exit: collections only cost them time
+    # (docs/memory.md).  In-process callers get the collector back; the agent keeps it.
+    import gc
+
+    from reconciler.cli import main as cli_main
+
+    seen = {}
+
+    def handler(name):
+        def run(args):
+            seen[name] = gc.isenabled()
+            return 0
+        return run
+
+    for name in ("plan", "show"):
+        monkeypatch.setitem(cli_main.COMMANDS, name, handler(name))
+    leases = tmp_path / "leases.json"
+    leases.write_text("{}")
+    assert cli_main.main(["plan", "--leases-file", str(leases), "--offline"]) == 0
+    assert cli_main.main(["show", "--leases-file", str(leases)]) == 0
+    assert seen == {"plan": False, "show": False} and gc.isenabled()
+    assert "run" not in cli_main._ONE_SHOT and "demo" not in cli_main._ONE_SHOT

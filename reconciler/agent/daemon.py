@@ -23,8 +23,10 @@ module of its own: ``inbox`` (the typed queues between the threads and the
 worker), ``startup`` (config wait, underlay, VTEP MAC), ``etcd_side`` (the
 watch and etcd threads), ``skip_report`` (skipped leases in the log and the
 metrics), ``endpoints`` (/healthz, /readyz, /metrics), ``rule_sync`` (packet
-filter rules, on their own timer) and ``conditions`` (data-plane health, a
-mixin).  The cycle itself stays here, as a short list of named steps.
+filter rules, on their own timer), ``conditions`` (data-plane health: what to
+read and which repair is due; the agent carries the repairs out) and ``heap``
+(heap trims, the collector paused for a full cycle).  The cycle itself stays
+here, as a short list of named steps.
 
 Per event, the work is O(that event): a lease is parsed once, only its
 objects are recomputed, and the plan covers only their keys.  The periodic
@@ -48,6 +50,7 @@ Failing static (flannel #636; Felix's "in sync" gate):
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import random
 import threading
@@ -83,6 +86,7 @@ from reconciler.agent.sdnotify import Notifier
 from reconciler.agent.subnet_env import read_previous_ipv6_subnet, read_previous_subnet, render_subnet_env, write_subnet_env
 from reconciler.incremental.tracker import Tracker
 from reconciler.core.underlay_guard import UnderlayGuard
+from reconciler.kernel.netlink import Underlay
 
 if TYPE_CHECKING:
     from reconciler.etcd.rpc import WatchEvent
@@ -176,7 +180,7 @@ class _State:
     broken: str | None = None
 
 
-class Agent(DataPlaneHealth):
+class Agent:
     """One node's agent.  ``run(stop)`` blocks until ``stop`` is set."""
 
     def __init__(self, store, backend, opts: AgentOptions, *, clock: Callable[[], float] = time.monotonic,
@@ -200,7 +204,9 @@ class Agent(DataPlaneHealth):
         self.node: NodeParams
         self._on_link: Callable[[str], bool]
         #: /healthz, /readyz, /metrics.
-        self.http = Endpoints(opts, clock, self.state, self.metrics, self._failing_conditions,
+        #: The data-plane conditions, read after each full cycle.
+        self.health = DataPlaneHealth(backend, self.metrics, self.state)
+        self.http = Endpoints(opts, clock, self.state, self.metrics, self.health.failing,
                               self._identity_conditions)
         self._subnet_env_text: str | None = None
         self._subnet_env_error: str | None = None
@@ -249,7 +255,7 @@ class Agent(DataPlaneHealth):
         log.info("underlay %s (%s), mtu %d; bridge %s", underlay.name, underlay.address, underlay.mtu,
                  self.opts.bridge or "left to the CNI plugin (--no-bridge)")
         self._netns_inode = netns_inode(self.opts.netns)
-        self._init_health(underlay)
+        self.health.start(public_ip, underlay, bool(self.opts.underlay_mtu or self.config.mtu))
         self.prepare(self.config, self.node, on_link_predicate(underlay.prefixes + underlay.prefixes6),
                      underlay_prefixes=underlay.prefixes)
 
@@ -289,7 +295,8 @@ class Agent(DataPlaneHealth):
         snap = self.etcd.first_listing()
         base = self.store.subnets_prefix
         self._folded_revision = snap.revision
-        self._pin_changes |= self.index.replace_all(kv for kv in snap.kvs if kv.key.startswith(base))
+        with heap.collector_paused():   # every lease parsed now lives on: nothing to collect
+            self._pin_changes |= self.index.replace_all(kv for kv in snap.kvs if kv.key.startswith(base))
         self.inbox.listed = True
         self._mark("relist")
 
@@ -492,7 +499,10 @@ class Agent(DataPlaneHealth):
             return None
         t0 = time.monotonic()
         primary = primary_trigger(triggers)    # one label value per cycle (docs/metrics.md)
-        changed, oldest = self._fold_in()
+        # A listing, or many events at once (a cold start, a storm), builds objects that live
+        # on: no collection walks them while they are made (``heap.collector_paused``).
+        with heap.collector_paused("relist" in triggers or len(self.inbox) > 1000):
+            changed, oldest = self._fold_in()
         if not self._own_lease_gate(primary):
             return None
         full = "resync" in triggers or self.tracker.needs_dump
@@ -615,6 +625,46 @@ class Agent(DataPlaneHealth):
             # route -- are known only to the next dump, which that write asks for: check then.)
             self._check_data_plane()
 
+    def _check_data_plane(self) -> None:
+        """Read the data-plane facts, follow the underlay where that is ours to do, publish the
+        conditions (``conditions.py``)."""
+        underlay = self.health.read_underlay(self.node)
+        moves = self.health.moves(self.node, underlay, bool(self.opts.public_ip))
+        if moves.mtu is not None:
+            self._follow_underlay_mtu(moves.mtu)
+        if moves.address and underlay is not None:
+            self._follow_underlay_address(underlay)
+        self.health.publish(self.config, self.node, self.tracker.live, self.desired.state, underlay)
+
+    def _follow_underlay_mtu(self, mtu: int) -> None:
+        log.warning("the underlay %s's MTU is now %d (was %d): %s and %s follow it", self.node.underlay, mtu,
+                    self.node.underlay_mtu, self.config.device_name, self.opts.subnet_file)
+        self.node = dataclasses.replace(self.node, underlay_mtu=mtu)
+        self.desired.node = self.node
+        if self.desired.own_key is not None:
+            # The MTU is in our own lease's objects only (the devices); the next cycle writes them.
+            self.tracker.dirty |= self.desired.update(self.index, {self.desired.own_key})
+        self._mark("underlay")
+
+    def _follow_underlay_address(self, underlay: Underlay) -> None:
+        """Our PublicIP was the underlay's address and that address is gone: the new one becomes
+        our PublicIP.  The device is re-created with it as ``local`` (an immutable attribute) once
+        our lease, rewritten in place by the keeper through the usual lease check, says so."""
+        old, new = self.node.public_ip, underlay.address
+        log.warning("the underlay %s's address moved from %s to %s: re-advertising our lease with it and "
+                    "re-creating %s with local %s", underlay.name, old, new, self.config.device_name, new)
+        self.node = dataclasses.replace(self.node, public_ip=new)
+        self.desired.node = self.node
+        self.health.local = new
+        # The node facts the lease checks use changed too (underlay_guard).
+        self._pin_changes |= self.index.set_guard(UnderlayGuard.of(new, self.config.network, underlay.prefixes))
+        if self.desired.own_key is not None:
+            self._pin_changes.add(self.desired.own_key)
+        if self.keeper is not None:
+            self.keeper.update_public_ip(new)
+            self.state.check_own_lease = True
+        self._mark("underlay")
+
     def _subnet_env_and_readiness(self, failed: list) -> None:
         # subnet.env (what the CNI plugin needs) depends on our own devices and
         # addresses only: one peer's failing entry must not keep pods from starting.
@@ -622,7 +672,7 @@ class Agent(DataPlaneHealth):
         if own is not None and not any(r.change.kind in ("link", "address") for r in failed):
             if self._write_subnet_env() and not self.state.ready:
                 self.state.ready = True
-                self.metrics.set("flannel_reconciler_ready", 0 if self._failing_conditions() else 1)
+                self.metrics.set("flannel_reconciler_ready", 0 if self.health.failing() else 1)
                 log.info("ready: first full sync done, %s written", self.opts.subnet_file)
                 # Like flanneld: READY=1 once our devices are programmed and subnet.env is written.
                 self.notifier.ready(f"ready: subnet {own.subnet}, {len(self.index.valid)} leases, "
