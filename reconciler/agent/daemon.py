@@ -58,12 +58,12 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable
 
+from reconciler.agent import heap
 from reconciler.agent.acquire import LeaseKeeper, SubnetTable, acquire_lease
 from reconciler.agent.coalesce import fold_burst
 from reconciler.agent.conditions import DataPlaneHealth
 from reconciler.agent.endpoints import Endpoints
 from reconciler.agent.etcd_side import EtcdSide
-from reconciler.agent import heap
 from reconciler.agent.failures import failure_lines
 from reconciler.agent.inbox import Inbox, Listing, Pin
 from reconciler.agent.rule_sync import RuleSync

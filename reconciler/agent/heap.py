@@ -33,11 +33,13 @@ def trim() -> None:
 def collector_paused(active: bool = True) -> Iterator[None]:
     """No cyclic garbage collection inside the block (when ``active``).
 
-    A full cycle's dump makes 15,000 objects at 5,000 nodes that live until the plan is made
-    and then go by reference counting.  While they live, each 700 allocations start a young
-    collection that walks them, and every tenth an older one: about a tenth of a no-op
-    resync's time (docs/memory.md).  Nothing in the block makes cyclic garbage that must go
-    at once; whatever it leaves is collected as usual afterwards."""
+    For work that makes many objects at once, none of them garbage while it runs: a full
+    cycle's dump (15,000 objects at 5,000 nodes, living until the plan is made, then gone by
+    reference counting) and the fold of a listing or a burst of events (objects that live on).
+    Otherwise every 700 allocations start a young collection that walks them, and every tenth
+    an older one: about a tenth of a no-op resync's time (docs/memory.md).  Nothing in such a
+    block makes cyclic garbage that must go at once; whatever it leaves is collected as usual
+    afterwards."""
     if not active or not gc.isenabled():
         yield
         return
