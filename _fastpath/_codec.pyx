@@ -39,45 +39,24 @@ cdef bint plain(cls, tuple names):
             and not hasattr(cls, "__post_init__"))
 
 
-cdef bint FAST_NEIGH = plain(Neigh, ("dev", "ip", "mac"))
-cdef bint FAST_FDB = plain(Fdb, ("dev", "mac", "dst"))
-cdef bint FAST_ROUTE = plain(Route, ("dst", "gateway", "dev", "onlink", "metric", "protocol", "nhid", "type"))
+cdef tuple NEIGH_FIELDS = ("dev", "ip", "mac")
+cdef tuple FDB_FIELDS = ("dev", "mac", "dst")
+cdef tuple ROUTE_FIELDS = ("dst", "gateway", "dev", "onlink", "metric", "protocol", "nhid", "type")
+cdef bint FAST_NEIGH = plain(Neigh, NEIGH_FIELDS)
+cdef bint FAST_FDB = plain(Fdb, FDB_FIELDS)
+cdef bint FAST_ROUTE = plain(Route, ROUTE_FIELDS)
 #: Whether each class is built without its ``__init__`` (for the tests).
 BUILT_DIRECTLY = {"neigh": FAST_NEIGH, "fdb": FAST_FDB, "route": FAST_ROUTE}
 
 
-cdef object new_neigh(dev, ip, mac):
-    if not FAST_NEIGH:
-        return Neigh(dev, ip, mac)
-    cdef object o = object_new(Neigh)
-    PyObject_GenericSetAttr(o, "dev", dev)
-    PyObject_GenericSetAttr(o, "ip", ip)
-    PyObject_GenericSetAttr(o, "mac", mac)
-    return o
-
-
-cdef object new_fdb(dev, mac, dst):
-    if not FAST_FDB:
-        return Fdb(dev, mac, dst)
-    cdef object o = object_new(Fdb)
-    PyObject_GenericSetAttr(o, "dev", dev)
-    PyObject_GenericSetAttr(o, "mac", mac)
-    PyObject_GenericSetAttr(o, "dst", dst)
-    return o
-
-
-cdef object new_route(dst, gateway, dev, onlink, metric, protocol, nhid, rtype):
-    if not FAST_ROUTE:
-        return Route(dst, gateway, dev, onlink, metric, protocol, nhid, rtype)
-    cdef object o = object_new(Route)
-    PyObject_GenericSetAttr(o, "dst", dst)
-    PyObject_GenericSetAttr(o, "gateway", gateway)
-    PyObject_GenericSetAttr(o, "dev", dev)
-    PyObject_GenericSetAttr(o, "onlink", onlink)
-    PyObject_GenericSetAttr(o, "metric", metric)
-    PyObject_GenericSetAttr(o, "protocol", protocol)
-    PyObject_GenericSetAttr(o, "nhid", nhid)
-    PyObject_GenericSetAttr(o, "type", rtype)
+cdef object build(cls, bint direct, tuple names, tuple values):
+    """``cls(*values)``: its slots set from C when ``direct``, else through its ``__init__``."""
+    if not direct:
+        return cls(*values)
+    cdef object o = object_new(cls)
+    cdef Py_ssize_t i
+    for i in range(len(names)):
+        PyObject_GenericSetAttr(o, names[i], values[i])
     return o
 
 
@@ -323,9 +302,9 @@ def decode_routes(buf, names, ours, nets=()):
                 if stop[RTA_NH_ID] - start[RTA_NH_ID] != 4:
                     continue
                 nhid = rd32(p + start[RTA_NH_ID])
-            out.append(new_route(text, gateway, names.get(oif_obj) if oif else None,
-                                 bool(flags & RTNH_F_ONLINK), metric, proto, nhid,
-                                 "blackhole" if rtype == RTN_BLACKHOLE else "unicast"))
+            out.append(build(Route, FAST_ROUTE, ROUTE_FIELDS,
+                             (text, gateway, names.get(oif_obj) if oif else None, bool(flags & RTNH_F_ONLINK),
+                              metric, proto, nhid, "blackhole" if rtype == RTN_BLACKHOLE else "unicast")))
     finally:
         free(v4addr)
         free(v4mask)
@@ -376,8 +355,9 @@ def decode_neighs(buf, ifindex, name):
                 or (family != AF_INET and family != AF_INET6)
                 or start[NDA_DST] < 0 or start[NDA_LLADDR] < 0 or stop[NDA_LLADDR] == start[NDA_LLADDR]):
             continue
-        out.append(new_neigh(name, addr_text(p + start[NDA_DST], stop[NDA_DST] - start[NDA_DST]),
-                             lladdr_text(p + start[NDA_LLADDR], stop[NDA_LLADDR] - start[NDA_LLADDR])))
+        out.append(build(Neigh, FAST_NEIGH, NEIGH_FIELDS,
+                         (name, addr_text(p + start[NDA_DST], stop[NDA_DST] - start[NDA_DST]),
+                          lladdr_text(p + start[NDA_LLADDR], stop[NDA_LLADDR] - start[NDA_LLADDR]))))
     return out
 
 
@@ -408,8 +388,9 @@ def decode_fdb(buf, ifindex, name):
         if (idx != want or family != AF_BRIDGE or not flags & NTF_SELF or not state & NUD_PERMANENT
                 or start[NDA_DST] < 0 or start[NDA_LLADDR] < 0 or stop[NDA_LLADDR] == start[NDA_LLADDR]):
             continue
-        out.append(new_fdb(name, lladdr_text(p + start[NDA_LLADDR], stop[NDA_LLADDR] - start[NDA_LLADDR]),
-                           addr_text(p + start[NDA_DST], stop[NDA_DST] - start[NDA_DST])))
+        out.append(build(Fdb, FAST_FDB, FDB_FIELDS,
+                         (name, lladdr_text(p + start[NDA_LLADDR], stop[NDA_LLADDR] - start[NDA_LLADDR]),
+                          addr_text(p + start[NDA_DST], stop[NDA_DST] - start[NDA_DST]))))
     return out
 
 

@@ -165,20 +165,16 @@ def test_the_agents_imports_leave_pyroute2_out():
     assert out.rstrip().endswith("pyroute2 loaded: False"), out
 
 
-def test_the_first_dump_after_a_cold_start_is_followed_by_a_heap_trim_and_later_resyncs_are_not(tmp_path, monkeypatch):
-    # The fresh objects of a dump are let go of in the full plan that follows it (the believed
-    # view keeps the desired instances); the cycle then gives the freed heap back.
+def _converged_offline_agent(tmp_path, nodes: int):
+    """An agent without etcd on a model kernel, after the cold start's cycle of ``nodes`` - 1 peers."""
     from benchmarks.conftest import cluster_kvs
-    from reconciler.agent import heap
     from reconciler.core.config import parse_network_config
     from reconciler.core.desired import NodeParams
     from reconciler.core.model import Link
     from tests.agent_harness import offline_agent, queue_listing
     from tests.model_kernel import ModelKernel
 
-    trims = []
-    monkeypatch.setattr(heap, "trim", lambda: trims.append(1))
-    kvs = cluster_kvs(1200)
+    kvs = cluster_kvs(nodes)
     k = ModelKernel()
     k.add_link(Link("eth0", "veth", 1500, "02:00:00:00:ee:01", True))
     k.add_address("eth0", "198.18.0.1/15")
@@ -187,6 +183,17 @@ def test_the_first_dump_after_a_cold_start_is_followed_by_a_heap_trim_and_later_
                           str(tmp_path / "subnet.env"))
     queue_listing(agent, kvs[1:])
     agent.cycle({"relist"})
+    return agent
+
+
+def test_the_first_dump_after_a_cold_start_is_followed_by_a_heap_trim_and_later_resyncs_are_not(tmp_path, monkeypatch):
+    # The fresh objects of a dump are let go of in the full plan that follows it (the believed
+    # view keeps the desired instances); the cycle then gives the freed heap back.
+    from reconciler.agent import heap
+
+    trims = []
+    monkeypatch.setattr(heap, "trim", lambda: trims.append(1))
+    agent = _converged_offline_agent(tmp_path, 1200)
     assert trims, "the cold start's 3,600 writes trim"
     trims.clear()
     report = agent.cycle({"resync"})
@@ -220,22 +227,7 @@ def test_the_collector_is_paused_for_a_full_cycles_dump_and_plan_and_only_then()
 def test_a_resync_cycle_runs_without_collections_and_leaves_the_collector_on(tmp_path):
     import gc
 
-    from benchmarks.conftest import cluster_kvs
-    from reconciler.core.config import parse_network_config
-    from reconciler.core.desired import NodeParams
-    from reconciler.core.model import Link
-    from tests.agent_harness import offline_agent, queue_listing
-    from tests.model_kernel import ModelKernel
-
-    kvs = cluster_kvs(300)
-    k = ModelKernel()
-    k.add_link(Link("eth0", "veth", 1500, "02:00:00:00:ee:01", True))
-    k.add_address("eth0", "198.18.0.1/15")
-    agent = offline_agent(k, parse_network_config(kvs[0].value),
-                          NodeParams(public_ip="198.18.0.1", underlay_mtu=1500, underlay="eth0"),
-                          str(tmp_path / "subnet.env"))
-    queue_listing(agent, kvs[1:])
-    agent.cycle({"relist"})
+    agent = _converged_offline_agent(tmp_path, 300)
     seen = []
     real_plan = agent.tracker.plan
 
