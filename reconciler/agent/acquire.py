@@ -310,21 +310,9 @@ class SubnetTable:
         parsed from a full key's value, or None when that value does not parse; without it
         every value is parsed here."""
         by_key = {kv.key: kv for kv in kvs if kv.key.startswith(base)}
-        if parsed is None:
-            leases, occupied = _parse_subnets(by_key.values(), base)
-            return cls(by_key, tuple(leases), tuple(occupied))
-        found: list[Lease] = []
-        taken: list[tuple[IPv4Network, IPv6Network | None]] = []
-        for key in sorted(by_key):
-            lease = parsed(key)
-            if lease is not None:
-                found.append(lease)
-                continue
-            try:
-                taken.append(parse_subnet_key(key[len(base):]))
-            except LeaseError:
-                pass  # not a subnet key: flanneld ignores it too
-        return cls(by_key, tuple(found), tuple(taken))
+        leases, occupied = _parse_subnets(by_key.values(), base, parsed)
+        return cls(by_key, tuple(leases), tuple(occupied))
+
 
 def acquire_lease(store: "EtcdStore", config: NetworkConfig, public_ip: str, vtep_mac: str,
                   previous_subnet: IPv4Network | None, rng: random.Random, ttl: int = SUBNET_TTL,
@@ -417,20 +405,30 @@ def lease_value(config: NetworkConfig, public_ip: str, vtep_mac: str, public_ipv
     return encode_lease_value(public_ip, vtep_mac, config.vni, public_ipv6, v6_vtep_mac)
 
 
-def _parse_subnets(kvs: Iterable[RawKV], base: str) -> tuple[list[Lease], list[tuple[IPv4Network, IPv6Network | None]]]:
+def _parse_subnets(kvs: Iterable[RawKV], base: str, parsed: Callable[[str], Lease | None] | None = None
+                   ) -> tuple[list[Lease], list[tuple[IPv4Network, IPv6Network | None]]]:
     """Leases that parse (whatever the config), in key order, and the subnets of
-    keys whose value does not parse: those are taken all the same."""
+    keys whose value does not parse: those are taken all the same.  ``parsed``: the
+    lease already parsed from a full key's value (None: it does not parse), instead of
+    parsing each value here."""
     leases: list[Lease] = []
     occupied: list[tuple[IPv4Network, IPv6Network | None]] = []
     for kv in sorted(kvs, key=lambda kv: kv.key):
         name = kv.key[len(base):]
-        try:
-            leases.append(parse_lease(name, kv.value, kv.lease))
-        except LeaseError:
+        if parsed is not None:
+            lease = parsed(kv.key)
+        else:
             try:
-                occupied.append(parse_subnet_key(name))
+                lease = parse_lease(name, kv.value, kv.lease)
             except LeaseError:
-                pass  # not a subnet key: flanneld ignores it too
+                lease = None
+        if lease is not None:
+            leases.append(lease)
+            continue
+        try:
+            occupied.append(parse_subnet_key(name))
+        except LeaseError:
+            pass  # not a subnet key: flanneld ignores it too
     return leases, occupied
 
 

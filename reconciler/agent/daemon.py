@@ -203,9 +203,9 @@ class Agent:
         self.config: NetworkConfig
         self.node: NodeParams
         self._on_link: Callable[[str], bool]
-        #: /healthz, /readyz, /metrics.
         #: The data-plane conditions, read after each full cycle.
         self.health = DataPlaneHealth(backend, self.metrics, self.state)
+        #: /healthz, /readyz, /metrics.
         self.http = Endpoints(opts, clock, self.state, self.metrics, self.health.failing,
                               self._identity_conditions)
         self._subnet_env_text: str | None = None

@@ -178,35 +178,8 @@ def cmd_plan(args) -> int:
     return 0 if plan.in_sync else 2
 
 
-class _Background:
-    """``fn(*args)`` in a thread: ``result()`` returns its value or raises its exception."""
-
-    def __init__(self, fn, *args) -> None:
-        import threading
-
-        self._value: object = None
-        self._error: BaseException | None = None
-
-        def run() -> None:
-            try:
-                self._value = fn(*args)
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller by result()
-                self._error = exc
-
-        self._thread = threading.Thread(target=run, name="rules-read", daemon=True)
-        self._thread.start()
-
-    def join(self) -> None:
-        self._thread.join()
-
-    def result(self):
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-
 def cmd_apply(args) -> int:
+    from concurrent.futures import ThreadPoolExecutor
     from contextlib import ExitStack
 
     from reconciler.agent.instance_lock import acquire_namespace_lock
@@ -226,11 +199,9 @@ def cmd_apply(args) -> int:
         # read, and depend on nothing the netlink writes change: they run while
         # the writes go, each side waiting on its own kernel work.  Their result
         # (or exception) is taken after the writes, as when they ran after them.
-        reading = _Background(cli_rule_plan, args, cycle, True)
-        try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rules-read") as pool:
+            reading = pool.submit(cli_rule_plan, args, cycle, True)
             results = apply_plan(backend, cycle.plan, cycle.desired)
-        finally:
-            reading.join()
         backend.close()                 # the rules below need no netlink socket
         _, rules, rr, note = reading.result()
         _note(note)

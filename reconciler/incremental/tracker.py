@@ -80,13 +80,6 @@ class Tracker:
 
     def _observe_one(self, op: str, obj: KernelObject, kind: str, key: Any) -> bool:
         cur = self.live.get(kind, key)
-        if cur is obj and op == "set" and kind in ("route", "neigh", "fdb") and key not in self.foreign_routes:
-            # The kernel confirming what the view already holds, as the very instance: the event
-            # thread hands over the desired instance when equal, and the view holds it since our
-            # write was ACKed.  Nothing can change (it is ours, it is equal, no foreign route sat
-            # at its key); a cold start is thousands of these, and the ownership check below
-            # parses each route's prefix.
-            return False
         if isinstance(obj, Link):
             if obj.name not in self.policy.devices:
                 return False

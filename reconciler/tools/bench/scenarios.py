@@ -76,6 +76,8 @@ def target_for(name: str, n: int) -> str | None:
     """The target of figure ``name`` at ``n`` nodes (``TARGETS``), or None."""
     target = TARGETS.get(re.sub(r"^[0-9,]+ ", "", name))    # "4,999 unchanged re-puts: ..." at any size
     return target.get(n) if isinstance(target, dict) else target
+
+
 DEFAULT_RESYNC = 30.0
 #: For a figure whose baseline is the kernel doing the same work (``ip -batch``,
 #: ``ip -j``): "kernel" when it is within KERNEL_BOUND of it, else the process's own code.
