@@ -40,7 +40,17 @@ def test_the_hold_goes_on_while_the_queue_grows_and_ends_at_the_first_quiet_step
 def test_an_endless_storm_is_held_at_most_the_cap():
     f = Fake([1] * 1000)
     waits = fold_burst(lambda: f.queued, f.wait, f.clock, 0.002, 0.05)
-    assert waits == 25 and abs(f.now - 0.05) < 1e-9
+    assert waits == 5 and abs(f.now - 0.05) < 1e-9
+
+
+def test_each_growing_wait_doubles_the_next_up_to_what_is_left_of_the_cap():
+    # Each wait is a wake-up of the worker: doubling keeps a long burst to a few of them.
+    f = Fake([1] * 1000)
+    fold_burst(lambda: f.queued, f.wait, f.clock, 0.002, 0.05)
+    assert [round(w, 6) for w in f.waits] == [0.002, 0.004, 0.008, 0.016, 0.02]
+    f = Fake([4, 4, 0, 4])
+    assert fold_burst(lambda: f.queued, f.wait, f.clock, 0.002, 0.05) == 3
+    assert [round(w, 6) for w in f.waits] == [0.002, 0.004, 0.008]   # the quiet wait ends it
 
 
 def test_a_stop_ends_the_hold_at_once():

@@ -210,6 +210,21 @@ def test_watch_resumes_after_etcd_restart(etcd_server):
         events.close()
 
 
+def test_a_quiet_watch_is_probed_and_kept(etcd_shared, etcd_prefix, caplog):
+    # Silence is not a fault: after each progress_interval of it the member answers a
+    # liveness read on the watch's connection, and the stream lives on (no re-create).
+    caplog.set_level("DEBUG", logger="reconciler.etcd.store")
+    with EtcdStore([etcd_shared.endpoint], prefix=etcd_prefix, timeout=1.0) as store:
+        events = store.watch(store.snapshot().revision + 1, progress_interval=0.3)
+        threading.Timer(1.5, store.put, (store.subnets_prefix + "10.244.1.0-24", "late")).start()
+        [ev] = take(events, 1, timeout=10)
+        events.close()
+    assert ev.kv.value == "late"
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("answered a liveness read" in m for m in said) >= 2, said
+    assert not [m for m in said if "broken" in m], said
+
+
 def test_watch_detects_a_hung_server_and_gives_up_bounded(etcd_server):
     with EtcdStore([etcd_server.endpoint], timeout=1.0) as store:
         events = store.watch(store.snapshot().revision + 1, progress_interval=0.5, give_up_after=3.0)

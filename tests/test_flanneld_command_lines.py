@@ -110,6 +110,18 @@ def test_flannel_reconciler_with_a_flag_first_means_run_and_with_nothing_prints_
     assert capsys.readouterr().err == "error: options go after the command: flannel-reconciler plan --leases-file x.json\n"
 
 
+def test_every_command_is_known_to_the_options_first_check(capsys):
+    # The check that says "options go after the command" knows the parser's every command.
+    import argparse
+    from reconciler.cli.flags import COMMAND_NAMES
+    from reconciler.cli.main import build_parser
+    [sub] = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(sub.choices) == COMMAND_NAMES
+    assert main(["--etcd-endpoints", "http://127.0.0.1:1", "explain", "100.64.1.5"]) == 1
+    assert capsys.readouterr().err == ("error: options go after the command: flannel-reconciler explain "
+                                       "--etcd-endpoints http://127.0.0.1:1 100.64.1.5\n")
+
+
 def test_the_flanneld_console_script_is_declared():
     text = (ROOT / "pyproject.toml").read_text()
     assert 'flanneld = "reconciler.cli.entry:flanneld_main"' in text

@@ -487,7 +487,7 @@ class UsageError(ReconcilerError):
 
 
 #: The subcommands (an argv that opens with a flag and names one of them put the flags first).
-COMMAND_NAMES = frozenset({"plan", "apply", "show", "run", "snapshot", "demo", "bench"})
+COMMAND_NAMES = frozenset({"plan", "apply", "show", "run", "snapshot", "explain", "audit", "demo", "bench"})
 
 
 def parser_argv(argv: Sequence[str], *, flanneld: bool = False) -> list[str]:

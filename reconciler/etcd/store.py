@@ -77,6 +77,9 @@ _CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
+    # The watch is read as a server-streaming call on the consumer's own thread (etcd/watch.py,
+    # _WatchStream); pyetcd makes no server-streaming call of its own that we use.
+    ("SingleThreadedUnaryStream", 1),     # grpc.experimental.ChannelOptions.SingleThreadedUnaryStream
 ]
 
 _MAX_ATTEMPTS = 3

@@ -14,7 +14,6 @@ last delivered revision + 1.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from typing import Any, Callable, Iterator, Protocol, Sequence
@@ -70,6 +69,9 @@ class WatchedStore(Protocol):
 # ("etcdserver: no leader") instead of leaving it silently stale.
 _REQUIRE_LEADER = ("hasleader", "true")
 
+# etcd's Watch method, called as a server-streaming call (``_WatchStream``).
+_WATCH_METHOD = "/etcdserverpb.Watch/Watch"
+
 
 def watch_subnets(store: WatchedStore, next_rev: int, stop: threading.Event | None, progress_interval: float,
                   give_up_after: float, health=None, cluster_id: int = 0) -> Iterator[WatchEvent]:
@@ -91,7 +93,7 @@ def watch_subnets(store: WatchedStore, next_rev: int, stop: threading.Event | No
                 stream = _WatchStream(channel, metadata, etcdrpc.WatchRequest(
                     create_request=etcdrpc.WatchCreateRequest(key=key.encode(), range_end=range_end,
                                                               start_revision=next_rev)),
-                    stopped, store.timeout, progress_interval, heard_at)
+                    stopped, store.timeout, progress_interval, heard_at, health)
             except EtcdAuthError:
                 raise
             except EtcdError as exc:
@@ -151,6 +153,8 @@ def watch_subnets(store: WatchedStore, next_rev: int, stop: threading.Event | No
             if label is not None and (broken.hung or (
                     broken.error is not None and code_details(broken.error)[0] in FAILOVER_CODES)):
                 store.fail_endpoint(label)  # and move on: the next stream goes elsewhere
+            if stream is not None:
+                heard_at = max(heard_at, stream.heard_at)   # its liveness reads count too
             silent_for = time.monotonic() - heard_at
             if silent_for > give_up_after:
                 raise EtcdError(f"etcd watch {key}: no endpoint answered for {silent_for:.0f}s "
@@ -210,22 +214,31 @@ class _Backoff:
 
 
 class _WatchStream:
-    """One bidirectional Watch stream, read by the thread that consumes it.
+    """One Watch stream, read by the thread that consumes it.
+
+    The stream is opened as a server-streaming call: the create request is its one request
+    message, and etcd keeps a watch whose client has half-closed (its receive loop ends, the
+    watch goes on until the call does).  On a channel opened with gRPC's
+    ``SingleThreadedUnaryStream`` option (``store.py``) such a call is read entirely on the
+    consumer's thread: no channel thread hands each answer over, no thread feeds a request
+    iterator.  In a storm of 5,000 re-puts that is about a third less CPU for the same answers
+    (docs/incremental.md, "The watch stream's threads").
 
     gRPC's response iterator cannot wait with a timeout, so a watchdog thread keeps the time:
-    every 0.2 s it checks ``stopped``, the create answer (within ``timeout``), and silence (a
-    progress request after ``progress_interval``, answered within ``timeout``), and ends the
-    stream by cancelling the call; ``broken`` then says why.  The consumer reads the call
-    directly: a reader thread handing each answer over a queue was one more thread woken per
-    answer, and in a storm of 5,000 puts that hand-over was about a sixth of the agent's CPU
-    (docs/incremental.md, "The watch stream's threads")."""
+    every 0.2 s it checks ``stopped``, the create answer (within ``timeout``), and silence: after
+    ``progress_interval`` without an answer it reads one key of the watched prefix through the
+    same channel (the same connection, the same member), which must answer within ``timeout``.
+    A stream with no request side cannot carry etcd's progress request; the read proves what the
+    probe was for, that the member and the connection are alive (a leaderless member ends the
+    watch itself: ``hasleader``); its answer is reported to ``health`` like a stream answer.
+    The watchdog ends the stream by cancelling the call; ``broken`` then says why."""
 
     def __init__(self, channel: grpc.Channel, metadata: list[tuple[str, str]], create: etcdrpc.WatchRequest,
-                 stopped: Callable[[], bool], timeout: float, progress_interval: float, heard_at: float) -> None:
-        self._requests: queue.SimpleQueue[etcdrpc.WatchRequest | None] = queue.SimpleQueue()
-        self._requests.put(create)
+                 stopped: Callable[[], bool], timeout: float, progress_interval: float, heard_at: float,
+                 health: Callable[[bool], None] | None = None) -> None:
         self._stopped, self._timeout, self._progress_interval = stopped, timeout, progress_interval
-        #: The last time any endpoint answered (the stream's answers move it on).
+        self._health = health
+        #: The last time the member answered (the stream's answers and the probe's move it on).
         self.heard_at = heard_at
         #: The create request was answered (set by the consumer).
         self.created = False
@@ -233,26 +246,27 @@ class _WatchStream:
         self.broken: _Broken | None = None
         #: The error the call ended with, when it was not the watchdog's doing (None: a clean end).
         self.ended_by: BaseException | None = None
-        self._probe_sent_at: float | None = None
+        self._probe: grpc.Future | None = None
+        self._probe_sent_at = 0.0
         self._closed = threading.Event()
+        self._kv = etcdrpc.KVStub(channel)
+        self._metadata = metadata
+        self._probe_request = etcdrpc.RangeRequest(key=create.create_request.key,
+                                                   range_end=create.create_request.range_end,
+                                                   limit=1, keys_only=True)
         # No deadline: the stream is meant to live long; liveness is the watchdog's job.
-        self._call = etcdrpc.WatchStub(channel).Watch(self._request_iter(), metadata=metadata)
+        watch = channel.unary_stream(_WATCH_METHOD, request_serializer=etcdrpc.WatchRequest.SerializeToString,
+                                     response_deserializer=etcdrpc.WatchResponse.FromString)
+        self._call = watch(create, metadata=metadata)
         self._dog = threading.Thread(target=self._watchdog, name="etcd-watch-watchdog", daemon=True)
         self._dog.start()
-
-    def _request_iter(self) -> Iterator[etcdrpc.WatchRequest]:
-        while True:
-            request = self._requests.get()
-            if request is None:
-                return
-            yield request
 
     def responses(self) -> Iterator[etcdrpc.WatchResponse]:
         """The stream's answers, until it ends.  Raises the watchdog's ``_Broken`` when it ended
         the stream; otherwise a server's end is in ``ended_by`` (None for a clean close)."""
         try:
             for response in self._call:
-                self.heard_at, self._probe_sent_at = time.monotonic(), None
+                self.heard_at = time.monotonic()
                 yield response
         except grpc.RpcError as exc:
             if self.broken is not None:
@@ -269,26 +283,46 @@ class _WatchStream:
             if self._stopped():
                 self._call.cancel()
                 return
-            now = time.monotonic()
-            why = None
-            if not self.created:
-                if now - opened_at > self._timeout:
-                    why = f"watch create: no answer within {self._timeout:g}s"
-            elif self._probe_sent_at is not None:
-                if now - self._probe_sent_at > self._timeout:
-                    why = f"watch: no answer to a progress request within {self._timeout:g}s"
-            elif now - self.heard_at >= self._progress_interval:
-                self._probe_sent_at = now
-                self._requests.put(etcdrpc.WatchRequest(progress_request=etcdrpc.WatchProgressRequest()))
+            why = self._why_broken(time.monotonic(), opened_at)
             if why is not None:
                 self.broken = _Broken(why, hung=True)
                 self._call.cancel()
                 return
 
+    def _why_broken(self, now: float, opened_at: float) -> str | None:
+        """The watchdog's verdict at ``now``: None while the stream is alive (or still
+        being checked); sends the liveness probe when the stream has been silent too long."""
+        if not self.created:
+            if now - opened_at > self._timeout:
+                return f"watch create: no answer within {self._timeout:g}s"
+            return None
+        probe = self._probe
+        if probe is not None:
+            if not probe.done():
+                if now - self._probe_sent_at > self._timeout:
+                    probe.cancel()
+                    return f"watch: no answer to a liveness read within {self._timeout:g}s"
+                return None
+            self._probe = None
+            error = probe.exception()
+            if error is not None and code_details(error)[0] in FAILOVER_CODES:
+                return f"watch: liveness read failed: {code_details(error)[1]}"
+            # Any other answer, a refusal too (an expired token), is the member speaking.
+            self.heard_at = max(self.heard_at, self._probe_sent_at)
+            if self._health is not None:
+                self._health(True)      # etcd answered, as a progress answer on the stream said before
+            log.debug("etcd watch: silent for %gs; the member answered a liveness read", self._progress_interval)
+        elif now - self.heard_at >= self._progress_interval:
+            self._probe_sent_at = now
+            self._probe = self._kv.Range.future(self._probe_request, timeout=self._timeout + 1.0,
+                                                metadata=self._metadata)
+        return None
+
     def close(self) -> None:
         self._closed.set()
-        self._requests.put(None)   # ends the request iterator (gRPC's sender thread)
         self._call.cancel()        # ends the response iterator
+        if self._probe is not None:
+            self._probe.cancel()
         if self._dog is not threading.current_thread():
             self._dog.join(timeout=2.0)
 
