@@ -381,6 +381,37 @@ def test_an_unchanged_reput_writes_nothing_and_dumps_nothing(harness):
     assert report.plan.changes == ()
 
 
+def test_echoes_of_device_writes_are_not_queued_the_dump_after_them_reads_the_kernel(tmp_path):
+    # A cold start writes the devices and every peer's entries; a dump follows the device
+    # writes anyway, so what the kernel echoes meanwhile is one marker, not a queue of objects.
+    h = Harness(_kernel(), str(tmp_path / "subnet.env"))
+    h.lease("put", OWN_KEY, lease_value(ME, "02:00:00:00:00:01", 1))
+    for sid in range(2, 30):
+        h.lease("put", *_peer(sid, sid, f"02:00:00:00:01:{sid:02x}"))
+    h.list_all()
+    h.agent.cycle({"relist"})
+    echoes = events_between(h.seen, h.dump())
+    assert len(echoes) > 80          # the devices, an address, 28 routes, neighbours, FDB entries
+    h.agent.queue_kernel_events(echoes[:40])
+    h.agent.queue_kernel_events(echoes[40:])
+    assert [b.events for b in h.agent.inbox.kernel] == [None]     # one marker
+    # Someone deletes a route before the dump: the dump reads the kernel after the marker.
+    victim = next(r for r in h.kernel.routes.values() if r.dst == "100.64.9.0/24")
+    with h.kernel._rtnl:
+        h.kernel.routes = {key: v for key, v in h.kernel.routes.items() if v is not victim}
+    d = h.kernel.dumps
+    report = h.agent.cycle({"kernel"})
+    assert h.kernel.dumps == d + 1 and report.dumped
+    assert [(c.kind, c.op, c.obj.dst) for c in report.plan] == [("route", "create", "100.64.9.0/24")]
+    # After that dump (which wrote no device) notifications are queued as they come again.
+    h.seen = h.dump()
+    h.agent.queue_kernel_events(echoes[:2])
+    assert [b.events for b in h.agent.inbox.kernel] == [echoes[:2]]
+    h.agent.inbox.kernel.clear()
+    h.announce()
+    _assert_converged(h)
+
+
 def test_drift_announced_by_the_kernel_is_repaired_without_a_dump(harness):
     k = harness.kernel
     with k._rtnl:

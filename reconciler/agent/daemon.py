@@ -212,6 +212,10 @@ class Agent:
         self._subnet_env_error: str | None = None
         self._subnet_env_inputs: tuple | None = None     # what _subnet_env_text was rendered from
         self._trim_next_dump = False     # trim the heap after the next dump (``_trim_after``)
+        #: A dump comes before the believed view is used again (a device or address is being
+        #: written): what the kernel-event thread delivers meanwhile is dropped (``queue_kernel_events``).
+        self._events_superseded = False
+        self._superseded_marked = False
         self.last_cycle: CycleReport | None = None
         # Queues filled by the watch and kernel-event threads, drained by the worker.
         self.inbox = Inbox()
@@ -326,7 +330,21 @@ class Agent:
         self.inbox.put_listing(list(kvs), self.clock(), revision)
 
     def queue_kernel_events(self, events: list | None) -> None:
-        """Kernel notifications as the monitor delivers them (None: some were lost)."""
+        """Kernel notifications as the monitor delivers them (None: some were lost; only a dump
+        can tell what).
+
+        While a dump is due before the believed view is used again (a cycle is writing a device
+        or an address, whose side effects only a dump shows), what arrives is dropped and one
+        ``None`` is queued in its place: that dump shows all of it, since it reads the kernel
+        only after ``_dump`` cleared the flag, so after these were received.  A cold start's
+        first cycle writes the devices and 15,000 entries; their echoes, decoded and queued,
+        were folded in only to be replaced by that dump, and held about 3 MiB of the heap at
+        its peak, which CPython's allocator keeps (docs/memory.md)."""
+        if self._events_superseded:
+            if self._superseded_marked:
+                return
+            self._superseded_marked = True
+            events = None
         self.inbox.put_kernel(events)
 
     @property
@@ -399,8 +417,7 @@ class Agent:
         networks = [str(n) for n in (self.config.network, self.config.ipv6_network) if n is not None]
 
         def on_events(events) -> None:
-            # None: the kernel dropped notifications; only a dump can tell what we missed.
-            self.inbox.put_kernel(events)
+            self.queue_kernel_events(events)
             self._mark("kernel")
 
         try:
@@ -510,6 +527,9 @@ class Agent:
             if full and not self._dump(primary):
                 return None
             plan, held = self._hold_back(self.tracker.plan(self.desired.state))
+        if any(c.kind in ("link", "address") for c in plan.changes):
+            # settle asks for a dump after these writes: their echoes need not be kept.
+            self._events_superseded, self._superseded_marked = True, False
         results = apply_plan(self.backend, plan, self.desired.state) if plan.changes else []
         self.tracker.settle(plan, results, held)
         self._rules_step()
@@ -555,6 +575,7 @@ class Agent:
     def _dump(self, primary: str) -> bool:
         """A full cycle's dump of the kernel, the believed view replaced by it; False: it failed
         and the cycle is aborted with nothing written."""
+        self._events_superseded = False     # before the dump reads: what arrives from now on is kept
         try:
             self.tracker.replace_live(dump_live(self.backend, self.config, self.node.bridge))
         except ReconcilerError as exc:
