@@ -82,14 +82,13 @@ def apply_plan(backend, plan: Plan, desired: KernelState | None = None) -> list[
         return mac
 
     for members in phases:
-        batch: list[tuple[int, Change]] = []
-        for i, c in members:
-            reason = _blocked(c, failed_devs, failed_addr_devs, failed_neigh, failed_fdb, neigh_mac, failed_nh)
-            if reason:
-                results[i] = OpResult(c, ok=False, message=reason, skipped=True)
-                _note_failure(c, failed_devs, failed_addr_devs, failed_neigh, failed_fdb, failed_nh)
-            else:
-                batch.append((i, c))
+        if not (failed_devs or failed_addr_devs or failed_neigh or failed_fdb or failed_nh):
+            # Nothing failed so far, so nothing is blocked (``_blocked`` reads only these sets):
+            # a cold start's 15,000 changes go out without a check each (about 70 ms at 5,000 nodes).
+            batch = members
+        else:
+            batch = _unblocked(members, results, failed_devs, failed_addr_devs, failed_neigh, failed_fdb,
+                               neigh_mac, failed_nh)
         if not batch:
             continue
         outcome = backend.apply([c for _, c in batch])
@@ -100,6 +99,21 @@ def apply_plan(backend, plan: Plan, desired: KernelState | None = None) -> list[
             if not res.ok and c.op != "delete":
                 _note_failure(c, failed_devs, failed_addr_devs, failed_neigh, failed_fdb, failed_nh)
     return [results[i] for i in range(len(changes))]
+
+
+def _unblocked(members: list[tuple[int, Change]], results: dict[int, OpResult], failed_devs: set,
+               failed_addr_devs: set, failed_neigh: set, failed_fdb: set, neigh_mac, failed_nh: set,
+               ) -> list[tuple[int, Change]]:
+    """The phase's changes that may be attempted; each blocked one gets its skipped result."""
+    batch: list[tuple[int, Change]] = []
+    for i, c in members:
+        reason = _blocked(c, failed_devs, failed_addr_devs, failed_neigh, failed_fdb, neigh_mac, failed_nh)
+        if reason:
+            results[i] = OpResult(c, ok=False, message=reason, skipped=True)
+            _note_failure(c, failed_devs, failed_addr_devs, failed_neigh, failed_fdb, failed_nh)
+        else:
+            batch.append((i, c))
+    return batch
 
 
 def _note_failure(c: Change, devs: set, addr_devs: set, neighs: set, fdbs: set, nhs: set) -> None:
