@@ -332,13 +332,19 @@ def test_incremental_equals_full_recomputation_both_layouts_dual_stack(layout, s
         event(f"layout {layout}")
 
 
-@pytest.fixture
-def harness(tmp_path):
+def _listed(tmp_path) -> Harness:
+    """Our lease and 28 peers listed, before the first cycle."""
     h = Harness(_kernel(), str(tmp_path / "subnet.env"))
     h.lease("put", OWN_KEY, lease_value(ME, "02:00:00:00:00:01", 1))
     for sid in range(2, 30):
         h.lease("put", *_peer(sid, sid, f"02:00:00:00:01:{sid:02x}"))
     h.list_all()
+    return h
+
+
+@pytest.fixture
+def harness(tmp_path):
+    h = _listed(tmp_path)
     h.cycle("relist")
     h.cycle("kernel")   # the echoes of the cold start
     return h
@@ -384,11 +390,7 @@ def test_an_unchanged_reput_writes_nothing_and_dumps_nothing(harness):
 def test_echoes_of_device_writes_are_not_queued_the_dump_after_them_reads_the_kernel(tmp_path):
     # A cold start writes the devices and every peer's entries; a dump follows the device
     # writes anyway, so what the kernel echoes meanwhile is one marker, not a queue of objects.
-    h = Harness(_kernel(), str(tmp_path / "subnet.env"))
-    h.lease("put", OWN_KEY, lease_value(ME, "02:00:00:00:00:01", 1))
-    for sid in range(2, 30):
-        h.lease("put", *_peer(sid, sid, f"02:00:00:00:01:{sid:02x}"))
-    h.list_all()
+    h = _listed(tmp_path)
     h.agent.cycle({"relist"})
     echoes = events_between(h.seen, h.dump())
     assert len(echoes) > 80          # the devices, an address, 28 routes, neighbours, FDB entries

@@ -177,7 +177,7 @@ class EtcdSide:
         backoff = 0.1
         while not stop.is_set():
             try:
-                # A progress probe every 5 s of silence: a hung etcd is noticed within
+                # A liveness read every 5 s of silence: a hung etcd is noticed within
                 # ~10 s (probe + timeout), and reported through health at once.
                 for ev in self.store.watch(self._revision + 1, stop, progress_interval=5.0,
                                            health=self._on_etcd_health, cluster_id=self._cluster_id):
@@ -368,7 +368,7 @@ class EtcdSide:
 
     def deletions_trusted(self) -> bool:
         """Before deleting: can we trust the lease view?  Yes when etcd answered within the last
-        ``FRESH`` s (a lease event, a watch progress answer, a probe): a peer's lease deleted is
+        ``FRESH`` s (a lease event, the watch's liveness read, a probe): a peer's lease deleted is
         acted on without an extra round trip.  Otherwise the etcd thread is asked for one
         probe, and the deletions stay held (their keys dirty) until its answer wakes us: the
         worker never waits for etcd.  Never while etcd's history went back and has not settled."""

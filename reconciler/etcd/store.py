@@ -17,8 +17,8 @@ docs/kernel-facts.md section 7, shape this module:
 * every call carries a timeout (a SIGSTOPped server would otherwise block
   forever);
 * a watch dies silently with its server, so the watch (in ``watch.py``)
-  is our own stream with a liveness probe (etcd's progress request) and
-  resumes from the last revision + 1;
+  is our own stream with a liveness probe (a read on the same connection
+  after silence) and resumes from the last revision + 1;
 * "lease not found" escapes as a raw gRPC NOT_FOUND: it becomes
   ``EtcdLeaseNotFound``.
 
@@ -478,8 +478,8 @@ class EtcdStore:
         """Changes under ``<prefix>/subnets/`` from ``start_revision`` on, in order.
 
         The stream is checked for liveness: after ``progress_interval`` s of
-        silence it sends a progress request, and a stream that does not answer
-        within ``timeout`` is dropped.  A dropped or broken stream (etcd
+        silence it reads one key of the prefix on the same connection, and a
+        stream whose member does not answer within ``timeout`` is dropped.  A dropped or broken stream (etcd
         restarted, member killed, member without leader) is re-created on an
         available endpoint from the last delivered revision + 1, so no change
         is lost and none is repeated.

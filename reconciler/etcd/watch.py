@@ -5,10 +5,10 @@ With ``store.py`` and ``rpc.py``, the only modules that import ``pyetcd`` and
 store's small public watch surface (``WatchedStore``) and the error
 classification of ``rpc.py``; it imports nothing from ``store.py``.
 
-A watch dies silently with its server, so this is our own bidirectional
-stream, read by its consumer, with a watchdog thread that keeps the time
-(gRPC's iterator has no timeout) and a liveness probe (etcd's progress
-request); a broken stream is re-created on an available endpoint from the
+A watch dies silently with its server, so this is our own stream, read by
+its consumer, with a watchdog thread that keeps the time (gRPC's iterator
+has no timeout) and a liveness probe (a read on the same connection after
+silence); a broken stream is re-created on an available endpoint from the
 last delivered revision + 1.
 """
 from __future__ import annotations
@@ -310,7 +310,7 @@ class _WatchStream:
             # Any other answer, a refusal too (an expired token), is the member speaking.
             self.heard_at = max(self.heard_at, self._probe_sent_at)
             if self._health is not None:
-                self._health(True)      # etcd answered, as a progress answer on the stream said before
+                self._health(True)      # etcd answered, as any answer on the stream says
             log.debug("etcd watch: silent for %gs; the member answered a liveness read", self._progress_interval)
         elif now - self.heard_at >= self._progress_interval:
             self._probe_sent_at = now
