@@ -84,7 +84,7 @@ def apply_plan(backend, plan: Plan, desired: KernelState | None = None) -> list[
     for members in phases:
         if not (failed_devs or failed_addr_devs or failed_neigh or failed_fdb or failed_nh):
             # Nothing failed so far, so nothing is blocked (``_blocked`` reads only these sets):
-            # a cold start's 15,000 changes go out without a check each (about 70 ms at 5,000 nodes).
+            # a cold start's 15,000 changes go out without a call each (11 ms at 5,000 nodes).
             batch = members
         else:
             batch = _unblocked(members, results, failed_devs, failed_addr_devs, failed_neigh, failed_fdb,
