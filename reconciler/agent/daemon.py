@@ -527,12 +527,14 @@ class Agent:
             if full and not self._dump(primary):
                 return None
             plan, held = self._hold_back(self.tracker.plan(self.desired.state))
-        if any(c.kind in ("link", "address") for c in plan.changes):
-            # settle asks for a dump after these writes: their echoes need not be kept.
-            self._events_superseded, self._superseded_marked = True, False
-        # A cold start's 15,000 changes and their results: the same as a dump (above).
-        with heap.collector_paused(len(plan.changes) > 1000):
-            results = apply_plan(self.backend, plan, self.desired.state) if plan.changes else []
+            if self.tracker.dump_follows(plan):
+                # The dump these writes ask for shows their echoes: they need not be kept.
+                self._events_superseded, self._superseded_marked = True, False
+            # A cold start's 15,000 changes and their results, like a dump; a full cycle keeps
+            # the collector paused from its dump on (re-enabled in between, its first collection
+            # would walk every change the plan just made).
+            with heap.collector_paused(len(plan.changes) > 1000):
+                results = apply_plan(self.backend, plan, self.desired.state) if plan.changes else []
         self.tracker.settle(plan, results, held)
         self._rules_step()
         failed = self._say_results(results, changed, plan, full)

@@ -41,6 +41,10 @@ ObjKey = tuple[str, Any]
 #: Link attributes a change of which the kernel answers with no side effects.
 _HARMLESS_LINK_ATTRS = frozenset({"mtu"})
 
+#: Kinds whose writes have kernel side effects the ACK does not show (a device's or an
+#: address's connected routes): after one, only a dump tells what the kernel holds.
+_DUMP_AFTER = ("link", "address")
+
 
 class Tracker:
     def __init__(self, policy: FlannelOwnership) -> None:
@@ -185,8 +189,7 @@ class Tracker:
         for res in results:
             c = res.change
             kind, obj = c.kind, c.obj
-            if kind in ("link", "address"):
-                # Devices and addresses have kernel side effects the ACK does not show.
+            if kind in _DUMP_AFTER:
                 self.needs_dump = True
             if not res.ok:
                 self.dirty.add((kind, obj.key))
@@ -199,6 +202,12 @@ class Tracker:
                 # read from the believed view), and one object serves both views.  A cold start
                 # is 15,000 of these: each key is computed once.
                 live_of(kind)[obj.key] = obj
+
+    @staticmethod
+    def dump_follows(plan: Plan) -> bool:
+        """Whether ``settle`` will ask for a dump once ``plan`` is applied: it writes a device or
+        an address, whose side effects only a dump shows."""
+        return any(c.kind in _DUMP_AFTER for c in plan.changes)
 
     @property
     def in_sync(self) -> bool:
