@@ -55,6 +55,7 @@ cdef enum:
     RTM_DELROUTE = 25
     RTM_NEWNEIGH = 28
     RTM_DELNEIGH = 29
+    NLM_F_ACK = 0x4
     F_ACK = 0x5                 # NLM_F_REQUEST | NLM_F_ACK
     F_REPLACE = 0x505           # ... | NLM_F_CREATE | NLM_F_REPLACE
     AF_INET = 2
@@ -378,17 +379,18 @@ cdef Py_ssize_t encode_one(object op, uint32_t seq, unsigned char* m) except -2:
 
 # ------------------------------------------------------------------ batches
 
-def encode_batch(ops, seq0, chunk_bytes):
+def encode_batch(ops, seq0, chunk_bytes, ack_each=True):
     """See ``wire.encode_batch``: ``(chunks, failed)``, identical."""
     cdef unsigned char msg[MSGMAX]
     cdef unsigned char* buf = NULL
     cdef unsigned char* grown
     cdef const unsigned char* src
-    cdef Py_ssize_t size = 0, cap, mlen, limit, i = 0
+    cdef Py_ssize_t size = 0, cap, mlen, limit, i = 0, last = 0
     cdef long long first
     cdef list chunks = [], failed = [], seqs = []
+    cdef bint each = bool(ack_each)
     if type(seq0) is not int or type(chunk_bytes) is not int or not -2 ** 62 < chunk_bytes < 2 ** 62:
-        return pure_encode_batch(ops, seq0, chunk_bytes)
+        return pure_encode_batch(ops, seq0, chunk_bytes, ack_each)
     check_seq_range(seq0, len(ops))
     first = seq0
     limit = chunk_bytes
@@ -413,6 +415,8 @@ def encode_batch(ops, seq0, chunk_bytes):
             else:
                 src = <const unsigned char*>PyBytes_AS_STRING(data)
             if seqs and size + mlen > limit:
+                if not each:
+                    buf[last + 6] |= NLM_F_ACK      # the chunk's last request: its ACK closes the chunk
                 chunks.append((PyBytes_FromStringAndSize(<char*>buf, size), seqs))
                 seqs = []
                 size = 0
@@ -422,10 +426,15 @@ def encode_batch(ops, seq0, chunk_bytes):
                     raise MemoryError()
                 buf, cap = grown, size + mlen
             memcpy(buf + size, src, mlen)
+            if not each:
+                buf[size + 6] &= ~NLM_F_ACK         # answered only if it fails (wire.encode_batch)
+            last = size
             size += mlen
             seqs.append(first + i)
             i += 1
         if seqs:
+            if not each:
+                buf[last + 6] |= NLM_F_ACK
             chunks.append((PyBytes_FromStringAndSize(<char*>buf, size), seqs))
     finally:
         free(buf)

@@ -197,6 +197,17 @@ def test_a_failing_change_does_not_stop_the_others(twins):
     assert state.get("route", ("100.64.4.0/24", 0)) is not None
 
 
+def test_a_chunk_whose_last_request_fails_still_says_the_others_succeeded(installed):
+    """Errors only: the request that closes a chunk asks for the ACK; when it fails, its error is that
+    answer, and the requests before it that drew none succeeded."""
+    ok = [Neigh("flannel.1", f"100.64.{n}.0", f"0a:58:64:40:{n:02x}:00") for n in range(30, 33)]
+    bad = Route("100.64.9.0/24", "100.64.9.0", "flannel.1")        # not onlink: unreachable
+    results = installed.apply(creates(*ok, bad))
+    assert [(r.ok, r.errno) for r in results] == [(True, None)] * 3 + [(False, errno.ENETUNREACH)]
+    state = installed.dump(DEVICES)
+    assert all(state.get("neigh", n.key) == n for n in ok)
+
+
 def test_deleting_what_is_already_gone_succeeds(installed):
     gone = [Route("100.64.77.0/24", "100.64.77.0", "flannel.1", onlink=True), Fdb("flannel.1", mac3, host2),
             Fdb("flannel.1", "0a:58:64:40:77:00", host2), Neigh("flannel.1", "100.64.77.0", mac2),
@@ -239,16 +250,19 @@ def test_dump_of_missing_devices_is_empty(backend):
 
 
 def test_five_thousand_neighbours_in_one_apply(installed, node, monkeypatch):
-    """Chunked sends, one ACK per message matched by seq, and no ENOBUFS."""
-    sends = []
-    real = installed._send
+    """Chunked sends, one answer per chunk (errors only: the last request's ACK), and no ENOBUFS."""
+    sends, answers = [], []
+    real, real_recv = installed._send, installed._recv
     monkeypatch.setattr(installed, "_send", lambda data: sends.append(len(data)) or real(data))
+    monkeypatch.setattr(installed, "_recv", lambda *a: answers.append(1) or real_recv(*a))
     neighs = [Neigh("flannel.1", str(ipaddress.ip_address("100.65.0.0") + 256 * i),
                     "0a:58:%02x:%02x:%02x:00" % (i >> 16, (i >> 8) & 255, i & 255)) for i in range(5000)]
     results = installed.apply(creates(*neighs))
     assert [r.message for r in results if not r.ok] == []
     assert [r.change.obj for r in results] == neighs
     assert len(sends) > 1 and max(sends) <= 32 * 1024                 # chunks, not one huge send
+    # The link dump that resolves the names, then one ACK a chunk (not 5,000).
+    assert len(sends) <= len(answers) <= 2 * len(sends)
     state = installed.dump(DEVICES)
     assert all(state.get("neigh", n.key) == n for n in neighs)
     listed = ip_json(node.ns, "neigh show dev flannel.1 nud permanent")

@@ -704,12 +704,44 @@ def test_batches_are_the_single_messages_in_chunks(ops, seq0, chunk_bytes):
             assert len(data) + struct.unpack_from("=I", following)[0] > chunk_bytes
 
 
+def _flags(data: bytes) -> list[int]:
+    out, off = [], 0
+    while off < len(data):
+        length, _, flags = struct.unpack_from("=IHH", data, off)
+        out.append(flags)
+        off += length
+    return out
+
+
 @SETTINGS
 @given(ops=st.lists(valid_ops(), max_size=40), seq0=st.integers(1, 2 ** 32 - 41),
-       chunk_bytes=st.integers(0, 4096))
-def test_compiled_batches_are_the_pure_bytes(ops, seq0, chunk_bytes):
+       chunk_bytes=st.sampled_from([0, 1, 48, 100, 256, 1024, 32 * 1024]))
+def test_errors_only_batches_ask_one_ack_a_chunk(ops, seq0, chunk_bytes):
+    """``ack_each=False``: the same chunks, each request without NLM_F_ACK but the chunk's last."""
+    for encode in _encoders():
+        acked, _ = encode(ops, seq0, chunk_bytes)
+        chunks, failed = encode(ops, seq0, chunk_bytes, False)
+        assert failed == [] and [seqs for _, seqs in chunks] == [seqs for _, seqs in acked]
+        for (data, _), (want, _) in zip(chunks, acked):
+            flags, want_flags = _flags(data), _flags(want)
+            assert all(f & wire.NLM_F_ACK for f in want_flags)
+            assert flags == [f & ~wire.NLM_F_ACK for f in want_flags[:-1]] + want_flags[-1:]
+            # Nothing but that bit differs.
+            stripped = bytearray(data)
+            off = 0
+            for f in flags:
+                stripped[off + 6] |= wire.NLM_F_ACK
+                off += struct.unpack_from("=I", data, off)[0]
+            assert bytes(stripped) == want
+
+
+@SETTINGS
+@given(ops=st.lists(valid_ops(), max_size=40), seq0=st.integers(1, 2 ** 32 - 41),
+       chunk_bytes=st.integers(0, 4096), ack_each=st.booleans())
+def test_compiled_batches_are_the_pure_bytes(ops, seq0, chunk_bytes, ack_each):
     require_fastpath()
-    assert _fastpath.encode_batch(ops, seq0, chunk_bytes) == wire.encode_batch(ops, seq0, chunk_bytes)
+    assert _fastpath.encode_batch(ops, seq0, chunk_bytes, ack_each) == wire.encode_batch(ops, seq0, chunk_bytes,
+                                                                                          ack_each)
 
 
 # Spellings around the edges of what inet_pton / ipaddress / bytes.fromhex accept.
@@ -748,6 +780,8 @@ def test_malformed_ops_fail_the_same_in_both_encoders(ops, seq0, chunk_bytes):
     require_fastpath()
     assert _outcome(_fastpath.encode_batch, ops, seq0, chunk_bytes) == _outcome(wire.encode_batch, ops, seq0,
                                                                                  chunk_bytes)
+    errors_only = [lambda *a: f(*a, False) for f in (_fastpath.encode_batch, wire.encode_batch)]
+    assert _outcome(errors_only[0], ops, seq0, chunk_bytes) == _outcome(errors_only[1], ops, seq0, chunk_bytes)
 
 
 BASE_OPS = [("route", False, "100.64.2.0/24", "100.64.2.0", True, 100, 3), ("neigh", False, "100.64.2.0",

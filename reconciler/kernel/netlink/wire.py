@@ -382,7 +382,7 @@ def check_seq_range(seq0: int, count: int) -> None:
 Chunks = list[tuple[bytes, list[int]]]
 
 
-def encode_batch(ops, seq0: int, chunk_bytes: int) -> tuple[Chunks, list[tuple[int, Exception]]]:
+def encode_batch(ops, seq0: int, chunk_bytes: int, ack_each: bool = True) -> tuple[Chunks, list[tuple[int, Exception]]]:
     """``(chunks, failed)`` of a list of requests (``encode_op``), op ``i`` with ``nlmsg_seq`` ``seq0 + i``.
 
     ``chunks``: ``(bytes, [seq, ...])``, each at most ``chunk_bytes`` long
@@ -390,6 +390,13 @@ def encode_batch(ops, seq0: int, chunk_bytes: int) -> tuple[Chunks, list[tuple[i
     in order.  ``failed``: ``(i, exception)`` of each op whose fields are
     malformed (one of ``ENCODE_ERRORS``, worded as ``ipaddress``/``struct``
     word it); it is left out of the chunks and the others go on.
+
+    ``ack_each`` False: only the last message of each chunk asks for an ACK
+    (``NLM_F_ACK`` cleared in the others).  The kernel answers a request
+    without it only when it fails, and answers a chunk's requests in order, so
+    the last one's ACK says that every request before it that drew no error
+    succeeded (docs/kernel-facts.md, "Errors only"): one answer a chunk to read
+    instead of one a request.
     """
     check_seq_range(seq0, len(ops))
     chunks: Chunks = []
@@ -404,15 +411,29 @@ def encode_batch(ops, seq0: int, chunk_bytes: int) -> tuple[Chunks, list[tuple[i
         except ENCODE_ERRORS as exc:
             failed.append((i, exc))
             continue
+        if not ack_each:
+            msg = _with_ack(msg, False)
         if seqs and size + len(msg) > chunk_bytes:
-            chunks.append((b"".join(parts), seqs))
+            chunks.append(_chunk(parts, seqs, ack_each))
             parts, seqs, size = [], [], 0
         parts.append(msg)
         seqs.append(seq)
         size += len(msg)
     if seqs:
-        chunks.append((b"".join(parts), seqs))
+        chunks.append(_chunk(parts, seqs, ack_each))
     return chunks, failed
+
+
+def _with_ack(msg: bytes, ack: bool) -> bytes:
+    """``msg`` with ``NLM_F_ACK`` set or cleared (``nlmsg_flags`` is at offset 6, little-endian)."""
+    flags = msg[6] | NLM_F_ACK if ack else msg[6] & ~NLM_F_ACK
+    return msg[:6] + bytes((flags,)) + msg[7:]
+
+
+def _chunk(parts: list[bytes], seqs: list[int], ack_each: bool) -> tuple[bytes, list[int]]:
+    if not ack_each:
+        parts[-1] = _with_ack(parts[-1], True)
+    return b"".join(parts), seqs
 
 
 # dump requests.  Strict checking (NETLINK_GET_STRICT_CHK) rejects dump
