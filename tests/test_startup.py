@@ -78,6 +78,66 @@ def test_changes_between_the_listing_and_the_watch_are_not_lost(etcd_store, star
     assert store.calls["snapshot"] == 1, store.calls
 
 
+class Ordered(Counting):
+    """``Counting``, and the order in which etcd registered the watch and acquisition wrote."""
+
+    WRITES = {"create_if_absent", "put_if_value", "delete_if_value", "grant", "put", "delete"}
+
+    def __init__(self, store):
+        super().__init__(store)
+        self.order: list[str] = []
+
+    def __getattr__(self, name):
+        attr = super().__getattr__(name)
+        if name == "watch":
+            def watch(*args, created=None, **kwargs):
+                def registered():
+                    self.order.append("watch registered")
+                    if created is not None:
+                        created()
+                return attr(*args, created=registered, **kwargs)
+            return watch
+        if name in self.WRITES:
+            def write(*args, **kwargs):
+                self.order.append(name)
+                return attr(*args, **kwargs)
+            return write
+        return attr
+
+
+def test_the_watch_is_registered_before_acquisition_writes(etcd_store, start_agent):
+    """etcd sends a write at once only to a watch registered before it; one registered later
+    is caught up every 100 ms, and the first cycle would wait that long for our own lease."""
+    etcd_store.put_config(CONFIG)
+    put_peer(etcd_store, "100.64.2.0-24", "198.18.0.2", MAC2)
+    store = Ordered(etcd_store)
+    agent = start_agent(store, node_kernel())
+    agent.ready()
+    assert store.order[0] == "watch registered" and "create_if_absent" in store.order, store.order
+    assert agent.agent.etcd.echo.is_set()
+
+
+def test_an_echo_that_overtakes_acquisition_still_counts(etcd_store, tmp_path):
+    """The watch runs before acquisition says what it wrote: a write that comes back first is
+    remembered, and a listing taken before acquisition ends no wait."""
+    from ipaddress import IPv4Network
+
+    from reconciler.agent.acquire import Acquired
+    from reconciler.agent.daemon import Agent, AgentOptions
+
+    etcd_store.put_config(CONFIG)
+    agent = Agent(etcd_store, node_kernel(), AgentOptions(subnet_file=str(tmp_path / "subnet.env")))
+    ours = Acquired(IPv4Network("100.64.100.0/24"), f"{etcd_store.subnets_prefix}100.64.100.0-24", 5,
+                    encode_lease_value(ME, MAC2, 1), False, deleted=(f"{etcd_store.subnets_prefix}100.64.7.0-26",))
+    agent.etcd._echo_of(ours.key)           # our put, back before acquisition returned
+    agent.etcd.relist()                     # before acquisition: it cannot show acquisition's writes
+    assert not agent.etcd.echo.is_set()
+    agent.etcd.await_echo(None, ours)
+    assert not agent.etcd.echo.is_set()     # the deletion is still to come
+    agent.etcd._echo_of(ours.deleted[0])
+    assert agent.etcd.echo.is_set()
+
+
 def test_our_own_write_coming_back_is_not_a_reason_to_check_our_key(etcd_store, start_agent):
     """Acquisition created our key after the listing; the watch brings that put back.  It is
     what the keeper holds: folded in like any event, no keepalive or re-read for it."""

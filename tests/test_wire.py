@@ -729,7 +729,7 @@ def test_errors_only_batches_ask_one_ack_a_chunk(ops, seq0, chunk_bytes):
             # Nothing but that bit differs.
             stripped = bytearray(data)
             off = 0
-            for f in flags:
+            for _ in flags:
                 stripped[off + 6] |= wire.NLM_F_ACK
                 off += struct.unpack_from("=I", data, off)[0]
             assert bytes(stripped) == want

@@ -97,6 +97,8 @@ log = logging.getLogger("flannel_reconciler")
 
 #: Start-up: how long the first cycle waits for acquisition's write to come back through the watch.
 _ECHO_WAIT = 5.0
+#: How long acquisition waits for etcd to register the lease watch (``Agent._start_watch``).
+_WATCH_WAIT = 2.0
 
 
 @dataclass
@@ -232,6 +234,7 @@ class Agent:
         self._no_own_lease = False
         self._netns_inode: int | None = None
         self._retry_at: float | None = None
+        self._watch_thread: threading.Thread | None = None     # the lease watch, started by ``start``
         self._retry_delay = opts.retry_min
         # Packet filter rules: a pipeline of their own, beside the cycle.
         self.rule_sync = RuleSync(rules, opts, self.metrics)
@@ -266,6 +269,7 @@ class Agent:
         # One listing feeds the VTEP MAC choice, acquisition and the first cycle: folded into
         # the lease index at once, each value parsed once (docs/incremental.md, "Start-up").
         retry_etcd("list the leases", self._first_listing, stop, self.etcd.set_etcd_ok)
+        self._start_watch(stop)
         tries = 0
 
         def acquire():
@@ -293,6 +297,19 @@ class Agent:
                                        now=self.clock(), public_ipv6=public_ipv6, v6_vtep_mac=mac6,
                                        renew_margin=self.opts.renew_margin)
         self.etcd.await_echo(listing.kvs.get(acquired.key), acquired)
+
+    def _start_watch(self, stop: threading.Event) -> None:
+        """The lease watch, from the start-up listing's revision + 1, registered with etcd before
+        acquisition writes.  etcd sends a write at once only to a watch registered before it (one
+        whose start revision was still ahead of etcd's); a watch that starts at or below etcd's
+        revision is caught up by a loop that runs every 100 ms.  Registered after acquisition,
+        the watch brought our own lease back 96-100 ms late, and the first cycle waits for that
+        echo (docs/incremental.md, "Start-up").  What it brings before the worker runs waits in
+        the inbox.  Should etcd be slow to answer, acquisition goes on after ``_WATCH_WAIT``."""
+        self._watch_thread = threading.Thread(target=self.etcd.watch_loop, args=(stop,), name="lease-watch",
+                                              daemon=True)
+        self._watch_thread.start()
+        self.etcd.watching.wait(_WATCH_WAIT)
 
     def _first_listing(self) -> None:
         """The start-up listing (``EtcdSide.first_listing``) folded into the lease index now."""
@@ -375,7 +392,7 @@ class Agent:
 
         threading.Thread(target=waker, name="stop-waker", daemon=True).start()
         self.start(stop)
-        threads = [threading.Thread(target=self.etcd.watch_loop, args=(stop,), name="lease-watch", daemon=True)]
+        threads = []
         subscribed = threading.Event()
         if hasattr(self.backend, "watch_kernel"):
             threads.append(threading.Thread(target=self._kernel_loop, args=(stop, subscribed),
@@ -388,6 +405,8 @@ class Agent:
                                             daemon=True))
         for t in threads:
             t.start()
+        if self._watch_thread is not None:      # started by ``start``, before acquisition
+            threads.append(self._watch_thread)
         # Subscribe before the first dump, so that nothing falls between them.
         subscribed.wait(5.0)
         # Our own write back through the watch (milliseconds); should the watch be slow to come

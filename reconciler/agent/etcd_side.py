@@ -73,9 +73,15 @@ class EtcdSide:
         self._rollback_until = 0.0
         self._rollback_reasserted = False
         self._overwrites_seen: collections.Counter = collections.Counter()
-        # Start-up: the keys acquisition wrote, until the watch brings each write back (``await_echo``).
-        self._echo_keys: set[str] = set()
+        # Start-up: the keys acquisition wrote, until the watch brings each write back
+        # (``await_echo``; None until acquisition said which), and the keys the watch brought
+        # before that (it runs from the start-up listing on, before acquisition writes).
+        self._echo_keys: set[str] | None = None
+        self._early_keys: set[str] = set()
+        self._echo_lock = threading.Lock()
         self.echo = threading.Event()
+        #: Set once etcd has registered the watch (its "created" answer).
+        self.watching = threading.Event()
 
     def first_listing(self):
         """The start-up listing, returned for the agent to fold into its lease index at once
@@ -97,9 +103,22 @@ class EtcdSide:
         keys = set(acquired.deleted)
         if listed is None or listed.value != acquired.value or listed.lease != acquired.lease_id:
             keys.add(acquired.key)
-        self._echo_keys = keys
+        with self._echo_lock:
+            # The watch may have brought them already: it started before acquisition wrote.
+            keys -= self._early_keys
+            self._echo_keys, self._early_keys = keys, set()
         if not keys:
             self.echo.set()
+
+    def _echo_of(self, key: str) -> None:
+        """The watch brought a put or delete of ``key`` while the start-up still waits for echoes."""
+        with self._echo_lock:
+            if self._echo_keys is None:
+                self._early_keys.add(key)
+            elif key in self._echo_keys:
+                self._echo_keys.discard(key)
+                if not self._echo_keys:
+                    self.echo.set()
 
     def _is_echo(self, ev) -> bool:
         """A put of exactly the lease the keeper holds (our own write coming back): nothing to check."""
@@ -127,7 +146,9 @@ class EtcdSide:
             kvs = [kv for kv in snap.kvs if kv.key.startswith(base)]
             self._revision = snap.revision
             self.inbox.put_listing(kvs, self.clock(), snap.revision, self._rollback is not None)
-            self.echo.set()     # a listing after acquisition shows its writes: nothing left to wait for
+            with self._echo_lock:
+                if self._echo_keys is not None:
+                    self.echo.set()     # a listing after acquisition shows its writes: nothing left to wait for
         self._heard_from_etcd()
         self._mark("relist")
 
@@ -180,16 +201,15 @@ class EtcdSide:
                 # A liveness read every 5 s of silence: a hung etcd is noticed within
                 # ~10 s (probe + timeout), and reported through health at once.
                 for ev in self.store.watch(self._revision + 1, stop, progress_interval=5.0,
-                                           health=self._on_etcd_health, cluster_id=self._cluster_id):
+                                           health=self._on_etcd_health, cluster_id=self._cluster_id,
+                                           created=self.watching.set):
                     self.inbox.put_event(ev, self.clock())
                     self._revision = max(self._revision, ev.revision)
                     self._heard_from_etcd()
                     if self.keeper is not None and ev.kv.key == self.keeper.current.key and not self._is_echo(ev):
                         self.want_own_lease_check()
-                    if ev.kv.key in self._echo_keys:
-                        self._echo_keys.discard(ev.kv.key)
-                        if not self._echo_keys:
-                            self.echo.set()
+                    if not self.echo.is_set():
+                        self._echo_of(ev.kv.key)
                     # In a storm the worker is mostly already woken for "lease": the lock and the
                     # Event's condition per event were a fifth of this thread's CPU.  Safe without
                     # the lock: the worker swaps the trigger set before it drains the queue, so an

@@ -474,7 +474,8 @@ class EtcdStore:
 
     def watch(self, start_revision: int, stop: threading.Event | None = None, *,
               progress_interval: float = 30.0, give_up_after: float = 60.0,
-              health: Callable[[bool], None] | None = None, cluster_id: int = 0) -> Iterator[WatchEvent]:
+              health: Callable[[bool], None] | None = None, cluster_id: int = 0,
+              created: Callable[[], None] | None = None) -> Iterator[WatchEvent]:
         """Changes under ``<prefix>/subnets/`` from ``start_revision`` on, in order.
 
         The stream is checked for liveness: after ``progress_interval`` s of
@@ -492,7 +493,10 @@ class EtcdStore:
         (the caller re-lists with ``snapshot()``), ``EtcdRolledBack`` if etcd
         answers with a revision below ``start_revision - 1`` (confirmed by a
         linearizable read) or with a cluster id other than ``cluster_id`` (when
-        given): its history was lost; the caller re-lists.  ``EtcdAuthError`` on
+        given): its history was lost; the caller re-lists.  ``created()`` is called each time etcd
+        has registered a stream's watch (its "created" answer): from then on the stream sees every
+        write, at once when ``start_revision`` was above etcd's revision when it registered
+        (docs/incremental.md, "Start-up").  ``EtcdAuthError`` on
         credentials or permissions, and ``EtcdError`` when no endpoint has
         answered for ``give_up_after`` s.  Returns when ``stop`` is set
         (checked at least every 0.2 s), when the store is closed, or when the
@@ -501,13 +505,13 @@ class EtcdStore:
         if start_revision < 1:
             raise ValueError(f"watch start revision must be >= 1, not {start_revision}")
         return self._watch(int(start_revision), stop, float(progress_interval), float(give_up_after), health,
-                           int(cluster_id))
+                           int(cluster_id), created)
 
     def _watch(self, next_rev: int, stop: threading.Event | None, progress_interval: float,
-               give_up_after: float, health=None, cluster_id: int = 0) -> Iterator[WatchEvent]:
+               give_up_after: float, health=None, cluster_id: int = 0, created=None) -> Iterator[WatchEvent]:
         # Imported when first watched: plan, apply and show never load the stream machinery.
         from reconciler.etcd.watch import watch_subnets
-        return watch_subnets(self, next_rev, stop, progress_interval, give_up_after, health, cluster_id)
+        return watch_subnets(self, next_rev, stop, progress_interval, give_up_after, health, cluster_id, created)
 
 
 # --------------------------------------------------------------------------------------------

@@ -74,7 +74,8 @@ _WATCH_METHOD = "/etcdserverpb.Watch/Watch"
 
 
 def watch_subnets(store: WatchedStore, next_rev: int, stop: threading.Event | None, progress_interval: float,
-                  give_up_after: float, health=None, cluster_id: int = 0) -> Iterator[WatchEvent]:
+                  give_up_after: float, health=None, cluster_id: int = 0,
+                  created: Callable[[], None] | None = None) -> Iterator[WatchEvent]:
     """The body of ``EtcdStore.watch()`` (see there), for ``store``."""
     key = store.subnets_prefix
     range_end = pyetcd_utils.prefix_range_end(key.encode())
@@ -127,6 +128,8 @@ def watch_subnets(store: WatchedStore, next_rev: int, stop: threading.Event | No
                     stream.created = True
                     backoff.reset()
                     reauthed = False
+                    if created is not None:
+                        created()
                 for ev in item.events:
                     if stopped():
                         return
