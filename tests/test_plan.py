@@ -147,3 +147,18 @@ def test_kernel_route_of_a_stale_bridge_address_is_no_conflict():
     assert not plan.conflicts
     assert ops(plan) == [("delete", "address", ("cni0", "100.64.2.1/24")),
                          ("create", "route", ("100.64.2.0/24", 0))]
+
+
+def test_keys_are_ordered_as_their_sortable_forms_even_with_none_beside_str():
+    """``_in_order`` sorts keys as they are when they compare, else through ``_sortable``
+    (None as ""), so a key holding None sorts where "" would, and ties keep their order."""
+    import random
+
+    from reconciler.core.plan import _in_order, _sortable
+    keys = [("b", 1), ("a", 2), (None, "x"), ("", "y"), ("a", 1), (None, "a")]
+    for seed in range(20):
+        shuffled = list(keys)
+        random.Random(seed).shuffle(shuffled)
+        assert _in_order(shuffled) == sorted(shuffled, key=_sortable)
+    assert _in_order([("b", 1), ("a", 2)]) == [("a", 2), ("b", 1)]
+    assert _in_order(k for k in [3, 1, 2]) == [1, 2, 3]

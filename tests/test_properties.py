@@ -141,6 +141,13 @@ def test_plan_does_not_depend_on_lease_order(cluster, seed, data):
     assert a.plan == b.plan
     assert a.skipped == b.skipped
     assert a.desired == b.desired
+    # Within each step, the changes are in key order (plan._sort_key's, None as "").
+    from itertools import groupby
+
+    from reconciler.core.plan import _sort_key
+    for _, group in groupby(a.plan.changes, key=lambda c: (c.op == "delete", c.kind)):
+        run = list(group)
+        assert run == sorted(run, key=lambda c: _sort_key(c.obj))
 
 
 # ------------------------------------------------------------------ ownership's IPv4 arithmetic

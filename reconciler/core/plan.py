@@ -77,12 +77,27 @@ def _dev_of(obj: KernelObject) -> str | None:
 
 
 def _sort_key(obj: KernelObject):
+    return _sortable(obj.key)
+
+
+def _sortable(key):
     # Keys mix str and None (a DirectRouting route's dev); make them sortable
     # so the plan's order never depends on the order leases arrived in.
-    key = obj.key
     if isinstance(key, tuple):
         return tuple("" if k is None else k for k in key)
     return key
+
+
+def _in_order(keys) -> list:
+    """``keys`` in the plan's order (``_sortable``'s), each key computed once.
+
+    The keys as they are compare at C speed; a None beside a str makes them raise, and then
+    they are sorted through ``_sortable``.  Where the plain sort succeeds its order is
+    ``_sortable``'s: the keys are distinct, and None meets only None, as "" would meet ""."""
+    try:
+        return sorted(keys)
+    except TypeError:
+        return sorted(keys, key=_sortable)
 
 
 def _connected_prefix(cidr: str) -> str | None:
@@ -264,12 +279,15 @@ def make_plan(desired, live, foreign_routes=None, foreign_nexthops=None) -> Plan
     # equal (same keys, equal values) has nothing to write, delete or report.
     # The common case of a resync, checked at C speed before any per-key work.
     untouched = not gone_devices and not neigh_flushed and not gone_nhids
+    # Each kind's changes come out sorted by key: the keys are sorted once, rather than the
+    # changes by a key computed per change (a cold start's 15,000: a third of the plan's time).
     for kind in ("address", "neigh", "fdb", "nexthop", "route"):
         live_objs = live.of(kind)
         desired_objs = desired.of(kind)
         if untouched and live_objs == desired_objs:
             continue
-        for key, want in desired_objs.items():
+        for key in _in_order(desired_objs):
+            want = desired_objs[key]
             if kind == "nexthop" and key in foreign_nexthops and key not in live_objs:
                 conflicts.append(Conflict(want, foreign_nexthops[key]))
                 continue
@@ -294,9 +312,9 @@ def make_plan(desired, live, foreign_routes=None, foreign_nexthops=None) -> Plan
                 writes[kind].append(Change("create", want))
             elif attr_diff(want, have):
                 writes[kind].append(Change("update", want, have))
-        for key, have in live_objs.items():
-            if key not in desired_objs and not vanishes(kind, have) and not (
-                    kind == "route" and have.nhid in gone_nhids):
+        for key in _in_order(k for k in live_objs if k not in desired_objs):
+            have = live_objs[key]
+            if not vanishes(kind, have) and not (kind == "route" and have.nhid in gone_nhids):
                 deletes[kind].append(Change("delete", have))
 
     conflicts += _shadowed(desired.of("route"), foreign_routes)
@@ -304,6 +322,6 @@ def make_plan(desired, live, foreign_routes=None, foreign_nexthops=None) -> Plan
     ordered: list[Change] = []
     for op, kind in _STEPS:
         batch = deletes[kind] if op == "delete" else writes[kind]
-        ordered.extend(sorted(batch, key=lambda c: _sort_key(c.obj)))
+        ordered.extend(sorted(batch, key=lambda c: _sort_key(c.obj)) if kind == "link" else batch)
     conflicts.sort(key=lambda c: (KINDS.index(c.desired.KIND), _sort_key(c.desired)))
     return Plan(tuple(ordered), tuple(conflicts))

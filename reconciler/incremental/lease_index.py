@@ -255,6 +255,15 @@ class LeaseIndex:
                        ("PublicIPv6", lease.public_ipv6)]
         return claims
 
+    def _alone(self, key: str, lease: Lease) -> bool:
+        """``key`` is the only claimant of every claim ``lease`` makes (and not outranked by the
+        pin: only a pinned key's rivals can lose to it, and it has none here)."""
+        claimants = self._claimants
+        for what, val in self._claims(lease):
+            if claimants.get(what, {}).get(val) != key:
+                return False
+        return True
+
     def _component(self, seeds: set[str]) -> set[str]:
         """Every present key linked to ``seeds`` through shared claims."""
         seen: set[str] = set()
@@ -274,8 +283,19 @@ class LeaseIndex:
 
     def _resolve(self, seeds: set[str]) -> set[str]:
         """Re-decide the components of ``seeds``; return the keys whose standing changed."""
-        component = self._component(seeds)
         new: dict[str, Status] = {}
+        # A fitting lease that is the only claimant of each of its claims is a component of its
+        # own, and wins it: no ranking.  A healthy cluster is all such leases, so a listing of
+        # 5,000 (a cold start, a re-list) skips 5,000 component walks and the ranking sort.
+        contested: set[str] = set()
+        entries = self._entries
+        for key in seeds:
+            entry = entries.get(key)
+            if entry is not None and entry.lease is not None and self._alone(key, entry.lease):
+                new[key] = entry.lease
+            else:
+                contested.add(key)
+        component = self._component(contested)
         ranked = []
         for key in component:
             entry = self._entries[key]
@@ -300,7 +320,7 @@ class LeaseIndex:
 
         changed: set[str] = set()
         # Keys that vanished (deleted) lose their standing.
-        for key in seeds - component:
+        for key in contested - component:
             if self._set_status(key, None):
                 changed.add(key)
         for key, status in new.items():
