@@ -569,7 +569,10 @@ def validate_leases(
         ranked.append(((kv.mod_revision, lease.key, kv.key, kv.value, kv.lease), kv, lease))
 
     ranked.sort(key=lambda item: item[0])
-    owners: dict[tuple[str, Any], Lease] = {}
+    # claim kind -> claimed value -> the lease holding it.  One dict per kind, looked up by the
+    # value itself: a (kind, value) tuple per claim hashed the subnet (a Python-level hash) once
+    # per lookup and once per insert, a third of this function's time at 5,000 leases.
+    owners: dict[str, dict[Any, Lease]] = {what: {} for what in _CLAIM_KINDS}
     leases: list[Lease] = []
     v6 = config.enable_ipv6
     for _, kv, lease in ranked:
@@ -577,18 +580,25 @@ def validate_leases(
         if v6 and lease.ipv6_subnet is not None:
             claims += [("IPv6 subnet", lease.ipv6_subnet), ("v6 VtepMAC", lease.v6_vtep_mac),
                        ("PublicIPv6", lease.public_ipv6)]
-        winner = next(((what, val) for what, val in claims if (what, val) in owners), None)
-        if winner is not None:
-            what, val = winner
-            skipped.append(Skipped(kv.key, f"conflict: {what} {val} already used by lease {owners[winner].key}"))
+        holder = None
+        for what, val in claims:
+            holder = owners[what].get(val)
+            if holder is not None:
+                skipped.append(Skipped(kv.key, f"conflict: {what} {val} already used by lease {holder.key}"))
+                break
+        if holder is not None:
             continue
-        for claim in claims:
-            owners[claim] = lease
+        for what, val in claims:
+            owners[what][val] = lease
         leases.append(lease)
 
     leases.sort(key=lambda lease: lease.key)
     skipped.sort(key=lambda s: (s.key, s.reason))
     return leases, skipped
+
+
+#: What a lease claims for itself alone (``validate_leases``).
+_CLAIM_KINDS = ("subnet", "VtepMAC", "PublicIP", "IPv6 subnet", "v6 VtepMAC", "PublicIPv6")
 
 
 def _misfit(config: NetworkConfig, lease: Lease, guard: UnderlayGuard | None = None) -> str | None:
