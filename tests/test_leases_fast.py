@@ -57,7 +57,17 @@ def test_flanneld_values_take_the_fast_path_and_equal_the_pure_parser(case, leas
     key, value = case
     fast = _fastpath.parse_canonical(key, value, lease)
     assert fast is not None, (key, value)
-    assert fast == parse_lease_pure(key, value, lease)
+    pure = parse_lease_pure(key, value, lease)
+    assert fast == pure
+    # Field by field, types included: the fast Lease is built from C, not by its __init__.
+    assert [(type(getattr(fast, f)), getattr(fast, f)) for f in fast.__slots__] == \
+        [(type(getattr(pure, f)), getattr(pure, f)) for f in pure.__slots__]
+
+
+def test_the_fast_lease_is_built_without_its_init_while_the_class_allows():
+    from _fastpath import _leases
+
+    assert _leases.BUILT_DIRECTLY       # Lease is a slotted dataclass with these fields
 
 
 def _mutate(draw, text: str) -> str:
