@@ -15,6 +15,8 @@ and broken input; ``tests/test_leases_fast.py`` holds the lease parser to
   and ``wire.match_acks``.
 * ``parse_canonical(key, value, etcd_lease)``: the ``Lease`` of a value in
   flanneld's own IPv4 form, or None (then the pure parser runs).
+* ``peer_entries(dev, gw, mac, public_ip, dst, metric)``: a peer's neighbour, FDB
+  entry and onlink route, as ``reconciler.core.desired`` makes them.
 
 The extensions are ``_codec.pyx`` (decoders), ``_encode.pyx`` (the batch
 encoder) and ``_leases.pyx`` (lease values), built in place by ``setup.py``
@@ -29,7 +31,7 @@ import) the netlink codec to parse leases.
 """
 import os
 
-__all__ = ["AVAILABLE", "DECODERS", "decode_dump", "encode_batch", "match_acks", "parse_canonical"]
+__all__ = ["AVAILABLE", "DECODERS", "decode_dump", "encode_batch", "match_acks", "parse_canonical", "peer_entries"]
 
 DISABLED = os.environ.get("FLANNEL_RECONCILER_NO_CYTHON") == "1"
 _NETLINK = ("AVAILABLE", "DECODERS", "decode_dump", "encode_batch", "match_acks")
@@ -55,13 +57,15 @@ def __getattr__(name: str):
     if name in _NETLINK:
         _load_netlink()
         return globals()[name]
-    if name == "parse_canonical":
-        fn = None
+    if name in ("parse_canonical", "peer_entries"):
+        fns = dict.fromkeys(("parse_canonical", "peer_entries"))
         if not DISABLED:
             try:  # pragma: no cover - depends on the build
-                from ._leases import parse_canonical as fn  # type: ignore[import-not-found]
+                from ._leases import parse_canonical, peer_entries  # type: ignore[import-not-found]
+
+                fns = {"parse_canonical": parse_canonical, "peer_entries": peer_entries}
             except ImportError:
-                fn = None
-        globals()["parse_canonical"] = fn
-        return fn
+                pass
+        globals().update(fns)
+        return fns[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

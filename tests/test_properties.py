@@ -176,3 +176,41 @@ def test_inside_network_in_integers_agrees_with_ipaddress(prefix, network):
     policy = FlannelOwnership(parse_network_config(
         f'{{"Network": "{network}", "IPv6Network": "fd00::/8", "Backend": {{"Type": "vxlan"}}}}'))
     assert policy.inside_network(prefix) == _inside_by_ipaddress(policy, prefix), prefix
+
+
+# ------------------------------------------------------------------ the compiled peer entries
+
+def _fields(state) -> list:
+    return [(o.KIND, o.key, [(f, type(getattr(o, f)), getattr(o, f)) for f in o.__slots__]) for o in state]
+
+
+@SETTINGS
+@given(cluster=clusters(ipv6=True))
+def test_the_compiled_peer_entries_are_the_pure_ones_field_by_field(cluster):
+    """``_fastpath.peer_entries`` builds a peer's neighbour, FDB entry and onlink route without
+    their ``__init__``: the desired state is the same, every field and its type, either way."""
+    import pytest
+
+    import reconciler.core.desired as desired
+    from reconciler.core.leases import validate_leases
+    from tests.conftest_fastpath import require_fastpath
+
+    require_fastpath()
+    config, node = _setup(cluster)
+    leases, _ = validate_leases(config, cluster.kvs, PREFIX)
+    saved = desired._FAST_ENTRIES
+    try:
+        desired._FAST_ENTRIES = None
+        try:
+            pure = desired.desired_state(config, leases, node, cluster.on_link)
+        except desired.NoOwnLease:
+            with pytest.raises(desired.NoOwnLease):
+                desired._FAST_ENTRIES = False
+                desired.desired_state(config, leases, node, cluster.on_link)
+            return
+        desired._FAST_ENTRIES = False
+        fast = desired.desired_state(config, leases, node, cluster.on_link)
+        assert desired._FAST_ENTRIES is not None          # the compiled one was used
+    finally:
+        desired._FAST_ENTRIES = saved
+    assert _fields(fast) == _fields(pure)
