@@ -241,3 +241,37 @@ def test_an_offline_plan_imports_no_tool_backend_nor_the_shell(tmp_path):
     assert "reconciler.rules.commands" in names
     assert not names & {"reconciler.rules.iptables", "reconciler.rules.nftables", "reconciler.rules.reconciler",
                         "reconciler.etcd", "reconciler.agent", "grpc", "pyroute2", "prometheus_client"}
+
+
+def test_a_one_shot_command_run_as_a_program_leaves_without_the_teardown(tmp_path):
+    """``plan`` (a one-shot command) run as ``python -m reconciler``: its whole output and exit
+    status, and no interpreter teardown after it (an ``atexit`` hook never runs).  Called with an
+    argv (the tests, a caller in-process), ``entry.main`` returns as before."""
+    from reconciler.core.leases import LeaseSnapshot, RawKV, encode_lease_value, snapshot_to_json
+
+    config = '{"Network":"100.64.0.0/16","Backend":{"Type":"vxlan"}}'
+    kvs = [RawKV("/coreos.com/network/config", config)]
+    kvs += [RawKV(f"/coreos.com/network/subnets/100.64.{i}.0-24",
+                  encode_lease_value(f"198.18.0.{i}", f"0a:58:64:40:{i:02x}:00", 1), 7, i + 1) for i in range(1, 200)]
+    snap = tmp_path / "leases.json"
+    snap.write_text(snapshot_to_json(LeaseSnapshot("/coreos.com/network", 300, tuple(kvs))))
+    argv = ["plan", "--offline", "--leases-file", str(snap), "--public-ip", "198.18.0.1", "--show-all"]
+    hook = ("import atexit, runpy, sys\n"
+            "atexit.register(lambda: sys.stderr.write('teardown ran\\n'))\n"
+            f"sys.argv = ['reconciler', *{argv!r}]\n"
+            "runpy.run_module('reconciler', run_name='__main__', alter_sys=True)\n")
+    out = subprocess.run([sys.executable, "-c", hook], capture_output=True, text=True, timeout=60, cwd=ROOT.parent)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "teardown ran" not in out.stderr
+    lines = out.stdout.splitlines()
+    assert sum(line.strip().startswith("+ route 100.64.") for line in lines) == 198, out.stdout[-500:]
+    assert lines[-1] == "Plan: 602 to create, 0 to update, 0 to delete."
+    # The same in-process, through ``entry.main(argv)``: it returns the status.
+    code = ("import sys\nfrom reconciler.cli.entry import main\n"
+            f"rc = main({argv!r})\nsys.stderr.write(f'returned {{rc}}\\n')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT.parent)
+    assert out.returncode == 0 and "returned 2" in out.stderr, out.stderr[-2000:]
+    # A one-shot command's error: still the one line and status 1.
+    hook = hook.replace(str(snap), str(tmp_path / "missing.json"))
+    out = subprocess.run([sys.executable, "-c", hook], capture_output=True, text=True, timeout=60, cwd=ROOT.parent)
+    assert out.returncode == 1 and out.stderr.splitlines()[0].startswith("error: --leases-file "), out.stderr

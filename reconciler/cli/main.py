@@ -301,6 +301,8 @@ _PRINTS = frozenset({"plan", "apply", "show"})
 #: 370-550 ms without; docs/memory.md).  Whatever cycle they leave goes with the process.
 #: The agent (``run``) and the long-running tools (``demo``, ``bench``) keep it.
 _ONE_SHOT = frozenset({"plan", "apply", "show", "snapshot", "explain", "audit"})
+#: The command ``main`` ran last is one of them (``cli.entry`` leaves such a process at once).
+one_shot = False
 
 
 def main(argv: Sequence[str] | None = None, *, flanneld: bool = False) -> int:
@@ -324,6 +326,8 @@ def main(argv: Sequence[str] | None = None, *, flanneld: bool = False) -> int:
         for note in flags.ignored_notes(args.command, vars(args)):
             _note(note)
         handler = COMMANDS.get(args.command) or args.handler
+        global one_shot
+        one_shot = args.command in _ONE_SHOT
         if args.command in _ONE_SHOT and gc.isenabled():
             gc.disable()
             try:
