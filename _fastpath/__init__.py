@@ -12,7 +12,8 @@ and broken input; ``tests/test_leases_fast.py`` holds the lease parser to
 * ``decode_dump(kind, buf, *context)``: ``DECODERS[kind](buf, *context)``.
 * ``encode_batch(ops, seq0, chunk_bytes)`` and ``match_acks(buf, seq0, count)``:
   the write path, the same signatures and results as ``wire.encode_batch``
-  and ``wire.match_acks``.
+  and ``wire.match_acks``; ``fill_ok(results, changes, where, ks)``, the
+  successes of an errors-only chunk (``batched._fill_ok``).
 * ``parse_canonical(key, value, etcd_lease)``: the ``Lease`` of a value in
   flanneld's own IPv4 form, or None (then the pure parser runs).
 * ``peer_entries(dev, gw, mac, public_ip, dst, metric)``: a peer's neighbour, FDB
@@ -31,10 +32,11 @@ import) the netlink codec to parse leases.
 """
 import os
 
-__all__ = ["AVAILABLE", "DECODERS", "decode_dump", "encode_batch", "match_acks", "parse_canonical", "peer_entries"]
+__all__ = ["AVAILABLE", "DECODERS", "decode_dump", "encode_batch", "fill_ok", "match_acks", "parse_canonical",
+           "peer_entries"]
 
 DISABLED = os.environ.get("FLANNEL_RECONCILER_NO_CYTHON") == "1"
-_NETLINK = ("AVAILABLE", "DECODERS", "decode_dump", "encode_batch", "match_acks")
+_NETLINK = ("AVAILABLE", "DECODERS", "decode_dump", "encode_batch", "match_acks", "fill_ok")
 
 
 def _load_netlink() -> None:
@@ -43,10 +45,10 @@ def _load_netlink() -> None:
     if not DISABLED:
         try:  # pragma: no cover - depends on the build
             from ._codec import DECODERS, decode_dump  # type: ignore[import-not-found]
-            from ._encode import encode_batch, match_acks  # type: ignore[import-not-found]
+            from ._encode import encode_batch, fill_ok, match_acks  # type: ignore[import-not-found]
 
             names = {"DECODERS": DECODERS, "decode_dump": decode_dump, "encode_batch": encode_batch,
-                     "match_acks": match_acks}
+                     "match_acks": match_acks, "fill_ok": fill_ok}
             available = True
         except ImportError:
             pass

@@ -984,3 +984,27 @@ def test_a_route_through_a_nexthop_decodes_its_nhid(decoders):
     assert got == reference_routes(buf, OURS, NETS)[:2]
     assert [(r.dst, r.nhid, r.gateway, r.dev) for r in got] == [
         ("100.64.2.0/24", 0x464C0002, "100.64.2.0", "flannel.1"), ("100.64.3.0/24", 0x464C0003, None, None)]
+
+
+def test_the_compiled_successes_of_a_chunk_are_the_pure_ones():
+    """``_fastpath.fill_ok`` builds ``OpResult(change, ok=True)`` from C: the same values, every
+    field, as ``batched._fill_ok``; a result already there (an error) is kept."""
+    require_fastpath()
+    from _fastpath import _encode
+
+    from reconciler.core.model import Neigh
+    from reconciler.core.plan import Change, OpResult
+    from reconciler.kernel.netlink.batched import _fill_ok
+
+    assert _encode.RESULTS_BUILT_DIRECTLY
+    changes = [Change("create", Neigh("flannel.1", f"100.64.{n}.0", f"0a:58:64:40:{n:02x}:00")) for n in range(6)]
+    failed = OpResult(changes[2], ok=False, errno=101, message="unreachable")
+    where, ks = [5, 0, 2, 3, 1, 4], [0, 2, 3]        # positions 5, 2, 3 of changes; 2 already failed
+    pure, fast = [None, None, failed, None, None, None], [None, None, failed, None, None, None]
+    _fill_ok(pure, changes, where, ks)
+    _fastpath.fill_ok(fast, changes, where, ks)
+    def fields(rs):
+        return [None if r is None else [(f, type(getattr(r, f)), getattr(r, f)) for f in r.__slots__] for r in rs]
+
+    assert fields(fast) == fields(pure)
+    assert fast[2] is failed and fast[0] is None and fast[5] == OpResult(changes[5], ok=True)
