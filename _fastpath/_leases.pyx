@@ -15,6 +15,10 @@ and the caller runs the pure parser, which stays the specification.  So the
 two can only differ if this module accepts something the pure one would
 parse differently: ``tests/test_leases_fast.py`` holds them equal on canonical,
 random and hostile input.
+
+``peer_entries`` builds the three values a peer's lease gives in the onlink route
+layout (``reconciler.core.desired._overlay_entries``); it lives here, not in the
+netlink codec, because the pure core that calls it loads this module alone.
 """
 import dataclasses
 from ipaddress import IPv4Network
@@ -62,7 +66,7 @@ cdef object _build(cls, tuple names, tuple values):
 def peer_entries(dev, gw, mac, public_ip, dst, metric):
     """``(Neigh(dev, gw, mac), Fdb(dev, mac, public_ip), Route(dst, gw, dev, onlink=True, metric=metric))``:
     a peer's entries in the onlink route layout, as ``reconciler.core.desired._overlay_entries``
-    makes them (the specification; ``tests/test_desired.py`` holds the two equal, field by field)."""
+    makes them (the specification; ``tests/test_properties.py`` holds the two equal, field by field)."""
     if not FAST_ENTRIES:
         return (Neigh(dev, gw, mac), Fdb(dev, mac, public_ip), Route(dst, gw, dev, True, metric))
     return (_build(Neigh, NEIGH_FIELDS, (dev, gw, mac)), _build(Fdb, FDB_FIELDS, (dev, mac, public_ip)),

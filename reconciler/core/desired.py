@@ -182,7 +182,7 @@ def _overlay_entries(node: NodeParams, network, subnet, gw: str, dev: str, mac: 
 
     The compiled ``_fastpath.peer_entries`` makes the onlink layout's three at C speed (values
     built without their dataclass ``__init__``, a third of a cold start's desired state); this
-    function is their specification (``tests/test_desired.py`` holds the two equal)."""
+    function is their specification (``tests/test_properties.py`` holds the two equal)."""
     if node.route_layout != "nexthop":
         fast = _fast_entries()
         if fast is not None:
