@@ -16,10 +16,17 @@ Wire-level decisions (``docs/kernel-facts.md`` section 3):
   ``sendmsg``, one RTNL lock per message, so when ``send`` returns every
   answer of the chunk is already queued: the answers are read *between*
   chunks and never pile up.
-* **Every request carries NLM_F_ACK**, and answers are matched to changes
-  by ``nlmsg_seq`` (one sequence number per message).  A failing message
-  does not stop the rest of its chunk (the kernel carries on), so each
-  change gets its own ``OpResult``.  Silence is never taken for success.
+* **Errors only, one ACK a chunk**: only the last request of a chunk
+  carries NLM_F_ACK.  The kernel answers a request without it only when it
+  fails, and handles and answers a chunk's requests in order, so once the
+  last request is answered every earlier one that drew no error succeeded
+  (docs/kernel-facts.md, "Errors only").  Answers are matched to changes by
+  ``nlmsg_seq`` (one sequence number per message).  A failing message does
+  not stop the rest of its chunk (the kernel carries on), so each change
+  gets its own ``OpResult``.  Silence is taken for success only up to an
+  answer the chunk's last request drew: a chunk whose answer is lost
+  (``ENOBUFS``, a timeout) fails every change of it not yet answered.  Link
+  changes, sent one by one, ask for their ACK as before.
 * **NETLINK_CAP_ACK**: an ACK does not echo the request (36 bytes instead
   of up to ~100), and **SO_RCVBUFFORCE 8 MB** (``SO_RCVBUF`` is capped by
   ``net.core.rmem_max``; as root we force it): thousands of ACKs never meet
@@ -62,7 +69,8 @@ one ``fib_info`` bucket (docs/kernel-facts.md section 1), so batching matches
 ``ip -batch`` and neither the compiled encoder (25-45x faster than the pure
 one: 15,000 requests in about 2 ms instead of 40-130 ms) nor the decoders
 can beat it; the spread is run-to-run noise on a shared machine.  What is
-left in Python is one ``recv`` per ACK (docs/fastpath.md).  The dump is
+left in Python is one ``recv`` a chunk and the successes' ``OpResult``s,
+built from C (``_fastpath.fill_ok``; docs/fastpath.md).  The dump is
 where Python costs: the compiled decoders are 5-7x faster than
 the pure ones on the same bytes (5,000 routes 63 -> 13 ms, neighbours 42 ->
 7 ms, FDB 40 -> 7 ms, 15,000 ACKs 16 -> 2.4 ms), most of what remains being
