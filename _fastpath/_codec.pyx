@@ -14,10 +14,10 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 from cpython.object cimport PyObject_GenericSetAttr
 
-import dataclasses
-
 from reconciler.core.model import Fdb, Neigh, Route
 from reconciler.kernel.netlink import wire
+
+from . import _shape
 
 cdef object DecodeError = wire.DecodeError
 cdef object ip_text = wire.ip_text
@@ -34,14 +34,10 @@ cdef object IPv6Network = wire.ipaddress.IPv6Network
 cdef object object_new = object.__new__
 
 
-cdef bint plain(cls, tuple names):
-    return (tuple(f.name for f in dataclasses.fields(cls)) == names and "__slots__" in vars(cls)
-            and not hasattr(cls, "__post_init__"))
-
-
-cdef tuple NEIGH_FIELDS = ("dev", "ip", "mac")
-cdef tuple FDB_FIELDS = ("dev", "mac", "dst")
-cdef tuple ROUTE_FIELDS = ("dst", "gateway", "dev", "onlink", "metric", "protocol", "nhid", "type")
+cdef tuple NEIGH_FIELDS = _shape.NEIGH_FIELDS
+cdef tuple FDB_FIELDS = _shape.FDB_FIELDS
+cdef tuple ROUTE_FIELDS = _shape.ROUTE_FIELDS
+cdef object plain = _shape.plain       # (``_fastpath/_shape.py``)
 cdef bint FAST_NEIGH = plain(Neigh, NEIGH_FIELDS)
 cdef bint FAST_FDB = plain(Fdb, FDB_FIELDS)
 cdef bint FAST_ROUTE = plain(Route, ROUTE_FIELDS)

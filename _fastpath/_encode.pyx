@@ -28,13 +28,12 @@ from libc.stdint cimport int32_t, uint16_t, uint32_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memset
 
-import dataclasses
-
 from cpython.object cimport PyObject_GenericSetAttr
 
 from reconciler.core.plan import OpResult
 from reconciler.kernel.netlink import wire
 
+from . import _shape
 from ._codec import decode_acks
 
 cdef object pure_encode_op = wire.encode_op
@@ -469,8 +468,7 @@ def match_acks(buf, seq0, count):
 # start), while the class is the slotted dataclass with these fields; else through it.
 cdef object object_new = object.__new__
 cdef tuple RESULT_FIELDS = ("change", "ok", "errno", "message", "skipped")
-cdef bint FAST_RESULT = (tuple(f.name for f in dataclasses.fields(OpResult)) == RESULT_FIELDS
-                         and "__slots__" in vars(OpResult) and not hasattr(OpResult, "__post_init__"))
+cdef bint FAST_RESULT = _shape.plain(OpResult, RESULT_FIELDS)      # (``_fastpath/_shape.py``)
 #: Whether ``fill_ok`` builds its results without their ``__init__`` (for the tests).
 RESULTS_BUILT_DIRECTLY = FAST_RESULT
 

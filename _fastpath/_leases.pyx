@@ -20,13 +20,14 @@ random and hostile input.
 layout (``reconciler.core.desired._overlay_entries``); it lives here, not in the
 netlink codec, because the pure core that calls it loads this module alone.
 """
-import dataclasses
 from ipaddress import IPv4Network
 
 from cpython.object cimport PyObject_GenericSetAttr
 
 from reconciler.core.leases import Lease
 from reconciler.core.model import Fdb, Neigh, Route
+
+from . import _shape
 
 # The Lease is built without its dataclass ``__init__`` (a Python call setting each of eleven
 # slots through ``object.__setattr__``: a third of this parser's time): a new instance and its
@@ -36,21 +37,16 @@ from reconciler.core.model import Fdb, Neigh, Route
 cdef object object_new = object.__new__
 cdef tuple LEASE_FIELDS = ("key", "subnet", "ipv6_subnet", "public_ip", "public_ipv6", "backend_type", "vni",
                            "vtep_mac", "v6_vni", "v6_vtep_mac", "etcd_lease")
-cdef bint FAST_LEASE = (tuple(f.name for f in dataclasses.fields(Lease)) == LEASE_FIELDS
-                        and "__slots__" in vars(Lease) and not hasattr(Lease, "__post_init__"))
+cdef bint FAST_LEASE = _shape.plain(Lease, LEASE_FIELDS)
 #: Whether the Lease is built without its ``__init__`` (for the tests).
 BUILT_DIRECTLY = FAST_LEASE
 
 
-cdef bint _plain(cls, tuple names):
-    return (tuple(f.name for f in dataclasses.fields(cls)) == names and "__slots__" in vars(cls)
-            and not hasattr(cls, "__post_init__"))
-
-
-cdef tuple NEIGH_FIELDS = ("dev", "ip", "mac")
-cdef tuple FDB_FIELDS = ("dev", "mac", "dst")
-cdef tuple ROUTE_FIELDS = ("dst", "gateway", "dev", "onlink", "metric", "protocol", "nhid", "type")
-cdef bint FAST_ENTRIES = _plain(Neigh, NEIGH_FIELDS) and _plain(Fdb, FDB_FIELDS) and _plain(Route, ROUTE_FIELDS)
+cdef tuple NEIGH_FIELDS = _shape.NEIGH_FIELDS
+cdef tuple FDB_FIELDS = _shape.FDB_FIELDS
+cdef tuple ROUTE_FIELDS = _shape.ROUTE_FIELDS
+cdef bint FAST_ENTRIES = (_shape.plain(Neigh, NEIGH_FIELDS) and _shape.plain(Fdb, FDB_FIELDS)
+                          and _shape.plain(Route, ROUTE_FIELDS))
 #: Whether ``peer_entries`` builds its values without their ``__init__`` (for the tests).
 ENTRIES_BUILT_DIRECTLY = FAST_ENTRIES
 

@@ -687,9 +687,13 @@ def valid_ops(draw) -> tuple:
     return ("address", delete, f"{ip}/{draw(st.integers(0, 128 if v6 else 32))}", index)
 
 
+#: Batches of valid ops: the sizes cut them into one message a chunk, a few, or one chunk.
+_BATCHES = {"ops": st.lists(valid_ops(), max_size=40), "seq0": st.integers(1, 2 ** 32 - 41),
+            "chunk_bytes": st.sampled_from([0, 1, 48, 100, 256, 1024, 32 * 1024])}
+
+
 @SETTINGS
-@given(ops=st.lists(valid_ops(), max_size=40), seq0=st.integers(1, 2 ** 32 - 41),
-       chunk_bytes=st.sampled_from([0, 1, 48, 100, 256, 1024, 32 * 1024]))
+@given(**_BATCHES)
 def test_batches_are_the_single_messages_in_chunks(ops, seq0, chunk_bytes):
     """A batch is exactly the messages of the single encoders, seq0, seq0 + 1, ..., cut at chunk_bytes."""
     for encode in _encoders():
@@ -714,8 +718,7 @@ def _flags(data: bytes) -> list[int]:
 
 
 @SETTINGS
-@given(ops=st.lists(valid_ops(), max_size=40), seq0=st.integers(1, 2 ** 32 - 41),
-       chunk_bytes=st.sampled_from([0, 1, 48, 100, 256, 1024, 32 * 1024]))
+@given(**_BATCHES)
 def test_errors_only_batches_ask_one_ack_a_chunk(ops, seq0, chunk_bytes):
     """``ack_each=False``: the same chunks, each request without NLM_F_ACK but the chunk's last."""
     for encode in _encoders():
