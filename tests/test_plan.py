@@ -162,3 +162,4 @@ def test_keys_are_ordered_as_their_sortable_forms_even_with_none_beside_str():
         assert _in_order(shuffled) == sorted(shuffled, key=_sortable)
     assert _in_order([("b", 1), ("a", 2)]) == [("a", 2), ("b", 1)]
     assert _in_order(k for k in [3, 1, 2]) == [1, 2, 3]
+    assert _in_order(k for k in keys) == sorted(keys, key=_sortable)     # a generator, the fallback too

@@ -94,6 +94,7 @@ def _in_order(keys) -> list:
     The keys as they are compare at C speed; a None beside a str makes them raise, and then
     they are sorted through ``_sortable``.  Where the plain sort succeeds its order is
     ``_sortable``'s: the keys are distinct, and None meets only None, as "" would meet ""."""
+    keys = list(keys)       # (a generator would be spent by the first try)
     try:
         return sorted(keys)
     except TypeError:
