@@ -29,7 +29,7 @@ import _fastpath
 from reconciler.core.model import RTPROT_RECONCILER, Address, Fdb, Link, Neigh, Route
 from reconciler.kernel.netlink import reference, wire
 from reconciler.kernel.netlink.pyroute_msgs import rtnl_marshal
-from tests.conftest_fastpath import require_fastpath
+from tests.conftest_fastpath import every_field, require_fastpath
 from reconciler.kernel.netlink.reference import PyrouteBackend
 
 SETTINGS = settings(max_examples=int(os.environ.get("WIRE_EXAMPLES", "200")), deadline=None,
@@ -563,15 +563,6 @@ def test_random_neigh_and_fdb_dumps_three_parsers_agree(msgs, idx):
             assert every_field(_fastpath.DECODERS[kind](buf, idx, "flannel.1")) == every_field(pure)
 
 
-def every_field(values) -> list:
-    """Each value as its class and all its fields: ``==`` leaves out the ones not compared (a
-    route's protocol), and the compiled decoders set every slot themselves."""
-    if not isinstance(values, list):
-        return values
-    return [(type(v), tuple(getattr(v, f.name) for f in dataclasses.fields(v))) if dataclasses.is_dataclass(v)
-            else v for v in values]
-
-
 def test_the_compiled_decoders_build_the_model_classes_directly():
     # A change to a model class (a field added, renamed or moved, a __post_init__) turns this
     # off silently and the decoders call the class instead: correct but slower, so say it.
@@ -1006,8 +997,5 @@ def test_the_compiled_successes_of_a_chunk_are_the_pure_ones():
     pure, fast = [None, None, failed, None, None, None], [None, None, failed, None, None, None]
     _fill_ok(pure, changes, where, ks)
     _fastpath.fill_ok(fast, changes, where, ks)
-    def fields(rs):
-        return [None if r is None else [(f, type(getattr(r, f)), getattr(r, f)) for f in r.__slots__] for r in rs]
-
-    assert fields(fast) == fields(pure)
+    assert every_field(fast) == every_field(pure)
     assert fast[2] is failed and fast[0] is None and fast[5] == OpResult(changes[5], ok=True)
