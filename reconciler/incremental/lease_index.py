@@ -28,7 +28,7 @@ from typing import Any, Iterable
 from reconciler.core.config import NetworkConfig
 from reconciler.core.errors import LeaseError
 from reconciler.core.underlay_guard import UnderlayGuard
-from reconciler.core.leases import Lease, RawKV, Skipped, _misfit, _strip_prefix, parse_lease
+from reconciler.core.leases import Lease, RawKV, Skipped, _misfit, _strip_prefix, lease_claims, parse_lease
 
 __all__ = ["LeaseIndex", "Status"]
 
@@ -249,20 +249,7 @@ class LeaseIndex:
 
     def _claims(self, lease: Lease) -> list[tuple[str, Any]]:
         # The same claims, in the same order, as ``validate_leases``.
-        claims: list[tuple[str, Any]] = [("subnet", lease.subnet), ("VtepMAC", lease.vtep_mac), ("PublicIP", lease.public_ip)]
-        if self.config.enable_ipv6 and lease.ipv6_subnet is not None:
-            claims += [("IPv6 subnet", lease.ipv6_subnet), ("v6 VtepMAC", lease.v6_vtep_mac),
-                       ("PublicIPv6", lease.public_ipv6)]
-        return claims
-
-    def _alone(self, key: str, lease: Lease) -> bool:
-        """``key`` is the only claimant of every claim ``lease`` makes (and not outranked by the
-        pin: only a pinned key's rivals can lose to it, and it has none here)."""
-        claimants = self._claimants
-        for what, val in self._claims(lease):
-            if claimants.get(what, {}).get(val) != key:
-                return False
-        return True
+        return lease_claims(lease, self.config.enable_ipv6)
 
     def _component(self, seeds: set[str]) -> set[str]:
         """Every present key linked to ``seeds`` through shared claims."""
@@ -291,7 +278,8 @@ class LeaseIndex:
         entries = self._entries
         for key in seeds:
             entry = entries.get(key)
-            if entry is not None and entry.lease is not None and self._alone(key, entry.lease):
+            # (Unrivalled: not outranked by the pin either, which only its rivals could lose to.)
+            if entry is not None and entry.lease is not None and self._unrivalled(key, entry):
                 new[key] = entry.lease
             else:
                 contested.add(key)
