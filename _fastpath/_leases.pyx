@@ -72,11 +72,7 @@ def peer_entries(dev, gw, mac, public_ip, dst, metric):
 cdef object _lease(tuple values):
     if not FAST_LEASE:
         return Lease(*values)
-    cdef object o = object_new(Lease)
-    cdef Py_ssize_t i
-    for i in range(11):
-        PyObject_GenericSetAttr(o, LEASE_FIELDS[i], values[i])
-    return o
+    return _build(Lease, LEASE_FIELDS, values)
 
 cdef str _HEAD = '{"PublicIP":"'
 cdef str _MID = '","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":'
